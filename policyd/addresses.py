@@ -1,0 +1,99 @@
+"""Normalising and matching sender addresses and SASL logins. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class AddressRules:
+    #: RFC 5321 lets the local part be case-sensitive; in practice no mailbox provider is, and
+    #: Postfix's own sender_login_maps casefold the whole address.
+    case_sensitive_localpart: bool = False
+    #: Characters that start an address extension (Postfix recipient_delimiter), "" for none.
+    extension_delimiters: str = "+"
+    #: Realms (domains) whose logins are the same as the bare user: with "example.org" here,
+    #: "alice@example.org" and "alice" are one login (Postfix reports either form depending on
+    #: smtpd_sasl_local_domain).
+    realms: frozenset[str] = frozenset()
+    case_sensitive_login: bool = False
+
+
+DEFAULT_RULES = AddressRules()
+
+
+def normalize_domain(domain: str) -> str:
+    """Lowercase, drop a trailing dot, IDN to its ASCII (punycode) form."""
+    d = domain.strip().rstrip(".").lower()
+    if d.isascii():
+        return d
+    try:
+        return d.encode("idna").decode("ascii")
+    except UnicodeError:
+        return d
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """Split at the last "@" (a quoted local part may contain "@"). No "@": ("addr", "")."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return domain, ""
+    return local, domain
+
+
+def normalize_address(address: str, rules: AddressRules = DEFAULT_RULES) -> str:
+    """The form addresses are compared in. "@domain" entries keep their leading "@"."""
+    a = address.strip()
+    if a.startswith("<") and a.endswith(">"):
+        a = a[1:-1].strip()
+    local, domain = split_address(a)
+    if not rules.case_sensitive_localpart:
+        local = local.lower()
+    if "@" not in a:
+        return local
+    return f"{local}@{normalize_domain(domain)}"
+
+
+def strip_extension(local: str, rules: AddressRules = DEFAULT_RULES) -> str:
+    """"alice+tag" -> "alice" (the first delimiter character found ends the user part)."""
+    if not rules.extension_delimiters:
+        return local
+    for i, ch in enumerate(local):
+        if ch in rules.extension_delimiters and i > 0:
+            return local[:i]
+    return local
+
+
+def candidates(sender: str, rules: AddressRules = DEFAULT_RULES) -> tuple[str, ...]:
+    """Keys under which a sender may be owned, most specific first: the address, the address
+    without its extension, then "@domain" (as Postfix's sender_login_maps search them)."""
+    full = normalize_address(sender, rules)
+    local, domain = split_address(full)
+    out = [full]
+    if not domain:
+        return tuple(out)
+    bare = strip_extension(local, rules)
+    if bare != local:
+        out.append(f"{bare}@{domain}")
+    out.append(f"@{domain}")
+    return tuple(out)
+
+
+def owned_by(owned: frozenset[str], sender: str, rules: AddressRules = DEFAULT_RULES) -> bool:
+    """True when one of the sender's candidate keys is among the owned addresses."""
+    return any(c in owned for c in candidates(sender, rules))
+
+
+def canonical_login(login: str, rules: AddressRules = DEFAULT_RULES) -> str:
+    """The form logins are compared in: case-folded, realm dropped when it is a local realm."""
+    name = login.strip()
+    if not rules.case_sensitive_login:
+        name = name.lower()
+    user, at, realm = name.rpartition("@")
+    if at and user and realm.lower() in rules.realms:
+        return user
+    return name
+
+
+def sender_domain(sender: str) -> str:
+    return normalize_domain(split_address(sender.strip())[1])

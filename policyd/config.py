@@ -1,0 +1,490 @@
+"""Configuration: one TOML file loaded once into frozen dataclasses.
+
+Every key is documented in conf/policyd.toml. Unknown keys and bad values are errors that name
+the file, the key and why. Paths are resolved relative to the config file's directory.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from policyd import limits
+from policyd.addresses import AddressRules, normalize_domain
+
+#: The config served by `policyd serve` with no --config: the shipped example.
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "policyd.toml"
+
+
+class ConfigError(Exception):
+    """A config problem, always naming where: file, key (dotted) and why."""
+
+    def __init__(self, source: str, key: str, why: str) -> None:
+        self.source, self.key, self.why = source, key, why
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {why}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema. Field defaults are the documented defaults (conf/policyd.toml repeats them).
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    #: "HOST:PORT", "[V6]:PORT" or "unix:/path". Overridden by `serve --listen`.
+    listen: tuple[str, ...] = ("127.0.0.1:10040",)
+    unix_socket_mode: str = "0660"
+    max_connections: int = limits.DEFAULT_MAX_CONNECTIONS
+    idle_timeout: float = limits.DEFAULT_IDLE_TIMEOUT
+    drain_timeout: float = limits.DEFAULT_DRAIN_TIMEOUT
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    target: Literal["stderr", "syslog"] = "stderr"
+    syslog_address: str = "/dev/log"
+    syslog_facility: str = "mail"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = False
+    listen: str = "127.0.0.1:9108"
+
+
+@dataclass(frozen=True)
+class NetworksConfig:
+    files: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class AddressesConfig:
+    case_sensitive_localpart: bool = False
+    extension_delimiters: str = "+"
+    realms: tuple[str, ...] = ()
+    case_sensitive_login: bool = False
+
+    def rules(self) -> AddressRules:
+        return AddressRules(
+            case_sensitive_localpart=self.case_sensitive_localpart,
+            extension_delimiters=self.extension_delimiters,
+            realms=frozenset(normalize_domain(r) for r in self.realms),
+            case_sensitive_login=self.case_sensitive_login,
+        )
+
+
+@dataclass(frozen=True)
+class DirectoryConfig:
+    backend: Literal["file", "ldap"] = "file"
+    #: The embedded directory file (backend "file").
+    file: Path | None = None
+    #: Overall deadline for one lookup; past it the request gets the 451.
+    lookup_deadline: float = limits.DEFAULT_LOOKUP_DEADLINE
+    #: Threads running blocking directory calls.
+    threads: int = limits.DEFAULT_LOOKUP_THREADS
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    enabled: bool = True
+    positive_ttl: float = 300.0
+    negative_ttl: float = 60.0
+    max_entries: int = 100_000
+    #: While the directory is down, answer from data at most this old (seconds); 0 = never.
+    stale_if_error: float = 3600.0
+
+
+@dataclass(frozen=True)
+class LdapConfig:
+    servers: tuple[str, ...] = ("ldap://127.0.0.1",)
+    start_tls: bool = False
+    tls_validate: bool = True
+    ca_file: Path | None = None
+    bind_dn: str = ""
+    bind_password_file: Path | None = None
+    #: Name of a systemd credential (LoadCredential=) holding the bind password.
+    bind_password_credential: str = ""
+    connect_timeout: int = 2
+    receive_timeout: int = 2
+    user_base: str = "dc=example,dc=org"
+    user_scope: Literal["base", "one", "sub"] = "sub"
+    user_filter: str = "(&(objectClass=inetOrgPerson)(uid={login}))"
+    user_attributes: tuple[str, ...] = ("mail", "mailLocalAddress")
+    group_base: str = ""
+    group_scope: Literal["base", "one", "sub"] = "sub"
+    group_filter: str = "(&(objectClass=groupOfNames)(member={dn}))"
+    group_attributes: tuple[str, ...] = ("mailLocalAddress",)
+    owner_filter: str = (
+        "(&(objectClass=inetOrgPerson)(|(mail={address})(mailLocalAddress={address})"
+        "(mail=@{domain})(mailLocalAddress=@{domain})))"
+    )
+    owner_login_attribute: str = "uid"
+
+
+@dataclass(frozen=True)
+class RepliesConfig:
+    null_sender: str = "553 5.7.1 The null sender is not allowed for authenticated users"
+    directory_unavailable: str = "451 4.3.0 Temporary lookup failure, please try again later"
+    sender_not_owned: str = "553 5.7.1 Sender address <{sender}> is not owned by user {login}"
+    sender_not_allowed_from_network: str = (
+        "553 5.7.1 Sender address <{sender}> is not allowed from network {range}"
+    )
+    authentication_required: str = (
+        "554 5.7.1 Relay access denied: {client} is not in our network; "
+        "enable SMTP authentication in your mail client"
+    )
+    sender_requires_login: str = "553 5.7.1 Sender address <{sender}> requires SMTP authentication"
+    header_from_not_owned: str = "550 5.7.1 Header From <{address}> is not owned by user {login}"
+    header_from_invalid: str = "550 5.7.1 Message has no valid From: header"
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    name: str = ""
+    #: submission: untrusted clients are told to authenticate (554). mx: untrusted clients get
+    #: DUNNO so Postfix's own rules (reject_unauth_destination) decide.
+    role: Literal["submission", "mx"] = "submission"
+    #: warn: log what would be rejected or deferred, answer DUNNO.
+    mode: Literal["enforce", "warn"] = "enforce"
+    check_state: Literal["CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "END-OF-MESSAGE"] = (
+        "RCPT"
+    )
+    #: server_port values that select this profile when no policy_context is sent.
+    ports: tuple[int, ...] = ()
+    accept_action: str = "OK"
+    null_sender: Literal["dunno", "reject"] = "dunno"
+    protect_local_senders: bool = False
+    replies: RepliesConfig = field(default_factory=RepliesConfig)
+
+
+@dataclass(frozen=True)
+class MilterConfig:
+    #: pymilter socket spec: "inet:PORT@HOST", "inet6:PORT@HOST" or "unix:/path".
+    listen: str = "inet:10041@127.0.0.1"
+    #: The profile whose mode, replies and protect_local_senders the milter applies.
+    profile: str = "submission"
+    timeout: int = 60
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    default_profile: str = "submission"
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str = "<defaults>"
+    server: ServerConfig = field(default_factory=ServerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    networks: NetworksConfig = field(default_factory=NetworksConfig)
+    addresses: AddressesConfig = field(default_factory=AddressesConfig)
+    directory: DirectoryConfig = field(default_factory=DirectoryConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    ldap: LdapConfig = field(default_factory=LdapConfig)
+    milter: MilterConfig = field(default_factory=MilterConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    profiles: Mapping[str, ProfileConfig] = field(
+        default_factory=lambda: types.MappingProxyType(
+            {
+                "submission": ProfileConfig(name="submission", role="submission", ports=(587,)),
+                "mx": ProfileConfig(name="mx", role="mx", ports=(25,)),
+            }
+        )
+    )
+
+    def profile(self, name: str) -> ProfileConfig:
+        return self.profiles[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loader
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file. Raises ConfigError naming file, key and why."""
+    p = Path(path)
+    source = str(p)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(source, "", f"cannot read: {e.strerror or e}") from e
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(source, "", f"not UTF-8: {e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, "", f"TOML syntax error: {e}") from e
+    return config_from_dict(data, source=source, base_dir=p.resolve().parent)
+
+
+def config_from_dict(data: Mapping[str, Any], source: str, base_dir: Path) -> Config:
+    ctx = _Ctx(source, base_dir)
+    data = dict(data)
+    profiles_raw = data.pop("profiles", None)
+    cfg = ctx.build(Config, data, "", extra={"source": source})
+    profiles: dict[str, ProfileConfig]
+    if profiles_raw is None:
+        profiles = dict(cfg.profiles)
+    else:
+        if not isinstance(profiles_raw, dict) or not profiles_raw:
+            raise ConfigError(source, "profiles", "must be a table of at least one [profiles.NAME]")
+        profiles = {}
+        for name, body in profiles_raw.items():
+            key = f"profiles.{name}"
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise ConfigError(source, key, "profile names may use letters, digits, _ . -")
+            if not isinstance(body, dict):
+                raise ConfigError(source, key, "must be a table")
+            profiles[name] = ctx.build(ProfileConfig, body, key, extra={"name": name})
+    _check(cfg, profiles, ctx)
+    return _replace(cfg, profiles=types.MappingProxyType(profiles))
+
+
+def _replace(cfg: Config, **changes: Any) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
+_LISTEN_RE = re.compile(r"^(?:unix:(/.+)|\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+))$")
+_REPLY_RE = re.compile(r"^[45]\d\d [45]\.\d{1,3}\.\d{1,3} \S.*$")
+_ACTIONS = {"OK", "DUNNO", "PERMIT", "RELAY"}
+_PLACEHOLDERS = {
+    "null_sender": {"sender", "login", "client"},
+    "directory_unavailable": {"sender", "login", "client"},
+    "sender_not_owned": {"sender", "login", "client"},
+    "sender_not_allowed_from_network": {"sender", "login", "client", "range"},
+    "authentication_required": {"sender", "client"},
+    "sender_requires_login": {"sender", "client"},
+    "header_from_not_owned": {"address", "login", "client", "sender"},
+    "header_from_invalid": {"login", "client", "sender"},
+}
+
+
+def parse_listen(spec: str) -> tuple[str, str | None, int | None]:
+    """"unix:/p" -> ("unix", "/p", None); "h:p" / "[v6]:p" -> ("tcp", host, port).
+    Raises ValueError with a reason."""
+    m = _LISTEN_RE.match(spec.strip())
+    if not m:
+        raise ValueError(f"{spec!r} is not HOST:PORT, [IPV6]:PORT or unix:/ABSOLUTE/PATH")
+    if m.group(1):
+        return ("unix", m.group(1), None)
+    host = m.group(2) or m.group(4)
+    port = int(m.group(3) or m.group(5))
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{spec!r}: port must be 0..65535")
+    return ("tcp", host, port)
+
+
+def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: _Ctx) -> None:
+    s = ctx.source
+    for i, spec in enumerate(cfg.server.listen):
+        try:
+            parse_listen(spec)
+        except ValueError as e:
+            raise ConfigError(s, f"server.listen[{i}]", str(e)) from None
+    if not re.fullmatch(r"0?[0-7]{3}", cfg.server.unix_socket_mode):
+        raise ConfigError(s, "server.unix_socket_mode", "must be an octal mode such as \"0660\"")
+    for key, value in (
+        ("server.max_connections", cfg.server.max_connections),
+        ("server.idle_timeout", cfg.server.idle_timeout),
+        ("server.drain_timeout", cfg.server.drain_timeout),
+        ("directory.lookup_deadline", cfg.directory.lookup_deadline),
+        ("directory.threads", cfg.directory.threads),
+        ("cache.max_entries", cfg.cache.max_entries),
+        ("ldap.connect_timeout", cfg.ldap.connect_timeout),
+        ("ldap.receive_timeout", cfg.ldap.receive_timeout),
+        ("milter.timeout", cfg.milter.timeout),
+    ):
+        if value <= 0:
+            raise ConfigError(s, key, "must be greater than 0")
+    for key, value in (
+        ("cache.positive_ttl", cfg.cache.positive_ttl),
+        ("cache.negative_ttl", cfg.cache.negative_ttl),
+        ("cache.stale_if_error", cfg.cache.stale_if_error),
+    ):
+        if value < 0:
+            raise ConfigError(s, key, "must not be negative")
+    if cfg.server.idle_timeout <= 300:
+        raise ConfigError(
+            s, "server.idle_timeout",
+            "must be longer than Postfix's smtpd_policy_service_max_idle (300 s)",
+        )
+    try:
+        parse_listen(cfg.metrics.listen)
+    except ValueError as e:
+        raise ConfigError(s, "metrics.listen", str(e)) from None
+    if not re.fullmatch(r"(unix:/.+|inet6?:\d+(@.+)?)", cfg.milter.listen):
+        raise ConfigError(s, "milter.listen", "must be inet:PORT@HOST, inet6:PORT@HOST or unix:/PATH")
+    if cfg.directory.backend == "file" and cfg.directory.file is None:
+        raise ConfigError(s, "directory.file", "is required when directory.backend = \"file\"")
+    if any(ch.isspace() or ch == "@" for ch in cfg.addresses.extension_delimiters):
+        raise ConfigError(s, "addresses.extension_delimiters", "may not contain spaces or \"@\"")
+    if cfg.ldap.bind_dn and not (cfg.ldap.bind_password_file or cfg.ldap.bind_password_credential):
+        raise ConfigError(
+            s, "ldap.bind_dn",
+            "needs ldap.bind_password_file or ldap.bind_password_credential (never a password in this file)",
+        )
+    for i, url in enumerate(cfg.ldap.servers):
+        if not re.fullmatch(r"(ldap|ldaps|ldapi)://\S*", url):
+            raise ConfigError(s, f"ldap.servers[{i}]", f"{url!r} is not an ldap://, ldaps:// or ldapi:// URL")
+    if not cfg.ldap.servers:
+        raise ConfigError(s, "ldap.servers", "needs at least one server")
+    for key, tmpl, allowed in (
+        ("ldap.user_filter", cfg.ldap.user_filter, {"login", "localpart", "domain"}),
+        ("ldap.group_filter", cfg.ldap.group_filter, {"dn", "login"}),
+        ("ldap.owner_filter", cfg.ldap.owner_filter, {"address", "localpart", "domain"}),
+    ):
+        _check_template(s, key, tmpl, allowed)
+        if not (tmpl.startswith("(") and tmpl.endswith(")")):
+            raise ConfigError(s, key, "an LDAP filter must be enclosed in parentheses")
+    if cfg.policy.default_profile not in profiles:
+        raise ConfigError(
+            s, "policy.default_profile",
+            f"names no profile (have: {', '.join(sorted(profiles))})",
+        )
+    if cfg.milter.profile not in profiles:
+        raise ConfigError(s, "milter.profile", f"names no profile (have: {', '.join(sorted(profiles))})")
+    seen_ports: dict[int, str] = {}
+    for name, prof in profiles.items():
+        base = f"profiles.{name}"
+        if prof.accept_action.upper() not in _ACTIONS:
+            raise ConfigError(s, f"{base}.accept_action", f"must be one of {', '.join(sorted(_ACTIONS))}")
+        for port in prof.ports:
+            if not 0 < port <= 65535:
+                raise ConfigError(s, f"{base}.ports", f"{port} is not a TCP port")
+            if port in seen_ports:
+                raise ConfigError(s, f"{base}.ports", f"port {port} is already used by profile {seen_ports[port]}")
+            seen_ports[port] = name
+        for f in fields(RepliesConfig):
+            text = getattr(prof.replies, f.name)
+            key = f"{base}.replies.{f.name}"
+            if not _REPLY_RE.match(text):
+                raise ConfigError(
+                    s, key,
+                    "must be '4xx|5xx X.Y.Z text' (a 4xx or 5xx code, an enhanced code, a text)",
+                )
+            if text[0] != text[4]:
+                raise ConfigError(s, key, "the enhanced code's class must match the SMTP code's first digit")
+            if f.name == "directory_unavailable" and text[0] != "4":
+                raise ConfigError(s, key, "must be a 4xx: a directory failure must never reject permanently")
+            if "\n" in text or "\r" in text:
+                raise ConfigError(s, key, "may not contain line breaks")
+            _check_template(s, key, text, _PLACEHOLDERS[f.name])
+
+
+def _check_template(source: str, key: str, text: str, allowed: set[str]) -> None:
+    try:
+        names = {fname for _, fname, _, _ in string.Formatter().parse(text) if fname is not None}
+    except ValueError as e:
+        raise ConfigError(source, key, f"bad template: {e}") from None
+    bad = names - allowed
+    if bad:
+        raise ConfigError(
+            source, key,
+            f"unknown placeholder {{{sorted(bad)[0]}}} (allowed: {', '.join('{' + a + '}' for a in sorted(allowed))})",
+        )
+
+
+@dataclass
+class _Ctx:
+    source: str
+    base_dir: Path
+
+    def build(self, cls: type[Any], data: Mapping[str, Any], prefix: str, extra: Mapping[str, Any] | None = None) -> Any:
+        hints = get_type_hints(cls)
+        known = {f.name for f in fields(cls)} - set(extra or {})
+        for k in data:
+            if k not in known:
+                where = f"{prefix}.{k}" if prefix else k
+                raise ConfigError(
+                    self.source, where,
+                    f"unknown key (known keys here: {', '.join(sorted(known))})",
+                )
+        kwargs: dict[str, Any] = dict(extra or {})
+        for f in fields(cls):
+            if f.name in kwargs or f.name not in data:
+                continue
+            where = f"{prefix}.{f.name}" if prefix else f.name
+            kwargs[f.name] = self.convert(hints[f.name], data[f.name], where)
+        missing = [
+            f.name for f in fields(cls)
+            if f.name not in kwargs and f.default is MISSING and f.default_factory is MISSING
+        ]
+        if missing:
+            raise ConfigError(self.source, prefix or "(top)", f"missing key {missing[0]}")
+        return cls(**kwargs)
+
+    def convert(self, tp: Any, value: Any, where: str) -> Any:
+        origin = get_origin(tp)
+        if origin is Literal:
+            choices = get_args(tp)
+            if value not in choices:
+                raise ConfigError(self.source, where, f"must be one of {', '.join(map(repr, choices))}, not {value!r}")
+            return value
+        if origin in (types.UnionType, typing.Union):
+            args = [a for a in get_args(tp) if a is not type(None)]
+            if value == "" and type(None) in get_args(tp):
+                return None
+            return self.convert(args[0], value, where)
+        if origin is tuple:
+            if not isinstance(value, list):
+                raise ConfigError(self.source, where, f"must be a list, not {_tname(value)}")
+            item = get_args(tp)[0]
+            return tuple(self.convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+        if tp is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(self.source, where, f"must be true or false, not {_tname(value)}")
+            return value
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(self.source, where, f"must be an integer, not {_tname(value)}")
+            return value
+        if tp is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(self.source, where, f"must be a number, not {_tname(value)}")
+            return float(value)
+        if tp is str:
+            if not isinstance(value, str):
+                raise ConfigError(self.source, where, f"must be a string, not {_tname(value)}")
+            return value
+        if tp is Path:
+            if not isinstance(value, str) or not value:
+                raise ConfigError(self.source, where, f"must be a path string, not {_tname(value)}")
+            p = Path(value)
+            return p if p.is_absolute() else (self.base_dir / p)
+        if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
+            if not isinstance(value, dict):
+                raise ConfigError(self.source, where, f"must be a table, not {_tname(value)}")
+            return self.build(tp, value, where)
+        raise ConfigError(self.source, where, f"unsupported type {tp!r}")  # pragma: no cover
+
+
+def _tname(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def render(template: str, **values: str) -> str:
+    """Fill a reply template. Values are sanitised: no control characters reach Postfix."""
+    safe = {k: _clean(v) for k, v in values.items()}
+    out = template.format_map(_Missing(safe))
+    return out[: limits.MAX_REPLY_TEXT]
+
+
+def _clean(v: str) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in v)
+
+
+class _Missing(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return ""
