@@ -1,0 +1,248 @@
+"""The `policyd` command: serve, check, config-check, milter."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from policyd import __version__
+from policyd.config import DEFAULT_CONFIG, Config, ConfigError, parse_listen
+from policyd.runtime import Runtime
+
+log = logging.getLogger("policyd")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="policyd",
+        description="Postfix policy daemon: relay for allocated networks and SASL logins, "
+        "and only for sender addresses the login owns.",
+    )
+    p.add_argument("--version", action="version", version=f"policyd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--config", "-c", type=Path, default=None,
+            help=f"TOML config file (default: the shipped example {DEFAULT_CONFIG})",
+        )
+
+    s = sub.add_parser("serve", help="run the policy server")
+    add_config(s)
+    s.add_argument(
+        "--listen", "-l", action="append", default=None, metavar="HOST:PORT|[V6]:PORT|unix:PATH",
+        help="listen here instead of server.listen (repeatable)",
+    )
+    s.add_argument("--stdio", action="store_true", help="serve one connection on stdin/stdout (Postfix spawn(8))")
+
+    c = sub.add_parser("check", help="decide one request and explain why")
+    add_config(c)
+    c.add_argument("--client-address", required=True)
+    c.add_argument("--sasl-username", default="")
+    c.add_argument("--sender", required=True, help='envelope sender ("" for <>)')
+    c.add_argument("--recipient", default="postmaster@example.net")
+    c.add_argument("--policy-context", default="")
+    c.add_argument("--server-port", default="")
+    c.add_argument("--protocol-state", default="RCPT")
+
+    k = sub.add_parser("config-check", help="validate the config and summarise it")
+    add_config(k)
+    k.add_argument("--connect", action="store_true", help="also connect and bind to the LDAP servers")
+
+    m = sub.add_parser("milter", help="run the header From: milter (needs pymilter)")
+    add_config(m)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    cmd = args.command
+    if cmd == "serve":
+        return _serve(args)
+    if cmd == "check":
+        return _check(args)
+    if cmd == "config-check":
+        return _config_check(args)
+    if cmd == "milter":
+        return _milter(args)
+    return 2  # pragma: no cover
+
+
+def _load(path: Path | None) -> tuple[Path, Config, Runtime]:
+    from policyd.app import load
+
+    cfg_path = path or DEFAULT_CONFIG
+    config, runtime = load(cfg_path)
+    return cfg_path, config, runtime
+
+
+def _fail(msg: str) -> int:
+    print(f"policyd: {msg}", file=sys.stderr)
+    return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from policyd.app import LOAD_ERRORS, App, serve
+    from policyd.config import load_config
+    from policyd.observability import setup_logging
+
+    cfg_path = args.config or DEFAULT_CONFIG
+    try:
+        config = load_config(cfg_path)
+    except ConfigError as e:
+        return _fail(str(e))
+    setup_logging(
+        config.logging.level, config.logging.target, config.logging.syslog_address,
+        config.logging.syslog_facility,
+    )
+    if args.listen:
+        for spec in args.listen:
+            try:
+                parse_listen(spec)
+            except ValueError as e:
+                return _fail(f"--listen: {e}")
+    try:
+        from policyd.runtime import build_runtime
+
+        runtime = build_runtime(config)
+    except LOAD_ERRORS as e:
+        return _fail(str(e))
+    listen = list(args.listen or config.server.listen)
+
+    async def run() -> None:
+        app = App(Path(cfg_path), config, runtime)
+        await serve(app, listen)
+
+    try:
+        _run(run())
+    except OSError as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _run(coro: object) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+    else:
+        uvloop.run(coro)  # type: ignore[arg-type]
+
+
+def _check(args: argparse.Namespace) -> int:
+    from policyd.app import LOAD_ERRORS
+    from policyd.engine import to_action
+    from policyd.service import PolicyService
+
+    logging.basicConfig(level=logging.WARNING, format="policyd: %(levelname)s %(message)s")
+    try:
+        _, config, runtime = _load(args.config)
+    except LOAD_ERRORS as e:
+        return _fail(str(e))
+    attrs = {
+        "request": "smtpd_access_policy",
+        "protocol_state": args.protocol_state,
+        "protocol_name": "ESMTP",
+        "client_address": args.client_address,
+        "client_name": "unknown",
+        "sasl_username": args.sasl_username,
+        "sasl_method": "PLAIN" if args.sasl_username else "",
+        "sender": args.sender.strip("<>"),
+        "recipient": args.recipient,
+        "policy_context": args.policy_context,
+        "server_port": args.server_port,
+    }
+    service = PolicyService(runtime)
+
+    async def go() -> None:
+        profile, decision, _ = await service.decide(attrs)
+        print(f"action={to_action(decision)}")
+        print(f"reason={decision.reason.value}")
+        print(f"profile={profile.name} (role {profile.role}, mode {profile.mode})")
+        if decision.would_have:
+            print(f"would_have={decision.would_have}")
+        rng = runtime.networks.lookup(args.client_address)
+        if rng is None:
+            print(f"client {args.client_address}: in no allocated range")
+        else:
+            doms = ", ".join(sorted(rng.domains)) if rng.domains is not None else "any"
+            print(f"client {args.client_address}: in range {rng.label} ({rng.pattern}, {rng.source}); sender domains: {doms}")
+        if args.sasl_username:
+            from policyd.addresses import canonical_login
+            from policyd.directory.base import DirectoryUnavailable
+
+            login = canonical_login(args.sasl_username, runtime.rules)
+            try:
+                if runtime.lookups is not None:
+                    owned = await runtime.lookups.addresses_of(login)
+                else:
+                    owned = runtime.directory.addresses_of(login)
+            except DirectoryUnavailable as e:
+                print(f"login {login}: directory unavailable: {e}")
+            else:
+                listing = ", ".join(sorted(owned)) if owned else "(none: unknown login)"
+                print(f"login {login}: owns {listing}")
+        runtime.close()
+
+    asyncio.run(go())
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from policyd.app import LOAD_ERRORS
+
+    try:
+        cfg_path, config, runtime = _load(args.config)
+    except LOAD_ERRORS as e:
+        return _fail(str(e))
+    print(f"config {cfg_path}: OK")
+    print(f"ranges: {runtime.networks.summary()}")
+    d = runtime.directory
+    if config.directory.backend == "file":
+        from policyd.directory.static import StaticDirectory
+
+        assert isinstance(d, StaticDirectory)
+        print(f"directory: file {d.source}: {d.logins} logins, {d.addresses} addresses")
+    else:
+        print(f"directory: ldap {', '.join(config.ldap.servers)} base {config.ldap.user_base}")
+    for name, p in config.profiles.items():
+        ports = ",".join(map(str, p.ports)) or "-"
+        default = " (default)" if name == config.policy.default_profile else ""
+        print(
+            f"profile {name}{default}: role {p.role}, mode {p.mode}, state {p.check_state}, "
+            f"ports {ports}, accept {p.accept_action}, null sender {p.null_sender}, "
+            f"protect_local_senders {'on' if p.protect_local_senders else 'off'}"
+        )
+    print(f"listen: {', '.join(config.server.listen)}")
+    rc = 0
+    if args.connect:
+        if config.directory.backend != "ldap":
+            print("--connect: nothing to connect to (directory.backend is \"file\")")
+        else:
+            from policyd.directory.ldap import check_connection
+
+            ok, lines = check_connection(config.ldap)
+            for line in lines:
+                print(line)
+            rc = 0 if ok else 1
+    runtime.close()
+    return rc
+
+
+def _milter(args: argparse.Namespace) -> int:
+    try:
+        from policyd.milter import run_milter
+    except ImportError as e:
+        if "Milter" in str(e) or "milter" in str(e):
+            return _fail(
+                "the milter needs pymilter: pip install 'policyd[milter]' "
+                "(on Debian first: apt-get install libmilter-dev)"
+            )
+        raise
+    return run_milter(args.config or DEFAULT_CONFIG)

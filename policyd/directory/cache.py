@@ -1,0 +1,172 @@
+"""Asynchronous access to a directory: a bounded thread pool with a deadline, and a cache.
+
+Everything here runs on the event loop thread (the milter submits its lookups to the same
+loop), so the cache needs no lock: there is no `await` between a read and the write it guards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from policyd.config import CacheConfig
+from policyd.directory.base import Directory, DirectoryUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class LookupRunner:
+    """Runs a (possibly blocking) directory's calls off the event loop, each within a deadline.
+
+    The pool is bounded: a hung directory ties up at most `threads` threads; calls queued behind
+    them time out at the deadline like the rest, and their work items are skipped once dequeued.
+    """
+
+    def __init__(self, directory: Directory, threads: int, deadline: float) -> None:
+        self.directory = directory
+        self.deadline = deadline
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        if directory.blocking:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=threads, thread_name_prefix="policyd-lookup"
+            )
+
+    async def call(self, fn: Callable[[str], frozenset[str]], arg: str) -> frozenset[str]:
+        if self._pool is None:
+            return fn(arg)
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._pool, fn, arg)
+        try:
+            return await asyncio.wait_for(fut, self.deadline)
+        except TimeoutError:
+            raise DirectoryUnavailable(f"no answer within {self.deadline:g}s") from None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self.directory.close()
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    errors: int = 0
+    stale: int = 0
+    coalesced: int = 0
+
+
+class _Entry:
+    __slots__ = ("value", "fetched", "expires")
+
+    def __init__(self, value: frozenset[str], fetched: float, expires: float) -> None:
+        self.value, self.fetched, self.expires = value, fetched, expires
+
+
+class CachedLookups:
+    """addresses_of / owners_of with positive and negative TTLs, an LRU size bound, one lookup
+    in flight per key, and stale-if-error: while the directory is down, data fetched at most
+    `stale_if_error` seconds ago is still used."""
+
+    def __init__(
+        self,
+        runner: LookupRunner,
+        cfg: CacheConfig,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.runner = runner
+        self.cfg = cfg
+        self.clock = clock
+        self.stats = CacheStats()
+        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self._inflight: dict[tuple[str, str], asyncio.Future[frozenset[str]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    # fast path: a fresh hit answered without a task switch
+    def peek(self, kind: str, key: str) -> frozenset[str] | None:
+        if not self.cfg.enabled:
+            return None
+        e = self._entries.get((kind, key))
+        if e is None or e.expires < self.clock():
+            return None
+        self.stats.hits += 1
+        self._entries.move_to_end((kind, key))
+        return e.value
+
+    async def addresses_of(self, login: str) -> frozenset[str]:
+        return await self._get("a", login, self.runner.directory.addresses_of)
+
+    async def owners_of(self, address: str) -> frozenset[str]:
+        return await self._get("o", address, self.runner.directory.owners_of)
+
+    async def _get(
+        self, kind: str, key: str, fn: Callable[[str], frozenset[str]]
+    ) -> frozenset[str]:
+        if not self.cfg.enabled:
+            try:
+                return await self.runner.call(fn, key)
+            except DirectoryUnavailable:
+                self.stats.errors += 1
+                raise
+        hit = self.peek(kind, key)
+        if hit is not None:
+            return hit
+        k = (kind, key)
+        pending = self._inflight.get(k)
+        if pending is None:
+            # The lookup runs as its own task: a caller that goes away (client disconnect)
+            # does not cancel it for the others waiting on the same key.
+            self.stats.misses += 1
+            pending = asyncio.ensure_future(self._fetch(k, fn))
+            pending.add_done_callback(_consume)
+            self._inflight[k] = pending
+        else:
+            self.stats.coalesced += 1
+        return await asyncio.shield(pending)
+
+    async def _fetch(
+        self, k: tuple[str, str], fn: Callable[[str], frozenset[str]]
+    ) -> frozenset[str]:
+        try:
+            value = await self.runner.call(fn, k[1])
+        except DirectoryUnavailable as e:
+            self.stats.errors += 1
+            stale = self._entries.get(k)
+            now = self.clock()
+            if stale is not None and now - stale.fetched <= self.cfg.stale_if_error:
+                self.stats.stale += 1
+                log.info(
+                    "directory unavailable (%s); %s answered from data %.0fs old",
+                    e, key_repr(k[0]), now - stale.fetched,
+                )
+                return stale.value
+            raise
+        finally:
+            self._inflight.pop(k, None)
+        now = self.clock()
+        ttl = self.cfg.positive_ttl if value else self.cfg.negative_ttl
+        self._entries[k] = _Entry(value, now, now + ttl)
+        self._entries.move_to_end(k)
+        while len(self._entries) > self.cfg.max_entries:
+            self._entries.popitem(last=False)
+        return value
+
+
+def _consume(task: asyncio.Future[frozenset[str]]) -> None:
+    """Mark a lookup's error as seen: its callers may all have gone away."""
+    if not task.cancelled():
+        task.exception()
+
+
+def key_repr(kind: str) -> str:
+    return "addresses_of" if kind == "a" else "owners_of"

@@ -1,0 +1,177 @@
+"""The decision: request + facts -> Decision. Pure: no sockets, no directory, no clock.
+
+The front ends (policy server, milter, CLI) first ask `needs()` which slow fact the request
+needs, gather it, then call `decide()`. Every rule lives here, so every rule is testable with
+plain values.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from policyd.addresses import AddressRules, owned_by, sender_domain
+from policyd.config import ProfileConfig, render
+from policyd.decision import Decision, Reason, Verdict
+from policyd.networks import Range
+
+POLICY_REQUEST = "smtpd_access_policy"
+
+
+class Need(enum.Enum):
+    NOTHING = "nothing"
+    ADDRESSES = "addresses_of(login)"
+    OWNERS = "owners_of(sender)"
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the front end found out. `None` means "not looked up"."""
+
+    network: Range | None = None
+    #: addresses_of(login), when Need.ADDRESSES
+    owned: frozenset[str] | None = None
+    #: owners_of(sender), when Need.OWNERS
+    sender_owners: frozenset[str] | None = None
+    #: the directory could not answer the lookup that was needed
+    directory_unavailable: bool = False
+
+
+def needs(attrs: Mapping[str, str], profile: ProfileConfig, network: Range | None) -> Need:
+    """Which directory lookup decide() will need for this request."""
+    if attrs.get("request", "") != POLICY_REQUEST:
+        return Need.NOTHING
+    if attrs.get("protocol_state", "").upper() != profile.check_state:
+        return Need.NOTHING
+    sender = attrs.get("sender", "")
+    if attrs.get("sasl_username", "").strip():
+        return Need.ADDRESSES if sender else Need.NOTHING
+    if network is None and profile.protect_local_senders and sender:
+        return Need.OWNERS
+    return Need.NOTHING
+
+
+def decide(
+    attrs: Mapping[str, str],
+    profile: ProfileConfig,
+    facts: Facts,
+    rules: AddressRules,
+) -> Decision:
+    """The policy. `attrs` are the request attributes (missing = empty)."""
+    if attrs.get("request", "") != POLICY_REQUEST:
+        return Decision(Verdict.DUNNO, Reason.WRONG_REQUEST)
+    if attrs.get("protocol_state", "").upper() != profile.check_state:
+        return Decision(Verdict.DUNNO, Reason.NOT_CHECKED_STATE)
+
+    replies = profile.replies
+    sender = attrs.get("sender", "")
+    login = attrs.get("sasl_username", "").strip()
+    client = attrs.get("client_address", "")
+    values = {"sender": sender, "login": login, "client": client}
+
+    if login:
+        if not sender:
+            if profile.null_sender == "reject":
+                return _reject(profile, Reason.NULL_SENDER, render(replies.null_sender, **values))
+            return Decision(Verdict.DUNNO, Reason.NULL_SENDER)
+        if facts.directory_unavailable or facts.owned is None:
+            return _defer(Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values))
+        if owned_by(facts.owned, sender, rules):
+            return _accept(profile, Reason.SENDER_OWNED)
+        return _reject(profile, Reason.SENDER_NOT_OWNED, render(replies.sender_not_owned, **values))
+
+    network = facts.network
+    if network is not None:
+        # The null sender (bounces, DSNs) has no domain to restrict; it is let through.
+        if network.domains is not None and sender and sender_domain(sender) not in network.domains:
+            return _reject(
+                profile,
+                Reason.SENDER_NOT_ALLOWED_FROM_NETWORK,
+                render(replies.sender_not_allowed_from_network, range=network.label, **values),
+            )
+        return _accept(profile, Reason.ALLOCATED_NETWORK)
+
+    if profile.protect_local_senders and sender:
+        if facts.directory_unavailable or facts.sender_owners is None:
+            return _defer(Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values))
+        if facts.sender_owners:
+            return _reject(
+                profile, Reason.SENDER_REQUIRES_LOGIN, render(replies.sender_requires_login, **values)
+            )
+
+    if profile.role == "submission":
+        return _reject(
+            profile, Reason.AUTHENTICATION_REQUIRED, render(replies.authentication_required, **values)
+        )
+    return Decision(Verdict.DUNNO, Reason.NOT_TRUSTED)
+
+
+def decide_header_from(
+    login: str,
+    mailboxes: Sequence[str] | None,
+    profile: ProfileConfig,
+    owned: frozenset[str] | None,
+    rules: AddressRules,
+    *,
+    client: str = "",
+    sender: str = "",
+    directory_unavailable: bool = False,
+    owners: Mapping[str, frozenset[str]] | None = None,
+) -> Decision:
+    """The milter's rule: every mailbox of From: (and Sender:) must be owned by the login.
+
+    `mailboxes` is None when the From: header is missing or cannot be parsed. For an
+    unauthenticated session (login "") only protect_local_senders applies, with `owners`
+    mapping each mailbox to its owners (None when not looked up).
+    """
+    replies = profile.replies
+    values = {"login": login, "client": client, "sender": sender}
+    if not login:
+        if not profile.protect_local_senders or not mailboxes:
+            return Decision(Verdict.DUNNO, Reason.NOT_AUTHENTICATED)
+        if directory_unavailable or owners is None:
+            return _defer(Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values))
+        for box in mailboxes:
+            if owners.get(box):
+                return _reject(
+                    profile,
+                    Reason.SENDER_REQUIRES_LOGIN,
+                    render(replies.sender_requires_login, **{**values, "sender": box}),
+                )
+        return Decision(Verdict.DUNNO, Reason.NOT_AUTHENTICATED)
+    if not mailboxes:
+        return _reject(profile, Reason.HEADER_FROM_INVALID, render(replies.header_from_invalid, **values))
+    if directory_unavailable or owned is None:
+        return _defer(Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values))
+    for box in mailboxes:
+        if not owned_by(owned, box, rules):
+            return _reject(
+                profile,
+                Reason.HEADER_FROM_NOT_OWNED,
+                render(replies.header_from_not_owned, address=box, **values),
+            )
+    return Decision(Verdict.ACCEPT, Reason.HEADER_FROM_OWNED, reply="ACCEPT")
+
+
+def _accept(profile: ProfileConfig, reason: Reason) -> Decision:
+    return Decision(Verdict.ACCEPT, reason, reply=profile.accept_action.upper())
+
+
+def _reject(profile: ProfileConfig, reason: Reason, reply: str) -> Decision:
+    if profile.mode == "warn":
+        # Roll-out mode: say what would have happened, let Postfix's own rules decide.
+        return Decision(Verdict.DUNNO, reason, would_have=reply)
+    return Decision(Verdict.REJECT, reason, reply=reply)
+
+
+def _defer(reason: Reason, reply: str) -> Decision:
+    # Deliberately not softened by warn mode: an error never turns into a pass.
+    return Decision(Verdict.DEFER, reason, reply=reply)
+
+
+def to_action(decision: Decision) -> str:
+    """The Postfix action string for a decision (edge use only)."""
+    if decision.verdict is Verdict.DUNNO:
+        return "DUNNO"
+    return decision.reply

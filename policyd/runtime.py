@@ -1,0 +1,53 @@
+"""Everything built from one Config: ranges, directory, lookups. Replaced whole on reload."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from policyd.addresses import AddressRules
+from policyd.config import Config
+from policyd.directory.base import Directory
+from policyd.directory.cache import CachedLookups, LookupRunner
+from policyd.directory.static import StaticDirectory
+from policyd.networks import Networks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    config: Config
+    networks: Networks
+    rules: AddressRules
+    directory: Directory
+    #: set for blocking (LDAP) directories: thread pool, deadline and cache
+    lookups: CachedLookups | None
+
+    def close(self) -> None:
+        if self.lookups is not None:
+            self.lookups.runner.close()
+        else:
+            self.directory.close()
+
+
+def make_directory(config: Config, rules: AddressRules) -> Directory:
+    """The configured backend. Raises DirectoryError (or ConfigError) on a bad setup."""
+    if config.directory.backend == "ldap":
+        from policyd.directory.ldap import LdapDirectory
+
+        return LdapDirectory(config.ldap, rules)
+    assert config.directory.file is not None  # checked by config validation
+    return StaticDirectory.load(config.directory.file, rules)
+
+
+def build_runtime(config: Config) -> Runtime:
+    """Load ranges and the directory. Raises NetworksError / DirectoryError with file and line."""
+    rules = config.addresses.rules()
+    networks = Networks.load(config.networks.files) if config.networks.files else Networks.empty()
+    directory = make_directory(config, rules)
+    lookups = None
+    if directory.blocking:
+        runner = LookupRunner(directory, config.directory.threads, config.directory.lookup_deadline)
+        lookups = CachedLookups(runner, config.cache)
+    return Runtime(config, networks, rules, directory, lookups)

@@ -1,0 +1,105 @@
+"""The policy service: request attributes -> Decision, gathering the facts the engine needs.
+
+Shared by the socket server, the CLI `check` and (for its lookups) the milter. Requests that
+need no slow lookup, or whose lookup is cached, are decided synchronously (`decide_now`);
+only the rest cost a task switch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+from policyd.addresses import canonical_login, normalize_address
+from policyd.config import ProfileConfig
+from policyd.decision import Decision
+from policyd.directory.base import DirectoryUnavailable
+from policyd.engine import Facts, Need, decide, needs
+from policyd.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class PolicyService:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def select_profile(self, attrs: Mapping[str, str], rt: Runtime | None = None) -> ProfileConfig:
+        """policy_context names the profile; else the server_port; else the default."""
+        rt = rt or self.runtime
+        profiles = rt.config.profiles
+        ctx = attrs.get("policy_context", "")
+        if ctx:
+            p = profiles.get(ctx)
+            if p is not None:
+                return p
+            log.warning("policy_context=%s names no profile; using the default", ctx[:64])
+        port = attrs.get("server_port", "")
+        if port:
+            for p in profiles.values():
+                if port.isdigit() and int(port) in p.ports:
+                    return p
+        return profiles[rt.config.policy.default_profile]
+
+    def decide_now(
+        self, attrs: Mapping[str, str]
+    ) -> tuple[ProfileConfig, Decision | Coroutine[Any, Any, Decision], Facts]:
+        """Either the decision, or a coroutine that finishes it after a directory lookup."""
+        rt = self.runtime
+        profile = self.select_profile(attrs, rt)
+        network = rt.networks.lookup(attrs.get("client_address", ""))
+        need = needs(attrs, profile, network)
+        if need is Need.NOTHING:
+            facts = Facts(network=network)
+            return profile, decide(attrs, profile, facts, rt.rules), facts
+        if need is Need.ADDRESSES:
+            kind, key = "a", canonical_login(attrs.get("sasl_username", ""), rt.rules)
+        else:
+            kind, key = "o", normalize_address(attrs.get("sender", ""), rt.rules)
+        if rt.lookups is None:
+            try:
+                fn = rt.directory.addresses_of if kind == "a" else rt.directory.owners_of
+                facts = _facts(network, kind, fn(key))
+            except DirectoryUnavailable as e:
+                log.warning("directory unavailable: %s", e)
+                facts = Facts(network=network, directory_unavailable=True)
+            return profile, decide(attrs, profile, facts, rt.rules), facts
+        hit = rt.lookups.peek(kind, key)
+        if hit is not None:
+            facts = _facts(network, kind, hit)
+            return profile, decide(attrs, profile, facts, rt.rules), facts
+        return profile, self._decide_later(rt, attrs, profile, network, kind, key), Facts(network)
+
+    async def _decide_later(
+        self,
+        rt: Runtime,
+        attrs: Mapping[str, str],
+        profile: ProfileConfig,
+        network: Any,
+        kind: str,
+        key: str,
+    ) -> Decision:
+        assert rt.lookups is not None
+        try:
+            if kind == "a":
+                value = await rt.lookups.addresses_of(key)
+            else:
+                value = await rt.lookups.owners_of(key)
+            facts = _facts(network, kind, value)
+        except DirectoryUnavailable as e:
+            log.warning("directory unavailable: %s", e)
+            facts = Facts(network=network, directory_unavailable=True)
+        return decide(attrs, profile, facts, rt.rules)
+
+    async def decide(self, attrs: Mapping[str, str]) -> tuple[ProfileConfig, Decision, Facts]:
+        profile, result, facts = self.decide_now(attrs)
+        if isinstance(result, Decision):
+            return profile, result, facts
+        return profile, await result, facts
+
+
+def _facts(network: Any, kind: str, value: frozenset[str]) -> Facts:
+    if kind == "a":
+        return Facts(network=network, owned=value)
+    return Facts(network=network, sender_owners=value)
