@@ -169,8 +169,9 @@ class ProfileConfig:
 class MilterConfig:
     #: pymilter socket spec: "inet:PORT@HOST", "inet6:PORT@HOST" or "unix:/path".
     listen: str = "inet:10041@127.0.0.1"
-    #: The profile whose mode, replies and protect_local_senders the milter applies.
-    profile: str = "submission"
+    #: The profile whose mode, replies and protect_local_senders the milter applies
+    #: ("" = policy.default_profile).
+    profile: str = ""
     timeout: int = 60
 
 
@@ -352,7 +353,7 @@ def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: _Ctx) -> Non
             s, "policy.default_profile",
             f"names no profile (have: {', '.join(sorted(profiles))})",
         )
-    if cfg.milter.profile not in profiles:
+    if cfg.milter.profile and cfg.milter.profile not in profiles:
         raise ConfigError(s, "milter.profile", f"names no profile (have: {', '.join(sorted(profiles))})")
     seen_ports: dict[int, str] = {}
     for name, prof in profiles.items():
