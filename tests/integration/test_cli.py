@@ -1,0 +1,119 @@
+"""The policyd command, run as a subprocess the way an admin runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def policyd(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "policyd", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    (tmp_path / "senders.txt").write_text(
+        "alice: alice@example.org, @alice.example\nalice, bob: sales@example.org\n")
+    (tmp_path / "ranges.txt").write_text(
+        "192.0.2.0/24 office\n198.51.100.0/24 shop domains=shop.example\n")
+    p = tmp_path / "policyd.toml"
+    p.write_text(
+        '[networks]\nfiles = ["ranges.txt"]\n[directory]\nfile = "senders.txt"\n'
+        '[addresses]\nrealms = ["example.org"]\n')
+    return p
+
+
+def test_version() -> None:
+    r = policyd("--version")
+    assert r.returncode == 0 and r.stdout.startswith("policyd ")
+
+
+def test_check_owned_sender_explains_facts(config: Path) -> None:
+    r = policyd("check", "-c", str(config), "--client-address", "203.0.113.9",
+                "--sasl-username", "Alice@Example.org", "--sender", "ALICE+x@example.org")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "action=OK"
+    assert "reason=sender_owned" in lines
+    assert any(line.startswith("login alice: owns ") and "@alice.example" in line for line in lines)
+    assert any("in no allocated range" in line for line in lines)
+
+
+def test_check_foreign_sender_prints_the_reject(config: Path) -> None:
+    r = policyd("check", "-c", str(config), "--client-address", "203.0.113.9",
+                "--sasl-username", "bob", "--sender", "alice@example.org")
+    assert r.returncode == 0
+    assert r.stdout.splitlines()[0] == (
+        "action=553 5.7.1 Sender address <alice@example.org> is not owned by user bob")
+    assert "reason=sender_not_owned" in r.stdout
+
+
+def test_check_allocated_range_and_domain_restriction(config: Path) -> None:
+    r = policyd("check", "-c", str(config), "--client-address", "192.0.2.10", "--sender", "x@any.example")
+    assert r.stdout.splitlines()[0] == "action=OK"
+    assert "in range office" in r.stdout
+    r = policyd("check", "-c", str(config), "--client-address", "198.51.100.7", "--sender", "x@any.example")
+    assert r.stdout.splitlines()[0] == (
+        "action=553 5.7.1 Sender address <x@any.example> is not allowed from network shop")
+
+
+def test_check_unauthenticated_outside_ranges_per_profile(config: Path) -> None:
+    r = policyd("check", "-c", str(config), "--client-address", "203.0.113.9", "--sender", "x@y.example")
+    assert r.stdout.splitlines()[0].startswith("action=554 5.7.1 Relay access denied: 203.0.113.9")
+    assert "enable SMTP authentication" in r.stdout
+    r = policyd("check", "-c", str(config), "--client-address", "203.0.113.9", "--sender", "x@y.example",
+                "--policy-context", "mx")
+    assert r.stdout.splitlines()[:2] == ["action=DUNNO", "reason=not_trusted"]
+
+
+def test_check_with_the_shipped_default_config() -> None:
+    r = policyd("check", "--client-address", "203.0.113.9", "--sasl-username", "alice",
+                "--sender", "sales@example.org")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "action=OK"
+
+
+def test_config_check_summarises(config: Path) -> None:
+    r = policyd("config-check", "-c", str(config))
+    assert r.returncode == 0, r.stderr
+    assert f"config {config}: OK" in r.stdout
+    assert "ranges: 2 ranges" in r.stdout
+    assert "directory: file" in r.stdout and "2 logins" in r.stdout
+    assert "profile submission (default): role submission" in r.stdout
+
+
+def test_config_check_and_serve_fail_with_one_line_naming_file_and_key(config: Path) -> None:
+    config.write_text(config.read_text() + "[server]\nmax_conections = 5\n")
+    for cmd in ("config-check", "serve"):
+        r = policyd(cmd, "-c", str(config))
+        assert r.returncode == 1
+        assert r.stderr.strip().splitlines() == [
+            f"policyd: {config}: server.max_conections: unknown key (known keys here: "
+            "drain_timeout, idle_timeout, listen, max_connections, unix_socket_mode)"]
+
+
+def test_bad_range_line_is_a_startup_error_with_file_and_line(config: Path) -> None:
+    (config.parent / "ranges.txt").write_text("192.0.2.0/24\n10.1.2.3/8 oops\n")
+    r = policyd("config-check", "-c", str(config))
+    assert r.returncode == 1
+    assert f"{config.parent / 'ranges.txt'}:2:" in r.stderr
+
+
+def test_bad_directory_line_is_a_startup_error_with_file_and_line(config: Path) -> None:
+    (config.parent / "senders.txt").write_text("alice: alice@example.org\nbob bob@example.org\n")
+    r = policyd("serve", "-c", str(config), "--listen", "127.0.0.1:0")
+    assert r.returncode == 1
+    assert f"{config.parent / 'senders.txt'}:2:" in r.stderr
+
+
+def test_serve_bad_listen_argument(config: Path) -> None:
+    r = policyd("serve", "-c", str(config), "--listen", "nowhere")
+    assert r.returncode == 1 and "--listen" in r.stderr
