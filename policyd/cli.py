@@ -245,4 +245,5 @@ def _milter(args: argparse.Namespace) -> int:
                 "(on Debian first: apt-get install libmilter-dev)"
             )
         raise
-    return run_milter(args.config or DEFAULT_CONFIG)
+    rc: int = run_milter(args.config or DEFAULT_CONFIG)
+    return rc

@@ -49,7 +49,7 @@ class PolicyServer:
         self.config = config
         self.hooks: list[DecisionHook] = [log_decision, *hooks]
         self.connections: set[_Connection] = set()
-        self._servers: list[asyncio.AbstractServer] = []
+        self._servers: list[asyncio.Server] = []
         self._unix_paths: list[str] = []
         self.draining = False
         self.refused = 0
@@ -62,6 +62,7 @@ class PolicyServer:
     ) -> None:
         """Bind every listener (or adopt passed sockets). Raises OSError naming the address."""
         loop = asyncio.get_running_loop()
+        srv: asyncio.Server
         for spec in listen:
             kind, host, port = parse_listen(spec)
             try:
@@ -73,7 +74,7 @@ class PolicyServer:
                     self._unix_paths.append(host)
                 else:
                     srv = await loop.create_server(
-                        self._factory, host, port, reuse_address=True
+                        self._factory, host, port or 0, reuse_address=True
                     )
             except OSError as e:
                 raise OSError(e.errno, f"cannot listen on {spec}: {e.strerror}") from e
@@ -168,7 +169,7 @@ class _Connection(asyncio.Protocol):
                 "refusing connection from %s: %d connections open (server.max_connections)",
                 self.peer, len(srv.connections),
             )
-            transport.abort()  # nothing written: Postfix retries, then its default_action
+            transport.close()  # nothing written: Postfix retries, then its default_action
             return
         srv.connections.add(self)
         sock = transport.get_extra_info("socket")

@@ -4,7 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from policyd.config import DEFAULT_CONFIG, Config, ConfigError, config_from_dict, load_config, parse_listen, render
+from policyd.config import (
+    DEFAULT_CONFIG,
+    Config,
+    ConfigError,
+    config_from_dict,
+    load_config,
+    parse_listen,
+    render,
+)
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
