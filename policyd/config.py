@@ -168,7 +168,7 @@ class ProfileConfig:
 @dataclass(frozen=True)
 class MilterConfig:
     #: pymilter socket spec: "inet:PORT@HOST", "inet6:PORT@HOST" or "unix:/path".
-    listen: str = "inet:10041@127.0.0.1"
+    listen: str = "unix:/run/policyd-milter/milter.sock"
     #: The profile whose mode, replies and protect_local_senders the milter applies
     #: ("" = policy.default_profile).
     profile: str = ""

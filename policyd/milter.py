@@ -1,0 +1,390 @@
+"""The header From: milter: a logged-in user may only write From:/Sender: addresses they own.
+
+The policy service sees only the envelope sender; this milter (pymilter / libmilter) sees the
+headers. It shares the engine (`decide_header_from`), the address rules, the directory and its
+cache with the policy service. The only module that imports pymilter: the policy service runs
+without it, and `policyd milter` says what to install when it is missing.
+
+Per message:
+
+    envfrom  {auth_authen} (Postfix sends it at MAIL FROM), the envelope sender
+    header   From: and Sender: values are kept
+    eoh      parse (policyd.headers), look up, decide, log one line; reply
+
+Threads: libmilter calls back from one OS thread per MTA connection, and `runmilter` blocks
+the main thread inside C. The directory cache (CachedLookups) lives on an asyncio event loop in
+a daemon thread; callbacks submit their lookups to it and wait at most lookup_deadline + 1 s.
+The in-memory file directory is called directly. Whatever goes wrong ends in 451 4.3.0: a
+lookup that fails or times out, and any exception in a callback (caught here, and pymilter's
+exception policy is set to TEMPFAIL too). Nothing is ever accepted because of an error.
+
+Signals belong to libmilter (SIGTERM, SIGINT and SIGHUP all stop it): there is no reload;
+restart the milter to read a changed config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import Milter  # ImportError without pymilter: cli.py turns it into an install hint
+import milter as _milter_c
+
+from policyd.addresses import canonical_login
+from policyd.config import Config, ConfigError, ProfileConfig, load_config
+from policyd.decision import Decision, Verdict
+from policyd.directory.base import DirectoryError, DirectoryUnavailable
+from policyd.engine import decide_header_from, to_action
+from policyd.headers import AuthorCheck, author_mailboxes, unfold
+from policyd.networks import NetworksError
+from policyd.observability import kv, setup_logging
+from policyd.runtime import Runtime, build_runtime
+
+log = logging.getLogger("policyd.milter")
+decision_log = logging.getLogger("policyd.decision")
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: pymilter has no type hints: its decorator, typed. The MTA does not wait for the callback's
+#: reply (Postfix supports it; pymilter turns the CONTINUE into NOREPLY when negotiated).
+_noreply: Callable[[F], F] = Milter.noreply
+
+#: The name libmilter registers (Sendmail's X line; Postfix does not use it).
+MILTER_NAME = "policyd"
+#: Reply when a callback fails unexpectedly (the configured directory_unavailable is used when
+#: the profile is known; this is the last resort).
+TEMPFAIL_REPLY = "451 4.3.0 Temporary failure in the header From: check, please try again later"
+#: The signals libmilter handles (all three stop it).
+LIBMILTER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+#: From:/Sender: values kept per message; of more only the name is kept (the message is invalid
+#: anyway: RFC 5322 allows one of each).
+MAX_KEPT_HEADERS = 4
+
+
+class MilterService:
+    """What all connections share: the runtime, the profile, and the lookup event loop."""
+
+    def __init__(self, runtime: Runtime, profile: ProfileConfig) -> None:
+        self.runtime = runtime
+        self.profile = profile
+        self.deadline = runtime.config.directory.lookup_deadline
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, runtime: Runtime | None = None) -> MilterService:
+        """The milter's profile is milter.profile, or policy.default_profile when that is ""."""
+        name = config.milter.profile or config.policy.default_profile
+        return cls(runtime or build_runtime(config), config.profile(name))
+
+    # -- the event loop thread that owns the cache ------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            # libmilter stops on SIGTERM/SIGINT/SIGHUP by sigwait() in its own thread, which
+            # only works when every thread blocks them: otherwise the kernel may deliver
+            # SIGTERM here and its default action kills the process at once, mid-transaction.
+            # The lookup pool's threads are started from this thread and inherit the mask.
+            signal.pthread_sigmask(signal.SIG_BLOCK, LIBMILTER_SIGNALS)
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+            loop.close()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name="policyd-milter-lookups", daemon=True)
+        self._thread.start()
+        ready.wait(5)
+
+    def close(self) -> None:
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5)
+        self.runtime.close()
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the lookup loop; a timeout counts as the directory being down."""
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            raise RuntimeError("MilterService.start() was not called")
+        fut = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return fut.result(timeout=self.deadline + 1)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise DirectoryUnavailable(f"no answer within {self.deadline + 1:g}s") from None
+
+    # -- lookups (called from libmilter threads) ---------------------------------------------
+
+    def addresses_of(self, login: str) -> frozenset[str]:
+        """The canonical login's addresses. Raises DirectoryUnavailable."""
+        lookups = self.runtime.lookups
+        if lookups is None:
+            return self.runtime.directory.addresses_of(login)
+        return self._submit(lookups.addresses_of(login))
+
+    def owners_of_all(self, mailboxes: tuple[str, ...]) -> dict[str, frozenset[str]]:
+        """owners_of each (normalised) mailbox. Raises DirectoryUnavailable."""
+        lookups = self.runtime.lookups
+        if lookups is None:
+            return {box: self.runtime.directory.owners_of(box) for box in mailboxes}
+
+        async def gather() -> dict[str, frozenset[str]]:
+            assert lookups is not None
+            found = await asyncio.gather(*(lookups.owners_of(b) for b in mailboxes))
+            return dict(zip(mailboxes, found, strict=True))
+
+        return self._submit(gather())
+
+    # -- the decision ------------------------------------------------------------------------
+
+    def decide(self, login: str, author: AuthorCheck, client: str, sender: str) -> Decision:
+        """Gather what decide_header_from needs and call it. `login` as Postfix sent it."""
+        rt, profile = self.runtime, self.profile
+        login = login.strip()
+        boxes = author.mailboxes
+        owned: frozenset[str] | None = None
+        owners: dict[str, frozenset[str]] | None = None
+        unavailable = False
+        try:
+            if login and boxes:
+                owned = self.addresses_of(canonical_login(login, rt.rules))
+            elif not login and boxes and profile.protect_local_senders:
+                owners = self.owners_of_all(boxes)
+        except DirectoryUnavailable as e:
+            log.warning("directory unavailable: %s", e)
+            unavailable = True
+        return decide_header_from(
+            login, boxes, profile, owned, rt.rules,
+            client=client, sender=sender, directory_unavailable=unavailable, owners=owners,
+        )
+
+
+def decision_line(
+    *,
+    queue_id: str,
+    client: str,
+    login: str,
+    sender: str,
+    author: AuthorCheck,
+    profile: str,
+    decision: Decision,
+    elapsed: float,
+) -> str:
+    """The milter's decision log line (logger policyd.decision), keys always in this order:
+
+    milter queue_id=… client=… login=… sender=… from=… profile=… action=… reason=…
+      [would=…] [problem=…] ms=…
+
+    from= is the checked mailboxes (comma-separated), or the raw From: value when it is invalid.
+    """
+    shown = ",".join(author.mailboxes) if author.mailboxes is not None else author.from_value
+    parts = [
+        "milter",
+        f"queue_id={kv(queue_id)}",
+        f"client={kv(client)}",
+        f"login={kv(login)}",
+        f"sender={kv(sender)}",
+        f"from={kv(shown)}",
+        f"profile={kv(profile)}",
+        f"action={kv(to_action(decision))}",
+        f"reason={decision.reason.value}",
+    ]
+    if decision.would_have:
+        parts.append(f"would={kv(decision.would_have)}")
+    if author.problem:
+        parts.append(f"problem={kv(author.problem)}")
+    parts.append(f"ms={elapsed * 1000:.2f}")
+    return " ".join(parts)
+
+
+def split_reply(reply: str) -> tuple[str, str, str]:
+    """"550 5.7.1 text" -> ("550", "5.7.1", "text") for libmilter's setreply: '%' doubled (or
+    libmilter drops the reply), and ASCII only (an SMTP reply is ASCII; a non-ASCII local part
+    of an internationalised address becomes '?')."""
+    code, xcode, text = (reply.split(" ", 2) + ["", ""])[:3]
+    text = text.encode("ascii", "replace").decode("ascii")
+    return code, xcode, text.replace("%", "%%")
+
+
+class HeaderFromMilter(Milter.Base):  # type: ignore[misc]
+    """One instance per MTA connection (Milter.factory). Callbacks run on libmilter threads,
+    one connection's callbacks one after another."""
+
+    def __init__(self, service: MilterService) -> None:
+        self.service = service
+        self.client = ""
+        self._reset()
+
+    def _reset(self) -> None:
+        self.login = ""
+        self.sender = ""
+        self.headers: list[tuple[str, str]] = []
+        #: a callback before end-of-headers failed: the message gets the tempfail
+        self.failed = False
+        self.started = time.monotonic()
+
+    # Callbacks. Each returns a Milter code; an exception anywhere becomes a tempfail.
+
+    @_noreply
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        # libmilter: (ip, port) or (ip, port, flow, scope); TestCtx: a bare string.
+        try:
+            addr = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else hostaddr
+            self.client = str(addr or "")
+        except Exception:  # noqa: BLE001 - the client address is only for the log
+            self.client = ""
+        return Milter.CONTINUE  # type: ignore[no-any-return]
+
+    @_noreply
+    def envfrom(self, mailfrom: Any, *params: Any) -> int:
+        try:
+            self._reset()
+            self.sender = _text(mailfrom).strip().removeprefix("<").removesuffix(">")
+            self.login = _text(self.getsymval("{auth_authen}") or "")
+        except Exception:  # noqa: BLE001 - decided (tempfail) at end of headers
+            log.exception("envfrom failed")
+            self.failed = True
+        return Milter.CONTINUE  # type: ignore[no-any-return]
+
+    @_noreply
+    def header(self, name: Any, value: Any) -> int:
+        try:
+            key = _text(name).strip().lower()
+            if key in ("from", "sender"):
+                # Past the first few only the name is kept: the count makes the message invalid.
+                kept = len(self.headers) < MAX_KEPT_HEADERS
+                self.headers.append((key, _text(value) if kept else ""))
+        except Exception:  # noqa: BLE001 - decided (tempfail) at end of headers
+            log.exception("header failed")
+            self.failed = True
+        return Milter.CONTINUE  # type: ignore[no-any-return]
+
+    def eoh(self) -> int:
+        try:
+            return self._decide()
+        except Exception:  # noqa: BLE001 - never accept because of an error
+            log.exception("header From: check failed; tempfail")
+            return self._tempfail()
+
+    def abort(self) -> int:
+        self._reset()
+        return Milter.CONTINUE  # type: ignore[no-any-return]
+
+    def _decide(self) -> int:
+        if self.failed:
+            return self._tempfail()
+        svc = self.service
+        if self.login.strip() or svc.profile.protect_local_senders:
+            author = author_mailboxes(self.headers, svc.runtime.rules)
+        else:
+            # Nothing to check for this session: skip the parsing, log the raw From:.
+            raw = next((v for k, v in self.headers if k == "from"), "")
+            author = AuthorCheck(None, "", unfold(raw))
+        decision = svc.decide(self.login, author, self.client, self.sender)
+        queue_id = _text(self.getsymval("i") or "")
+        decision_log.info(
+            "%s",
+            decision_line(
+                queue_id=queue_id, client=self.client, login=self.login.strip(),
+                sender=self.sender, author=author, profile=svc.profile.name,
+                decision=decision, elapsed=time.monotonic() - self.started,
+            ),
+        )
+        return self._reply(decision)
+
+    def _reply(self, decision: Decision) -> int:
+        if decision.verdict is Verdict.REJECT:
+            self.setreply(*split_reply(decision.reply))
+            return Milter.REJECT  # type: ignore[no-any-return]
+        if decision.verdict is Verdict.DEFER:
+            self.setreply(*split_reply(decision.reply))
+            return Milter.TEMPFAIL  # type: ignore[no-any-return]
+        # ACCEPT, or DUNNO (not our business, or warn mode): nothing more to check here.
+        return Milter.ACCEPT  # type: ignore[no-any-return]
+
+    def _tempfail(self) -> int:
+        try:
+            reply = self.service.profile.replies.directory_unavailable
+            self.setreply(*split_reply(reply if reply.startswith("4") else TEMPFAIL_REPLY))
+        except Exception:  # noqa: BLE001 - the TEMPFAIL below stands without a text too
+            log.exception("setreply failed")
+        return Milter.TEMPFAIL  # type: ignore[no-any-return]
+
+
+def _text(value: Any) -> str:
+    """pymilter passes str (surrogateescape-decoded UTF-8), or bytes in corner cases."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return str(value)
+
+
+def install(service: MilterService) -> None:
+    """Make pymilter create a HeaderFromMilter bound to `service` for each connection."""
+    Milter.factory = functools.partial(HeaderFromMilter, service)
+
+
+def run_milter(config_path: str | Path) -> int:
+    """`policyd milter`: run until libmilter stops (SIGTERM/SIGINT/SIGHUP). Exit status."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as e:
+        print(f"policyd: {e}", file=sys.stderr)
+        return 1
+    setup_logging(
+        config.logging.level, config.logging.target, config.logging.syslog_address,
+        config.logging.syslog_facility,
+    )
+    try:
+        service = MilterService.from_config(config)
+    except (ConfigError, NetworksError, DirectoryError) as e:
+        print(f"policyd: {e}", file=sys.stderr)
+        return 1
+    install(service)
+    # An exception escaping a callback ends in 451 4.3.0 (pymilter's reply), never in accept.
+    _milter_c.set_exception_policy(Milter.TEMPFAIL)
+    service.start()
+    p = service.profile
+    log.info(
+        "policyd milter starting on %s; profile %s (mode %s, protect_local_senders %s); "
+        "directory %s",
+        config.milter.listen, p.name, p.mode, "on" if p.protect_local_senders else "off",
+        config.directory.backend,
+    )
+    try:
+        Milter.runmilter(MILTER_NAME, config.milter.listen, timeout=config.milter.timeout)
+    except _milter_c.error as e:
+        log.error("milter on %s failed: %s", config.milter.listen, e)
+        return 1
+    finally:
+        service.close()
+    _remove_socket(config.milter.listen)
+    log.info("milter stopped")
+    return 0
+
+
+def _remove_socket(spec: str) -> None:
+    """libmilter leaves its unix socket behind on exit (it only removes a stale one at start)."""
+    for prefix in ("unix:", "local:"):
+        if spec.startswith(prefix):
+            with contextlib.suppress(OSError):
+                Path(spec[len(prefix):]).unlink()

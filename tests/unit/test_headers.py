@@ -1,0 +1,206 @@
+"""policyd.headers: From:/Sender: values -> the mailboxes the milter checks."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policyd.addresses import AddressRules
+from policyd.headers import (
+    MAX_HEADER_CHARS,
+    MAX_MAILBOXES,
+    AuthorCheck,
+    HeaderError,
+    author_mailboxes,
+    parse_mailboxes,
+    unfold,
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("alice@example.org", ("alice@example.org",)),
+        ("Alice <alice@example.org>", ("alice@example.org",)),
+        ('"Smith, Alice" <alice@example.org>', ("alice@example.org",)),
+        # a display name that looks like an address is only a display name
+        ('"alice@example.org" <ceo@example.org>', ("ceo@example.org",)),
+        # encoded words (RFC 2047) in the display name, UTF-8 and Latin-1, Q and B
+        ("=?utf-8?q?J=C3=B6rg_M=C3=BCller?= <joerg@example.org>", ("joerg@example.org",)),
+        ("=?iso-8859-1?q?J=F6rg?= <joerg@example.org>", ("joerg@example.org",)),
+        ("=?utf-8?b?QWxpY2U=?= <alice@example.org>", ("alice@example.org",)),
+        ("=?utf-8?q?a=40x.org?= <b@x.org>", ("b@x.org",)),
+        # sloppy but unambiguous: both parsers agree
+        ("=?utf-8?q?J=C3=B6rg?=<joerg@example.org>", ("joerg@example.org",)),
+        ("Alice <alice@example.org", ("alice@example.org",)),
+        ("<@route.example:alice@example.org>", ("alice@example.org",)),
+        # comments
+        ("alice@example.org (Alice, the boss)", ("alice@example.org",)),
+        ("(c) Alice <alice@example.org>", ("alice@example.org",)),
+        ("alice(comment)@example.org", ("alice@example.org",)),
+        # several mailboxes, groups
+        ("a@x.org, B <b@y.org>", ("a@x.org", "b@y.org")),
+        ("Team: a@x.org, b@y.org;", ("a@x.org", "b@y.org")),
+        ("Team:;, a@x.org", ("a@x.org",)),
+        ("a@x.org, A@X.ORG", ("a@x.org",)),
+        ("alice@example.org,", ("alice@example.org",)),
+        # case, IDN (Unicode and ACE), SMTPUTF8 local part
+        ("Alice <Alice@EXAMPLE.Org>", ("alice@example.org",)),
+        ("user@bücher.example", ("user@xn--bcher-kva.example",)),
+        ("=?utf-8?q?B=C3=BCcher?= <user@BÜCHER.example>", ("user@xn--bcher-kva.example",)),
+        ("user@xn--bcher-kva.example", ("user@xn--bcher-kva.example",)),
+        ("Jörg <jörg@example.org>", ("jörg@example.org",)),
+        # folded
+        ("Alice\r\n <alice@example.org>", ("alice@example.org",)),
+        ("Alice\n\t<alice@example.org>", ("alice@example.org",)),
+        # quoted local parts, address literals
+        ('"john doe"@example.org', ("john doe@example.org",)),
+        ("a@[192.0.2.1]", ("a@[192.0.2.1]",)),
+        # 8-bit bytes that are not UTF-8, in the display name only
+        ("J\udcf6rg <joerg@example.org>", ("joerg@example.org",)),
+    ],
+)
+def test_parses(value: str, expected: tuple[str, ...]) -> None:
+    assert parse_mailboxes(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("\r\n ", "empty"),
+        ("garbage", "not a mailbox"),
+        ("<>", "empty address"),
+        ("alice@", "empty address"),
+        ("@example.org", ""),
+        ("a@b@c", ""),
+        ("undisclosed-recipients:;", "no mailbox"),
+        ("Smith, Alice <alice@example.org>", "'Smith' is not a mailbox"),
+        ("alice@example.org, garbage", "not a mailbox"),
+        ("alice@example.org.", ""),
+        ("Al;ice <alice@example.org>", ""),
+        # what a lenient parser reads as alice, and a mail client may show as ceo
+        ("Alice <alice@example.org> ceo@example.org", "ambiguous"),
+        ("alice@example.org <ceo@example.org>", "ambiguous"),
+        ("ceo@example.org <alice@example.org>", "ambiguous"),
+        ("alice@example.org ceo@example.org", "ambiguous"),
+        # encoded words are not allowed in the address itself
+        ("=?utf-8?q?ceo=40example.org?=", ""),
+        ("=?utf-8?b?Ym9i?= <=?utf-8?q?ceo?=@example.org>", "ambiguous"),
+        # control characters, smuggled header lines, undecodable bytes in the address
+        ("Alice <alice@example.org>\x00", "control"),
+        ("Alice <alice@example.org>\nBcc: x@example.net", "control"),
+        ("alice@example.org\rx", "control"),
+        ("\udcff@example.org", "not UTF-8"),
+        ("x" * (MAX_HEADER_CHARS + 1) + "@example.org", "longer than"),
+        (", ".join(f"u{i}@example.org" for i in range(MAX_MAILBOXES + 1)), "more than"),
+    ],
+)
+def test_rejects(value: str, why: str) -> None:
+    with pytest.raises(HeaderError) as info:
+        parse_mailboxes(value)
+    assert why in str(info.value)
+    assert str(info.value)
+
+
+def test_rules_apply() -> None:
+    rules = AddressRules(case_sensitive_localpart=True)
+    assert parse_mailboxes("Alice@EXAMPLE.org", rules) == ("Alice@example.org",)
+
+
+def test_unfold() -> None:
+    assert unfold(" a\r\n b\n\tc ") == "a b\tc"
+
+
+def test_author_from_and_sender() -> None:
+    c = author_mailboxes([("From", "Alice <alice@example.org>"), ("Sender", "bob@example.org")])
+    assert c == AuthorCheck(("alice@example.org", "bob@example.org"), "", "Alice <alice@example.org>")
+    assert c.ok
+
+
+def test_author_sender_same_as_from_counted_once() -> None:
+    c = author_mailboxes([("from", "alice@example.org"), ("SENDER", "<Alice@example.org>")])
+    assert c.mailboxes == ("alice@example.org",)
+
+
+def test_author_ignores_other_headers() -> None:
+    c = author_mailboxes(
+        [("To", "x@y"), ("Reply-To", "ceo@example.org"), ("From", "a@example.org")]
+    )
+    assert c.mailboxes == ("a@example.org",)
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ([], "no From: header"),
+        ([("To", "a@example.org")], "no From: header"),
+        ([("From", "a@example.org"), ("From", "b@example.org")], "2 From: headers"),
+        ([("From", "a@example.org"), ("from", "a@example.org")], "2 From: headers"),
+        ([("From", "garbage")], "From: 'garbage' is not a mailbox"),
+        ([("From", "")], "From: empty"),
+        ([("From", "a@example.org"), ("Sender", "garbage")], "Sender: "),
+        ([("From", "a@example.org"), ("Sender", "b@x.org, c@x.org")], "single mailbox"),
+        (
+            [("From", "a@example.org"), ("Sender", "b@x.org"), ("Sender", "c@x.org")],
+            "2 Sender: headers",
+        ),
+    ],
+)
+def test_author_invalid(headers: list[tuple[str, str]], problem: str) -> None:
+    c = author_mailboxes(headers)
+    assert c.mailboxes is None and not c.ok
+    assert problem in c.problem
+
+
+def test_author_keeps_raw_from_for_the_log() -> None:
+    c = author_mailboxes([("From", "garbage\r\n here")])
+    assert c.from_value == "garbage here"
+
+
+def test_author_mailbox_limit_counts_sender() -> None:
+    many = ", ".join(f"u{i}@example.org" for i in range(MAX_MAILBOXES))
+    assert author_mailboxes([("From", many)]).ok
+    c = author_mailboxes([("From", many), ("Sender", "s@example.org")])
+    assert c.mailboxes is None and "more than" in c.problem
+
+
+# Arbitrary input never raises anything but HeaderError, and whatever is returned is a
+# normalised user@domain.
+
+_header_text = st.one_of(
+    st.text(max_size=200),
+    st.text(alphabet=st.sampled_from(list('<>@,;:"()\\[]. \t\r\n=?qQbB-_aéü\udcff\x00')), max_size=80),
+    st.lists(
+        st.sampled_from(
+            ["Alice", "<", ">", "a@x.org", "@", ",", ";", ":", '"', "(", ")", "=?utf-8?q?", "?=",
+             " ", "\r\n ", "bücher", "[1.2.3.4]", "\\"]
+        ),
+        max_size=20,
+    ).map("".join),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_header_text)
+def test_parse_never_raises_anything_else(value: str) -> None:
+    try:
+        boxes = parse_mailboxes(value)
+    except HeaderError as e:
+        assert str(e)
+        return
+    assert boxes
+    for box in boxes:
+        local, at, domain = box.rpartition("@")
+        assert at and local and domain
+        assert not any(ch in "\r\n" for ch in box)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["From", "Sender", "from", "To", "X"]), _header_text), max_size=4))
+def test_author_never_raises(headers: list[tuple[str, str]]) -> None:
+    c = author_mailboxes(headers)
+    assert isinstance(c, AuthorCheck)
+    assert (c.mailboxes is None) == bool(c.problem)
