@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,43 +87,145 @@ def _fail(msg: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.stdio:
+        return _serve_stdio(args)
     from policyd.app import LOAD_ERRORS, App, serve
     from policyd.config import load_config
     from policyd.observability import setup_logging
+    from policyd.runtime import build_runtime
+    from policyd.systemd import Notifier, listen_fds, watchdog_interval
 
+    # Socket activation first (it also unsets LISTEN_* so that no child takes the fds).
+    passed = listen_fds()
+    notify = Notifier()
     cfg_path = args.config or DEFAULT_CONFIG
     try:
         config = load_config(cfg_path)
     except ConfigError as e:
+        notify(f"STATUS=config error: {e}")
         return _fail(str(e))
-    setup_logging(
-        config.logging.level, config.logging.target, config.logging.syslog_address,
-        config.logging.syslog_facility,
-    )
+    lc = config.logging
+    if lc.target == "syslog" and lc.syslog_address.startswith("/") and not os.path.exists(lc.syslog_address):
+        return _fail(f"{cfg_path}: logging.target = \"syslog\", but {lc.syslog_address} does not exist")
+    setup_logging(lc.level, lc.target, lc.syslog_address, lc.syslog_facility)
     if args.listen:
         for spec in args.listen:
             try:
                 parse_listen(spec)
             except ValueError as e:
                 return _fail(f"--listen: {e}")
+    metrics = None
+    if config.metrics.enabled:
+        try:
+            from policyd.metrics import Metrics
+        except ImportError as e:
+            if not (e.name or "").startswith("prometheus_client"):
+                raise
+            return _fail(
+                f"{cfg_path}: metrics.enabled = true needs prometheus-client: "
+                "pip install 'policyd[metrics]' (or set metrics.enabled = false)"
+            )
+        metrics = Metrics()
     try:
-        from policyd.runtime import build_runtime
-
         runtime = build_runtime(config)
     except LOAD_ERRORS as e:
+        notify(f"STATUS=config error: {e}")
         return _fail(str(e))
-    listen = list(args.listen or config.server.listen)
+    sockets = [sock for _, sock in passed]
+    if sockets:
+        names = ", ".join(name or "?" for name, _ in passed)
+        log.info(
+            "socket activation: serving %d passed socket(s) (%s); %s ignored",
+            len(sockets), names, "--listen" if args.listen else "server.listen",
+        )
+        listen: list[str] = []
+    else:
+        listen = list(args.listen or config.server.listen)
+    watchdog = watchdog_interval()
 
     async def run() -> None:
-        app = App(Path(cfg_path), config, runtime)
-        await serve(app, listen)
+        app = App(Path(cfg_path), config, runtime, metrics=metrics)
+        app.notify = notify
+        app.listen_from_config = not (args.listen or sockets)
+        await serve(app, listen, sockets, watchdog=watchdog)
 
     try:
         _run(run())
     except OSError as e:
+        notify(f"STATUS={e}")
         return _fail(str(e))
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def _serve_stdio(args: argparse.Namespace) -> int:
+    """`serve --stdio` (Postfix spawn(8)): stdin, stdout and stderr are the Postfix socket, so
+    nothing but replies may reach fds 1 and 2. Logs go to syslog when logging.target =
+    "syslog", else nowhere."""
+    from policyd.app import LOAD_ERRORS, App, serve_stdio
+    from policyd.config import load_config
+    from policyd.observability import setup_logging
+    from policyd.runtime import build_runtime
+
+    # Replies go to a private copy of stdout; fds 1 and 2 become /dev/null, so that a stray
+    # print, warning or traceback (ours or a library's) cannot corrupt the protocol stream.
+    out_fd = os.dup(1)
+    tty_fd = os.dup(2) if os.isatty(2) else -1
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(logging.NullHandler())
+
+    logging.raiseExceptions = False  # a failing log handler must not print to stderr either
+
+    def fatal(msg: str) -> int:
+        # No config (or a broken one): try syslog, where an admin of a spawn(8) service
+        # looks; show it on a terminal too when run by hand.
+        if os.path.exists("/dev/log"):
+            setup_logging("error", "syslog")
+            log.error("serve --stdio: %s", msg)
+        if tty_fd >= 0:
+            os.write(tty_fd, f"policyd: {msg}\n".encode())
+        return 1
+
+    cfg_path = args.config or DEFAULT_CONFIG
+    try:
+        config = load_config(cfg_path)
+    except ConfigError as e:
+        return fatal(str(e))
+    lc = config.logging
+    if lc.target == "syslog":
+        # (without a syslog socket the records are dropped: never stderr, the Postfix socket)
+        setup_logging(lc.level, "syslog", lc.syslog_address, lc.syslog_facility)
+    root.setLevel(lc.level.upper())
+    if args.listen:
+        log.warning("serve --stdio: --listen ignored")
+    if config.metrics.enabled:
+        log.info("serve --stdio: no metrics endpoint in this mode (one process per connection)")
+    try:
+        runtime = build_runtime(config)
+    except LOAD_ERRORS as e:
+        return fatal(str(e))
+
+    async def run() -> None:
+        app = App(Path(cfg_path), config, runtime)
+        try:
+            await serve_stdio(app, 0, out_fd)
+        finally:
+            app.close()
+
+    try:
+        asyncio.run(run())
+    except (BrokenPipeError, ConnectionResetError):
+        return 0  # Postfix went away mid-reply: nothing to tell it
+    except Exception as e:  # logged, never printed: stderr is the Postfix socket
+        log.exception("serve --stdio failed")
+        return fatal(f"serve --stdio failed: {e}")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -32,6 +33,10 @@ DecisionHook = Callable[[Mapping[str, str], str, Decision, float], None]
 #: Stop reading from a client that has this many requests waiting for a directory answer
 #: (a pipelining client cannot make us queue without bound).
 MAX_PENDING_PER_CONNECTION = 64
+
+#: Encoded replies of the constant actions (see _Connection._reply).
+_PAYLOADS: dict[str, bytes] = {}
+_CONSTANT_ACTIONS = (Verdict.ACCEPT, Verdict.DUNNO)
 
 _INTERNAL_ERROR = Decision(
     Verdict.DEFER, Reason.DIRECTORY_UNAVAILABLE, "451 4.3.0 Temporary policy failure, please try again later"
@@ -60,7 +65,11 @@ class PolicyServer:
     async def start(
         self, listen: Iterable[str] = (), sockets: Iterable[socket.socket] = ()
     ) -> None:
-        """Bind every listener (or adopt passed sockets). Raises OSError naming the address."""
+        """Bind every listener (or adopt passed sockets). Raises OSError naming the address.
+
+        Passed sockets (systemd socket activation) must be listening SOCK_STREAM sockets; they
+        are served as they are (no chmod, and never unlinked on stop: systemd owns them).
+        """
         loop = asyncio.get_running_loop()
         srv: asyncio.Server
         for spec in listen:
@@ -80,6 +89,10 @@ class PolicyServer:
                 raise OSError(e.errno, f"cannot listen on {spec}: {e.strerror}") from e
             self._servers.append(srv)
         for sock in sockets:
+            if sock.type != socket.SOCK_STREAM:
+                raise OSError(
+                    errno.EINVAL, f"passed socket fd {sock.fileno()} is not a stream socket"
+                )
             if sock.family == socket.AF_UNIX:
                 srv = await loop.create_unix_server(self._factory, sock=sock)
             else:
@@ -92,32 +105,77 @@ class PolicyServer:
                     host = name[0]
                     self.addresses.append(f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}")
                 else:
+                    if isinstance(name, bytes):  # abstract unix name
+                        name = "@" + name[1:].decode(errors="replace")
                     self.addresses.append(f"unix:{name}")
 
     def _factory(self) -> _Connection:
         return _Connection(self)
 
     async def stop(self, drain_timeout: float | None = None) -> None:
-        """Stop accepting; let in-flight requests finish (bounded); close every connection."""
+        """Stop accepting; let in-flight requests finish (bounded); close every connection.
+
+        A connection is closed only between requests, and never with a reset: idle
+        connections get a FIN (shutdown) while we keep reading, so a request the client sent
+        at the same moment meets a clean end of stream instead of an RST, and Postfix simply
+        retries it elsewhere (or, with socket activation, on the restarted policyd). Requests
+        already read are answered first; those still unanswered at the drain deadline are
+        cut off.
+        """
         timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
-        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         for srv in self._servers:
             srv.close()
-        for conn in list(self.connections):
-            conn.close_if_idle()
-        deadline = time.monotonic() + timeout
-        while self.connections and time.monotonic() < deadline:
+        lingering: set[asyncio.Task[None]] = set()
+        while self.connections:
+            for conn in list(self.connections):
+                task = self._close_between_requests(conn, deadline)
+                if task is not None:
+                    lingering.add(task)
+            if not self.connections or loop.time() >= deadline:
+                break
             await asyncio.sleep(0.01)
+        self.draining = True
         if self.connections:
             log.warning("drain timeout: closing %d connection(s) with requests in flight", len(self.connections))
         for conn in list(self.connections):
             conn.abort()
+        if lingering:
+            await asyncio.wait(lingering, timeout=max(0.1, deadline - loop.time()) + 1.0)
         for srv in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(srv.wait_closed(), 1.0)
         for path in self._unix_paths:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+
+    def _close_between_requests(self, conn: _Connection, deadline: float) -> asyncio.Task[None] | None:
+        """Close `conn` if it is between requests (with a lingering FIN); else leave it."""
+        tr = conn.transport
+        if tr is None or tr.is_closing() or tr.get_write_buffer_size():
+            return None
+        dup = -1
+        with contextlib.suppress(OSError, AttributeError, ValueError, TypeError):
+            dup = os.dup(tr.get_extra_info("socket").fileno())
+        conn.close_if_idle()
+        if not tr.is_closing():  # a request is in flight or half received
+            if dup >= 0:
+                os.close(dup)
+            return None
+        if dup < 0:
+            return None
+        return asyncio.ensure_future(_linger(socket.socket(fileno=dup), deadline))
+
+    @property
+    def open_connections(self) -> int:
+        """Connections being served (safe to read from another thread, e.g. a metrics scrape)."""
+        return len(self.connections)
+
+    @property
+    def pending_requests(self) -> int:
+        """Requests read but not yet answered (thread-safe variant of in_flight)."""
+        return sum(c.pending for c in tuple(self.connections))
 
     @property
     def in_flight(self) -> int:
@@ -129,6 +187,25 @@ class PolicyServer:
                 hook(attrs, profile, decision, elapsed)
             except Exception:  # a broken log handler must not break the answer
                 log.exception("decision hook failed")
+
+
+async def _linger(sock: socket.socket, deadline: float) -> None:
+    """Send FIN on a connection asyncio has let go of, discard what the client still sends,
+    and close once it has closed too (or after 2 s / the drain deadline). Closing a socket
+    with unread data would send an RST, which the client sees as "connection reset"."""
+    loop = asyncio.get_running_loop()
+    until = min(deadline, loop.time() + 2.0)
+    try:
+        sock.setblocking(False)
+        sock.shutdown(socket.SHUT_WR)
+        while loop.time() < until:
+            data = await asyncio.wait_for(loop.sock_recv(sock, 65536), until - loop.time())
+            if not data:
+                break
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        sock.close()
 
 
 def _remove_stale_socket(path: str) -> None:
@@ -143,7 +220,7 @@ def _remove_stale_socket(path: str) -> None:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("server", "transport", "parser", "tail", "pending", "last_active", "_idle", "_paused", "peer")
+    __slots__ = ("server", "transport", "parser", "tail", "pending", "last_active", "_idle", "_paused", "_wpaused", "peer")
 
     def __init__(self, server: PolicyServer) -> None:
         self.server = server
@@ -154,6 +231,7 @@ class _Connection(asyncio.Protocol):
         self.last_active = time.monotonic()
         self._idle: asyncio.TimerHandle | None = None
         self._paused = False
+        self._wpaused = False  # paused by flow control: the client is not reading its replies
         self.peer = "?"
 
     # asyncio.Protocol --------------------------------------------------------------------
@@ -200,6 +278,18 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         return None  # close our side too once replies are written
+
+    def pause_writing(self) -> None:
+        # Our write buffer is over its high-water mark: the client sends requests but does not
+        # read the replies. Stop reading it, or its replies pile up here without bound.
+        self._wpaused = True
+        if self.transport is not None and not self._paused:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._wpaused = False
+        if self.transport is not None and not self._paused and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     # requests ----------------------------------------------------------------------------
 
@@ -249,16 +339,25 @@ class _Connection(asyncio.Protocol):
                 self.tail = None
             if self._paused and self.pending < MAX_PENDING_PER_CONNECTION // 2 and self.transport:
                 self._paused = False
-                self.transport.resume_reading()
+                if not self._wpaused:
+                    self.transport.resume_reading()
             if self.server.draining:
                 self.close_if_idle()
 
     def _reply(self, attrs: Mapping[str, str], profile: str, decision: Decision, started: float) -> None:
-        try:
-            payload = encode_action(to_action(decision))
-        except ValueError:
-            log.error("refusing to send invalid action %r; deferring instead", to_action(decision))
-            payload = encode_action(_INTERNAL_ERROR.reply)
+        action = to_action(decision)
+        payload = _PAYLOADS.get(action)
+        if payload is None:
+            try:
+                payload = encode_action(action)
+            except ValueError:
+                log.error("refusing to send invalid action %r; deferring instead", action)
+                payload = encode_action(_INTERNAL_ERROR.reply)
+            else:
+                # OK / DUNNO (the accept actions): a handful of constant words, encoded once.
+                # Reject texts name the sender: not kept.
+                if decision.verdict in _CONSTANT_ACTIONS and len(_PAYLOADS) < 64:
+                    _PAYLOADS[action] = payload
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(payload)
         self.server.emit(attrs, profile, decision, time.perf_counter() - started)

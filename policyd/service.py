@@ -20,10 +20,16 @@ from policyd.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+#: Distinct server_port values whose profile is remembered (per runtime).
+_PORT_CACHE_SIZE = 64
+
 
 class PolicyService:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        # server_port -> profile, for the runtime it was computed with (a reload swaps
+        # self.runtime, and the next lookup starts a new table)
+        self._by_port: tuple[Runtime | None, dict[str, ProfileConfig]] = (None, {})
 
     def select_profile(self, attrs: Mapping[str, str], rt: Runtime | None = None) -> ProfileConfig:
         """policy_context names the profile; else the server_port; else the default."""
@@ -36,9 +42,26 @@ class PolicyService:
                 return p
             log.warning("policy_context=%s names no profile; using the default", ctx[:64])
         port = attrs.get("server_port", "")
-        if port:
+        by_port = self._by_port
+        if by_port[0] is rt:
+            hit = by_port[1].get(port)
+            if hit is not None:
+                return hit
+        else:
+            by_port = self._by_port = (rt, {})
+        profile = self._profile_for_port(port, rt)
+        if len(by_port[1]) < _PORT_CACHE_SIZE:  # (Postfix sends a few ports; a client may lie)
+            by_port[1][port] = profile
+        return profile
+
+    @staticmethod
+    def _profile_for_port(port: str, rt: Runtime) -> ProfileConfig:
+        profiles = rt.config.profiles
+        # isdigit() alone lets "²" (and 5,000-digit strings) through to int(), which raises.
+        if port and port.isascii() and port.isdigit() and len(port) <= 5:
+            number = int(port)
             for p in profiles.values():
-                if port.isdigit() and int(port) in p.ports:
+                if number in p.ports:
                     return p
         return profiles[rt.config.policy.default_profile]
 
@@ -100,6 +123,7 @@ class PolicyService:
 
 
 def _facts(network: Any, kind: str, value: frozenset[str]) -> Facts:
+    # (positional: Facts(network, owned, sender_owners) is the faster call)
     if kind == "a":
-        return Facts(network=network, owned=value)
-    return Facts(network=network, sender_owners=value)
+        return Facts(network, value)
+    return Facts(network, None, value)

@@ -30,6 +30,8 @@ class LookupRunner:
     def __init__(self, directory: Directory, threads: int, deadline: float) -> None:
         self.directory = directory
         self.deadline = deadline
+        #: called with (seconds, ok) after each call that went to a blocking directory (metrics)
+        self.observer: Callable[[float, bool], None] | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         if directory.blocking:
             self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -40,11 +42,18 @@ class LookupRunner:
         if self._pool is None:
             return fn(arg)
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        ok = False
         fut = loop.run_in_executor(self._pool, fn, arg)
         try:
-            return await asyncio.wait_for(fut, self.deadline)
+            value = await asyncio.wait_for(fut, self.deadline)
+            ok = True
+            return value
         except TimeoutError:
             raise DirectoryUnavailable(f"no answer within {self.deadline:g}s") from None
+        finally:
+            if self.observer is not None:
+                self.observer(time.perf_counter() - started, ok)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from policyd.addresses import (
     AddressRules,
-    canonical_login,
     candidates,
+    canonical_login,
     normalize_address,
 )
 from policyd.directory.base import DirectoryError
