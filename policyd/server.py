@@ -72,18 +72,23 @@ class PolicyServer:
         """
         loop = asyncio.get_running_loop()
         srv: asyncio.Server
+        # asyncio's default backlog (100) overflows when many smtpd processes (re)connect at
+        # once (after a restart, every one of them): the kernel then drops SYNs and each drop
+        # costs the client a 1 s retransmit. For passed sockets this also avoids listen(100)
+        # shrinking systemd's Backlog=.
+        backlog = max(1024, self.config.max_connections)
         for spec in listen:
             kind, host, port = parse_listen(spec)
             try:
                 if kind == "unix":
                     assert host is not None
                     _remove_stale_socket(host)
-                    srv = await loop.create_unix_server(self._factory, host)
+                    srv = await loop.create_unix_server(self._factory, host, backlog=backlog)
                     os.chmod(host, int(self.config.unix_socket_mode, 8))
                     self._unix_paths.append(host)
                 else:
                     srv = await loop.create_server(
-                        self._factory, host, port or 0, reuse_address=True
+                        self._factory, host, port or 0, reuse_address=True, backlog=backlog
                     )
             except OSError as e:
                 raise OSError(e.errno, f"cannot listen on {spec}: {e.strerror}") from e
@@ -94,9 +99,9 @@ class PolicyServer:
                     errno.EINVAL, f"passed socket fd {sock.fileno()} is not a stream socket"
                 )
             if sock.family == socket.AF_UNIX:
-                srv = await loop.create_unix_server(self._factory, sock=sock)
+                srv = await loop.create_unix_server(self._factory, sock=sock, backlog=backlog)
             else:
-                srv = await loop.create_server(self._factory, sock=sock)
+                srv = await loop.create_server(self._factory, sock=sock, backlog=backlog)
             self._servers.append(srv)
         for srv in self._servers:
             for s in srv.sockets:
