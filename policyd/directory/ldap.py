@@ -73,6 +73,9 @@ from policyd.addresses import (
 from policyd.config import LdapConfig
 from policyd.directory.base import DirectoryError, DirectoryUnavailable
 
+#: An address-type prefix as in Active Directory's proxyAddresses ("smtp:", "X500:", "sip:").
+_ADDRESS_TYPE = re.compile(r"^([A-Za-z][A-Za-z0-9]{1,7}):")
+
 log = logging.getLogger(__name__)
 
 # ldap3 calls ssl.match_hostname on every TLS connect, deprecated since Python 3.7 (and removed
@@ -631,6 +634,13 @@ class LdapDirectory:
     def _addresses(self, entry: Mapping[str, Any], attrs: Sequence[str]) -> list[str]:
         out = []
         for v in self._values(entry, attrs):
+            # Active Directory's proxyAddresses: "SMTP:primary@x", "smtp:alias@x", and other
+            # address types ("X500:…", "sip:…") that are not mail addresses.
+            m = _ADDRESS_TYPE.match(v)
+            if m is not None:
+                if m.group(1).lower() != "smtp":
+                    continue
+                v = v[m.end():]
             a = normalize_address(v, self.rules)
             local, domain = split_address(a)
             if not domain or "@" not in a:
