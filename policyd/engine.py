@@ -11,7 +11,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from policyd.addresses import AddressRules, owned_by, sender_domain
+from policyd.addresses import AddressRules, normalize_address, owned_by, sender_domain
 from policyd.config import ProfileConfig, render
 from policyd.decision import Decision, Reason, Verdict
 from policyd.networks import Range
@@ -59,25 +59,29 @@ def decide(
     rules: AddressRules,
 ) -> Decision:
     """The policy. `attrs` are the request attributes (missing = empty)."""
-    if attrs.get("request", "") != POLICY_REQUEST:
-        return Decision(Verdict.DUNNO, Reason.WRONG_REQUEST)
-    if attrs.get("protocol_state", "").upper() != profile.check_state:
-        return Decision(Verdict.DUNNO, Reason.NOT_CHECKED_STATE)
+    get = attrs.get
+    if get("request", "") != POLICY_REQUEST:
+        return _DUNNO_WRONG_REQUEST
+    if get("protocol_state", "").upper() != profile.check_state:
+        return _DUNNO_NOT_CHECKED_STATE
 
     replies = profile.replies
-    sender = attrs.get("sender", "")
-    login = attrs.get("sasl_username", "").strip()
-    client = attrs.get("client_address", "")
+    sender = get("sender", "")
+    login = get("sasl_username", "").strip()
+    client = get("client_address", "")
     values = {"sender": sender, "login": login, "client": client}
 
     if login:
         if not sender:
             if profile.null_sender == "reject":
                 return _reject(profile, Reason.NULL_SENDER, render(replies.null_sender, **values))
-            return Decision(Verdict.DUNNO, Reason.NULL_SENDER)
-        if facts.directory_unavailable or facts.owned is None:
+            return _DUNNO_NULL_SENDER
+        owned = facts.owned
+        if facts.directory_unavailable or owned is None:
             return _defer(Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values))
-        if owned_by(facts.owned, sender, rules):
+        # The exact address is the first key owned_by tries: the common case, checked without
+        # building the other candidates.
+        if normalize_address(sender, rules) in owned or owned_by(owned, sender, rules):
             return _accept(profile, Reason.SENDER_OWNED)
         return _reject(profile, Reason.SENDER_NOT_OWNED, render(replies.sender_not_owned, **values))
 
@@ -104,7 +108,7 @@ def decide(
         return _reject(
             profile, Reason.AUTHENTICATION_REQUIRED, render(replies.authentication_required, **values)
         )
-    return Decision(Verdict.DUNNO, Reason.NOT_TRUSTED)
+    return _DUNNO_NOT_TRUSTED
 
 
 def decide_header_from(
@@ -154,8 +158,22 @@ def decide_header_from(
     return Decision(Verdict.ACCEPT, Reason.HEADER_FROM_OWNED, reply="ACCEPT")
 
 
+# Decisions are immutable values: the constant ones are made once.
+_DUNNO_WRONG_REQUEST = Decision(Verdict.DUNNO, Reason.WRONG_REQUEST)
+_DUNNO_NOT_CHECKED_STATE = Decision(Verdict.DUNNO, Reason.NOT_CHECKED_STATE)
+_DUNNO_NULL_SENDER = Decision(Verdict.DUNNO, Reason.NULL_SENDER)
+_DUNNO_NOT_TRUSTED = Decision(Verdict.DUNNO, Reason.NOT_TRUSTED)
+_ACCEPTS: dict[tuple[str, Reason], Decision] = {}
+
+
 def _accept(profile: ProfileConfig, reason: Reason) -> Decision:
-    return Decision(Verdict.ACCEPT, reason, reply=profile.accept_action.upper())
+    key = (profile.accept_action, reason)
+    d = _ACCEPTS.get(key)
+    if d is None:
+        d = Decision(Verdict.ACCEPT, reason, reply=profile.accept_action.upper())
+        if len(_ACCEPTS) < 256:  # (accept actions come from the config: a handful)
+            _ACCEPTS[key] = d
+    return d
 
 
 def _reject(profile: ProfileConfig, reason: Reason, reply: str) -> Decision:

@@ -23,15 +23,20 @@ from policyd.engine import to_action
 
 decision_log = logging.getLogger("policyd.decision")
 
-_UNSAFE = re.compile(r'[\s"\\=]|[^\x21-\x7e]')
+# Unsafe in a bare value: whitespace, '"', '\\', '=' and anything outside printable ASCII, i.e.
+# r'[\s"\\=]|[^\x21-\x7e]' written as one character class (same set, 3-4x faster to scan).
+_UNSAFE = re.compile(r"[^\x21\x23-\x3c\x3e-\x5b\x5d-\x7e]")
+_unsafe = _UNSAFE.search
+_INFO = logging.INFO
 
 
 def kv(value: str) -> str:
     """One logfmt value: bare when safe, else quoted; control characters escaped."""
-    if value and not _UNSAFE.search(value):
+    if value and not _unsafe(value):
         return value
     out = value.replace("\\", "\\\\").replace('"', '\\"')
-    out = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in out)
+    if not out.isprintable():  # (the per-character pass only when something needs escaping)
+        out = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in out)
     return f'"{out[:512]}"'
 
 
@@ -39,29 +44,101 @@ def decision_line(
     attrs: Mapping[str, str], profile: str, decision: Decision, elapsed: float
 ) -> str:
     g = attrs.get
-    parts = [
-        "decision",
-        f"queue_id={kv(g('queue_id', ''))}",
-        f"instance={kv(g('instance', ''))}",
-        f"client={kv(g('client_address', ''))}",
-        f"login={kv(g('sasl_username', ''))}",
-        f"sender={kv(g('sender', ''))}",
-        f"recipient={kv(g('recipient', ''))}",
-        f"profile={kv(profile)}",
-        f"action={kv(to_action(decision))}",
-        f"reason={decision.reason.value}",
-    ]
-    if decision.would_have:
-        parts.append(f"would={kv(decision.would_have)}")
-    parts.append(f"ms={elapsed * 1000:.2f}")
-    return " ".join(parts)
+    values = (
+        g("queue_id", ""), g("instance", ""), g("client_address", ""), g("sasl_username", ""),
+        g("sender", ""), g("recipient", ""), profile, to_action(decision),
+    )
+    # One regex pass over all values ("!" is a safe separator): usually none needs quoting,
+    # and then only the empty ones become "".
+    if _unsafe("!".join(values)) is None:
+        q, i, c, lo, s, r, p, a = [v or '""' for v in values]
+    else:
+        q, i, c, lo, s, r, p, a = map(kv, values)
+    would = f" would={kv(decision.would_have)}" if decision.would_have else ""
+    return (
+        f"decision queue_id={q} instance={i} client={c} login={lo} sender={s} recipient={r} "
+        f"profile={p} action={a} reason={decision.reason._value_}{would} ms={elapsed * 1000:.2f}"
+    )
 
 
 def log_decision(
     attrs: Mapping[str, str], profile: str, decision: Decision, elapsed: float
 ) -> None:
-    if decision_log.isEnabledFor(logging.INFO):
-        decision_log.info("%s", decision_line(attrs, profile, decision, elapsed))
+    if decision_log.isEnabledFor(_INFO):
+        line = decision_line(attrs, profile, decision, elapsed)
+        direct = _direct
+        if direct is not None and direct.usable():
+            direct.write(line)
+        else:
+            decision_log.info("%s", line)
+
+
+class _DirectStream:
+    """The decision log's fast path (one line per request, so its cost is per request).
+
+    When the record would reach nothing but the stderr handler that setup_logging installed
+    (no other handler or filter on the way, its formatter unchanged, the default LogRecord
+    factory), the line is written to that handler's stream exactly as the handler would write
+    it ("INFO policyd.decision: decision ...\\n", under the handler's lock, then flushed),
+    without building a LogRecord and formatting it: that takes most of the logging module's
+    cost. In any other setup (syslog, an added handler or filter, pytest's caplog, stdio
+    mode) the line goes through decision_log.info() as usual.
+    """
+
+    __slots__ = ("handler", "formatter", "fmt")
+
+    def __init__(self, handler: logging.StreamHandler, formatter: logging.Formatter) -> None:  # type: ignore[type-arg]
+        self.handler = handler
+        self.formatter = formatter
+        self.fmt = formatter._fmt
+
+    def usable(self) -> bool:
+        h = self.handler
+        root = logging.root
+        lg: logging.Logger = decision_log
+        if lg.disabled:
+            return False
+        while lg is not root:
+            if lg.handlers or lg.filters or not lg.propagate:
+                return False
+            lg = lg.parent  # type: ignore[assignment]
+        handlers = root.handlers
+        return (
+            len(handlers) == 1
+            and handlers[0] is h
+            and not root.filters
+            and not h.filters
+            and h.level <= _INFO
+            and h.formatter is self.formatter
+            and self.formatter._fmt == self.fmt
+            and self.formatter._style._fmt == _STDERR_FORMAT
+            and not getattr(self.formatter._style, "_defaults", None)
+            and logging.getLogRecordFactory() is logging.LogRecord
+        )
+
+    def write(self, line: str) -> None:
+        h = self.handler
+        msg = f"{logging.getLevelName(_INFO)} {decision_log.name}: {line}".replace("\n", " | ")
+        h.acquire()
+        try:
+            stream = h.stream
+            stream.write(msg + h.terminator)
+            if stream and hasattr(stream, "flush"):  # (StreamHandler.flush, lock already held)
+                stream.flush()
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - as StreamHandler.emit: the handler reports it
+            h.handleError(
+                decision_log.makeRecord(
+                    decision_log.name, _INFO, __file__, 0, "%s", (line,), None, "log_decision"
+                )
+            )
+        finally:
+            h.release()
+
+
+_direct: _DirectStream | None = None
+_STDERR_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 class _Formatter(logging.Formatter):
@@ -89,6 +166,10 @@ def setup_logging(
         handler.setFormatter(_Formatter("policyd[%(process)d]: %(levelname)s %(name)s: %(message)s"))
     else:
         handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
-        handler.setFormatter(_Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_Formatter(_STDERR_FORMAT))
+    global _direct
+    _direct = None
+    if isinstance(handler, logging.StreamHandler) and handler.formatter is not None:
+        _direct = _DirectStream(handler, handler.formatter)
     root.addHandler(handler)
     root.setLevel(level.upper())
