@@ -230,12 +230,18 @@ def _serve_stdio(args: argparse.Namespace) -> int:
 
 
 def _run(coro: object) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)  # type: ignore[arg-type]
-    else:
-        uvloop.run(coro)  # type: ignore[arg-type]
+    """uvloop when it is installed (policyd[fast]) unless POLICYD_NO_UVLOOP is set."""
+    import os
+
+    if not os.environ.get("POLICYD_NO_UVLOOP"):
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(coro)  # type: ignore[arg-type]
+            return
+    asyncio.run(coro)  # type: ignore[arg-type]
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -1,0 +1,83 @@
+"""The decision log line: stable format, and the stderr fast path writes what logging would."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from policyd import observability
+from policyd.decision import Decision, Reason, Verdict
+from policyd.observability import decision_line, kv, log_decision, setup_logging
+
+ATTRS = {"queue_id": "", "instance": "1.2.3.0", "client_address": "192.0.2.7",
+         "sasl_username": "alice", "sender": "bob@example.org", "recipient": "x@example.net"}
+REJECT = Decision(Verdict.REJECT, Reason.SENDER_NOT_OWNED,
+                  "553 5.7.1 Sender address <bob@example.org> is not owned by user alice")
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)
+    observability._direct = None
+
+
+def test_line_format_is_stable() -> None:
+    line = decision_line(ATTRS, "submission", REJECT, 0.00012)
+    assert line == (
+        'decision queue_id="" instance=1.2.3.0 client=192.0.2.7 login=alice '
+        'sender=bob@example.org recipient=x@example.net profile=submission '
+        'action="553 5.7.1 Sender address <bob@example.org> is not owned by user alice" '
+        'reason=sender_not_owned ms=0.12')
+    warn = Decision(Verdict.DUNNO, Reason.SENDER_NOT_OWNED, would_have=REJECT.reply)
+    assert " action=DUNNO reason=sender_not_owned would=\"553 5.7.1 " in decision_line(
+        ATTRS, "submission", warn, 0.0)
+
+
+@pytest.mark.parametrize(("value", "out"), [
+    ("plain", "plain"), ("", '""'), ("a b", '"a b"'), ('q"x', '"q\\"x"'), ("a=b", '"a=b"'),
+    ("nl\nx", '"nl\\x0ax"'), ("tab\t", '"tab\\x09"'), ("back\\", '"back\\\\"'),
+])
+def test_kv_quoting(value: str, out: str) -> None:
+    assert kv(value) == out
+
+
+def test_fast_path_writes_exactly_what_logging_writes(restore_logging: None) -> None:
+    fast = io.StringIO()
+    setup_logging(stream=fast)
+    assert observability._direct is not None and observability._direct.usable()
+    log_decision({**ATTRS, "sender": "we\nird"}, "submission", REJECT, 0.001)
+    slow = io.StringIO()
+    setup_logging(stream=slow)
+    observability._direct = None  # force the logging module path
+    log_decision({**ATTRS, "sender": "we\nird"}, "submission", REJECT, 0.001)
+    assert fast.getvalue() == slow.getvalue()
+    assert fast.getvalue().startswith("INFO policyd.decision: decision ")
+    assert fast.getvalue().count("\n") == 1
+
+
+def test_fast_path_steps_aside_for_other_handlers_and_levels(restore_logging: None) -> None:
+    out = io.StringIO()
+    setup_logging(stream=out)
+    extra = io.StringIO()
+    h = logging.StreamHandler(extra)
+    logging.getLogger().addHandler(h)
+    try:
+        log_decision(ATTRS, "submission", REJECT, 0.0)
+    finally:
+        logging.getLogger().removeHandler(h)
+    assert "reason=sender_not_owned" in extra.getvalue()  # the added handler saw it
+    assert "reason=sender_not_owned" in out.getvalue()
+    setup_logging(level="warning", stream=out)
+    before = out.getvalue()
+    log_decision(ATTRS, "submission", REJECT, 0.0)
+    assert out.getvalue() == before  # INFO is off: nothing written by either path
