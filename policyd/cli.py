@@ -354,5 +354,10 @@ def _milter(args: argparse.Namespace) -> int:
                 "(on Debian first: apt-get install libmilter-dev)"
             )
         raise
-    rc: int = run_milter(args.config or DEFAULT_CONFIG)
+    from policyd.app import LOAD_ERRORS
+
+    try:
+        rc: int = run_milter(args.config or DEFAULT_CONFIG)
+    except LOAD_ERRORS as e:
+        return _fail(str(e))
     return rc

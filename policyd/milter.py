@@ -30,7 +30,6 @@ import contextlib
 import functools
 import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -41,12 +40,11 @@ import Milter  # ImportError without pymilter: cli.py turns it into an install h
 import milter as _milter_c
 
 from policyd.addresses import canonical_login
-from policyd.config import Config, ConfigError, ProfileConfig, load_config
+from policyd.config import Config, ProfileConfig, load_config
 from policyd.decision import Decision, Verdict
-from policyd.directory.base import DirectoryError, DirectoryUnavailable
+from policyd.directory.base import DirectoryUnavailable
 from policyd.engine import decide_header_from, to_action
 from policyd.headers import AuthorCheck, author_mailboxes, unfold
-from policyd.networks import NetworksError
 from policyd.observability import kv, setup_logging
 from policyd.runtime import Runtime, build_runtime
 
@@ -344,21 +342,17 @@ def install(service: MilterService) -> None:
 
 
 def run_milter(config_path: str | Path) -> int:
-    """`policyd milter`: run until libmilter stops (SIGTERM/SIGINT/SIGHUP). Exit status."""
-    try:
-        config = load_config(config_path)
-    except ConfigError as e:
-        print(f"policyd: {e}", file=sys.stderr)
-        return 1
+    """`policyd milter`: run until libmilter stops (SIGTERM/SIGINT/SIGHUP). Exit status.
+
+    A bad config, range file or directory raises (ConfigError, NetworksError, DirectoryError):
+    the CLI prints it.
+    """
+    config = load_config(config_path)
     setup_logging(
         config.logging.level, config.logging.target, config.logging.syslog_address,
         config.logging.syslog_facility,
     )
-    try:
-        service = MilterService.from_config(config)
-    except (ConfigError, NetworksError, DirectoryError) as e:
-        print(f"policyd: {e}", file=sys.stderr)
-        return 1
+    service = MilterService.from_config(config)
     install(service)
     # An exception escaping a callback ends in 451 4.3.0 (pymilter's reply), never in accept.
     _milter_c.set_exception_policy(Milter.TEMPFAIL)

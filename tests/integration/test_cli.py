@@ -117,3 +117,11 @@ def test_bad_directory_line_is_a_startup_error_with_file_and_line(config: Path) 
 def test_serve_bad_listen_argument(config: Path) -> None:
     r = policyd("serve", "-c", str(config), "--listen", "nowhere")
     assert r.returncode == 1 and "--listen" in r.stderr
+
+
+def test_milter_bad_config_fails_with_one_line(config: Path) -> None:
+    config.write_text(config.read_text() + "[milter]\nlisten = \"tcp:1\"\n")
+    r = policyd("milter", "-c", str(config))
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"policyd: {config}: milter.listen: must be inet:PORT@HOST, inet6:PORT@HOST or unix:/PATH"]
