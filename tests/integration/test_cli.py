@@ -125,3 +125,15 @@ def test_milter_bad_config_fails_with_one_line(config: Path) -> None:
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
         f"policyd: {config}: milter.listen: must be inet:PORT@HOST, inet6:PORT@HOST or unix:/PATH"]
+
+
+def test_readme_check_example_is_what_the_command_prints() -> None:
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("$ policyd check "):]
+    block = block[: block.index("```")]
+    command, *expected = block.strip().splitlines()
+    r = policyd(*shlex.split(command)[2:])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == expected
