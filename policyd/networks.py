@@ -289,6 +289,10 @@ _Item = tuple[int, int, int, Range | None]
 _SEQ_BITS = 40
 
 
+#: Ranges with more addresses than an IPv4 /8 or an IPv6 /16 are reported by Networks.wide.
+_WIDE = {4: 1 << 24, 6: 1 << 112}
+
+
 class _Builder:
     """Collects the lines of one or more files, then compiles the lookup tables."""
 
@@ -428,6 +432,12 @@ class _Builder:
 
     def build(self) -> Networks:
         net = Networks.__new__(Networks)
+        net._wide = tuple(
+            rng
+            for family in (4, 6)
+            for _, last, first, rng in self.items[family]
+            if rng is not None and last - first >= _WIDE[family]
+        )
         net._count4 = len(self.items[4]) - self.exclusions[4]
         net._count6 = len(self.items[6]) - self.exclusions[6]
         net._exclusions = self.exclusions[4] + self.exclusions[6]
@@ -596,6 +606,7 @@ class Networks:
         "_count6",
         "_exclusions",
         "_restricted",
+        "_wide",
     )
 
     _s4: array[int]
@@ -609,6 +620,7 @@ class Networks:
     _count6: int
     _exclusions: int
     _restricted: int
+    _wide: tuple[Range, ...]
 
     def _set_tables(self, v4: _Table, v6: _Table) -> None:
         starts4, ends4, self._w4 = v4
@@ -716,6 +728,12 @@ class Networks:
             sl, eh, el = self._rec6[3 * i : 3 * i + 3]
             out.append((6, sh << 64 | sl, eh << 64 | el, w))
         return out
+
+    @property
+    def wide(self) -> tuple[Range, ...]:
+        """Ranges wider than an IPv4 /8 or an IPv6 /16 (0.0.0.0/0 would be an open relay):
+        almost always a typo, so start-up warns about them."""
+        return self._wide
 
     def summary(self) -> str:
         n = len(self)

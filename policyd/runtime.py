@@ -45,6 +45,11 @@ def build_runtime(config: Config) -> Runtime:
     """Load ranges and the directory. Raises NetworksError / DirectoryError with file and line."""
     rules = config.addresses.rules()
     networks = Networks.load(config.networks.files) if config.networks.files else Networks.empty()
+    for rng in networks.wide[:5]:
+        log.warning(
+            "allocated range %s (%s) is wider than an IPv4 /8 or IPv6 /16: every client in it "
+            "may relay without SMTP AUTH. Intended?", rng.pattern, rng.source,
+        )
     directory = make_directory(config, rules)
     lookups = None
     if directory.blocking:

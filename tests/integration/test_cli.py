@@ -137,3 +137,10 @@ def test_readme_check_example_is_what_the_command_prints() -> None:
     r = policyd(*shlex.split(command)[2:])
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == expected
+
+
+def test_a_range_wider_than_a_slash_8_is_warned_about(config: Path) -> None:
+    (config.parent / "ranges.txt").write_text("0.0.0.0/0 everyone\n")
+    r = policyd("config-check", "-c", str(config))
+    assert r.returncode == 0
+    assert "allocated range 0.0.0.0/0" in r.stderr and "ranges.txt:1" in r.stderr
