@@ -146,14 +146,9 @@ class App:
             logging.getLogger().setLevel(config.logging.level.upper())
         cache_note = ""
         if old.lookups is not None and runtime.lookups is not None:
-            # cumulative counters (metrics) survive a reload
-            runtime.lookups.stats = old.lookups.stats
-            if old.config.ldap == config.ldap and old.config.addresses == config.addresses:
-                # same directory: keep the warm cache (entries, not the pool)
-                runtime.lookups._entries = old.lookups._entries
-                cache_note = "; cache kept"
-            else:
-                cache_note = "; directory changed: cache dropped"
+            same = old.config.ldap == config.ldap and old.config.addresses == config.addresses
+            runtime.lookups.take_over(old.lookups, keep_entries=same)
+            cache_note = "; cache kept" if same else "; directory changed: cache dropped"
         self._adopt(runtime)
         self.service.runtime = runtime
         self.server.config = config.server  # limits and drain_timeout apply at once
@@ -302,7 +297,7 @@ async def _stdio_stream(app: App, rfd: int, wfd: int) -> None:
         for req in requests:
             started = time.perf_counter()
             try:
-                profile, decision, _ = await app.service.decide(req.attrs)
+                profile, decision = await app.service.decide(req.attrs)
                 pname = profile.name
             except Exception:  # a bug must defer, never permit, never kill the server
                 log.exception("internal error deciding a request on stdin")

@@ -270,7 +270,7 @@ def _check(args: argparse.Namespace) -> int:
     service = PolicyService(runtime)
 
     async def go() -> None:
-        profile, decision, _ = await service.decide(attrs)
+        profile, decision = await service.decide(attrs)
         print(f"action={to_action(decision)}")
         print(f"reason={decision.reason.value}")
         print(f"profile={profile.name} (role {profile.role}, mode {profile.mode})")

@@ -6,6 +6,7 @@ the file, the key and why. Paths are resolved relative to the config file's dire
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import string
 import tomllib
@@ -247,13 +248,7 @@ def config_from_dict(data: Mapping[str, Any], source: str, base_dir: Path) -> Co
                 raise ConfigError(source, key, "must be a table")
             profiles[name] = ctx.build(ProfileConfig, body, key, extra={"name": name})
     _check(cfg, profiles, ctx)
-    return _replace(cfg, profiles=types.MappingProxyType(profiles))
-
-
-def _replace(cfg: Config, **changes: Any) -> Config:
-    import dataclasses
-
-    return dataclasses.replace(cfg, **changes)
+    return dataclasses.replace(cfg, profiles=types.MappingProxyType(profiles))
 
 
 _LISTEN_RE = re.compile(r"^(?:unix:(/.+)|\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+))$")

@@ -301,7 +301,7 @@ class _Connection(asyncio.Protocol):
     def _handle(self, attrs: Mapping[str, str]) -> None:
         started = time.perf_counter()
         try:
-            profile, result, _facts = self.server.service.decide_now(attrs)
+            profile, result = self.server.service.decide_now(attrs)
         except Exception:  # a bug must defer, never permit, never kill the server
             log.exception("internal error deciding a request from %s", self.peer)
             profile_name, result = "-", _INTERNAL_ERROR

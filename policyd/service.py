@@ -67,15 +67,14 @@ class PolicyService:
 
     def decide_now(
         self, attrs: Mapping[str, str]
-    ) -> tuple[ProfileConfig, Decision | Coroutine[Any, Any, Decision], Facts]:
+    ) -> tuple[ProfileConfig, Decision | Coroutine[Any, Any, Decision]]:
         """Either the decision, or a coroutine that finishes it after a directory lookup."""
         rt = self.runtime
         profile = self.select_profile(attrs, rt)
         network = rt.networks.lookup(attrs.get("client_address", ""))
         need = needs(attrs, profile, network)
         if need is Need.NOTHING:
-            facts = Facts(network=network)
-            return profile, decide(attrs, profile, facts, rt.rules), facts
+            return profile, decide(attrs, profile, Facts(network=network), rt.rules)
         if need is Need.ADDRESSES:
             kind, key = "a", canonical_login(attrs.get("sasl_username", ""), rt.rules)
         else:
@@ -87,12 +86,11 @@ class PolicyService:
             except DirectoryUnavailable as e:
                 log.warning("directory unavailable: %s", e)
                 facts = Facts(network=network, directory_unavailable=True)
-            return profile, decide(attrs, profile, facts, rt.rules), facts
+            return profile, decide(attrs, profile, facts, rt.rules)
         hit = rt.lookups.peek(kind, key)
         if hit is not None:
-            facts = _facts(network, kind, hit)
-            return profile, decide(attrs, profile, facts, rt.rules), facts
-        return profile, self._decide_later(rt, attrs, profile, network, kind, key), Facts(network)
+            return profile, decide(attrs, profile, _facts(network, kind, hit), rt.rules)
+        return profile, self._decide_later(rt, attrs, profile, network, kind, key)
 
     async def _decide_later(
         self,
@@ -115,11 +113,11 @@ class PolicyService:
             facts = Facts(network=network, directory_unavailable=True)
         return decide(attrs, profile, facts, rt.rules)
 
-    async def decide(self, attrs: Mapping[str, str]) -> tuple[ProfileConfig, Decision, Facts]:
-        profile, result, facts = self.decide_now(attrs)
+    async def decide(self, attrs: Mapping[str, str]) -> tuple[ProfileConfig, Decision]:
+        profile, result = self.decide_now(attrs)
         if isinstance(result, Decision):
-            return profile, result, facts
-        return profile, await result, facts
+            return profile, result
+        return profile, await result
 
 
 def _facts(network: Any, kind: str, value: frozenset[str]) -> Facts:

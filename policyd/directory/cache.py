@@ -101,6 +101,13 @@ class CachedLookups:
     def clear(self) -> None:
         self._entries.clear()
 
+    def take_over(self, old: CachedLookups, keep_entries: bool) -> None:
+        """On reload: keep the cumulative counters, and the warm entries when the directory
+        is the same one (the new pool and settings stay this object's)."""
+        self.stats = old.stats
+        if keep_entries:
+            self._entries = old._entries
+
     # fast path: a fresh hit answered without a task switch
     def peek(self, kind: str, key: str) -> frozenset[str] | None:
         if not self.cfg.enabled:

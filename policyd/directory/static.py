@@ -27,15 +27,20 @@ from policyd.directory.base import DirectoryError
 class StaticDirectory:
     blocking = False
 
-    def __init__(self, owned: dict[str, frozenset[str]], source: str = "<memory>") -> None:
+    def __init__(
+        self,
+        owned: dict[str, frozenset[str]],
+        source: str = "<memory>",
+        rules: AddressRules | None = None,
+    ) -> None:
         self._owned = owned
+        self._rules = rules or AddressRules()
         owners: dict[str, set[str]] = {}
         for login, addrs in owned.items():
             for a in addrs:
                 owners.setdefault(a, set()).add(login)
         self._owners = {a: frozenset(s) for a, s in owners.items()}
         self.source = source
-        self._rules = AddressRules()
 
     @classmethod
     def load(cls, path: Path | str, rules: AddressRules) -> StaticDirectory:
@@ -46,8 +51,7 @@ class StaticDirectory:
             raise DirectoryError(f"{p}: not UTF-8 ({e.reason} at byte {e.start})") from e
         except OSError as e:
             raise DirectoryError(f"{p}: cannot read: {e.strerror or e}") from e
-        d = cls.from_lines(text.splitlines(), rules, source=str(p))
-        return d
+        return cls.from_lines(text.splitlines(), rules, source=str(p))
 
     @classmethod
     def from_lines(
@@ -76,9 +80,7 @@ class StaticDirectory:
             norm = {normalize_address(a, rules) for a in addrs}
             for login in logins:
                 owned.setdefault(canonical_login(login, rules), set()).update(norm)
-        d = cls({k: frozenset(v) for k, v in owned.items()}, source)
-        d._rules = rules
-        return d
+        return cls({k: frozenset(v) for k, v in owned.items()}, source, rules)
 
     # Directory protocol ---------------------------------------------------------------
 

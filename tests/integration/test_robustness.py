@@ -334,7 +334,7 @@ GARBAGE = st.one_of(
 def expected_actions(service: PolicyService, requests: list[dict[str, str]]) -> list[str]:
     out = []
     for attrs in requests:
-        _, decision, _ = service.decide_now(attrs)  # embedded directory: decided at once
+        _, decision = service.decide_now(attrs)  # embedded directory: decided at once
         assert isinstance(decision, Decision)
         out.append(to_action(decision))
     return out
@@ -410,7 +410,7 @@ def test_any_attributes_give_an_encodable_decision(tmp_path: Path, attrs: dict[s
     """PolicyService never raises on any attribute values (the server would turn that into a
     451 for a request that deserves an answer), and every decision encodes to a valid action."""
     service = _service(tmp_path)
-    _, decision, _ = service.decide_now(attrs)  # embedded directory: decided at once
+    _, decision = service.decide_now(attrs)  # embedded directory: decided at once
     assert isinstance(decision, Decision)
     encode_action(to_action(decision))
     if decision.verdict.value == "defer":
@@ -848,7 +848,7 @@ def test_client_that_never_reads_cannot_grow_our_buffers(tmp_path: Path, loop: s
             assert sent * len(LONG_REPLY) < 16 << 20, sent
             assert peak < 1 << 20, f"write buffer grew to {peak} bytes"
             # now read everything: all answered, in order
-            _, decision, _ = await h.service.decide(LONG_ATTRS)
+            _, decision = await h.service.decide(LONG_ATTRS)
             want = to_action(decision)
             assert want.startswith(NOT_ALLOWED.format(sender="x" * 300)[:300])
             expected = ("action=" + want + "\n\n").encode()

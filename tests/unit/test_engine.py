@@ -370,7 +370,7 @@ def service_for(tmp_path: Path, extra: Mapping[str, Any] | None = None) -> Polic
 
 
 def ask(service: PolicyService, attrs: Mapping[str, str]) -> tuple[str, str, str]:
-    profile, result, _ = service.decide_now(attrs)
+    profile, result = service.decide_now(attrs)
     assert isinstance(result, Decision), "the embedded directory answers at once"
     encode_action(to_action(result))
     return profile.name, to_action(result), result.reason.value
@@ -505,7 +505,7 @@ def test_service_realms(tmp_path: Path, login: str, want: str) -> None:
 
 def test_service_warn_mode(tmp_path: Path) -> None:
     service = service_for(tmp_path, {"profiles": {"submission": {"mode": "warn", "ports": [587]}}})
-    profile, result, _ = service.decide_now(p587())
+    profile, result = service.decide_now(p587())
     assert isinstance(result, Decision)
     assert (to_action(result), result.reason) == ("DUNNO", Reason.AUTHENTICATION_REQUIRED)
     assert result.would_have == AUTH_REQUIRED.format(client=OUTSIDE)
