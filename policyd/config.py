@@ -232,7 +232,7 @@ def config_from_dict(data: Mapping[str, Any], source: str, base_dir: Path) -> Co
     ctx = _Ctx(source, base_dir)
     data = dict(data)
     profiles_raw = data.pop("profiles", None)
-    cfg = ctx.build(Config, data, "", extra={"source": source})
+    cfg: Config = ctx.build(Config, data, "", extra={"source": source})
     profiles: dict[str, ProfileConfig]
     if profiles_raw is None:
         profiles = dict(cfg.profiles)
