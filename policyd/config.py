@@ -478,6 +478,8 @@ def render(template: str, **values: str) -> str:
 
 
 def _clean(v: str) -> str:
+    if v.isprintable():  # (nearly always: the per-character pass only when needed)
+        return v
     return "".join(ch if ch.isprintable() else "?" for ch in v)
 
 
