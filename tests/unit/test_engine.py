@@ -32,7 +32,7 @@ from policyd.addresses import AddressRules
 from policyd.config import ProfileConfig, config_from_dict
 from policyd.decision import Decision, Reason, Verdict
 from policyd.directory.base import DirectoryUnavailable
-from policyd.engine import Facts, Need, decide, needs, to_action
+from policyd.engine import Facts, Need, decide, needs, needs_network, to_action
 from policyd.networks import Networks, Range
 from policyd.protocol import encode_action
 from policyd.runtime import Runtime, build_runtime
@@ -285,6 +285,20 @@ def test_decision_table(row: Row, mode: str) -> None:
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
 def test_needs_matches_the_facts_decide_uses(row: Row) -> None:
     assert needs(row.attrs, row.profile, row.facts.network) is row.need
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_the_network_is_skipped_only_where_decide_ignores_it(row: Row) -> None:
+    # The service skips the range lookup when needs_network() says so; that must never change
+    # a decision: with or without a range (open or restricted) the answer is the same.
+    if needs_network(row.attrs):
+        return
+    other = Range("other", "198.51.100.0/24", frozenset({"elsewhere.test"}), "ranges:9")
+    want = decide(row.attrs, row.profile, row.facts, row.rules)
+    for network in (None, CUSTOMERS, other):
+        facts = row.facts._replace(network=network)
+        assert decide(row.attrs, row.profile, facts, row.rules) == want
+        assert needs(row.attrs, row.profile, network) is row.need
 
 
 def test_rows_cover_every_reason_of_the_table() -> None:
