@@ -154,6 +154,8 @@ class PolicyRequest:
 
 _LF = 10
 _CR = 13
+# bytes.translate's delete table: every byte but "=" and LF (for the fast path's check)
+_NOT_EQ_OR_LF = bytes(b for b in range(256) if b not in (0x3D, _LF))
 
 # The parser builds requests without going through the frozen dataclass __init__ (which sets
 # the field with object.__setattr__ anyway); this saves a noticeable share of the per-request
@@ -252,21 +254,29 @@ class RequestParser:
         n = len(data)
         if (
             # Fast path for the common case: exactly one whole LF-only request, nothing
-            # buffered and no empty lines skipped before it. Short enough that no line or
-            # size limit can be hit; the only empty line is the terminator (checked below).
-            # Anything else takes the general path, which gives the same result.
+            # buffered and no empty lines skipped before it, every line with exactly one "=".
+            # Short enough that no line or size limit can be hit (the attribute count is
+            # checked). Anything else (and any
+            # doubt: a repeated or empty name) takes the general path, which gives the same
+            # result or the error.
             n <= MAX_LINE_BYTES
             and not self._buf
             and not self._lead
             and data.endswith(b"\n\n")
-            and data[0] != _LF
             and b"\r" not in data
             and b"\0" not in data
         ):
-            lines = data.decode("utf-8", "surrogateescape").split("\n")
-            if lines.index("") == len(lines) - 2:
-                del lines[-2:]
-                return [_parse_lines(lines)]
+            block = data[:-1]  # the attribute lines, each with its LF
+            # Only the "=" and LF bytes: "=\n" once per line exactly when every line has one
+            # "=" and no line is empty (so the request ends at the last LF, not before).
+            skeleton = block.translate(None, _NOT_EQ_OR_LF)
+            count = len(skeleton) >> 1
+            if count <= MAX_ATTRIBUTES and skeleton == b"=\n" * count:
+                # "name=value\nname=value" -> [name, value, name, value]
+                it = iter(data[:-2].decode("utf-8", "surrogateescape").replace("\n", "=").split("="))
+                attrs = dict(zip(it, it, strict=True))
+                if len(attrs) == count and "" not in attrs:
+                    return [_request_from(attrs)]
         if self._buf:
             self._buf += data
             buf = self._buf
