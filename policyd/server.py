@@ -59,6 +59,10 @@ class PolicyServer:
         self.draining = False
         self.refused = 0
         self.addresses: list[str] = []
+        # Requests are handled in batches, one per event-loop iteration (see _Connection.
+        # data_received): the data read in this iteration, and the replies decided from it.
+        self._inbox: list[tuple[_Connection, bytes]] = []
+        self._outbox: list[tuple[asyncio.Transport, bytes]] | None = None
 
     # listeners ---------------------------------------------------------------------------
 
@@ -186,6 +190,35 @@ class PolicyServer:
     def in_flight(self) -> int:
         return sum(c.pending for c in self.connections)
 
+    def _process_inbox(self) -> None:
+        """Handle the data every connection received in this loop iteration, then send the
+        replies decided from it.
+
+        Under load one iteration reads from many connections. Handling each chunk as it is
+        read interleaves our Python with the kernel's socket work, and each evicts the other
+        from the CPU caches; handling them back to back and writing the replies afterwards
+        measured 25-50 % more requests/s (bench/RESULTS.md). Nothing waits longer than this
+        iteration: the callback was scheduled by the first data_received of the iteration.
+        """
+        while self._inbox:  # (a connection_lost below may process the rest itself)
+            inbox = self._inbox
+            self._inbox = []
+            outbox: list[tuple[asyncio.Transport, bytes]] = []
+            self._outbox = outbox
+            try:
+                for conn, data in inbox:
+                    conn.queued -= 1
+                    try:
+                        conn.handle_data(data)
+                    except Exception:  # a bug: that client is cut off, the others answered
+                        log.exception("internal error reading from %s; closing it", conn.peer)
+                        conn.abort()
+            finally:
+                self._outbox = None
+                for transport, payload in outbox:
+                    if not transport.is_closing():
+                        transport.write(payload)
+
     def emit(self, attrs: Mapping[str, str], profile: str, decision: Decision, elapsed: float) -> None:
         for hook in self.hooks:
             try:
@@ -225,7 +258,7 @@ def _remove_stale_socket(path: str) -> None:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("server", "transport", "parser", "tail", "pending", "last_active", "_idle", "_paused", "_wpaused", "peer")
+    __slots__ = ("server", "transport", "parser", "tail", "pending", "queued", "last_active", "_idle", "_paused", "_wpaused", "peer")
 
     def __init__(self, server: PolicyServer) -> None:
         self.server = server
@@ -233,6 +266,7 @@ class _Connection(asyncio.Protocol):
         self.parser = RequestParser()
         self.tail: asyncio.Task[None] | None = None
         self.pending = 0
+        self.queued = 0  # chunks in server._inbox, not yet parsed
         self.last_active = time.monotonic()
         self._idle: asyncio.TimerHandle | None = None
         self._paused = False
@@ -262,6 +296,8 @@ class _Connection(asyncio.Protocol):
         self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.queued:  # what it sent before closing is handled (and logged) as usual
+            self.server._process_inbox()
         self.server.connections.discard(self)
         if self._idle is not None:
             self._idle.cancel()
@@ -272,6 +308,13 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
+        srv = self.server
+        if not srv._inbox:
+            asyncio.get_running_loop().call_soon(srv._process_inbox)
+        srv._inbox.append((self, data))
+        self.queued += 1
+
+    def handle_data(self, data: bytes) -> None:
         try:
             requests = self.parser.feed(data)
         except ProtocolError as e:
@@ -363,8 +406,13 @@ class _Connection(asyncio.Protocol):
                 # Reject texts name the sender: not kept.
                 if decision.verdict in _CONSTANT_ACTIONS and len(_PAYLOADS) < 64:
                     _PAYLOADS[action] = payload
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(payload)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            outbox = self.server._outbox
+            if outbox is None or self.server.draining:
+                transport.write(payload)
+            else:
+                outbox.append((transport, payload))
         self.server.emit(attrs, profile, decision, time.perf_counter() - started)
         if self.server.draining:
             self.close_if_idle()
@@ -384,6 +432,7 @@ class _Connection(asyncio.Protocol):
     def close_if_idle(self) -> None:
         if (
             self.pending == 0
+            and self.queued == 0
             and self.tail is None
             and not self.parser.pending
             and self.transport is not None

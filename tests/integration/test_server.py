@@ -307,3 +307,40 @@ def test_pipelining_beyond_the_pending_limit(tmp_path: Path, loop: str) -> None:
             assert await wait_until(lambda: not h.server.connections)
 
     run(main(), loop)
+
+
+@LOOPS
+def test_a_bug_reading_one_client_cuts_off_that_client_only(
+    tmp_path: Path, loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Data read from many connections in one loop iteration is handled as one batch: an
+    # unexpected exception for one of them must not leave the others unanswered.
+    from policyd import protocol
+
+    real_feed = protocol.RequestParser.feed
+
+    def feed(self: protocol.RequestParser, data: bytes) -> list[protocol.PolicyRequest]:
+        if b"boom@" in data:
+            raise RuntimeError("simulated parser bug")
+        return real_feed(self, data)
+
+    monkeypatch.setattr(protocol.RequestParser, "feed", feed)
+    config = make_config(tmp_path)
+
+    async def main() -> None:
+        async with serving(config) as h:
+            clients = [await Client.connect(h.address()) for _ in range(6)]
+            for i, c in enumerate(clients):  # all written before the server reads any
+                sender = "boom@example.org" if i in (1, 4) else "alice@example.org"
+                c.send(authed("alice", sender))
+            for i, c in enumerate(clients):
+                if i in (1, 4):
+                    assert await c.read_to_eof() == b""  # closed, nothing answered
+                else:
+                    assert await c.reply() == "OK"
+                    assert await c.ask(authed("alice", "bob@example.org")) != "OK"
+            for c in clients:
+                await c.aclose()
+            assert await wait_until(lambda: not h.server.connections)
+
+    run(main(), loop)
