@@ -49,18 +49,20 @@ def decision_line(
     g = attrs.get
     values = (
         g("queue_id", ""), g("instance", ""), g("client_address", ""), g("sasl_username", ""),
-        g("sender", ""), g("recipient", ""), profile, to_action(decision),
+        g("sender", ""), g("recipient", ""), profile,
     )
-    # One regex pass over all values ("!" is a safe separator): usually none needs quoting,
-    # and then only the empty ones become "".
+    # One regex pass over the request's values ("!" is a safe separator): usually none needs
+    # quoting, and then only the empty ones become "". (The action is checked on its own: a
+    # reject text always needs quoting, the request's values rarely.)
     if _unsafe("!".join(values)) is None:
-        q, i, c, lo, s, r, p, a = [v or '""' for v in values]
+        q, i, c, lo, s, r, p = [v or '""' for v in values]
     else:
-        q, i, c, lo, s, r, p, a = map(kv, values)
+        q, i, c, lo, s, r, p = map(kv, values)
     would = f" would={kv(decision.would_have)}" if decision.would_have else ""
     return (
         f"decision queue_id={q} instance={i} client={c} login={lo} sender={s} recipient={r} "
-        f"profile={p} action={a} reason={decision.reason._value_}{would} ms={elapsed * 1000:.2f}"
+        f"profile={p} action={kv(to_action(decision))} reason={decision.reason._value_}{would} "
+        f"ms={elapsed * 1000:.2f}"
     )
 
 
