@@ -213,11 +213,13 @@ def start_policyd(
     return Server(name, cmd, port, log, server_env(no_uvloop, src), cwd=src)
 
 
-def start_bare(port: int, no_uvloop: bool, log: Path | None) -> Server:
+def start_bare(port: int, no_uvloop: bool, log: Path | None, parse: bool = False) -> Server:
     cmd = [PY, str(BENCH / "bare_responder.py"), "--listen", f"127.0.0.1:{port}"]
     if no_uvloop:
         cmd.append("--no-uvloop")
-    return Server("bare", cmd, port, log, server_env(no_uvloop))
+    if parse:
+        cmd.append("--parse")
+    return Server("parse" if parse else "bare", cmd, port, log, server_env(no_uvloop))
 
 
 def loadgen(port: int, args: Sequence[str], timeout: float = 600) -> dict[str, object]:
@@ -321,6 +323,8 @@ def section_throughput(args: argparse.Namespace, work: Path) -> dict[str, object
         start_policyd(cfg, free_port(), args.no_uvloop, log),
         start_bare(free_port(), args.no_uvloop, log),
     ]
+    if args.ceiling:
+        servers.append(start_bare(free_port(), args.no_uvloop, log, parse=True))
     if args.baseline_src:
         servers.append(
             start_policyd(
@@ -419,6 +423,16 @@ def section_throughput(args: argparse.Namespace, work: Path) -> dict[str, object
             "errors": sum(int(r["errors"]) for rs in res.values() for r in rs),  # type: ignore[call-overload]
             "actions": p[-1]["actions"],
         }
+        if "parse" in res:
+            pa = res["parse"]
+            row.update(
+                parse_rps=med(pa, "rps"),
+                parse_p99=med(pa, "p99_ms"),
+                parse_cpu_us=cpu_per_req(pa),
+                parse_ratio=statistics.median(
+                    float(x["rps"]) / float(y["rps"]) for x, y in zip(pa, b, strict=True)
+                ),
+            )  # type: ignore[arg-type]
         if "before" in res:
             bf = res["before"]
             row.update(
@@ -449,6 +463,24 @@ def section_throughput(args: argparse.Namespace, work: Path) -> dict[str, object
             f"{t['bare_p99']:.2f} | **{t['ratio']:.2f}** | {t['policyd_cpu_us']:.1f} / "
             f"{t['bare_cpu_us']:.1f} |"
         )
+    if args.ceiling:
+        lines += [
+            "",
+            "Ceiling: `bench/bare_responder.py --parse` in the same rounds: the bare responder "
+            "plus reading each request into a dict of its attributes (the fastest pure-Python "
+            "way, no validation) - no decision, no log line, the least a Python policy daemon "
+            "must do:",
+            "",
+            "| connections | parse-only req/s | p99 ms | **parse-only / bare** | CPU µs/req "
+            "| policyd / parse-only |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for t in table:
+            lines.append(
+                f"| {t['row']} | {fmt_rps(t['parse_rps'])} | {t['parse_p99']:.2f} | "  # type: ignore[arg-type]
+                f"**{t['parse_ratio']:.2f}** | {t['parse_cpu_us']:.1f} | "
+                f"{float(t['policyd_rps']) / float(t['parse_rps']):.2f} |"  # type: ignore[arg-type]
+            )
     if args.baseline_src:
         lines += [
             "",
@@ -1175,6 +1207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DIR",
         help="also measure policyd from this source tree (a checkout of an older "
         "commit): before/after table",
+    )
+    p.add_argument(
+        "--no-ceiling",
+        dest="ceiling",
+        action="store_false",
+        help="skip the parse-only responder (bare_responder.py --parse) in the throughput table",
     )
     p.add_argument("--server-log", default="", help="policyd/bare stderr (default /dev/null)")
     p.add_argument("--json", default="", help="also write all results as JSON here")
