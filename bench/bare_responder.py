@@ -45,22 +45,19 @@ class Bare(asyncio.Protocol):
         if end < 0:
             self.buf = buf
             return
-        n = buf.count(b"\n\n", 0, end + 2)
         self.buf = buf[end + 2 :]
         assert self.transport is not None
-        self.transport.write(REPLY * n)
+        self.transport.write(REPLY * self.requests(buf, end))
+
+    def requests(self, buf: bytes, end: int) -> int:
+        """How many requests buf[:end + 2] holds (each ends with an empty line)."""
+        return buf.count(b"\n\n", 0, end + 2)
 
 
 class ParseOnly(Bare):
     __slots__ = ()
 
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf + data if self.buf else data
-        end = buf.rfind(b"\n\n")
-        if end < 0:
-            self.buf = buf
-            return
-        self.buf = buf[end + 2 :]
+    def requests(self, buf: bytes, end: int) -> int:
         n = 0
         for block in buf[:end].split(b"\n\n"):
             it = iter(block.decode("utf-8", "surrogateescape").replace("\n", "=").split("="))
@@ -71,8 +68,7 @@ class ParseOnly(Bare):
             )
             SEEN.pop()
             n += 1
-        assert self.transport is not None
-        self.transport.write(REPLY * n)
+        return n
 
 
 SEEN: list[tuple[str | None, ...]] = []

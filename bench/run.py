@@ -423,26 +423,15 @@ def section_throughput(args: argparse.Namespace, work: Path) -> dict[str, object
             "errors": sum(int(r["errors"]) for rs in res.values() for r in rs),  # type: ignore[call-overload]
             "actions": p[-1]["actions"],
         }
-        if "parse" in res:
-            pa = res["parse"]
-            row.update(
-                parse_rps=med(pa, "rps"),
-                parse_p99=med(pa, "p99_ms"),
-                parse_cpu_us=cpu_per_req(pa),
-                parse_ratio=statistics.median(
-                    float(x["rps"]) / float(y["rps"]) for x, y in zip(pa, b, strict=True)
-                ),
-            )  # type: ignore[arg-type]
-        if "before" in res:
-            bf = res["before"]
-            row.update(
-                before_rps=med(bf, "rps"),
-                before_p99=med(bf, "p99_ms"),
-                before_cpu_us=cpu_per_req(bf),
-                before_ratio=statistics.median(
-                    float(x["rps"]) / float(y["rps"]) for x, y in zip(bf, b, strict=True)
-                ),
-            )  # type: ignore[arg-type]
+        for other in ("parse", "before"):  # the parse-only ceiling, the --baseline-src tree
+            if other in res:
+                rs = res[other]
+                row[f"{other}_rps"] = med(rs, "rps")
+                row[f"{other}_p99"] = med(rs, "p99_ms")
+                row[f"{other}_cpu_us"] = cpu_per_req(rs)
+                row[f"{other}_ratio"] = statistics.median(
+                    float(x["rps"]) / float(y["rps"]) for x, y in zip(rs, b, strict=True)  # type: ignore[arg-type]
+                )
         table.append(row)
     loop = "asyncio" if args.no_uvloop or not uvloop_available() else "uvloop"
     client_loop = results[rows[0][0]]["policyd"][0]["client_loop"]
