@@ -147,7 +147,7 @@ class _DirectStream:
             return False
         loop = _running_loop()  # (the loop running in this thread, if any)
         if loop is None or batch:
-            self._emit(_PREFIX + line + "\n", line)
+            self._emit([_PREFIX + line])
             return True
         self.batch_thread = _get_ident()
         batch.append(_PREFIX + line)
@@ -158,15 +158,15 @@ class _DirectStream:
         batch = self.batch
         if batch:
             self.batch = []
-            batch.append("")
-            self._emit("\n".join(batch), "\n".join(batch[:-1]))
+            self._emit(batch)
 
-    def _emit(self, text: str, lines: str) -> None:
+    def _emit(self, lines: list[str]) -> None:
         h = self.handler
         h.acquire()
         try:
             stream = h.stream
-            stream.write(text)
+            lines.append("")  # (the last line's LF)
+            stream.write("\n".join(lines))
             if stream and hasattr(stream, "flush"):  # (StreamHandler.flush, lock already held)
                 stream.flush()
         except RecursionError:
@@ -174,7 +174,8 @@ class _DirectStream:
         except Exception:  # noqa: BLE001 - as StreamHandler.emit: the handler reports it
             h.handleError(
                 decision_log.makeRecord(
-                    decision_log.name, _INFO, __file__, 0, "%s", (lines,), None, "log_decision"
+                    decision_log.name, _INFO, __file__, 0, "%s", ("\n".join(lines[:-1]),), None,
+                    "log_decision",
                 )
             )
         finally:

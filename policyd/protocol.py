@@ -256,9 +256,8 @@ class RequestParser:
             # Fast path for the common case: exactly one whole LF-only request, nothing
             # buffered and no empty lines skipped before it, every line with exactly one "=".
             # Short enough that no line or size limit can be hit (the attribute count is
-            # checked). Anything else (and any
-            # doubt: a repeated or empty name) takes the general path, which gives the same
-            # result or the error.
+            # checked). Anything else, and any doubt (a repeated or empty name), takes the
+            # general path, which gives the same result or the error.
             n <= MAX_LINE_BYTES
             and not self._buf
             and not self._lead

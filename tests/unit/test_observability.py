@@ -81,3 +81,48 @@ def test_fast_path_steps_aside_for_other_handlers_and_levels(restore_logging: No
     before = out.getvalue()
     log_decision(ATTRS, "submission", REJECT, 0.0)
     assert out.getvalue() == before  # INFO is off: nothing written by either path
+
+
+def test_on_the_event_loop_lines_are_written_together_at_the_end_of_the_iteration(
+    restore_logging: None,
+) -> None:
+    import asyncio
+
+    slow = io.StringIO()
+    setup_logging(stream=slow)
+    observability._direct = None  # the logging module's own output, for comparison
+    senders = [f"user{i}@example.org" for i in range(3)]
+    for s in senders:
+        log_decision({**ATTRS, "sender": s}, "submission", REJECT, 0.001)
+
+    fast = io.StringIO()
+    setup_logging(stream=fast)
+
+    async def main() -> tuple[str, str]:
+        for s in senders:
+            log_decision({**ATTRS, "sender": s}, "submission", REJECT, 0.001)
+        held = fast.getvalue()  # nothing yet: the batch waits for the end of the iteration
+        await asyncio.sleep(0)
+        return held, fast.getvalue()
+
+    held, written = asyncio.run(main())
+    assert held == ""
+    assert written == slow.getvalue()
+    assert written.count("\n") == 3
+
+
+def test_lines_held_on_the_loop_are_written_when_logging_is_set_up_again(
+    restore_logging: None,
+) -> None:
+    import asyncio
+
+    out = io.StringIO()
+    setup_logging(stream=out)
+
+    async def main() -> str:
+        log_decision(ATTRS, "submission", REJECT, 0.001)
+        setup_logging(stream=io.StringIO())  # (a reload) before the iteration ends
+        return out.getvalue()  # already written to the old handler's stream
+
+    assert asyncio.run(main()).count("reason=sender_not_owned") == 1
+    assert out.getvalue().count("reason=sender_not_owned") == 1
