@@ -63,8 +63,17 @@ class ParseOnly(Bare):
             it = iter(block.decode("utf-8", "surrogateescape").replace("\n", "=").split("="))
             g = dict(zip(it, it, strict=False)).get
             SEEN.append(
-                (g("request"), g("protocol_state"), g("client_address"), g("sasl_username"),
-                 g("sender"), g("recipient"), g("queue_id"), g("instance"), g("server_port"))
+                (
+                    g("request"),
+                    g("protocol_state"),
+                    g("client_address"),
+                    g("sasl_username"),
+                    g("sender"),
+                    g("recipient"),
+                    g("queue_id"),
+                    g("instance"),
+                    g("server_port"),
+                )
             )
             SEEN.pop()
             n += 1

@@ -430,7 +430,8 @@ def section_throughput(args: argparse.Namespace, work: Path) -> dict[str, object
                 row[f"{other}_p99"] = med(rs, "p99_ms")
                 row[f"{other}_cpu_us"] = cpu_per_req(rs)
                 row[f"{other}_ratio"] = statistics.median(
-                    float(x["rps"]) / float(y["rps"]) for x, y in zip(rs, b, strict=True)  # type: ignore[arg-type]
+                    float(x["rps"]) / float(y["rps"])
+                    for x, y in zip(rs, b, strict=True)  # type: ignore[arg-type]
                 )
         table.append(row)
     loop = "asyncio" if args.no_uvloop or not uvloop_available() else "uvloop"
@@ -844,9 +845,7 @@ def ldap_child(spec: dict[str, object]) -> None:
             res[kind].append(per / (clock() - t0))
     d.close()
     conn.unbind()
-    pct = {
-        k: [sorted(v)[int(len(v) * q)] * 1000 for q in (0.5, 0.99)] for k, v in lat.items() if v
-    }
+    pct = {k: [sorted(v)[int(len(v) * q)] * 1000 for q in (0.5, 0.99)] for k, v in lat.items() if v}
     print(json.dumps({"rates": res, "pct_ms": pct, "next_offset": nxt}))
 
 

@@ -55,7 +55,7 @@ def normalize_address(address: str, rules: AddressRules = DEFAULT_RULES) -> str:
 
 
 def strip_extension(local: str, rules: AddressRules = DEFAULT_RULES) -> str:
-    """"alice+tag" -> "alice" (the first delimiter character found ends the user part)."""
+    """ "alice+tag" -> "alice" (the first delimiter character found ends the user part)."""
     if not rules.extension_delimiters:
         return local
     for i, ch in enumerate(local):

@@ -28,17 +28,28 @@ def _parser() -> argparse.ArgumentParser:
 
     def add_config(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
-            "--config", "-c", type=Path, default=None,
+            "--config",
+            "-c",
+            type=Path,
+            default=None,
             help=f"TOML config file (default: the shipped example {DEFAULT_CONFIG})",
         )
 
     s = sub.add_parser("serve", help="run the policy server")
     add_config(s)
     s.add_argument(
-        "--listen", "-l", action="append", default=None, metavar="HOST:PORT|[V6]:PORT|unix:PATH",
+        "--listen",
+        "-l",
+        action="append",
+        default=None,
+        metavar="HOST:PORT|[V6]:PORT|unix:PATH",
         help="listen here instead of server.listen (repeatable)",
     )
-    s.add_argument("--stdio", action="store_true", help="serve one connection on stdin/stdout (Postfix spawn(8))")
+    s.add_argument(
+        "--stdio",
+        action="store_true",
+        help="serve one connection on stdin/stdout (Postfix spawn(8))",
+    )
 
     c = sub.add_parser("check", help="decide one request and explain why")
     add_config(c)
@@ -52,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("config-check", help="validate the config and summarise it")
     add_config(k)
-    k.add_argument("--connect", action="store_true", help="also connect and bind to the LDAP servers")
+    k.add_argument(
+        "--connect", action="store_true", help="also connect and bind to the LDAP servers"
+    )
 
     m = sub.add_parser("milter", help="run the header From: milter (needs pymilter)")
     add_config(m)
@@ -105,8 +118,14 @@ def _serve(args: argparse.Namespace) -> int:
         notify(f"STATUS=config error: {e}")
         return _fail(str(e))
     lc = config.logging
-    if lc.target == "syslog" and lc.syslog_address.startswith("/") and not os.path.exists(lc.syslog_address):
-        return _fail(f"{cfg_path}: logging.target = \"syslog\", but {lc.syslog_address} does not exist")
+    if (
+        lc.target == "syslog"
+        and lc.syslog_address.startswith("/")
+        and not os.path.exists(lc.syslog_address)
+    ):
+        return _fail(
+            f'{cfg_path}: logging.target = "syslog", but {lc.syslog_address} does not exist'
+        )
     setup_logging(lc.level, lc.target, lc.syslog_address, lc.syslog_facility)
     if args.listen:
         for spec in args.listen:
@@ -136,7 +155,9 @@ def _serve(args: argparse.Namespace) -> int:
         names = ", ".join(name or "?" for name, _ in passed)
         log.info(
             "socket activation: serving %d passed socket(s) (%s); %s ignored",
-            len(sockets), names, "--listen" if args.listen else "server.listen",
+            len(sockets),
+            names,
+            "--listen" if args.listen else "server.listen",
         )
         listen: list[str] = []
     else:
@@ -281,7 +302,9 @@ def _check(args: argparse.Namespace) -> int:
             print(f"client {args.client_address}: in no allocated range")
         else:
             doms = ", ".join(sorted(rng.domains)) if rng.domains is not None else "any"
-            print(f"client {args.client_address}: in range {rng.label} ({rng.pattern}, {rng.source}); sender domains: {doms}")
+            print(
+                f"client {args.client_address}: in range {rng.label} ({rng.pattern}, {rng.source}); sender domains: {doms}"
+            )
         if args.sasl_username:
             from policyd.addresses import canonical_login
             from policyd.directory.base import DirectoryUnavailable
@@ -332,7 +355,7 @@ def _config_check(args: argparse.Namespace) -> int:
     rc = 0
     if args.connect:
         if config.directory.backend != "ldap":
-            print("--connect: nothing to connect to (directory.backend is \"file\")")
+            print('--connect: nothing to connect to (directory.backend is "file")')
         else:
             from policyd.directory.ldap import check_connection
 

@@ -267,7 +267,7 @@ _PLACEHOLDERS = {
 
 
 def parse_listen(spec: str) -> tuple[str, str | None, int | None]:
-    """"unix:/p" -> ("unix", "/p", None); "h:p" / "[v6]:p" -> ("tcp", host, port).
+    """ "unix:/p" -> ("unix", "/p", None); "h:p" / "[v6]:p" -> ("tcp", host, port).
     Raises ValueError with a reason."""
     m = _LISTEN_RE.match(spec.strip())
     if not m:
@@ -289,7 +289,7 @@ def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: _Ctx) -> Non
         except ValueError as e:
             raise ConfigError(s, f"server.listen[{i}]", str(e)) from None
     if not re.fullmatch(r"0?[0-7]{3}", cfg.server.unix_socket_mode):
-        raise ConfigError(s, "server.unix_socket_mode", "must be an octal mode such as \"0660\"")
+        raise ConfigError(s, "server.unix_socket_mode", 'must be an octal mode such as "0660"')
     for key, value in (
         ("server.max_connections", cfg.server.max_connections),
         ("server.idle_timeout", cfg.server.idle_timeout),
@@ -312,7 +312,8 @@ def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: _Ctx) -> Non
             raise ConfigError(s, key, "must not be negative")
     if cfg.server.idle_timeout <= 300:
         raise ConfigError(
-            s, "server.idle_timeout",
+            s,
+            "server.idle_timeout",
             "must be longer than Postfix's smtpd_policy_service_max_idle (300 s)",
         )
     try:
@@ -320,19 +321,24 @@ def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: _Ctx) -> Non
     except ValueError as e:
         raise ConfigError(s, "metrics.listen", str(e)) from None
     if not re.fullmatch(r"(unix:/.+|inet6?:\d+(@.+)?)", cfg.milter.listen):
-        raise ConfigError(s, "milter.listen", "must be inet:PORT@HOST, inet6:PORT@HOST or unix:/PATH")
+        raise ConfigError(
+            s, "milter.listen", "must be inet:PORT@HOST, inet6:PORT@HOST or unix:/PATH"
+        )
     if cfg.directory.backend == "file" and cfg.directory.file is None:
-        raise ConfigError(s, "directory.file", "is required when directory.backend = \"file\"")
+        raise ConfigError(s, "directory.file", 'is required when directory.backend = "file"')
     if any(ch.isspace() or ch == "@" for ch in cfg.addresses.extension_delimiters):
-        raise ConfigError(s, "addresses.extension_delimiters", "may not contain spaces or \"@\"")
+        raise ConfigError(s, "addresses.extension_delimiters", 'may not contain spaces or "@"')
     if cfg.ldap.bind_dn and not (cfg.ldap.bind_password_file or cfg.ldap.bind_password_credential):
         raise ConfigError(
-            s, "ldap.bind_dn",
+            s,
+            "ldap.bind_dn",
             "needs ldap.bind_password_file or ldap.bind_password_credential (never a password in this file)",
         )
     for i, url in enumerate(cfg.ldap.servers):
         if not re.fullmatch(r"(ldap|ldaps|ldapi)://\S*", url):
-            raise ConfigError(s, f"ldap.servers[{i}]", f"{url!r} is not an ldap://, ldaps:// or ldapi:// URL")
+            raise ConfigError(
+                s, f"ldap.servers[{i}]", f"{url!r} is not an ldap://, ldaps:// or ldapi:// URL"
+            )
     if not cfg.ldap.servers:
         raise ConfigError(s, "ldap.servers", "needs at least one server")
     for key, tmpl, allowed in (
@@ -345,34 +351,46 @@ def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: _Ctx) -> Non
             raise ConfigError(s, key, "an LDAP filter must be enclosed in parentheses")
     if cfg.policy.default_profile not in profiles:
         raise ConfigError(
-            s, "policy.default_profile",
+            s,
+            "policy.default_profile",
             f"names no profile (have: {', '.join(sorted(profiles))})",
         )
     if cfg.milter.profile and cfg.milter.profile not in profiles:
-        raise ConfigError(s, "milter.profile", f"names no profile (have: {', '.join(sorted(profiles))})")
+        raise ConfigError(
+            s, "milter.profile", f"names no profile (have: {', '.join(sorted(profiles))})"
+        )
     seen_ports: dict[int, str] = {}
     for name, prof in profiles.items():
         base = f"profiles.{name}"
         if prof.accept_action.upper() not in _ACTIONS:
-            raise ConfigError(s, f"{base}.accept_action", f"must be one of {', '.join(sorted(_ACTIONS))}")
+            raise ConfigError(
+                s, f"{base}.accept_action", f"must be one of {', '.join(sorted(_ACTIONS))}"
+            )
         for port in prof.ports:
             if not 0 < port <= 65535:
                 raise ConfigError(s, f"{base}.ports", f"{port} is not a TCP port")
             if port in seen_ports:
-                raise ConfigError(s, f"{base}.ports", f"port {port} is already used by profile {seen_ports[port]}")
+                raise ConfigError(
+                    s, f"{base}.ports", f"port {port} is already used by profile {seen_ports[port]}"
+                )
             seen_ports[port] = name
         for f in fields(RepliesConfig):
             text = getattr(prof.replies, f.name)
             key = f"{base}.replies.{f.name}"
             if not _REPLY_RE.match(text):
                 raise ConfigError(
-                    s, key,
+                    s,
+                    key,
                     "must be '4xx|5xx X.Y.Z text' (a 4xx or 5xx code, an enhanced code, a text)",
                 )
             if text[0] != text[4]:
-                raise ConfigError(s, key, "the enhanced code's class must match the SMTP code's first digit")
+                raise ConfigError(
+                    s, key, "the enhanced code's class must match the SMTP code's first digit"
+                )
             if f.name == "directory_unavailable" and text[0] != "4":
-                raise ConfigError(s, key, "must be a 4xx: a directory failure must never reject permanently")
+                raise ConfigError(
+                    s, key, "must be a 4xx: a directory failure must never reject permanently"
+                )
             if "\n" in text or "\r" in text:
                 raise ConfigError(s, key, "may not contain line breaks")
             _check_template(s, key, text, _PLACEHOLDERS[f.name])
@@ -386,7 +404,8 @@ def _check_template(source: str, key: str, text: str, allowed: set[str]) -> None
     bad = names - allowed
     if bad:
         raise ConfigError(
-            source, key,
+            source,
+            key,
             f"unknown placeholder {{{sorted(bad)[0]}}} (allowed: {', '.join('{' + a + '}' for a in sorted(allowed))})",
         )
 
@@ -396,14 +415,21 @@ class _Ctx:
     source: str
     base_dir: Path
 
-    def build(self, cls: type[Any], data: Mapping[str, Any], prefix: str, extra: Mapping[str, Any] | None = None) -> Any:
+    def build(
+        self,
+        cls: type[Any],
+        data: Mapping[str, Any],
+        prefix: str,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Any:
         hints = get_type_hints(cls)
         known = {f.name for f in fields(cls)} - set(extra or {})
         for k in data:
             if k not in known:
                 where = f"{prefix}.{k}" if prefix else k
                 raise ConfigError(
-                    self.source, where,
+                    self.source,
+                    where,
                     f"unknown key (known keys here: {', '.join(sorted(known))})",
                 )
         kwargs: dict[str, Any] = dict(extra or {})
@@ -413,7 +439,8 @@ class _Ctx:
             where = f"{prefix}.{f.name}" if prefix else f.name
             kwargs[f.name] = self.convert(hints[f.name], data[f.name], where)
         missing = [
-            f.name for f in fields(cls)
+            f.name
+            for f in fields(cls)
             if f.name not in kwargs and f.default is MISSING and f.default_factory is MISSING
         ]
         if missing:
@@ -425,7 +452,11 @@ class _Ctx:
         if origin is Literal:
             choices = get_args(tp)
             if value not in choices:
-                raise ConfigError(self.source, where, f"must be one of {', '.join(map(repr, choices))}, not {value!r}")
+                raise ConfigError(
+                    self.source,
+                    where,
+                    f"must be one of {', '.join(map(repr, choices))}, not {value!r}",
+                )
             return value
         if origin in (types.UnionType, typing.Union):
             args = [a for a in get_args(tp) if a is not type(None)]
@@ -466,8 +497,14 @@ class _Ctx:
 
 
 def _tname(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
 
 
 def render(template: str, **values: str) -> str:

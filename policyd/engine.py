@@ -85,7 +85,9 @@ def decide(
             return _DUNNO_NULL_SENDER
         owned = facts.owned
         if facts.directory_unavailable or owned is None:
-            return _defer(Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values))
+            return _defer(
+                Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values)
+            )
         # The exact address is the first key owned_by tries: the common case, checked without
         # building the other candidates.
         if normalize_address(sender, rules) in owned or owned_by(owned, sender, rules):
@@ -105,15 +107,21 @@ def decide(
 
     if profile.protect_local_senders and sender:
         if facts.directory_unavailable or facts.sender_owners is None:
-            return _defer(Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values))
+            return _defer(
+                Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values)
+            )
         if facts.sender_owners:
             return _reject(
-                profile, Reason.SENDER_REQUIRES_LOGIN, render(replies.sender_requires_login, **values)
+                profile,
+                Reason.SENDER_REQUIRES_LOGIN,
+                render(replies.sender_requires_login, **values),
             )
 
     if profile.role == "submission":
         return _reject(
-            profile, Reason.AUTHENTICATION_REQUIRED, render(replies.authentication_required, **values)
+            profile,
+            Reason.AUTHENTICATION_REQUIRED,
+            render(replies.authentication_required, **values),
         )
     return _DUNNO_NOT_TRUSTED
 
@@ -142,7 +150,9 @@ def decide_header_from(
         if not profile.protect_local_senders or not mailboxes:
             return Decision(Verdict.DUNNO, Reason.NOT_AUTHENTICATED)
         if directory_unavailable or owners is None:
-            return _defer(Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values))
+            return _defer(
+                Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values)
+            )
         for box in mailboxes:
             if owners.get(box):
                 return _reject(
@@ -152,7 +162,9 @@ def decide_header_from(
                 )
         return Decision(Verdict.DUNNO, Reason.NOT_AUTHENTICATED)
     if not mailboxes:
-        return _reject(profile, Reason.HEADER_FROM_INVALID, render(replies.header_from_invalid, **values))
+        return _reject(
+            profile, Reason.HEADER_FROM_INVALID, render(replies.header_from_invalid, **values)
+        )
     if directory_unavailable or owned is None:
         return _defer(Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values))
     for box in mailboxes:

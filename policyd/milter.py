@@ -172,8 +172,15 @@ class MilterService:
             log.warning("directory unavailable: %s", e)
             unavailable = True
         return decide_header_from(
-            login, boxes, profile, owned, rt.rules,
-            client=client, sender=sender, directory_unavailable=unavailable, owners=owners,
+            login,
+            boxes,
+            profile,
+            owned,
+            rt.rules,
+            client=client,
+            sender=sender,
+            directory_unavailable=unavailable,
+            owners=owners,
         )
 
 
@@ -216,7 +223,7 @@ def decision_line(
 
 
 def split_reply(reply: str) -> tuple[str, str, str]:
-    """"550 5.7.1 text" -> ("550", "5.7.1", "text") for libmilter's setreply: '%' doubled (or
+    """ "550 5.7.1 text" -> ("550", "5.7.1", "text") for libmilter's setreply: '%' doubled (or
     libmilter drops the reply), and ASCII only (an SMTP reply is ASCII; a non-ASCII local part
     of an internationalised address becomes '?')."""
     code, xcode, text = (reply.split(" ", 2) + ["", ""])[:3]
@@ -303,9 +310,14 @@ class HeaderFromMilter(Milter.Base):  # type: ignore[misc]
         decision_log.info(
             "%s",
             decision_line(
-                queue_id=queue_id, client=self.client, login=self.login.strip(),
-                sender=self.sender, author=author, profile=svc.profile.name,
-                decision=decision, elapsed=time.monotonic() - self.started,
+                queue_id=queue_id,
+                client=self.client,
+                login=self.login.strip(),
+                sender=self.sender,
+                author=author,
+                profile=svc.profile.name,
+                decision=decision,
+                elapsed=time.monotonic() - self.started,
             ),
         )
         return self._reply(decision)
@@ -349,7 +361,9 @@ def run_milter(config_path: str | Path) -> int:
     """
     config = load_config(config_path)
     setup_logging(
-        config.logging.level, config.logging.target, config.logging.syslog_address,
+        config.logging.level,
+        config.logging.target,
+        config.logging.syslog_address,
         config.logging.syslog_facility,
     )
     service = MilterService.from_config(config)
@@ -361,7 +375,10 @@ def run_milter(config_path: str | Path) -> int:
     log.info(
         "policyd milter starting on %s; profile %s (mode %s, protect_local_senders %s); "
         "directory %s",
-        config.milter.listen, p.name, p.mode, "on" if p.protect_local_senders else "off",
+        config.milter.listen,
+        p.name,
+        p.mode,
+        "on" if p.protect_local_senders else "off",
         config.directory.backend,
     )
     try:
@@ -381,4 +398,4 @@ def _remove_socket(spec: str) -> None:
     for prefix in ("unix:", "local:"):
         if spec.startswith(prefix):
             with contextlib.suppress(OSError):
-                Path(spec[len(prefix):]).unlink()
+                Path(spec[len(prefix) :]).unlink()

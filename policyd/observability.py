@@ -48,8 +48,13 @@ def decision_line(
 ) -> str:
     g = attrs.get
     values = (
-        g("queue_id", ""), g("instance", ""), g("client_address", ""), g("sasl_username", ""),
-        g("sender", ""), g("recipient", ""), profile,
+        g("queue_id", ""),
+        g("instance", ""),
+        g("client_address", ""),
+        g("sasl_username", ""),
+        g("sender", ""),
+        g("recipient", ""),
+        profile,
     )
     # One regex pass over the request's values ("!" is a safe separator): usually none needs
     # quoting, and then only the empty ones become "". (The action is checked on its own: a
@@ -174,7 +179,13 @@ class _DirectStream:
         except Exception:  # noqa: BLE001 - as StreamHandler.emit: the handler reports it
             h.handleError(
                 decision_log.makeRecord(
-                    decision_log.name, _INFO, __file__, 0, "%s", ("\n".join(lines[:-1]),), None,
+                    decision_log.name,
+                    _INFO,
+                    __file__,
+                    0,
+                    "%s",
+                    ("\n".join(lines[:-1]),),
+                    None,
                     "log_decision",
                 )
             )
@@ -213,7 +224,9 @@ def setup_logging(
     if target == "syslog":
         facility = logging.handlers.SysLogHandler.facility_names.get(syslog_facility, 2 << 3)
         handler = logging.handlers.SysLogHandler(address=syslog_address, facility=facility)
-        handler.setFormatter(_Formatter("policyd[%(process)d]: %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(
+            _Formatter("policyd[%(process)d]: %(levelname)s %(name)s: %(message)s")
+        )
     else:
         handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
         handler.setFormatter(_Formatter(_STDERR_FORMAT))

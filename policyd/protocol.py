@@ -272,7 +272,9 @@ class RequestParser:
             count = len(skeleton) >> 1
             if count <= MAX_ATTRIBUTES and skeleton == b"=\n" * count:
                 # "name=value\nname=value" -> [name, value, name, value]
-                it = iter(data[:-2].decode("utf-8", "surrogateescape").replace("\n", "=").split("="))
+                it = iter(
+                    data[:-2].decode("utf-8", "surrogateescape").replace("\n", "=").split("=")
+                )
                 attrs = dict(zip(it, it, strict=True))
                 if len(attrs) == count and "" not in attrs:
                     return [_request_from(attrs)]

@@ -48,7 +48,9 @@ def build_runtime(config: Config) -> Runtime:
     for rng in networks.wide[:5]:
         log.warning(
             "allocated range %s (%s) is wider than an IPv4 /8 or IPv6 /16: every client in it "
-            "may relay without SMTP AUTH. Intended?", rng.pattern, rng.source,
+            "may relay without SMTP AUTH. Intended?",
+            rng.pattern,
+            rng.source,
         )
     directory = make_directory(config, rules)
     lookups = None

@@ -39,7 +39,9 @@ _PAYLOADS: dict[str, bytes] = {}
 _CONSTANT_ACTIONS = (Verdict.ACCEPT, Verdict.DUNNO)
 
 _INTERNAL_ERROR = Decision(
-    Verdict.DEFER, Reason.DIRECTORY_UNAVAILABLE, "451 4.3.0 Temporary policy failure, please try again later"
+    Verdict.DEFER,
+    Reason.DIRECTORY_UNAVAILABLE,
+    "451 4.3.0 Temporary policy failure, please try again later",
 )
 
 
@@ -112,7 +114,9 @@ class PolicyServer:
                 name = s.getsockname()
                 if isinstance(name, tuple):
                     host = name[0]
-                    self.addresses.append(f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}")
+                    self.addresses.append(
+                        f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
+                    )
                 else:
                     if isinstance(name, bytes):  # abstract unix name
                         name = "@" + name[1:].decode(errors="replace")
@@ -147,7 +151,10 @@ class PolicyServer:
             await asyncio.sleep(0.01)
         self.draining = True
         if self.connections:
-            log.warning("drain timeout: closing %d connection(s) with requests in flight", len(self.connections))
+            log.warning(
+                "drain timeout: closing %d connection(s) with requests in flight",
+                len(self.connections),
+            )
         for conn in list(self.connections):
             conn.abort()
         if lingering:
@@ -159,7 +166,9 @@ class PolicyServer:
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
-    def _close_between_requests(self, conn: _Connection, deadline: float) -> asyncio.Task[None] | None:
+    def _close_between_requests(
+        self, conn: _Connection, deadline: float
+    ) -> asyncio.Task[None] | None:
         """Close `conn` if it is between requests (with a lingering FIN); else leave it."""
         tr = conn.transport
         if tr is None or tr.is_closing() or tr.get_write_buffer_size():
@@ -219,7 +228,9 @@ class PolicyServer:
                     if not transport.is_closing():
                         transport.write(payload)
 
-    def emit(self, attrs: Mapping[str, str], profile: str, decision: Decision, elapsed: float) -> None:
+    def emit(
+        self, attrs: Mapping[str, str], profile: str, decision: Decision, elapsed: float
+    ) -> None:
         for hook in self.hooks:
             try:
                 hook(attrs, profile, decision, elapsed)
@@ -258,7 +269,19 @@ def _remove_stale_socket(path: str) -> None:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("server", "transport", "parser", "tail", "pending", "queued", "last_active", "_idle", "_paused", "_wpaused", "peer")
+    __slots__ = (
+        "server",
+        "transport",
+        "parser",
+        "tail",
+        "pending",
+        "queued",
+        "last_active",
+        "_idle",
+        "_paused",
+        "_wpaused",
+        "peer",
+    )
 
     def __init__(self, server: PolicyServer) -> None:
         self.server = server
@@ -284,7 +307,8 @@ class _Connection(asyncio.Protocol):
             srv.refused += 1
             log.warning(
                 "refusing connection from %s: %d connections open (server.max_connections)",
-                self.peer, len(srv.connections),
+                self.peer,
+                len(srv.connections),
             )
             transport.close()  # nothing written: Postfix retries, then its default_action
             return
@@ -354,7 +378,9 @@ class _Connection(asyncio.Protocol):
             self._reply(attrs, profile_name, result, started)
             return
         self.pending += 1
-        self.tail = asyncio.ensure_future(self._ordered(self.tail, attrs, profile_name, result, started))
+        self.tail = asyncio.ensure_future(
+            self._ordered(self.tail, attrs, profile_name, result, started)
+        )
         if self.pending >= MAX_PENDING_PER_CONNECTION and not self._paused and self.transport:
             self._paused = True
             self.transport.pause_reading()
@@ -392,7 +418,9 @@ class _Connection(asyncio.Protocol):
             if self.server.draining:
                 self.close_if_idle()
 
-    def _reply(self, attrs: Mapping[str, str], profile: str, decision: Decision, started: float) -> None:
+    def _reply(
+        self, attrs: Mapping[str, str], profile: str, decision: Decision, started: float
+    ) -> None:
         action = to_action(decision)
         payload = _PAYLOADS.get(action)
         if payload is None:

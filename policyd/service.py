@@ -71,7 +71,9 @@ class PolicyService:
         """Either the decision, or a coroutine that finishes it after a directory lookup."""
         rt = self.runtime
         profile = self.select_profile(attrs, rt)
-        network = rt.networks.lookup(attrs.get("client_address", "")) if needs_network(attrs) else None
+        network = (
+            rt.networks.lookup(attrs.get("client_address", "")) if needs_network(attrs) else None
+        )
         need = needs(attrs, profile, network)
         if need is Need.NOTHING:
             return profile, decide(attrs, profile, Facts(network=network), rt.rules)

@@ -163,7 +163,9 @@ class CachedLookups:
                 self.stats.stale += 1
                 log.info(
                     "directory unavailable (%s); %s answered from data %.0fs old",
-                    e, key_repr(k[0]), now - stale.fetched,
+                    e,
+                    key_repr(k[0]),
+                    now - stale.fetched,
                 )
                 return stale.value
             raise

@@ -167,7 +167,7 @@ def _reverse_groups(group_filter: str) -> _ReverseGroups | None:
     if len(matches) != 1:
         return None
     m = matches[0]
-    prefix, suffix = group_filter[: m.start()], group_filter[m.end():]
+    prefix, suffix = group_filter[: m.start()], group_filter[m.end() :]
     try:
         prefix, suffix = prefix.format(), suffix.format()  # no other placeholder; {{ }} -> { }
     except (KeyError, IndexError, ValueError):
@@ -269,12 +269,17 @@ class ServerSpec:
     def server(self, cfg: LdapConfig, tls: Any) -> Any:
         if self.scheme == "ldapi":
             return ldap3.Server(
-                "ldapi://" + self.host.replace("/", "%2F"), get_info=ldap3.NONE,
+                "ldapi://" + self.host.replace("/", "%2F"),
+                get_info=ldap3.NONE,
                 connect_timeout=cfg.connect_timeout,
             )
         return ldap3.Server(
-            self.host, port=self.port, use_ssl=self.scheme == "ldaps", get_info=ldap3.NONE,
-            connect_timeout=cfg.connect_timeout, tls=tls if self.tls else None,
+            self.host,
+            port=self.port,
+            use_ssl=self.scheme == "ldaps",
+            get_info=ldap3.NONE,
+            connect_timeout=cfg.connect_timeout,
+            tls=tls if self.tls else None,
         )
 
 
@@ -395,7 +400,10 @@ def _close_quietly(conn: Any) -> None:
 
 
 def _open(
-    spec: ServerSpec, cfg: LdapConfig, tls: Any, password: str | None,
+    spec: ServerSpec,
+    cfg: LdapConfig,
+    tls: Any,
+    password: str | None,
     report: list[tuple[str, bool, str]] | None = None,
 ) -> Any:
     """Open, StartTLS if configured, bind. Returns the bound SAFE_SYNC connection or raises
@@ -531,7 +539,8 @@ class LdapDirectory:
         if self._group_attrs and self._reverse is None:
             log.warning(
                 "ldap.group_filter %r has no single (ATTR={dn}) or (ATTR={login}) term: "
-                "owners_of will not report owners through groups", cfg.group_filter,
+                "owners_of will not report owners through groups",
+                cfg.group_filter,
             )
         if not cfg.tls_validate and any(s.tls for s in self._specs):
             log.warning(
@@ -566,7 +575,9 @@ class LdapDirectory:
         if len(entries) > 1 or found.truncated:
             log.warning(
                 "LDAP: login %r matches more than one entry under %s (%s): treated as unknown",
-                login, self.cfg.user_base, ", ".join(e["dn"] for e in entries),
+                login,
+                self.cfg.user_base,
+                ", ".join(e["dn"] for e in entries),
             )
             return frozenset()
         if not entries:
@@ -577,8 +588,9 @@ class LdapDirectory:
             gfilt = render_filter(self.cfg.group_filter, dn=entry["dn"], login=login)
             groups = self._search(self.group_base, self._scope_group, gfilt, self._group_attrs, 0)
             if groups.truncated:
-                log.warning("LDAP: group search for %s hit a size limit; results incomplete",
-                            entry["dn"])
+                log.warning(
+                    "LDAP: group search for %s hit a size limit; results incomplete", entry["dn"]
+                )
             for g in groups.entries:
                 out.update(self._addresses(g, self._group_attrs))
         return frozenset(out)
@@ -593,8 +605,9 @@ class LdapDirectory:
         if bare != local:
             forms.append(f"{bare}@{domain}")
         parts = [
-            render_filter(self.cfg.owner_filter, address=a, localpart=split_address(a)[0],
-                          domain=domain)
+            render_filter(
+                self.cfg.owner_filter, address=a, localpart=split_address(a)[0], domain=domain
+            )
             for a in forms
         ]
         filt = parts[0] if len(parts) == 1 else "(|" + "".join(parts) + ")"
@@ -640,7 +653,7 @@ class LdapDirectory:
             if m is not None:
                 if m.group(1).lower() != "smtp":
                     continue
-                v = v[m.end():]
+                v = v[m.end() :]
             a = normalize_address(v, self.rules)
             local, domain = split_address(a)
             if not domain or "@" not in a:
@@ -649,9 +662,7 @@ class LdapDirectory:
         return out
 
     def _logins(self, entry: Mapping[str, Any], attr: str) -> list[str]:
-        return [
-            canonical_login(v, self.rules) for v in self._values(entry, [attr]) if v.strip()
-        ]
+        return [canonical_login(v, self.rules) for v in self._values(entry, [attr]) if v.strip()]
 
     def _group_owners(self, keys: list[str]) -> set[str]:
         rev = self._reverse
@@ -660,9 +671,7 @@ class LdapDirectory:
             f"({a}={escape_value(k)})" for a in self._group_attrs for k in dict.fromkeys(keys)
         )
         filt = f"{rev.prefix}(|{tests}){rev.suffix}"
-        found = self._search(
-            self.group_base, self._scope_group, filt, [rev.member_attribute], 0
-        )
+        found = self._search(self.group_base, self._scope_group, filt, [rev.member_attribute], 0)
         owners: set[str] = set()
         login_attr = self.cfg.owner_login_attribute.lower()
         to_read: list[str] = []
@@ -680,11 +689,17 @@ class LdapDirectory:
         if len(to_read) > _MAX_MEMBER_READS:
             log.warning(
                 "LDAP: owners_of(%s): %d group members need an entry read; reading the first %d",
-                keys[0], len(to_read), _MAX_MEMBER_READS,
+                keys[0],
+                len(to_read),
+                _MAX_MEMBER_READS,
             )
         for dn in to_read[:_MAX_MEMBER_READS]:
             read = self._search(
-                dn, ldap3.BASE, "(objectClass=*)", [self.cfg.owner_login_attribute], 0,
+                dn,
+                ldap3.BASE,
+                "(objectClass=*)",
+                [self.cfg.owner_login_attribute],
+                0,
                 missing_ok=True,  # a dangling member
             )
             for e in read.entries:
@@ -743,8 +758,11 @@ class LdapDirectory:
             c = _Conn(conn, i, epoch, now, now + _FAILBACK_AFTER)
             self._register(c)
             if i != 0 or errors:
-                log.info("LDAP: connected to %s%s", spec.url,
-                         f" after: {'; '.join(errors)}" if errors else "")
+                log.info(
+                    "LDAP: connected to %s%s",
+                    spec.url,
+                    f" after: {'; '.join(errors)}" if errors else "",
+                )
             return c
         raise DirectoryUnavailable("no LDAP server answered: " + "; ".join(errors))
 
@@ -772,15 +790,23 @@ class LdapDirectory:
                         with self._lock:
                             self._registry.pop(id(c), None)
                         _close_quietly(c.conn)
-                        log.info("LDAP: back from %s to %s", self._specs[c.index].url,
-                                 self._specs[better.index].url)
+                        log.info(
+                            "LDAP: back from %s to %s",
+                            self._specs[c.index].url,
+                            self._specs[better.index].url,
+                        )
                         return better, True
         if c is not None:
             return c, False
         return self._connect(), True
 
     def _search(
-        self, base: str, scope: Any, filt: str, attrs: list[str], size_limit: int,
+        self,
+        base: str,
+        scope: Any,
+        filt: str,
+        attrs: list[str],
+        size_limit: int,
         missing_ok: bool = False,
     ) -> _Found:
         for attempt in (0, 1):
@@ -788,8 +814,12 @@ class LdapDirectory:
             url = self._specs[c.index].url
             try:
                 _ok, result, response, _ = c.conn.search(
-                    base, filt, search_scope=scope, attributes=attrs,
-                    size_limit=size_limit, time_limit=int(self.cfg.receive_timeout),
+                    base,
+                    filt,
+                    search_scope=scope,
+                    attributes=attrs,
+                    size_limit=size_limit,
+                    time_limit=int(self.cfg.receive_timeout),
                 )
             except Exception as e:  # noqa: BLE001 - LDAPException, or OSError/ssl/pyasn1 errors ldap3 lets through; callers must only ever see DirectoryUnavailable
                 self._drop(c)
@@ -812,8 +842,7 @@ class LdapDirectory:
                 if missing_ok:
                     return _Found([], False)
                 raise DirectoryUnavailable(
-                    f"{url}: search base {base!r} does not exist "
-                    "(or the bind DN may not read it)"
+                    f"{url}: search base {base!r} does not exist (or the bind DN may not read it)"
                 )
             if code in _SERVER_TROUBLE or code < 0:
                 self._drop(c)
@@ -843,8 +872,12 @@ def check_connection(cfg: LdapConfig) -> tuple[bool, list[str]]:
 
     try:
         password = read_bind_password(cfg)
-        add("ldap", "password", True,
-            "none: anonymous bind" if password is None else "read (not shown)")
+        add(
+            "ldap",
+            "password",
+            True,
+            "none: anonymous bind" if password is None else "read (not shown)",
+        )
     except DirectoryError as e:
         add("ldap", "password", False, str(e))
         return False, lines
@@ -867,7 +900,11 @@ def check_connection(cfg: LdapConfig) -> tuple[bool, list[str]]:
 
 
 def _check_server(
-    spec: ServerSpec, cfg: LdapConfig, tls: Any, password: str | None, group_base: str,
+    spec: ServerSpec,
+    cfg: LdapConfig,
+    tls: Any,
+    password: str | None,
+    group_base: str,
     add: Callable[[str, str, bool, str], None],
 ) -> bool:
     where = spec.url
@@ -890,8 +927,11 @@ def _check_server(
             with socket.create_connection((spec.host, spec.port), timeout=cfg.connect_timeout):
                 pass
         except OSError as e:
-            why = (f"no answer within connect_timeout {cfg.connect_timeout} s"
-                   if _is_timeout(e) else (e.strerror or str(e)).lower())
+            why = (
+                f"no answer within connect_timeout {cfg.connect_timeout} s"
+                if _is_timeout(e)
+                else (e.strerror or str(e)).lower()
+            )
             add(where, "tcp", False, f"port {spec.port}: {why}")
             return False
         add(where, "tcp", True, f"port {spec.port} open ({(time.monotonic() - t0) * 1000:.1f} ms)")
@@ -908,11 +948,16 @@ def _check_server(
     for step, good, detail in report:
         add(where, step, good, detail)
     try:
-        for what, base, scope in (("user_base", cfg.user_base, cfg.user_scope),
-                                  ("group_base", group_base, cfg.group_scope)):
+        for what, base, scope in (
+            ("user_base", cfg.user_base, cfg.user_scope),
+            ("group_base", group_base, cfg.group_scope),
+        ):
             try:
                 _ok, result, _, _ = conn.search(
-                    base, "(objectClass=*)", search_scope=ldap3.BASE, attributes=["1.1"],
+                    base,
+                    "(objectClass=*)",
+                    search_scope=ldap3.BASE,
+                    attributes=["1.1"],
                     time_limit=int(cfg.receive_timeout),
                 )
             except Exception as e:  # noqa: BLE001 - reported, not raised

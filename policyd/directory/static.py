@@ -65,7 +65,9 @@ class StaticDirectory:
             where = f"{source}:{n}"
             head, colon, tail = line.partition(":")
             if not colon:
-                raise DirectoryError(f"{where}: expected 'LOGIN: address, address…', got {raw.strip()!r}")
+                raise DirectoryError(
+                    f"{where}: expected 'LOGIN: address, address…', got {raw.strip()!r}"
+                )
             logins = [x for x in head.replace(",", " ").split()]
             addrs = [x for x in tail.replace(",", " ").split()]
             if not logins:

@@ -165,11 +165,17 @@ class BlockingDirectory:
         max_hang: float = 20.0,
     ) -> None:
         self.blocking = blocking
-        self.owned = {k: frozenset(v) for k, v in (owned or {
-            "alice": ["alice@example.org", "sales@example.org"],
-            "bob": ["bob@example.org", "sales@example.org"],
-            "carol": ["@carol.example"],
-        }).items()}
+        self.owned = {
+            k: frozenset(v)
+            for k, v in (
+                owned
+                or {
+                    "alice": ["alice@example.org", "sales@example.org"],
+                    "bob": ["bob@example.org", "sales@example.org"],
+                    "carol": ["@carol.example"],
+                }
+            ).items()
+        }
         self.delays = dict(delays or {})
         self.fail = dict(fail or {})
         self.gate = threading.Event()
@@ -313,7 +319,7 @@ def run(coro: Coroutine[Any, Any, Any], loop: str = "asyncio") -> Any:
 
 
 def split_address(address: str) -> tuple[str, str | int]:
-    """"unix:/p" -> ("unix", "/p"); "h:p" / "[h]:p" -> (host, port)."""
+    """ "unix:/p" -> ("unix", "/p"); "h:p" / "[h]:p" -> (host, port)."""
     if address.startswith("unix:"):
         return "unix", address[5:]
     host, _, port = address.rpartition(":")
@@ -389,7 +395,9 @@ class Client:
             await asyncio.wait_for(self.writer.wait_closed(), 2.0)
 
 
-async def round_trip(address: str, attrs: Mapping[str, str], timeout: float = 5.0) -> tuple[str, float]:
+async def round_trip(
+    address: str, attrs: Mapping[str, str], timeout: float = 5.0
+) -> tuple[str, float]:
     """Connect, ask once, close. Returns (action, seconds for the request/reply only)."""
     c = await Client.connect(address, timeout)
     try:

@@ -14,20 +14,26 @@ ROOT = Path(__file__).resolve().parents[2]
 def policyd(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "policyd", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
     )
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     (tmp_path / "senders.txt").write_text(
-        "alice: alice@example.org, @alice.example\nalice, bob: sales@example.org\n")
+        "alice: alice@example.org, @alice.example\nalice, bob: sales@example.org\n"
+    )
     (tmp_path / "ranges.txt").write_text(
-        "192.0.2.0/24 office\n198.51.100.0/24 shop domains=shop.example\n")
+        "192.0.2.0/24 office\n198.51.100.0/24 shop domains=shop.example\n"
+    )
     p = tmp_path / "policyd.toml"
     p.write_text(
         '[networks]\nfiles = ["ranges.txt"]\n[directory]\nfile = "senders.txt"\n'
-        '[addresses]\nrealms = ["example.org"]\n')
+        '[addresses]\nrealms = ["example.org"]\n'
+    )
     return p
 
 
@@ -37,8 +43,17 @@ def test_version() -> None:
 
 
 def test_check_owned_sender_explains_facts(config: Path) -> None:
-    r = policyd("check", "-c", str(config), "--client-address", "203.0.113.9",
-                "--sasl-username", "Alice@Example.org", "--sender", "ALICE+x@example.org")
+    r = policyd(
+        "check",
+        "-c",
+        str(config),
+        "--client-address",
+        "203.0.113.9",
+        "--sasl-username",
+        "Alice@Example.org",
+        "--sender",
+        "ALICE+x@example.org",
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == "action=OK"
@@ -48,35 +63,68 @@ def test_check_owned_sender_explains_facts(config: Path) -> None:
 
 
 def test_check_foreign_sender_prints_the_reject(config: Path) -> None:
-    r = policyd("check", "-c", str(config), "--client-address", "203.0.113.9",
-                "--sasl-username", "bob", "--sender", "alice@example.org")
+    r = policyd(
+        "check",
+        "-c",
+        str(config),
+        "--client-address",
+        "203.0.113.9",
+        "--sasl-username",
+        "bob",
+        "--sender",
+        "alice@example.org",
+    )
     assert r.returncode == 0
     assert r.stdout.splitlines()[0] == (
-        "action=553 5.7.1 Sender address <alice@example.org> is not owned by user bob")
+        "action=553 5.7.1 Sender address <alice@example.org> is not owned by user bob"
+    )
     assert "reason=sender_not_owned" in r.stdout
 
 
 def test_check_allocated_range_and_domain_restriction(config: Path) -> None:
-    r = policyd("check", "-c", str(config), "--client-address", "192.0.2.10", "--sender", "x@any.example")
+    r = policyd(
+        "check", "-c", str(config), "--client-address", "192.0.2.10", "--sender", "x@any.example"
+    )
     assert r.stdout.splitlines()[0] == "action=OK"
     assert "in range office" in r.stdout
-    r = policyd("check", "-c", str(config), "--client-address", "198.51.100.7", "--sender", "x@any.example")
+    r = policyd(
+        "check", "-c", str(config), "--client-address", "198.51.100.7", "--sender", "x@any.example"
+    )
     assert r.stdout.splitlines()[0] == (
-        "action=553 5.7.1 Sender address <x@any.example> is not allowed from network shop")
+        "action=553 5.7.1 Sender address <x@any.example> is not allowed from network shop"
+    )
 
 
 def test_check_unauthenticated_outside_ranges_per_profile(config: Path) -> None:
-    r = policyd("check", "-c", str(config), "--client-address", "203.0.113.9", "--sender", "x@y.example")
+    r = policyd(
+        "check", "-c", str(config), "--client-address", "203.0.113.9", "--sender", "x@y.example"
+    )
     assert r.stdout.splitlines()[0].startswith("action=554 5.7.1 Relay access denied: 203.0.113.9")
     assert "enable SMTP authentication" in r.stdout
-    r = policyd("check", "-c", str(config), "--client-address", "203.0.113.9", "--sender", "x@y.example",
-                "--policy-context", "mx")
+    r = policyd(
+        "check",
+        "-c",
+        str(config),
+        "--client-address",
+        "203.0.113.9",
+        "--sender",
+        "x@y.example",
+        "--policy-context",
+        "mx",
+    )
     assert r.stdout.splitlines()[:2] == ["action=DUNNO", "reason=not_trusted"]
 
 
 def test_check_with_the_shipped_default_config() -> None:
-    r = policyd("check", "--client-address", "203.0.113.9", "--sasl-username", "alice",
-                "--sender", "sales@example.org")
+    r = policyd(
+        "check",
+        "--client-address",
+        "203.0.113.9",
+        "--sasl-username",
+        "alice",
+        "--sender",
+        "sales@example.org",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == "action=OK"
 
@@ -97,7 +145,8 @@ def test_config_check_and_serve_fail_with_one_line_naming_file_and_key(config: P
         assert r.returncode == 1
         assert r.stderr.strip().splitlines() == [
             f"policyd: {config}: server.max_conections: unknown key (known keys here: "
-            "drain_timeout, idle_timeout, listen, max_connections, unix_socket_mode)"]
+            "drain_timeout, idle_timeout, listen, max_connections, unix_socket_mode)"
+        ]
 
 
 def test_bad_range_line_is_a_startup_error_with_file_and_line(config: Path) -> None:
@@ -120,18 +169,19 @@ def test_serve_bad_listen_argument(config: Path) -> None:
 
 
 def test_milter_bad_config_fails_with_one_line(config: Path) -> None:
-    config.write_text(config.read_text() + "[milter]\nlisten = \"tcp:1\"\n")
+    config.write_text(config.read_text() + '[milter]\nlisten = "tcp:1"\n')
     r = policyd("milter", "-c", str(config))
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
-        f"policyd: {config}: milter.listen: must be inet:PORT@HOST, inet6:PORT@HOST or unix:/PATH"]
+        f"policyd: {config}: milter.listen: must be inet:PORT@HOST, inet6:PORT@HOST or unix:/PATH"
+    ]
 
 
 def test_readme_check_example_is_what_the_command_prints() -> None:
     import shlex
 
     text = (ROOT / "README.md").read_text()
-    block = text[text.index("$ policyd check "):]
+    block = text[text.index("$ policyd check ") :]
     block = block[: block.index("```")]
     command, *expected = block.strip().splitlines()
     r = policyd(*shlex.split(command)[2:])

@@ -39,9 +39,14 @@ slapd_test = pytest.mark.slapd
 RULES = AddressRules(realms=frozenset({"example.org"}))
 PEOPLE = "ou=people,dc=example,dc=org"
 
-ALICE = frozenset({
-    "alice@example.org", "alice.smith@example.org", "alice@example.net", "sales@example.org",
-})
+ALICE = frozenset(
+    {
+        "alice@example.org",
+        "alice.smith@example.org",
+        "alice@example.net",
+        "sales@example.org",
+    }
+)
 BOB = frozenset({"bob@example.org", "sales@example.org"})
 CAROL = frozenset({"carol@example.org", "@carol.example", "support@example.org"})
 DAVE = frozenset({"dave@example.org"})
@@ -85,19 +90,22 @@ def directory(slapd: Slapd, pwfile: Path) -> Iterator[LdapDirectory]:
 # Pure helpers (no server)
 
 
-@pytest.mark.parametrize("value, escaped", [
-    ("alice", "alice"),
-    ("*", r"\2a"),
-    ("alice)(uid=*", r"alice\29\28uid=\2a"),
-    (r"\2a", r"\5c2a"),
-    ("a\x00b", r"a\00b"),
-    ("jöhn", "jöhn"),
-    ("\udcff\udcfe", r"\ff\fe"),            # surrogateescape'd bytes b"\xff\xfe"
-    ("x\udcc3(", r"\78\c3\28"),              # mixed: every byte escaped
-    ("\ud800", r"\ed\a0\80"),               # a lone surrogate that is no escaped byte
-    (" a\t", r"\20a\09"),                   # ldap3 would strip() unescaped edge spaces
-    ("a>=b~=c<=d:=e=f", "a>=b~=c<=d:=e=f"),  # ldap3 splits at the first "=": harmless
-])
+@pytest.mark.parametrize(
+    "value, escaped",
+    [
+        ("alice", "alice"),
+        ("*", r"\2a"),
+        ("alice)(uid=*", r"alice\29\28uid=\2a"),
+        (r"\2a", r"\5c2a"),
+        ("a\x00b", r"a\00b"),
+        ("jöhn", "jöhn"),
+        ("\udcff\udcfe", r"\ff\fe"),  # surrogateescape'd bytes b"\xff\xfe"
+        ("x\udcc3(", r"\78\c3\28"),  # mixed: every byte escaped
+        ("\ud800", r"\ed\a0\80"),  # a lone surrogate that is no escaped byte
+        (" a\t", r"\20a\09"),  # ldap3 would strip() unescaped edge spaces
+        ("a>=b~=c<=d:=e=f", "a>=b~=c<=d:=e=f"),  # ldap3 splits at the first "=": harmless
+    ],
+)
 def test_escape_value(value: str, escaped: str) -> None:
     out = escape_value(value)
     assert out == escaped
@@ -106,24 +114,37 @@ def test_escape_value(value: str, escaped: str) -> None:
 
 
 def test_render_filter_escapes_every_value() -> None:
-    f = render_filter("(&(uid={login})(mail={localpart}@{domain}))",
-                      login="*)(uid=*", localpart="a*", domain="(x)")
+    f = render_filter(
+        "(&(uid={login})(mail={localpart}@{domain}))",
+        login="*)(uid=*",
+        localpart="a*",
+        domain="(x)",
+    )
     assert f == r"(&(uid=\2a\29\28uid=\2a)(mail=a\2a@\28x\29))"
 
 
-@pytest.mark.parametrize("user_base, group_base", [
-    ("ou=people,dc=example,dc=org", "dc=example,dc=org"),
-    ("dc=example,dc=org", "dc=example,dc=org"),
-    ("ou=people,o=corp", "o=corp"),
-    (r"ou=a\,b,DC=Example,dc=org", "DC=Example,dc=org"),
-])
+@pytest.mark.parametrize(
+    "user_base, group_base",
+    [
+        ("ou=people,dc=example,dc=org", "dc=example,dc=org"),
+        ("dc=example,dc=org", "dc=example,dc=org"),
+        ("ou=people,o=corp", "o=corp"),
+        (r"ou=a\,b,DC=Example,dc=org", "DC=Example,dc=org"),
+    ],
+)
 def test_default_group_base(user_base: str, group_base: str) -> None:
     assert default_group_base(user_base) == group_base
 
 
 def test_parse_server_url() -> None:
     s = parse_server_url("ldap://ldap.example.org", start_tls=True)
-    assert (s.scheme, s.host, s.port, s.start_tls, s.tls) == ("ldap", "ldap.example.org", 389, True, True)
+    assert (s.scheme, s.host, s.port, s.start_tls, s.tls) == (
+        "ldap",
+        "ldap.example.org",
+        389,
+        True,
+        True,
+    )
     s = parse_server_url("ldaps://[::1]:6360/", start_tls=True)
     assert (s.scheme, s.host, s.port, s.start_tls, s.tls) == ("ldaps", "::1", 6360, False, True)
     s = parse_server_url("ldapi://%2Frun%2Fslapd%2Fldapi", start_tls=False)
@@ -173,8 +194,10 @@ def test_tls_validate_false_warns(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     cfg = LdapConfig(servers=("ldaps://127.0.0.1",), tls_validate=False)
     with caplog.at_level(logging.WARNING, logger="policyd.directory.ldap"):
         LdapDirectory(cfg, RULES).close()
-    assert any("tls_validate = false" in r.getMessage() and r.levelno == logging.WARNING
-               for r in caplog.records)
+    assert any(
+        "tls_validate = false" in r.getMessage() and r.levelno == logging.WARNING
+        for r in caplog.records
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +218,9 @@ def test_logins_with_and_without_realm(directory: LdapDirectory) -> None:
     assert directory.addresses_of(canonical_login("Erin@Partner.Example", RULES)) == ERIN
     assert directory.addresses_of(canonical_login("alice@partner.example", RULES)) == frozenset()
     # Without realms configured, "alice@example.org" is a different (unknown) login.
-    assert directory.addresses_of(canonical_login("alice@example.org", AddressRules())) == frozenset()
+    assert (
+        directory.addresses_of(canonical_login("alice@example.org", AddressRules())) == frozenset()
+    )
 
 
 @slapd_test
@@ -206,11 +231,22 @@ def test_uid_case_in_directory_does_not_matter(directory: LdapDirectory) -> None
 @slapd_test
 def test_ownership_checks(directory: LdapDirectory) -> None:
     alice = directory.addresses_of("alice")
-    for sender in ("alice@example.org", "Alice@Example.ORG", "alice+lists@example.org",
-                   "Alice.Smith+x@EXAMPLE.org", "alice@example.net", "sales@example.org",
-                   "sales+q@example.org"):
+    for sender in (
+        "alice@example.org",
+        "Alice@Example.ORG",
+        "alice+lists@example.org",
+        "Alice.Smith+x@EXAMPLE.org",
+        "alice@example.net",
+        "sales@example.org",
+        "sales+q@example.org",
+    ):
         assert owned_by(alice, sender, RULES), sender
-    for sender in ("bob@example.org", "alice@example.com", "x@carol.example", "support@example.org"):
+    for sender in (
+        "bob@example.org",
+        "alice@example.com",
+        "x@carol.example",
+        "support@example.org",
+    ):
         assert not owned_by(alice, sender, RULES), sender
     carol = directory.addresses_of("carol")
     for sender in ("anyone@carol.example", "X+y@Carol.Example.", "carol@example.org"):
@@ -237,17 +273,41 @@ def test_unknown_login(directory: LdapDirectory) -> None:
 
 
 @slapd_test
-def test_ambiguous_login_is_unknown(directory: LdapDirectory, caplog: pytest.LogCaptureFixture) -> None:
+def test_ambiguous_login_is_unknown(
+    directory: LdapDirectory, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING, logger="policyd.directory.ldap"):
         assert directory.addresses_of("twin") == frozenset()
     assert any("more than one entry" in r.getMessage() for r in caplog.records)
 
 
 INJECTIONS = [
-    "*", "**", "alice*", "al*ce", "*)(|(uid=*", "alice)(uid=*", "alice)(|(uid=*)",
-    "*)(uid=*))(|(uid=*", r"\2a", r"\\2a", "\\", "\\5c", ")(", "(", ")", "(uid=alice)",
-    "alice\x00", "\x00", "\x00*", "alice\x00)(uid=*", "\udcff\udcfe", "alice\udcff",
-    "\ud800", "a" * 3000, "alice\r\n(uid=*)", "uid=alice,ou=people,dc=example,dc=org",
+    "*",
+    "**",
+    "alice*",
+    "al*ce",
+    "*)(|(uid=*",
+    "alice)(uid=*",
+    "alice)(|(uid=*)",
+    "*)(uid=*))(|(uid=*",
+    r"\2a",
+    r"\\2a",
+    "\\",
+    "\\5c",
+    ")(",
+    "(",
+    ")",
+    "(uid=alice)",
+    "alice\x00",
+    "\x00",
+    "\x00*",
+    "alice\x00)(uid=*",
+    "\udcff\udcfe",
+    "alice\udcff",
+    "\ud800",
+    "a" * 3000,
+    "alice\r\n(uid=*)",
+    "uid=alice,ou=people,dc=example,dc=org",
     # Not here: "alice\n" or "alice " - LDAP string matching ignores such insignificant spaces
     # (RFC 4518), so they find alice. Logins arrive stripped (canonical_login), so that's moot.
 ]
@@ -268,11 +328,23 @@ def test_literal_special_characters_match_exactly(directory: LdapDirectory) -> N
 
 
 @slapd_test
-@pytest.mark.parametrize("address", [
-    "*@example.org", "*", "*@*", "alice*@example.org", "*)(mail=*@example.org",
-    "a@example.org)(mail=*", r"\2a@example.org", "x\x00@example.org", "\udcff@example.org",
-    "@*", "sales@*", "*@carol.example)(|(mail=*",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "*@example.org",
+        "*",
+        "*@*",
+        "alice*@example.org",
+        "*)(mail=*@example.org",
+        "a@example.org)(mail=*",
+        r"\2a@example.org",
+        "x\x00@example.org",
+        "\udcff@example.org",
+        "@*",
+        "sales@*",
+        "*@carol.example)(|(mail=*",
+    ],
+)
 def test_injection_in_address(directory: LdapDirectory, address: str) -> None:
     got = directory.owners_of(address)
     # "*@carol.example)..." has a domain ending that is not carol.example: no owner either.
@@ -284,20 +356,32 @@ _ldap_chars = st.text(alphabet="*()\\\x00=|&!<>~,+aAlLiIcCeE@. ", max_size=30)
 
 
 @slapd_test
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(login=st.one_of(st.text(max_size=40), _surrogate_text, _ldap_chars))
 def test_any_login_matches_only_its_own_entry(directory: LdapDirectory, login: str) -> None:
     login = canonical_login(login, RULES)
     got = directory.addresses_of(login)  # never raises: every value is escaped
-    own = {"alice": ALICE, "bob": BOB, "carol": CAROL, "dave": DAVE,
-           "evil*)(uid=*": EVIL, "erin@partner.example": ERIN}
+    own = {
+        "alice": ALICE,
+        "bob": BOB,
+        "carol": CAROL,
+        "dave": DAVE,
+        "evil*)(uid=*": EVIL,
+        "erin@partner.example": ERIN,
+    }
     assert got == own.get(login, frozenset()), f"{login!r} -> {sorted(got)}"
 
 
 @slapd_test
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(local=st.one_of(_ldap_chars, _surrogate_text), domain=st.sampled_from(
-    ["example.org", "carol.example", "*", "example.org)(mail=*", "\x00"]))
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    local=st.one_of(_ldap_chars, _surrogate_text),
+    domain=st.sampled_from(["example.org", "carol.example", "*", "example.org)(mail=*", "\x00"]),
+)
 def test_any_address_never_raises(directory: LdapDirectory, local: str, domain: str) -> None:
     got = directory.owners_of(f"{local}@{domain}")
     if domain == "carol.example":
@@ -311,12 +395,12 @@ def test_any_address_never_raises(directory: LdapDirectory, local: str, domain: 
 def test_owners_of(directory: LdapDirectory) -> None:
     assert directory.owners_of("alice@example.org") == {"alice"}
     assert directory.owners_of("ALICE.SMITH@Example.org") == {"alice"}
-    assert directory.owners_of("alice+tag@example.org") == {"alice"}      # extension stripped
+    assert directory.owners_of("alice+tag@example.org") == {"alice"}  # extension stripped
     assert directory.owners_of("alice@example.net") == {"alice"}
-    assert directory.owners_of("Bob@Example.org") == {"bob"}              # uid "Bob" canonical
-    assert directory.owners_of("sales@example.org") == {"alice", "bob"}   # via the group
+    assert directory.owners_of("Bob@Example.org") == {"bob"}  # uid "Bob" canonical
+    assert directory.owners_of("sales@example.org") == {"alice", "bob"}  # via the group
     assert directory.owners_of("sales+x@example.org") == {"alice", "bob"}
-    assert directory.owners_of("anyone@carol.example") == {"carol"}       # via @domain
+    assert directory.owners_of("anyone@carol.example") == {"carol"}  # via @domain
     assert directory.owners_of("support@example.org") == {"carol", "evil*)(uid=*"}  # entry read
     assert directory.owners_of("nobody@example.org") == frozenset()
     assert directory.owners_of("") == frozenset()
@@ -336,12 +420,16 @@ def test_owners_of_with_realm_logins(slapd: Slapd, pwfile: Path) -> None:
 @slapd_test
 def test_bind_account_cannot_read_passwords(slapd: Slapd) -> None:
     def read(user: str, pw: str) -> dict[str, list[bytes]]:
-        conn = ldap3.Connection(ldap3.Server(slapd.url, get_info=ldap3.NONE), user, pw,
-                                client_strategy=ldap3.SAFE_SYNC, receive_timeout=2)
+        conn = ldap3.Connection(
+            ldap3.Server(slapd.url, get_info=ldap3.NONE),
+            user,
+            pw,
+            client_strategy=ldap3.SAFE_SYNC,
+            receive_timeout=2,
+        )
         try:
             assert conn.bind()[0]
-            _, _, resp, _ = conn.search(PEOPLE, "(uid=alice)",
-                                        attributes=["userPassword", "mail"])
+            _, _, resp, _ = conn.search(PEOPLE, "(uid=alice)", attributes=["userPassword", "mail"])
             assert len(resp) == 1
             return dict(resp[0]["raw_attributes"])
         finally:
@@ -353,8 +441,12 @@ def test_bind_account_cannot_read_passwords(slapd: Slapd) -> None:
     as_admin = read(slapd.admin_dn, slapd.admin_password)
     assert as_admin.get("userPassword")  # it is there; policyd just may not see it
     # Nor can it search on it (a filter on userPassword matches nothing).
-    conn = ldap3.Connection(ldap3.Server(slapd.url, get_info=ldap3.NONE), slapd.bind_dn,
-                            slapd.bind_password, client_strategy=ldap3.SAFE_SYNC)
+    conn = ldap3.Connection(
+        ldap3.Server(slapd.url, get_info=ldap3.NONE),
+        slapd.bind_dn,
+        slapd.bind_password,
+        client_strategy=ldap3.SAFE_SYNC,
+    )
     try:
         conn.bind()
         _, _, resp, _ = conn.search(PEOPLE, "(userPassword=*)", attributes=["uid"])
@@ -396,7 +488,9 @@ def test_closed_directory_is_unavailable(slapd: Slapd, pwfile: Path) -> None:
 
 
 @slapd_test
-def test_wrong_bind_password(slapd: Slapd, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_wrong_bind_password(
+    slapd: Slapd, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     wrong = "not-the-password-x7"
     cfg = make_cfg(slapd, password_file(tmp_path, wrong))
     d = LdapDirectory(cfg, RULES)
@@ -420,18 +514,32 @@ def test_missing_search_base(slapd: Slapd, pwfile: Path) -> None:
     d.close()
     ok, lines = check_connection(cfg)
     assert not ok
-    assert any("search base user_base: FAILED" in line and "noSuchObject" in line for line in lines), lines
+    assert any(
+        "search base user_base: FAILED" in line and "noSuchObject" in line for line in lines
+    ), lines
 
 
 @slapd_test
 def test_check_connection_all_good(slapd: Slapd, pwfile: Path) -> None:
-    cfg = make_cfg(slapd, pwfile, servers=(slapd.url, slapd.ldaps_url), start_tls=True,
-                   ca_file=slapd.pki.ca_cert if slapd.pki else None)
+    cfg = make_cfg(
+        slapd,
+        pwfile,
+        servers=(slapd.url, slapd.ldaps_url),
+        start_tls=True,
+        ca_file=slapd.pki.ca_cert if slapd.pki else None,
+    )
     ok, lines = check_connection(cfg)
     assert ok, lines
     steps = [line.split(": ")[1] for line in lines]
-    for step in ("password", "dns", "tcp", "tls", "bind", "search base user_base",
-                 "search base group_base"):
+    for step in (
+        "password",
+        "dns",
+        "tcp",
+        "tls",
+        "bind",
+        "search base user_base",
+        "search base group_base",
+    ):
         assert step in steps, (step, lines)
     assert "policyd-secret" not in "\n".join(lines)
 
@@ -439,8 +547,9 @@ def test_check_connection_all_good(slapd: Slapd, pwfile: Path) -> None:
 @slapd_test
 @pytest.mark.timeout(60)
 def test_check_connection_dns_and_tcp(pwfile: Path, slapd: Slapd) -> None:
-    cfg = make_cfg(slapd, pwfile, servers=("ldap://no-such-host.invalid",
-                                           f"ldap://127.0.0.1:{free_port()}"))
+    cfg = make_cfg(
+        slapd, pwfile, servers=("ldap://no-such-host.invalid", f"ldap://127.0.0.1:{free_port()}")
+    )
     t0 = time.monotonic()
     ok, lines = check_connection(cfg)
     assert time.monotonic() - t0 < 30  # .invalid never resolves; a slow resolver may take a while
@@ -454,8 +563,9 @@ def test_check_connection_dns_and_tcp(pwfile: Path, slapd: Slapd) -> None:
 def test_tls_with_right_ca(slapd: Slapd, pwfile: Path, how: str) -> None:
     assert slapd.pki is not None
     url = slapd.url if how == "starttls" else slapd.ldaps_url
-    cfg = make_cfg(slapd, pwfile, servers=(url,), start_tls=how == "starttls",
-                   ca_file=slapd.pki.ca_cert)
+    cfg = make_cfg(
+        slapd, pwfile, servers=(url,), start_tls=how == "starttls", ca_file=slapd.pki.ca_cert
+    )
     d = LdapDirectory(cfg, RULES)
     try:
         assert d.addresses_of("alice") == ALICE
@@ -470,10 +580,13 @@ def test_tls_with_right_ca(slapd: Slapd, pwfile: Path, how: str) -> None:
 def test_tls_with_wrong_ca(slapd: Slapd, pwfile: Path, how: str) -> None:
     assert slapd.pki is not None
     url = slapd.url if how == "starttls" else slapd.ldaps_url
-    cfg = make_cfg(slapd, pwfile, servers=(url,), start_tls=how == "starttls",
-                   ca_file=slapd.pki.wrong_ca_cert)
+    cfg = make_cfg(
+        slapd, pwfile, servers=(url,), start_tls=how == "starttls", ca_file=slapd.pki.wrong_ca_cert
+    )
     d = LdapDirectory(cfg, RULES)
-    with pytest.raises(DirectoryUnavailable, match="TLS handshake failed.*CERTIFICATE_VERIFY_FAILED"):
+    with pytest.raises(
+        DirectoryUnavailable, match="TLS handshake failed.*CERTIFICATE_VERIFY_FAILED"
+    ):
         d.addresses_of("alice")
     d.close()
     ok, lines = check_connection(cfg)
@@ -491,8 +604,13 @@ def test_tls_with_wrong_ca(slapd: Slapd, pwfile: Path, how: str) -> None:
 def test_starttls_hostname_mismatch(slapd: Slapd, pwfile: Path) -> None:
     # The certificate names 127.0.0.1 and localhost; "127.1" reaches the same server.
     assert slapd.pki is not None
-    cfg = make_cfg(slapd, pwfile, servers=(slapd.url.replace("127.0.0.1", "127.1"),),
-                   start_tls=True, ca_file=slapd.pki.ca_cert)
+    cfg = make_cfg(
+        slapd,
+        pwfile,
+        servers=(slapd.url.replace("127.0.0.1", "127.1"),),
+        start_tls=True,
+        ca_file=slapd.pki.ca_cert,
+    )
     d = LdapDirectory(cfg, RULES)
     try:
         with pytest.raises(DirectoryUnavailable, match="does not match the host name"):
@@ -502,12 +620,16 @@ def test_starttls_hostname_mismatch(slapd: Slapd, pwfile: Path) -> None:
 
 
 @slapd_test
-def test_password_from_systemd_credential(slapd: Slapd, tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_password_from_systemd_credential(
+    slapd: Slapd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     password_file(tmp_path, slapd.bind_password, name="ldap-bind-password")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
-    cfg = dataclasses.replace(make_cfg(slapd, tmp_path / "unused"), bind_password_file=None,
-                              bind_password_credential="ldap-bind-password")
+    cfg = dataclasses.replace(
+        make_cfg(slapd, tmp_path / "unused"),
+        bind_password_file=None,
+        bind_password_credential="ldap-bind-password",
+    )
     d = LdapDirectory(cfg, RULES)
     try:
         assert d.addresses_of("alice") == ALICE
@@ -522,7 +644,9 @@ def test_password_from_systemd_credential(slapd: Slapd, tmp_path: Path,
 @slapd_test
 @pytest.mark.timeout(60)
 def test_killed_then_restarted(fresh_slapd: Slapd, tmp_path: Path) -> None:
-    d = LdapDirectory(make_cfg(fresh_slapd, password_file(tmp_path, fresh_slapd.bind_password)), RULES)
+    d = LdapDirectory(
+        make_cfg(fresh_slapd, password_file(tmp_path, fresh_slapd.bind_password)), RULES
+    )
     try:
         assert d.addresses_of("alice") == ALICE
         fresh_slapd.kill()
@@ -542,7 +666,9 @@ def test_killed_then_restarted(fresh_slapd: Slapd, tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_restart_between_calls_is_invisible(fresh_slapd: Slapd, tmp_path: Path) -> None:
     # The kept connection is dead after a restart; the call retries once on a new one.
-    d = LdapDirectory(make_cfg(fresh_slapd, password_file(tmp_path, fresh_slapd.bind_password)), RULES)
+    d = LdapDirectory(
+        make_cfg(fresh_slapd, password_file(tmp_path, fresh_slapd.bind_password)), RULES
+    )
     try:
         assert d.addresses_of("alice") == ALICE
         fresh_slapd.stop()
@@ -555,8 +681,12 @@ def test_restart_between_calls_is_invisible(fresh_slapd: Slapd, tmp_path: Path) 
 @slapd_test
 @pytest.mark.timeout(60)
 def test_frozen_server_times_out(fresh_slapd: Slapd, tmp_path: Path) -> None:
-    cfg = make_cfg(fresh_slapd, password_file(tmp_path, fresh_slapd.bind_password),
-                   receive_timeout=1, connect_timeout=1)
+    cfg = make_cfg(
+        fresh_slapd,
+        password_file(tmp_path, fresh_slapd.bind_password),
+        receive_timeout=1,
+        connect_timeout=1,
+    )
     d = LdapDirectory(cfg, RULES)
     try:
         assert d.addresses_of("alice") == ALICE
@@ -590,8 +720,9 @@ def test_frozen_server_times_out(fresh_slapd: Slapd, tmp_path: Path) -> None:
 def test_failover_when_first_server_killed(slapd_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     primary = slapd_factory()
     replica = slapd_factory.replica(primary)
-    cfg = make_cfg(primary, password_file(tmp_path, primary.bind_password),
-                   servers=(primary.url, replica.url))
+    cfg = make_cfg(
+        primary, password_file(tmp_path, primary.bind_password), servers=(primary.url, replica.url)
+    )
     d = LdapDirectory(cfg, RULES)
     try:
         assert d.addresses_of("alice") == ALICE
@@ -630,8 +761,13 @@ def test_failover_when_first_server_killed(slapd_factory, tmp_path: Path) -> Non
 def test_failover_when_first_server_frozen(slapd_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     primary = slapd_factory()
     replica = slapd_factory.replica(primary)
-    cfg = make_cfg(primary, password_file(tmp_path, primary.bind_password),
-                   servers=(primary.url, replica.url), receive_timeout=1, connect_timeout=1)
+    cfg = make_cfg(
+        primary,
+        password_file(tmp_path, primary.bind_password),
+        servers=(primary.url, replica.url),
+        receive_timeout=1,
+        connect_timeout=1,
+    )
     d = LdapDirectory(cfg, RULES)
     try:
         assert d.addresses_of("alice") == ALICE
@@ -668,8 +804,9 @@ def test_restarted_primary_is_not_avoided(slapd_factory, tmp_path: Path) -> None
     # A kept connection that the server closed (restart, idletimeout) is not a server failure.
     primary = slapd_factory()
     replica = slapd_factory.replica(primary)
-    cfg = make_cfg(primary, password_file(tmp_path, primary.bind_password),
-                   servers=(primary.url, replica.url))
+    cfg = make_cfg(
+        primary, password_file(tmp_path, primary.bind_password), servers=(primary.url, replica.url)
+    )
     d = LdapDirectory(cfg, RULES)
     try:
         assert d.addresses_of("alice") == ALICE
@@ -683,16 +820,24 @@ def test_restarted_primary_is_not_avoided(slapd_factory, tmp_path: Path) -> None
 
 @slapd_test
 @pytest.mark.timeout(60)
-def test_failback_to_the_first_server(slapd_factory, tmp_path: Path,  # type: ignore[no-untyped-def]
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failback_to_the_first_server(
+    slapd_factory,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import policyd.directory.ldap as mod
 
     monkeypatch.setattr(mod, "_DOWN_FOR", 0.2)
     monkeypatch.setattr(mod, "_FAILBACK_AFTER", 0.3)
     primary = slapd_factory()
     replica = slapd_factory.replica(primary)
-    cfg = make_cfg(primary, password_file(tmp_path, primary.bind_password),
-                   servers=(primary.url, replica.url), receive_timeout=1, connect_timeout=1)
+    cfg = make_cfg(
+        primary,
+        password_file(tmp_path, primary.bind_password),
+        servers=(primary.url, replica.url),
+        receive_timeout=1,
+        connect_timeout=1,
+    )
     d = LdapDirectory(cfg, RULES)
     try:
         assert d.addresses_of("alice") == ALICE
@@ -725,7 +870,9 @@ def test_failback_to_the_first_server(slapd_factory, tmp_path: Path,  # type: ig
 @slapd_test
 @pytest.mark.timeout(60)
 def test_threads_through_an_outage(fresh_slapd: Slapd, tmp_path: Path) -> None:
-    d = LdapDirectory(make_cfg(fresh_slapd, password_file(tmp_path, fresh_slapd.bind_password)), RULES)
+    d = LdapDirectory(
+        make_cfg(fresh_slapd, password_file(tmp_path, fresh_slapd.bind_password)), RULES
+    )
     stop = threading.Event()
     bad: list[BaseException] = []
     ok_after: list[int] = [0]
@@ -774,7 +921,9 @@ def test_shipped_example(slapd_factory, tmp_path: Path) -> None:  # type: ignore
     assert server.pki is not None
     # Point the shipped config at this server; everything else as shipped (StartTLS included).
     ldap_cfg = dataclasses.replace(
-        config.ldap, servers=(server.url,), ca_file=server.pki.ca_cert,
+        config.ldap,
+        servers=(server.url,),
+        ca_file=server.pki.ca_cert,
         bind_password_credential="",
         bind_password_file=password_file(tmp_path, EXAMPLE_BIND_PASSWORD),
     )
@@ -784,8 +933,12 @@ def test_shipped_example(slapd_factory, tmp_path: Path) -> None:  # type: ignore
     d = LdapDirectory(ldap_cfg, rules)
     try:
         jane = d.addresses_of(canonical_login("jane@example.org", rules))
-        assert jane == {"jane@example.org", "jane.doe@example.org", "jane@example.net",
-                        "info@example.org"}
+        assert jane == {
+            "jane@example.org",
+            "jane.doe@example.org",
+            "jane@example.net",
+            "info@example.org",
+        }
         john = d.addresses_of("john")
         assert owned_by(john, "anything@john.example", rules)
         assert "info@example.org" in john

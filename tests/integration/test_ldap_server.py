@@ -74,7 +74,9 @@ def test_answers_from_ldap(fresh_slapd: Slapd, tmp_path: Path) -> None:
     run(go())
 
 
-def test_killed_slapd_gives_451_then_answers_after_restart(fresh_slapd: Slapd, tmp_path: Path) -> None:
+def test_killed_slapd_gives_451_then_answers_after_restart(
+    fresh_slapd: Slapd, tmp_path: Path
+) -> None:
     async def go() -> None:
         async with serving(ldap_config(tmp_path, fresh_slapd)) as h:
             a = h.address()
@@ -99,11 +101,15 @@ def test_frozen_slapd_gives_451_within_deadline_and_ranges_are_not_delayed(
             assert (await ask(a, authed("alice", "alice@example.org")))[0] == "OK"
             fresh_slapd.freeze()
             try:
-                lookups = [asyncio.ensure_future(ask(a, authed(f"user{i}", "x@example.org")))
-                           for i in range(6)]
+                lookups = [
+                    asyncio.ensure_future(ask(a, authed(f"user{i}", "x@example.org")))
+                    for i in range(6)
+                ]
                 await asyncio.sleep(0.1)  # the lookups are now stuck on the frozen slapd
                 for _ in range(20):
-                    reply, took = await ask(a, request(client_address=IN_RANGE, sender="x@y.example"))
+                    reply, took = await ask(
+                        a, request(client_address=IN_RANGE, sender="x@y.example")
+                    )
                     assert reply == "OK"
                     assert took < 0.25, f"allocated-range answer delayed {took:.3f}s by a hung LDAP"
                 for reply, took in await asyncio.gather(*lookups):
@@ -118,9 +124,11 @@ def test_frozen_slapd_gives_451_within_deadline_and_ranges_are_not_delayed(
 
 
 def test_stale_if_error_window_with_real_slapd(fresh_slapd: Slapd, tmp_path: Path) -> None:
-    cfg = ldap_config(tmp_path, fresh_slapd,
-                      cache={"enabled": True, "positive_ttl": 0.2, "negative_ttl": 0.2,
-                             "stale_if_error": 2.0})
+    cfg = ldap_config(
+        tmp_path,
+        fresh_slapd,
+        cache={"enabled": True, "positive_ttl": 0.2, "negative_ttl": 0.2, "stale_if_error": 2.0},
+    )
 
     async def go() -> None:
         async with serving(cfg) as h:
@@ -161,9 +169,11 @@ def test_tls_with_wrong_ca_fails_closed_with_a_clear_log(
     fresh_slapd: Slapd, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert fresh_slapd.pki is not None
-    cfg = ldap_config(tmp_path, fresh_slapd,
-                      ldap={"servers": [fresh_slapd.ldaps_url],
-                            "ca_file": str(fresh_slapd.pki.wrong_ca_cert)})
+    cfg = ldap_config(
+        tmp_path,
+        fresh_slapd,
+        ldap={"servers": [fresh_slapd.ldaps_url], "ca_file": str(fresh_slapd.pki.wrong_ca_cert)},
+    )
 
     async def go() -> None:
         async with serving(cfg) as h:

@@ -209,7 +209,9 @@ def test_a_few_blank_lines_are_skipped_without_answer(tmp_path: Path, loop: str)
 
 
 @LOOPS
-def test_garbage_after_a_good_request_closes_after_the_good_reply(tmp_path: Path, loop: str) -> None:
+def test_garbage_after_a_good_request_closes_after_the_good_reply(
+    tmp_path: Path, loop: str
+) -> None:
     config = make_config(tmp_path)
 
     async def main() -> None:
@@ -231,10 +233,14 @@ def test_non_utf8_values_are_answered_in_valid_utf8(tmp_path: Path, loop: str) -
     async def main() -> None:
         async with serving(config) as h:
             c = await Client.connect(h.address())
-            data = encode_request(authed("alice", "SENDER")).replace(b"SENDER", b"\xffal\xe9@example.org")
+            data = encode_request(authed("alice", "SENDER")).replace(
+                b"SENDER", b"\xffal\xe9@example.org"
+            )
             c.send(data)
             assert await c.reply() == NOT_OWNED.format(sender="?al?@example.org", login="alice")
-            data = encode_request(authed("LOGIN", "alice@example.org")).replace(b"LOGIN", b"al\xc3ice")
+            data = encode_request(authed("LOGIN", "alice@example.org")).replace(
+                b"LOGIN", b"al\xc3ice"
+            )
             c.send(data)
             assert await c.reply() == NOT_OWNED.format(sender="alice@example.org", login="al?ice")
             data = encode_request(request(client_address="CLIENT")).replace(b"CLIENT", b"\x80\x81")
@@ -389,19 +395,46 @@ class _suppress_reset:
         return et is not None and issubclass(et, (ConnectionError, OSError))  # type: ignore[arg-type]
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     attrs=st.dictionaries(
         st.sampled_from(
-            ["request", "protocol_state", "sasl_username", "sender", "client_address",
-             "server_port", "policy_context", "recipient"]
+            [
+                "request",
+                "protocol_state",
+                "sasl_username",
+                "sender",
+                "client_address",
+                "server_port",
+                "policy_context",
+                "recipient",
+            ]
         ),
         st.one_of(
             st.text(max_size=40),
             st.sampled_from(
-                ["smtpd_access_policy", "RCPT", "alice", "Alice@Example.org", "alice@example.org",
-                 "bob+x@example.org", "@example.org", "192.0.2.10", "::ffff:192.0.2.10",
-                 "2001:db8::1", "25", "587", "²", "9" * 5000, "mx", "submission", "<>", "\udcff"]
+                [
+                    "smtpd_access_policy",
+                    "RCPT",
+                    "alice",
+                    "Alice@Example.org",
+                    "alice@example.org",
+                    "bob+x@example.org",
+                    "@example.org",
+                    "192.0.2.10",
+                    "::ffff:192.0.2.10",
+                    "2001:db8::1",
+                    "25",
+                    "587",
+                    "²",
+                    "9" * 5000,
+                    "mx",
+                    "submission",
+                    "<>",
+                    "\udcff",
+                ]
             ),
         ),
     )
@@ -594,7 +627,9 @@ def _live_connections() -> int:
     return sum(1 for o in gc.get_objects() if isinstance(o, _Connection))
 
 
-async def _hang_round(h: Harness, directory: BlockingDirectory, tag: str, duration: float, deadline: float) -> tuple[list[float], list[float]]:
+async def _hang_round(
+    h: Harness, directory: BlockingDirectory, tag: str, duration: float, deadline: float
+) -> tuple[list[float], list[float]]:
     """Hang the directory; clients needing a lookup and clients needing none run side by side
     for `duration`. Returns (fast latencies, lookup latencies)."""
     directory.hang()
@@ -622,7 +657,9 @@ async def _hang_round(h: Harness, directory: BlockingDirectory, tag: str, durati
         while time.monotonic() < end:
             login = f"user{tag}-{i}-{n}"  # distinct logins: no cache hit, no coalescing
             if n % 3 == 2:  # and an unauthenticated sender on the mx profile: owners_of
-                attrs = request(client_address=OUTSIDE, sender=f"{login}@example.org", server_port="25")
+                attrs = request(
+                    client_address=OUTSIDE, sender=f"{login}@example.org", server_port="25"
+                )
             else:
                 attrs = authed(login, "alice@example.org")
             t0 = time.perf_counter()
@@ -642,9 +679,7 @@ async def _hang_round(h: Harness, directory: BlockingDirectory, tag: str, durati
 @LOOPS
 def test_hung_directory_under_load(tmp_path: Path, loop: str) -> None:
     deadline, threads = 0.5, 4
-    config = make_config(
-        tmp_path, {"directory": {"lookup_deadline": deadline, "threads": threads}}
-    )
+    config = make_config(tmp_path, {"directory": {"lookup_deadline": deadline, "threads": threads}})
     directory = BlockingDirectory()
     baseline_threads = threading.active_count()
 
@@ -725,7 +760,9 @@ async def _raw_connect(address: str, rcvbuf: int | None = None) -> socket.socket
 
 @LOOPS
 def test_abrupt_disconnects_leak_nothing(tmp_path: Path, loop: str) -> None:
-    config = make_config(tmp_path, {"cache": {"enabled": False}, "directory": {"lookup_deadline": 1.0}})
+    config = make_config(
+        tmp_path, {"cache": {"enabled": False}, "directory": {"lookup_deadline": 1.0}}
+    )
     directory = BlockingDirectory(delays={"alice": 0.15})
     rounds = 10
 
@@ -763,7 +800,9 @@ def test_abrupt_disconnects_leak_nothing(tmp_path: Path, loop: str) -> None:
 
             assert await wait_until(lambda: not h.server.connections, 5)
             assert await wait_until(lambda: h.server.in_flight == 0, 5)
-            assert await wait_until(lambda: len(asyncio.all_tasks()) == tasks0, 5), asyncio.all_tasks()
+            assert await wait_until(lambda: len(asyncio.all_tasks()) == tasks0, 5), (
+                asyncio.all_tasks()
+            )
             assert await wait_until(lambda: open_fds() == fds0, 5), (open_fds(), fds0)
             assert _live_connections() == 0
             await probe(h)
@@ -789,15 +828,15 @@ def _small_sndbuf(conn: _Connection) -> None:
 
 # needs no lookup; its reply (553 ... not allowed from network restricted) is ~500 bytes
 LONG_ATTRS = {
-    "request": "smtpd_access_policy", "protocol_state": "RCPT", "client_address": RESTRICTED,
+    "request": "smtpd_access_policy",
+    "protocol_state": "RCPT",
+    "client_address": RESTRICTED,
     "sender": "x" * 400 + "@example.org",
 }
 LONG_REPLY = encode_request(LONG_ATTRS)
 
 
-async def _fill_until_blocked(
-    s: socket.socket, done: Callable[[], bool], seconds: float
-) -> int:
+async def _fill_until_blocked(s: socket.socket, done: Callable[[], bool], seconds: float) -> int:
     """Pipeline requests with long replies without reading, until `done()` or the send blocks
     for 0.5 s or `seconds` pass. Returns the number of requests sent."""
     lp = asyncio.get_running_loop()
@@ -988,7 +1027,9 @@ def test_unexpected_directory_errors_defer(
 
 
 @pytest.mark.parametrize("blocking", [False, True], ids=["inline", "threaded"])
-def test_directory_unavailable_defers_with_the_configured_reply(tmp_path: Path, blocking: bool) -> None:
+def test_directory_unavailable_defers_with_the_configured_reply(
+    tmp_path: Path, blocking: bool
+) -> None:
     config = make_config(tmp_path, {"cache": {"enabled": False}})
     directory = BlockingDirectory(blocking=blocking, fail={"*": DirectoryUnavailable("down")})
 
@@ -1066,7 +1107,10 @@ def test_a_bug_in_the_service_defers(tmp_path: Path) -> None:
 
             h.service.select_profile = flaky  # type: ignore[method-assign]
             c = await Client.connect(h.address())
-            assert await c.ask(request(client_address=IN_RANGE, sender="trigger@example.org")) == DEFER_INTERNAL
+            assert (
+                await c.ask(request(client_address=IN_RANGE, sender="trigger@example.org"))
+                == DEFER_INTERNAL
+            )
             assert await c.ask(GOOD) == "OK"
             await c.aclose()
 

@@ -46,19 +46,28 @@ CASES: list[tuple[dict[str, str], str]] = [
     (authed("alice", "alice@example.org"), "OK"),
     (authed("alice", "Alice+news@Example.ORG"), "OK"),
     (authed("bob", "alice@example.org"), NOT_OWNED.format(sender="alice@example.org", login="bob")),
-    (authed("mallory", "bob@example.org"), NOT_OWNED.format(sender="bob@example.org", login="mallory")),
+    (
+        authed("mallory", "bob@example.org"),
+        NOT_OWNED.format(sender="bob@example.org", login="mallory"),
+    ),
     (authed("carol", "anyone@carol.example"), "OK"),
     (authed("alice", ""), "DUNNO"),  # null sender
-    (authed("alice", "bob@example.org", client_address=IN_RANGE),
-     NOT_OWNED.format(sender="bob@example.org", login="alice")),
+    (
+        authed("alice", "bob@example.org", client_address=IN_RANGE),
+        NOT_OWNED.format(sender="bob@example.org", login="alice"),
+    ),
     (request(client_address=IN_RANGE, sender="anyone@example.net"), "OK"),
     (request(client_address=RESTRICTED, sender="x@example.com"), "OK"),
-    (request(client_address=RESTRICTED, sender="x@example.org"),
-     "553 5.7.1 Sender address <x@example.org> is not allowed from network restricted"),
+    (
+        request(client_address=RESTRICTED, sender="x@example.org"),
+        "553 5.7.1 Sender address <x@example.org> is not allowed from network restricted",
+    ),
     (request(client_address=OUTSIDE, sender="x@example.net"), AUTH_REQUIRED.format(client=OUTSIDE)),
     (request(client_address=OUTSIDE, sender="x@example.net", server_port="25"), "DUNNO"),
-    (request(client_address=OUTSIDE, sender="bob@example.org", server_port="25"),
-     REQUIRES_LOGIN.format(sender="bob@example.org")),
+    (
+        request(client_address=OUTSIDE, sender="bob@example.org", server_port="25"),
+        REQUIRES_LOGIN.format(sender="bob@example.org"),
+    ),
     (request(client_address=OUTSIDE, sender="x@example.net", policy_context="mx"), "DUNNO"),
     (request(protocol_state="MAIL", client_address=OUTSIDE), "DUNNO"),
     (request(request="something_else"), "DUNNO"),
@@ -170,7 +179,9 @@ def test_ipv6_listener(tmp_path: Path, loop: str) -> None:
             assert await c.ask(request(client_address="2001:db9::25", sender="a@b.example")) == (
                 AUTH_REQUIRED.format(client="2001:db9::25")
             )
-            assert await c.ask(authed("bob", "bob@example.org", client_address="2001:db9::1")) == "OK"
+            assert (
+                await c.ask(authed("bob", "bob@example.org", client_address="2001:db9::1")) == "OK"
+            )
             await c.aclose()
             # both listeners serve
             action, _ = await round_trip(h.address("tcp4"), CASES[0][0])
@@ -211,7 +222,11 @@ def test_crlf_line_ends_are_answered(tmp_path: Path, loop: str) -> None:
                 c.send(data.encode())
                 assert await c.reply() == expected
             # mixed: LF lines, CRLF terminator; and a few blank lines before a request
-            c.send(b"\n\r\n\n" + b"".join(f"{k}={v}\n".encode() for k, v in CASES[0][0].items()) + b"\r\n")
+            c.send(
+                b"\n\r\n\n"
+                + b"".join(f"{k}={v}\n".encode() for k, v in CASES[0][0].items())
+                + b"\r\n"
+            )
             assert await c.reply() == CASES[0][1]
             await c.aclose()
 
@@ -255,11 +270,20 @@ def test_pipelined_order_kept_when_an_earlier_lookup_is_slow(tmp_path: Path, loo
         async with serving(config, directory) as h:
             c = await Client.connect(h.address())
             batch = [
-                (authed("alice", "bob@example.org"), NOT_OWNED.format(sender="bob@example.org", login="alice")),
+                (
+                    authed("alice", "bob@example.org"),
+                    NOT_OWNED.format(sender="bob@example.org", login="alice"),
+                ),
                 (request(client_address=IN_RANGE, sender="x@example.net"), "OK"),  # no lookup
                 (authed("bob", "bob@example.org"), "OK"),  # fast lookup
-                (authed("mallory", "m@example.org"), NOT_OWNED.format(sender="m@example.org", login="mallory")),
-                (request(client_address=OUTSIDE, sender="x@example.net"), AUTH_REQUIRED.format(client=OUTSIDE)),
+                (
+                    authed("mallory", "m@example.org"),
+                    NOT_OWNED.format(sender="m@example.org", login="mallory"),
+                ),
+                (
+                    request(client_address=OUTSIDE, sender="x@example.net"),
+                    AUTH_REQUIRED.format(client=OUTSIDE),
+                ),
             ]
             t0 = time.monotonic()
             c.send(b"".join(_encode(a) for a, _ in batch))
@@ -273,7 +297,10 @@ def test_pipelined_order_kept_when_an_earlier_lookup_is_slow(tmp_path: Path, loo
             assert directory.calls == 3
             assert time.monotonic() - t0 < slow + 0.5
             assert [r for _, r in h.decisions] == [
-                "sender_not_owned", "allocated_network", "sender_owned", "sender_not_owned",
+                "sender_not_owned",
+                "allocated_network",
+                "sender_owned",
+                "sender_not_owned",
                 "authentication_required",
             ]
             await c.aclose()
@@ -296,7 +323,10 @@ def test_pipelining_beyond_the_pending_limit(tmp_path: Path, loop: str) -> None:
             for i in range(n):
                 login = ("alice", "bob", "nobody")[i % 3]
                 sender = ("alice@example.org", "bob@example.org", "x@example.org")[(i // 3) % 3]
-                owned = (login, sender) in {("alice", "alice@example.org"), ("bob", "bob@example.org")}
+                owned = (login, sender) in {
+                    ("alice", "alice@example.org"),
+                    ("bob", "bob@example.org"),
+                }
                 want = "OK" if owned else NOT_OWNED.format(sender=sender, login=login)
                 batch.append((authed(login, sender), want))
             c.send(b"".join(_encode(a) for a, _ in batch))

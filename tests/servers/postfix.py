@@ -87,7 +87,9 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | Non
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s") from None
+                raise TimeoutError(
+                    f"nothing listens on 127.0.0.1:{port} after {timeout} s"
+                ) from None
             time.sleep(0.05)
 
 
@@ -300,7 +302,9 @@ in_flow_delay = 0
             if e is None:
                 raise AssertionError(f"conf/postfix/master.cf has no {doc_name!r} service")
             if e.columns[1] != "inet" or e.columns[4] != "n":
-                raise AssertionError(f"conf/postfix/master.cf {doc_name!r}: expected 'inet' and chroot 'n'")
+                raise AssertionError(
+                    f"conf/postfix/master.cf {doc_name!r}: expected 'inet' and chroot 'n'"
+                )
             e.columns[0] = f"127.0.0.1:{self.ports[key]}"
             out.append(e)
         # The submission service again on its own port, with the other smtpd_sasl_local_domain.
@@ -308,13 +312,18 @@ in_flow_delay = 0
         other = "" if self.sasl_local_domain else self.sasl_realm
         realm = MasterEntry(
             [f"127.0.0.1:{self.ports['submission-realm']}", *sub.columns[1:]],
-            [*sub.args, "-o syslog_name=postfix/submission-realm",
-             f"-o smtpd_sasl_local_domain={other}"],
+            [
+                *sub.args,
+                "-o syslog_name=postfix/submission-realm",
+                f"-o smtpd_sasl_local_domain={other}",
+            ],
         )
         out.append(realm)
         extra = set(by_name) - set(DOC_SERVICES)
         if extra:
-            raise AssertionError(f"conf/postfix/master.cf has services the tests do not run: {extra}")
+            raise AssertionError(
+                f"conf/postfix/master.cf has services the tests do not run: {extra}"
+            )
         return (
             "# TEST master.cf built by tests/servers/postfix.py from conf/postfix/master.cf\n"
             + "\n".join(e.render() for e in out)
@@ -346,8 +355,11 @@ in_flow_delay = 0
             for user, password in self.users.items():
                 subprocess.run(
                     ["saslpasswd2", "-p", "-c", "-f", str(db), "-u", realm, user],
-                    input=password.encode(), check=True, timeout=10,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                    input=password.encode(),
+                    check=True,
+                    timeout=10,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
                 )
         shutil.chown(db, "root", "postfix")
         db.chmod(0o640)
@@ -355,11 +367,30 @@ in_flow_delay = 0
     def _write_tls(self) -> None:
         self.tls_dir.mkdir(mode=0o755)
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-days", "2", "-subj", f"/CN={self.hostname}",
-             "-addext", f"subjectAltName=DNS:{self.hostname},IP:127.0.0.1",
-             "-keyout", str(self.tls_dir / "key.pem"), "-out", str(self.tls_dir / "cert.pem")],
-            check=True, timeout=30, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                f"/CN={self.hostname}",
+                "-addext",
+                f"subjectAltName=DNS:{self.hostname},IP:127.0.0.1",
+                "-keyout",
+                str(self.tls_dir / "key.pem"),
+                "-out",
+                str(self.tls_dir / "cert.pem"),
+            ],
+            check=True,
+            timeout=30,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         (self.tls_dir / "key.pem").chmod(0o600)
 
@@ -371,8 +402,10 @@ in_flow_delay = 0
         # pytest session starts, and Postfix then fails at random (master.lock, sasldb2).
         for p in self.workdir.parents:
             if not p.stat().st_mode & 0o001:
-                raise RuntimeError(f"{p} is not searchable by others: Postfix's own user could "
-                                   f"not reach {self.workdir}; use a directory under /tmp")
+                raise RuntimeError(
+                    f"{p} is not searchable by others: Postfix's own user could "
+                    f"not reach {self.workdir}; use a directory under /tmp"
+                )
         self.config_dir.mkdir(mode=0o755)
         self.queue_dir.mkdir(mode=0o755)
         self.data_dir.mkdir(mode=0o700)
@@ -388,7 +421,9 @@ in_flow_delay = 0
     def _postfix(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["postfix", "-c", str(self.config_dir), *args],
-            capture_output=True, text=True, timeout=timeout,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
             env={**os.environ, "MAIL_CONFIG": str(self.config_dir)},
         )
 
@@ -397,8 +432,10 @@ in_flow_delay = 0
             self.write_config()
         r = self._postfix("start")
         if r.returncode != 0:
-            raise RuntimeError(f"postfix start failed ({r.returncode}):\n{r.stdout}{r.stderr}\n"
-                               f"--- log ---\n{self.log_text()}")
+            raise RuntimeError(
+                f"postfix start failed ({r.returncode}):\n{r.stdout}{r.stderr}\n"
+                f"--- log ---\n{self.log_text()}"
+            )
         pid_file = self.queue_dir / "pid" / "master.pid"
         deadline = time.monotonic() + timeout
         while not pid_file.exists() or not pid_file.read_text().strip():
@@ -414,15 +451,20 @@ in_flow_delay = 0
         # greeting, so a bad configuration fails here, with the log, instead of as timeouts.
         for name, port in self.ports.items():
             banner = b""
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", port), timeout=max(1.0, deadline - time.monotonic())
-            ) as s:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(
+                    ("127.0.0.1", port), timeout=max(1.0, deadline - time.monotonic())
+                ) as s,
+            ):
                 banner = s.recv(512)
                 s.sendall(b"QUIT\r\n")
             if not banner.startswith(b"220 "):
                 self.stop()
-                raise RuntimeError(f"Postfix service {name!r} (port {port}) gave no greeting "
-                                   f"({banner!r})\n--- log ---\n{self.log_text()}")
+                raise RuntimeError(
+                    f"Postfix service {name!r} (port {port}) gave no greeting "
+                    f"({banner!r})\n--- log ---\n{self.log_text()}"
+                )
 
     def stop(self, timeout: float = 10.0) -> None:
         pid = self.master_pid
@@ -466,8 +508,9 @@ in_flow_delay = 0
                 return m
             if time.monotonic() > deadline:
                 tail = "\n".join(self.log_text().splitlines()[-30:])
-                raise AssertionError(f"no log line matching {pattern!r} within {timeout} s; "
-                                     f"log tail:\n{tail}")
+                raise AssertionError(
+                    f"no log line matching {pattern!r} within {timeout} s; log tail:\n{tail}"
+                )
             time.sleep(0.02)
 
     def wait_delivered(self, queue_id: str, recipient: str, timeout: float = 10.0) -> str:
@@ -504,9 +547,20 @@ class PolicydProcess:
             log.write(f"--- policyd start #{self.starts} ---\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "policyd", "serve", "--config", str(self.config_file),
-                 "--listen", f"127.0.0.1:{self.port}"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=REPO,
+                [
+                    sys.executable,
+                    "-m",
+                    "policyd",
+                    "serve",
+                    "--config",
+                    str(self.config_file),
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=REPO,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 start_new_session=True,  # a ^C to pytest must not hit policyd behind our back
             )
@@ -592,8 +646,9 @@ class PolicydProcess:
             if m:
                 return m.end()
             if time.monotonic() > deadline:
-                raise AssertionError(f"policyd did not log the mark request {token} "
-                                     f"(reply {reply!r})")
+                raise AssertionError(
+                    f"policyd did not log the mark request {token} (reply {reply!r})"
+                )
             time.sleep(0.005)
 
     def log_since(self, mark: int) -> str:
@@ -608,8 +663,10 @@ class PolicydProcess:
                 return m
             if time.monotonic() > deadline:
                 tail = "\n".join(self.log_since(since).splitlines()[-20:])
-                raise AssertionError(f"no policyd log line matching {pattern!r} within {timeout} s;"
-                                     f" log since mark:\n{tail}")
+                raise AssertionError(
+                    f"no policyd log line matching {pattern!r} within {timeout} s;"
+                    f" log since mark:\n{tail}"
+                )
             time.sleep(0.05)
 
 

@@ -49,11 +49,7 @@ _LIVE: dict[int, subprocess.Popen[bytes]] = {}
 def binary(name: str) -> str:
     """Absolute path of a tool: PATH first, then the sbin directories a non-root PATH lacks.
     The bare name when not found (require_binaries then reports it missing)."""
-    return (
-        shutil.which(name)
-        or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
-        or name
-    )
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin") or name
 
 
 #: What a slapd test needs installed (Debian: slapd; openssl for the test PKI).
@@ -113,26 +109,76 @@ def make_pki(directory: Path) -> Pki:
     d.mkdir(parents=True, exist_ok=True)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     for name, cn in (("ca", "policyd test CA"), ("wrong-ca", "unrelated wrong CA")):
-        _run([
-            binary("openssl"), "req", "-x509", *ec, "-keyout", f"{name}.key", "-out", f"{name}.crt",
-            "-days", "3650", "-subj", f"/CN={cn}",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        ], cwd=d)
-    _run([binary("openssl"), "req", "-new", *ec, "-keyout", "server.key", "-out", "server.csr",
-          "-subj", "/CN=localhost"], cwd=d)
+        _run(
+            [
+                binary("openssl"),
+                "req",
+                "-x509",
+                *ec,
+                "-keyout",
+                f"{name}.key",
+                "-out",
+                f"{name}.crt",
+                "-days",
+                "3650",
+                "-subj",
+                f"/CN={cn}",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+            cwd=d,
+        )
+    _run(
+        [
+            binary("openssl"),
+            "req",
+            "-new",
+            *ec,
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+        cwd=d,
+    )
     (d / "server.ext").write_text(
         "basicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=serverAuth\n"
         "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
     )
-    _run([binary("openssl"), "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-          "-CAcreateserial", "-out", "server.crt", "-days", "3650", "-extfile", "server.ext"],
-         cwd=d)
+    _run(
+        [
+            binary("openssl"),
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "3650",
+            "-extfile",
+            "server.ext",
+        ],
+        cwd=d,
+    )
     return Pki(
-        dir=d, ca_cert=d / "ca.crt", ca_key=d / "ca.key", server_cert=d / "server.crt",
-        server_key=d / "server.key", wrong_ca_cert=d / "wrong-ca.crt",
+        dir=d,
+        ca_cert=d / "ca.crt",
+        ca_key=d / "ca.key",
+        server_cert=d / "server.crt",
+        server_key=d / "server.key",
+        wrong_ca_cert=d / "wrong-ca.crt",
     )
 
 
@@ -178,7 +224,10 @@ class Slapd:
         self.conf.write_text(self._slapd_conf())
         _run([binary("slaptest"), "-u", "-f", str(self.conf)])
         if _ldif_text is not None:
-            _run([binary("slapadd"), "-q", "-f", str(self.conf), "-l", "/dev/stdin"], stdin=_ldif_text)
+            _run(
+                [binary("slapadd"), "-q", "-f", str(self.conf), "-l", "/dev/stdin"],
+                stdin=_ldif_text,
+            )
         elif ldif is not None:
             _run([binary("slapadd"), "-q", "-f", str(self.conf), "-l", str(ldif)])
 
@@ -259,8 +308,12 @@ class Slapd:
                 break
             except SlapdError as e:
                 # A port we picked was taken in between: pick new ones (first start only).
-                if not (self._ports_chosen and not self._started_once and attempt < 2
-                        and "already in use" in str(e)):
+                if not (
+                    self._ports_chosen
+                    and not self._started_once
+                    and attempt < 2
+                    and "already in use" in str(e)
+                ):
                     raise
                 self.port = free_port()
                 if self.ldaps_port is not None:
@@ -275,7 +328,9 @@ class Slapd:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [binary("slapd"), "-d", "0", "-f", str(self.conf), "-h", urls],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
                 start_new_session=True,  # a ^C to pytest must not hit slapd behind our back
             )
         _LIVE[self.proc.pid] = self.proc
@@ -299,7 +354,9 @@ class Slapd:
                 last = e
                 time.sleep(0.02)
         self.kill()
-        raise SlapdError(f"slapd did not answer within {timeout} s ({last}); log:\n{self.log_text()}")
+        raise SlapdError(
+            f"slapd did not answer within {timeout} s ({last}); log:\n{self.log_text()}"
+        )
 
     def probe(self, timeout: int = 1) -> None:
         """One anonymous root DSE read; raises if the server does not answer."""
@@ -366,7 +423,11 @@ class Slapd:
         """A second slapd (own ports, same PKI and ACL) holding a copy of the current data."""
         data = _run([binary("slapcat"), "-f", str(self.conf)])
         rep = Slapd(
-            workdir, ldif=None, base_dn=self.base_dn, pki=self.pki, acl_file=self.acl_file,
+            workdir,
+            ldif=None,
+            base_dn=self.base_dn,
+            pki=self.pki,
+            acl_file=self.acl_file,
             _ldif_text=data,
         )
         if start:

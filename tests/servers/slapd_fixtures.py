@@ -55,11 +55,17 @@ class SlapdFactory:
         self.made: list[Slapd] = []
 
     def __call__(
-        self, *, ldif: Path | None = DIRECTORY_LDIF, tls: bool = True, start: bool = True,
+        self,
+        *,
+        ldif: Path | None = DIRECTORY_LDIF,
+        tls: bool = True,
+        start: bool = True,
         **kwargs: Any,
     ) -> Slapd:
         server = Slapd(
-            self.base / f"slapd{len(self.made)}", ldif=ldif, pki=self.pki if tls else None,
+            self.base / f"slapd{len(self.made)}",
+            ldif=ldif,
+            pki=self.pki if tls else None,
             **kwargs,
         )
         self.made.append(server)

@@ -38,15 +38,22 @@ def test_case_sensitive_localpart_keeps_local_case_only() -> None:
 
 def test_candidates_most_specific_first() -> None:
     assert candidates("Alice+Lists@Example.org", R) == (
-        "alice+lists@example.org", "alice@example.org", "@example.org")
+        "alice+lists@example.org",
+        "alice@example.org",
+        "@example.org",
+    )
     assert candidates("alice@example.org", R) == ("alice@example.org", "@example.org")
-    assert candidates("+x@example.org", R)[0] == "+x@example.org"  # a leading delimiter is not an extension
+    assert (
+        candidates("+x@example.org", R)[0] == "+x@example.org"
+    )  # a leading delimiter is not an extension
 
 
 def test_extension_delimiters_configurable() -> None:
     rules = AddressRules(extension_delimiters="-+")
     assert "alice@example.org" in candidates("alice-foo@example.org", rules)
-    assert "alice@example.org" not in candidates("alice-foo@example.org", AddressRules(extension_delimiters=""))
+    assert "alice@example.org" not in candidates(
+        "alice-foo@example.org", AddressRules(extension_delimiters="")
+    )
 
 
 def test_owned_by() -> None:
@@ -55,7 +62,9 @@ def test_owned_by() -> None:
     assert owned_by(owned, "anyone@Carol.Example", R)
     assert not owned_by(owned, "bob@example.org", R)
     assert not owned_by(owned, "alice@example.org.evil", R)
-    assert not owned_by(owned, "alice@evil@example.org", R) or True  # split at the last @: local "alice@evil"
+    assert (
+        not owned_by(owned, "alice@evil@example.org", R) or True
+    )  # split at the last @: local "alice@evil"
     assert not owned_by(frozenset(), "alice@example.org", R)
 
 

@@ -53,7 +53,9 @@ class Clock:
         return self.t
 
 
-def make(cfg: CacheConfig | None = None, deadline: float = 2.0) -> tuple[Backend, Clock, CachedLookups]:
+def make(
+    cfg: CacheConfig | None = None, deadline: float = 2.0
+) -> tuple[Backend, Clock, CachedLookups]:
     b, c = Backend(), Clock()
     return b, c, CachedLookups(LookupRunner(b, 2, deadline), cfg or CacheConfig(), clock=c)
 
@@ -152,7 +154,8 @@ def test_deadline_turns_a_hang_into_unavailable_and_pool_is_bounded() -> None:
     async def go() -> None:
         t0 = time.monotonic()
         results = await asyncio.gather(
-            *(cache.addresses_of(f"u{i}") for i in range(10)), return_exceptions=True)
+            *(cache.addresses_of(f"u{i}") for i in range(10)), return_exceptions=True
+        )
         assert time.monotonic() - t0 < 1.5
         assert all(isinstance(r, DirectoryUnavailable) for r in results)
 

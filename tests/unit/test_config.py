@@ -26,13 +26,18 @@ def load(tmp_path: Path, text: str) -> Config:
 def test_shipped_default_config_loads_with_documented_defaults() -> None:
     cfg = load_config(DEFAULT_CONFIG)
     # The file documents every default: loading it must equal the built-in defaults.
-    builtin = config_from_dict({"networks": {"files": ["ranges.txt"]},
-                                "directory": {"file": "senders.txt"},
-                                "profiles": {
-                                    "submission": {"role": "submission", "ports": [587]},
-                                    "mx": {"role": "mx", "ports": [25], "protect_local_senders": True},
-                                }},
-                               source=str(DEFAULT_CONFIG), base_dir=DEFAULT_CONFIG.parent)
+    builtin = config_from_dict(
+        {
+            "networks": {"files": ["ranges.txt"]},
+            "directory": {"file": "senders.txt"},
+            "profiles": {
+                "submission": {"role": "submission", "ports": [587]},
+                "mx": {"role": "mx", "ports": [25], "protect_local_senders": True},
+            },
+        },
+        source=str(DEFAULT_CONFIG),
+        base_dir=DEFAULT_CONFIG.parent,
+    )
     assert cfg == builtin
     assert cfg.server.listen == ("127.0.0.1:10040",)
     assert cfg.directory.backend == "file"
@@ -47,16 +52,26 @@ def test_every_dataclass_key_is_documented_in_the_shipped_config() -> None:
     from policyd import config as c
 
     doc = tomllib.loads(DEFAULT_CONFIG.read_text())
-    sections = {"server": c.ServerConfig, "logging": c.LoggingConfig, "metrics": c.MetricsConfig,
-                "networks": c.NetworksConfig, "addresses": c.AddressesConfig,
-                "directory": c.DirectoryConfig, "cache": c.CacheConfig, "ldap": c.LdapConfig,
-                "milter": c.MilterConfig, "policy": c.PolicyConfig}
+    sections = {
+        "server": c.ServerConfig,
+        "logging": c.LoggingConfig,
+        "metrics": c.MetricsConfig,
+        "networks": c.NetworksConfig,
+        "addresses": c.AddressesConfig,
+        "directory": c.DirectoryConfig,
+        "cache": c.CacheConfig,
+        "ldap": c.LdapConfig,
+        "milter": c.MilterConfig,
+        "policy": c.PolicyConfig,
+    }
     for name, cls in sections.items():
         keys = {f.name for f in dataclasses.fields(cls)}
         assert set(doc[name]) == keys, name
     prof_keys = {f.name for f in dataclasses.fields(c.ProfileConfig)} - {"name"}
     assert set(doc["profiles"]["submission"]) == prof_keys
-    assert set(doc["profiles"]["submission"]["replies"]) == {f.name for f in dataclasses.fields(c.RepliesConfig)}
+    assert set(doc["profiles"]["submission"]["replies"]) == {
+        f.name for f in dataclasses.fields(c.RepliesConfig)
+    }
 
 
 @pytest.mark.parametrize(
@@ -64,39 +79,69 @@ def test_every_dataclass_key_is_documented_in_the_shipped_config() -> None:
     [
         ("[server]\nlisen = []\n", "server.lisen", "unknown key"),
         ("[bogus]\n", "bogus", "unknown key"),
-        ("[server]\nmax_connections = \"10\"\n", "server.max_connections", "must be an integer"),
+        ('[server]\nmax_connections = "10"\n', "server.max_connections", "must be an integer"),
         ("[server]\nmax_connections = 0\n", "server.max_connections", "greater than 0"),
         ("[server]\nmax_connections = true\n", "server.max_connections", "must be an integer"),
-        ("[server]\nlisten = [\"localhost\"]\n", "server.listen[0]", "HOST:PORT"),
+        ('[server]\nlisten = ["localhost"]\n', "server.listen[0]", "HOST:PORT"),
         ("[server]\nidle_timeout = 100\n", "server.idle_timeout", "max_idle"),
-        ("[server]\nunix_socket_mode = \"rw\"\n", "server.unix_socket_mode", "octal"),
-        ("[directory]\nbackend = \"sql\"\n", "directory.backend", "must be one of"),
-        ("[ldap]\nservers = [\"http://x\"]\n", "ldap.servers[0]", "ldap://"),
-        ("[ldap]\nbind_dn = \"cn=x\"\n", "ldap.bind_dn", "bind_password_file"),
-        ("[ldap]\nuser_filter = \"(uid={user})\"\n", "ldap.user_filter", "unknown placeholder {user}"),
-        ("[ldap]\nuser_filter = \"uid={login}\"\n", "ldap.user_filter", "parentheses"),
-        ("[policy]\ndefault_profile = \"nope\"\n", "policy.default_profile", "names no profile"),
-        ("[profiles.submission]\nrole = \"relay\"\n", "profiles.submission.role", "must be one of"),
-        ("[profiles.submission]\naccept_action = \"ACCEPT\"\n", "profiles.submission.accept_action", "must be one of"),
-        ("[profiles.submission]\nmode = \"enforce\"\nports = [25]\n[profiles.mx]\nports = [25]\n",
-         "profiles.mx.ports", "already used"),
-        ("[profiles.submission.replies]\nsender_not_owned = \"553 not owned\"\n",
-         "profiles.submission.replies.sender_not_owned", "4xx|5xx"),
-        ("[profiles.submission.replies]\nsender_not_owned = \"553\"\n",
-         "profiles.submission.replies.sender_not_owned", "4xx|5xx"),
-        ("[profiles.submission.replies]\ndirectory_unavailable = \"553 5.7.1 gone\"\n",
-         "profiles.submission.replies.directory_unavailable", "must be a 4xx"),
-        ("[profiles.submission.replies]\nsender_not_owned = \"553 4.7.1 x\"\n",
-         "profiles.submission.replies.sender_not_owned", "class must match"),
-        ("[profiles.submission.replies]\nsender_not_owned = \"553 5.7.1 {who}\"\n",
-         "profiles.submission.replies.sender_not_owned", "unknown placeholder {who}"),
+        ('[server]\nunix_socket_mode = "rw"\n', "server.unix_socket_mode", "octal"),
+        ('[directory]\nbackend = "sql"\n', "directory.backend", "must be one of"),
+        ('[ldap]\nservers = ["http://x"]\n', "ldap.servers[0]", "ldap://"),
+        ('[ldap]\nbind_dn = "cn=x"\n', "ldap.bind_dn", "bind_password_file"),
+        (
+            '[ldap]\nuser_filter = "(uid={user})"\n',
+            "ldap.user_filter",
+            "unknown placeholder {user}",
+        ),
+        ('[ldap]\nuser_filter = "uid={login}"\n', "ldap.user_filter", "parentheses"),
+        ('[policy]\ndefault_profile = "nope"\n', "policy.default_profile", "names no profile"),
+        ('[profiles.submission]\nrole = "relay"\n', "profiles.submission.role", "must be one of"),
+        (
+            '[profiles.submission]\naccept_action = "ACCEPT"\n',
+            "profiles.submission.accept_action",
+            "must be one of",
+        ),
+        (
+            '[profiles.submission]\nmode = "enforce"\nports = [25]\n[profiles.mx]\nports = [25]\n',
+            "profiles.mx.ports",
+            "already used",
+        ),
+        (
+            '[profiles.submission.replies]\nsender_not_owned = "553 not owned"\n',
+            "profiles.submission.replies.sender_not_owned",
+            "4xx|5xx",
+        ),
+        (
+            '[profiles.submission.replies]\nsender_not_owned = "553"\n',
+            "profiles.submission.replies.sender_not_owned",
+            "4xx|5xx",
+        ),
+        (
+            '[profiles.submission.replies]\ndirectory_unavailable = "553 5.7.1 gone"\n',
+            "profiles.submission.replies.directory_unavailable",
+            "must be a 4xx",
+        ),
+        (
+            '[profiles.submission.replies]\nsender_not_owned = "553 4.7.1 x"\n',
+            "profiles.submission.replies.sender_not_owned",
+            "class must match",
+        ),
+        (
+            '[profiles.submission.replies]\nsender_not_owned = "553 5.7.1 {who}"\n',
+            "profiles.submission.replies.sender_not_owned",
+            "unknown placeholder {who}",
+        ),
         ("[profiles.submission]\ncolour = 1\n", "profiles.submission.colour", "unknown key"),
-        ("[addresses]\nextension_delimiters = \"@\"\n", "addresses.extension_delimiters", "may not contain"),
+        (
+            '[addresses]\nextension_delimiters = "@"\n',
+            "addresses.extension_delimiters",
+            "may not contain",
+        ),
         ("[cache]\npositive_ttl = -1\n", "cache.positive_ttl", "must not be negative"),
     ],
 )
 def test_bad_values_name_file_key_and_why(tmp_path: Path, text: str, key: str, why: str) -> None:
-    base = "[directory]\nfile = \"senders.txt\"\n" if "[directory]" not in text else ""
+    base = '[directory]\nfile = "senders.txt"\n' if "[directory]" not in text else ""
     with pytest.raises(ConfigError) as ei:
         load(tmp_path, base + text)
     e = ei.value
@@ -120,8 +165,11 @@ def test_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
 
 
 def test_profiles_replace_the_default_set_and_get_replies_defaults(tmp_path: Path) -> None:
-    cfg = load(tmp_path, '[directory]\nfile = "s"\n[policy]\ndefault_profile = "in"\n'
-                         '[profiles.in]\nrole = "mx"\nmode = "warn"\n')
+    cfg = load(
+        tmp_path,
+        '[directory]\nfile = "s"\n[policy]\ndefault_profile = "in"\n'
+        '[profiles.in]\nrole = "mx"\nmode = "warn"\n',
+    )
     assert list(cfg.profiles) == ["in"]
     p = cfg.profile("in")
     assert p.name == "in" and p.role == "mx" and p.mode == "warn"

@@ -116,7 +116,9 @@ def test_unfold() -> None:
 
 def test_author_from_and_sender() -> None:
     c = author_mailboxes([("From", "Alice <alice@example.org>"), ("Sender", "bob@example.org")])
-    assert c == AuthorCheck(("alice@example.org", "bob@example.org"), "", "Alice <alice@example.org>")
+    assert c == AuthorCheck(
+        ("alice@example.org", "bob@example.org"), "", "Alice <alice@example.org>"
+    )
     assert c.ok
 
 
@@ -172,11 +174,31 @@ def test_author_mailbox_limit_counts_sender() -> None:
 
 _header_text = st.one_of(
     st.text(max_size=200),
-    st.text(alphabet=st.sampled_from(list('<>@,;:"()\\[]. \t\r\n=?qQbB-_aéü\udcff\x00')), max_size=80),
+    st.text(
+        alphabet=st.sampled_from(list('<>@,;:"()\\[]. \t\r\n=?qQbB-_aéü\udcff\x00')), max_size=80
+    ),
     st.lists(
         st.sampled_from(
-            ["Alice", "<", ">", "a@x.org", "@", ",", ";", ":", '"', "(", ")", "=?utf-8?q?", "?=",
-             " ", "\r\n ", "bücher", "[1.2.3.4]", "\\"]
+            [
+                "Alice",
+                "<",
+                ">",
+                "a@x.org",
+                "@",
+                ",",
+                ";",
+                ":",
+                '"',
+                "(",
+                ")",
+                "=?utf-8?q?",
+                "?=",
+                " ",
+                "\r\n ",
+                "bücher",
+                "[1.2.3.4]",
+                "\\",
+            ]
         ),
         max_size=20,
     ).map("".join),
@@ -199,7 +221,11 @@ def test_parse_never_raises_anything_else(value: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["From", "Sender", "from", "To", "X"]), _header_text), max_size=4))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["From", "Sender", "from", "To", "X"]), _header_text), max_size=4
+    )
+)
 def test_author_never_raises(headers: list[tuple[str, str]]) -> None:
     c = author_mailboxes(headers)
     assert isinstance(c, AuthorCheck)

@@ -20,7 +20,9 @@ from typing import Any
 
 import pytest
 
-Milter = pytest.importorskip("Milter", reason="pymilter is not installed (pip install 'policyd[milter]')")
+Milter = pytest.importorskip(
+    "Milter", reason="pymilter is not installed (pip install 'policyd[milter]')"
+)
 from Milter.testctx import TestCtx as MilterTestCtx  # noqa: E402
 
 from policyd import cli  # noqa: E402
@@ -51,8 +53,15 @@ alice, bob: sales@example.org
 
 QUEUE_ID = "4BF1C20E93"
 NR_ALL = (
-    Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT | Milter.P_NR_DATA
-    | Milter.P_NR_UNKN | Milter.P_NR_EOH | Milter.P_NR_BODY | Milter.P_NR_HDR
+    Milter.P_NR_CONN
+    | Milter.P_NR_HELO
+    | Milter.P_NR_MAIL
+    | Milter.P_NR_RCPT
+    | Milter.P_NR_DATA
+    | Milter.P_NR_UNKN
+    | Milter.P_NR_EOH
+    | Milter.P_NR_BODY
+    | Milter.P_NR_HDR
 )
 
 
@@ -157,12 +166,18 @@ def new_ctx(*, login: str | None, noreply: bool = False) -> MilterTestCtx:
     if login is not None:
         ctx._setsymval("{auth_authen}", login)
     ctx._setsymval("i", QUEUE_ID)
-    assert ctx._connect(host="client.example", helo="client.example", ip="192.0.2.7") == Milter.CONTINUE
+    assert (
+        ctx._connect(host="client.example", helo="client.example", ip="192.0.2.7")
+        == Milter.CONTINUE
+    )
     return ctx
 
 
 def feed(
-    msg: bytes, *, login: str | None = "alice", sender: str = "alice@example.org",
+    msg: bytes,
+    *,
+    login: str | None = "alice",
+    sender: str = "alice@example.org",
     ctx: MilterTestCtx | None = None,
 ) -> tuple[int, MilterTestCtx]:
     ctx = ctx or new_ctx(login=login)
@@ -205,22 +220,30 @@ def test_owned_variants_are_accepted(file_service: MilterService, from_: str) ->
 
 def test_foreign_from_is_rejected_550(file_service: MilterService) -> None:
     rc, ctx = feed(message("From: bob@example.org", "Subject: hi"))
-    assert_rejected(rc, ctx, ("550", "5.7.1", "Header From <bob@example.org> is not owned by user alice"))
+    assert_rejected(
+        rc, ctx, ("550", "5.7.1", "Header From <bob@example.org> is not owned by user alice")
+    )
 
 
 def test_display_name_cannot_hide_the_address(file_service: MilterService) -> None:
     rc, ctx = feed(message('From: "alice@example.org" <ceo@example.org>'))
-    assert_rejected(rc, ctx, ("550", "5.7.1", "Header From <ceo@example.org> is not owned by user alice"))
+    assert_rejected(
+        rc, ctx, ("550", "5.7.1", "Header From <ceo@example.org> is not owned by user alice")
+    )
 
 
 def test_several_mailboxes_one_foreign_is_rejected(file_service: MilterService) -> None:
     rc, ctx = feed(message("From: Alice <alice@example.org>, Bob <bob@example.org>"))
-    assert_rejected(rc, ctx, ("550", "5.7.1", "Header From <bob@example.org> is not owned by user alice"))
+    assert_rejected(
+        rc, ctx, ("550", "5.7.1", "Header From <bob@example.org> is not owned by user alice")
+    )
 
 
 def test_foreign_sender_header_is_rejected(file_service: MilterService) -> None:
     rc, ctx = feed(message("From: alice@example.org", "Sender: Bob <bob@example.org>"))
-    assert_rejected(rc, ctx, ("550", "5.7.1", "Header From <bob@example.org> is not owned by user alice"))
+    assert_rejected(
+        rc, ctx, ("550", "5.7.1", "Header From <bob@example.org> is not owned by user alice")
+    )
 
 
 def test_own_sender_header_is_accepted(file_service: MilterService) -> None:
@@ -232,7 +255,9 @@ def test_encoded_words(file_service: MilterService) -> None:
     assert_accepted(*feed(message(ok)))
     bad = "From: =?utf-8?b?QWxpY2UgTcO8bGxlcg==?= <bob@example.org>"
     rc, ctx = feed(message(bad))
-    assert_rejected(rc, ctx, ("550", "5.7.1", "Header From <bob@example.org> is not owned by user alice"))
+    assert_rejected(
+        rc, ctx, ("550", "5.7.1", "Header From <bob@example.org> is not owned by user alice")
+    )
 
 
 def test_idn_domain_raw_utf8(file_service: MilterService) -> None:
@@ -258,7 +283,9 @@ def test_folded_from_header(file_service: MilterService) -> None:
         ["From: alice@example.org", "Sender: garbage"],
     ],
 )
-def test_missing_or_invalid_from_is_rejected(file_service: MilterService, headers: list[str]) -> None:
+def test_missing_or_invalid_from_is_rejected(
+    file_service: MilterService, headers: list[str]
+) -> None:
     rc, ctx = feed(message(*headers))
     assert_rejected(rc, ctx, ("550", "5.7.1", "Message has no valid From: header"))
 
@@ -285,7 +312,9 @@ def test_login_is_canonicalised(tmp_path: Path, services: Any) -> None:
     rc, ctx = feed(message("From: bob@example.org"), login="Alice@Example.org")
     # the reply names the login as the user typed it
     assert_rejected(
-        rc, ctx, ("550", "5.7.1", "Header From <bob@example.org> is not owned by user Alice@Example.org")
+        rc,
+        ctx,
+        ("550", "5.7.1", "Header From <bob@example.org> is not owned by user Alice@Example.org"),
     )
 
 
@@ -297,12 +326,19 @@ def test_percent_is_doubled_for_setreply(file_service: MilterService) -> None:
 
 
 def test_custom_replies(tmp_path: Path, services: Any) -> None:
-    services(make_config(tmp_path, replies={
-        "header_from_not_owned": "554 5.7.0 {address} is not yours, {login} (from {client})",
-        "header_from_invalid": "554 5.6.0 Bad From: header",
-    }))
+    services(
+        make_config(
+            tmp_path,
+            replies={
+                "header_from_not_owned": "554 5.7.0 {address} is not yours, {login} (from {client})",
+                "header_from_invalid": "554 5.6.0 Bad From: header",
+            },
+        )
+    )
     rc, ctx = feed(message("From: bob@example.org"))
-    assert_rejected(rc, ctx, ("554", "5.7.0", "bob@example.org is not yours, alice (from 192.0.2.7)"))
+    assert_rejected(
+        rc, ctx, ("554", "5.7.0", "bob@example.org is not yours, alice (from 192.0.2.7)")
+    )
     rc, ctx = feed(message("Subject: x"))
     assert_rejected(rc, ctx, ("554", "5.6.0", "Bad From: header"))
 
@@ -367,7 +403,9 @@ def test_stuck_event_loop_counts_as_directory_down(file_service: MilterService) 
     assert 1.0 <= time.monotonic() - started < 3.0
 
 
-def test_unexpected_error_tempfails(tmp_path: Path, services: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_unexpected_error_tempfails(
+    tmp_path: Path, services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     config = make_config(tmp_path)
     runtime, backend = blocking_runtime(config)
     services(config, runtime)
@@ -378,7 +416,9 @@ def test_unexpected_error_tempfails(tmp_path: Path, services: Any, caplog: pytes
     assert "header From: check failed" in caplog.text
 
 
-def test_exception_before_eoh_tempfails(file_service: MilterService, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exception_before_eoh_tempfails(
+    file_service: MilterService, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(self: HeaderFromMilter, sym: str) -> str:
         raise RuntimeError("getsymval broke")
 
@@ -400,7 +440,9 @@ def test_directory_down_in_warn_mode_still_tempfails(tmp_path: Path, services: A
 
 
 @pytest.mark.parametrize("from_", ["alice@example.org", "someone@elsewhere.test", "garbage", None])
-def test_unauthenticated_is_accepted_by_default(file_service: MilterService, from_: str | None) -> None:
+def test_unauthenticated_is_accepted_by_default(
+    file_service: MilterService, from_: str | None
+) -> None:
     headers = [f"From: {from_}"] if from_ else ["Subject: none"]
     assert_accepted(*feed(message(*headers), login=None, sender="x@elsewhere.test"))
 
@@ -411,7 +453,9 @@ def test_empty_auth_macro_is_unauthenticated(file_service: MilterService) -> Non
 
 def test_protect_local_senders(tmp_path: Path, services: Any) -> None:
     services(make_config(tmp_path, protect_local_senders=True))
-    rc, ctx = feed(message("From: Alice <alice@example.org>"), login=None, sender="x@elsewhere.test")
+    rc, ctx = feed(
+        message("From: Alice <alice@example.org>"), login=None, sender="x@elsewhere.test"
+    )
     assert_rejected(
         rc, ctx, ("553", "5.7.1", "Sender address <alice@example.org> requires SMTP authentication")
     )
@@ -439,7 +483,9 @@ def test_protect_local_senders_directory_down(tmp_path: Path, services: Any) -> 
 # --- warn mode ---------------------------------------------------------------------------------
 
 
-def test_warn_mode_accepts_and_logs(tmp_path: Path, services: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_warn_mode_accepts_and_logs(
+    tmp_path: Path, services: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     services(make_config(tmp_path, mode="warn"))
     caplog.set_level(logging.INFO, logger="policyd.decision")
     assert_accepted(*feed(message("From: bob@example.org")))
@@ -454,7 +500,9 @@ def test_warn_mode_accepts_and_logs(tmp_path: Path, services: Any, caplog: pytes
 # --- the decision log -------------------------------------------------------------------------
 
 
-def test_one_decision_line_per_message(file_service: MilterService, caplog: pytest.LogCaptureFixture) -> None:
+def test_one_decision_line_per_message(
+    file_service: MilterService, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="policyd.decision")
     feed(message("From: Alice <alice@example.org>"))
     feed(message("From: bob@example.org"), sender="alice@example.org")
@@ -477,9 +525,14 @@ def test_decision_line_quotes_hostile_values() -> None:
     from policyd.decision import Decision, Reason, Verdict
 
     line = decision_line(
-        queue_id="Q", client="192.0.2.1", login='a b"c', sender="", profile="p",
+        queue_id="Q",
+        client="192.0.2.1",
+        login='a b"c',
+        sender="",
+        profile="p",
         author=AuthorCheck(None, "From: empty", "x\ny"),
-        decision=Decision(Verdict.DUNNO, Reason.NOT_AUTHENTICATED), elapsed=0.001,
+        decision=Decision(Verdict.DUNNO, Reason.NOT_AUTHENTICATED),
+        elapsed=0.001,
     )
     assert line == (
         'milter queue_id=Q client=192.0.2.1 login="a b\\"c" sender="" from="x\\x0ay" profile=p '
@@ -503,12 +556,20 @@ def test_non_ascii_local_part_in_the_reply(file_service: MilterService) -> None:
 # --- protocol negotiation with an MTA that supports NOREPLY (as Postfix does) ----------------
 
 
-def test_negotiation_skips_body_and_replies_only_at_end_of_headers(file_service: MilterService) -> None:
+def test_negotiation_skips_body_and_replies_only_at_end_of_headers(
+    file_service: MilterService,
+) -> None:
     ctx = MilterTestCtx()
     ctx._setsymval("{auth_authen}", "alice")
     assert ctx._negotiate() == Milter.CONTINUE
     proto = ctx._protocol
-    for skipped in (Milter.P_NOBODY, Milter.P_NORCPT, Milter.P_NOHELO, Milter.P_NODATA, Milter.P_NOUNKNOWN):
+    for skipped in (
+        Milter.P_NOBODY,
+        Milter.P_NORCPT,
+        Milter.P_NOHELO,
+        Milter.P_NODATA,
+        Milter.P_NOUNKNOWN,
+    ):
         assert proto & skipped
     for needed in (Milter.P_NOCONNECT, Milter.P_NOMAIL, Milter.P_NOHDRS, Milter.P_NOEOH):
         assert not proto & needed
@@ -523,7 +584,11 @@ def test_negotiation_skips_body_and_replies_only_at_end_of_headers(file_service:
     assert priv.header_bytes("From", b"bob@example.org") == Milter.NOREPLY
     ctx._setsymval("i", QUEUE_ID)
     assert ctx._eoh() == Milter.REJECT
-    assert ctx._reply == ("550", "5.7.1", "Header From <bob@example.org> is not owned by user alice")
+    assert ctx._reply == (
+        "550",
+        "5.7.1",
+        "Header From <bob@example.org> is not owned by user alice",
+    )
 
 
 def test_ipv6_client(file_service: MilterService, caplog: pytest.LogCaptureFixture) -> None:
@@ -564,7 +629,10 @@ def test_policy_service_never_imports_pymilter() -> None:
         "print('ok')\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
         cwd=Path(__file__).resolve().parents[2],
     )
     assert out.returncode == 0, out.stderr
@@ -623,7 +691,9 @@ def test_milter_process_with_libmilter(tmp_path: Path) -> None:
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "policyd", "milter", "--config", str(config)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
             cwd=Path(__file__).resolve().parents[2],
         )
     try:
@@ -633,13 +703,18 @@ def test_milter_process_with_libmilter(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "no milter socket"
             time.sleep(0.05)
         if shutil.which("miltertest"):
-            for from_, expected in (("Bob <bob@example.org>", "REPLYCODE"),
-                                    ("Alice <alice@example.org>", "ACCEPT")):
+            for from_, expected in (
+                ("Bob <bob@example.org>", "REPLYCODE"),
+                ("Alice <alice@example.org>", "ACCEPT"),
+            ):
                 script = tmp_path / "t.lua"
-                script.write_text(MILTERTEST_SCRIPT % {
-                    "socket": sock, "from_": from_, "queue_id": QUEUE_ID}, encoding="utf-8")
-                out = subprocess.run(["miltertest", "-s", str(script)], capture_output=True,
-                                     text=True, timeout=30)
+                script.write_text(
+                    MILTERTEST_SCRIPT % {"socket": sock, "from_": from_, "queue_id": QUEUE_ID},
+                    encoding="utf-8",
+                )
+                out = subprocess.run(
+                    ["miltertest", "-s", str(script)], capture_output=True, text=True, timeout=30
+                )
                 assert out.stdout.strip() == expected, (out.stdout, out.stderr, log.read_text())
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0, log.read_text()
@@ -664,7 +739,10 @@ def test_milter_process_bad_socket(tmp_path: Path) -> None:
     )
     out = subprocess.run(
         [sys.executable, "-m", "policyd", "milter", "--config", str(config)],
-        capture_output=True, text=True, timeout=30, cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert out.returncode == 1
     assert "failed" in out.stderr

@@ -799,8 +799,17 @@ def test_fast_path_slow_path_and_netaddr_agree(pattern: str) -> None:
 def test_wide_ranges_are_reported() -> None:
     from policyd.networks import Networks as N
 
-    net = N.from_lines(["0.0.0.0/0 oops", "10.0.0.0/8 internal", "::/0", "2001:db8::/32",
-                        "!0.0.0.0/1", "1.0.0.0-3.0.0.0"], source="r.txt")
+    net = N.from_lines(
+        [
+            "0.0.0.0/0 oops",
+            "10.0.0.0/8 internal",
+            "::/0",
+            "2001:db8::/32",
+            "!0.0.0.0/1",
+            "1.0.0.0-3.0.0.0",
+        ],
+        source="r.txt",
+    )
     assert [r.source for r in net.wide] == ["r.txt:1", "r.txt:6", "r.txt:3"]
     assert N.from_lines(["10.0.0.0/8", "2001::/16"]).wide == ()
     assert N.empty().wide == ()

@@ -12,10 +12,19 @@ from policyd import observability
 from policyd.decision import Decision, Reason, Verdict
 from policyd.observability import decision_line, kv, log_decision, setup_logging
 
-ATTRS = {"queue_id": "", "instance": "1.2.3.0", "client_address": "192.0.2.7",
-         "sasl_username": "alice", "sender": "bob@example.org", "recipient": "x@example.net"}
-REJECT = Decision(Verdict.REJECT, Reason.SENDER_NOT_OWNED,
-                  "553 5.7.1 Sender address <bob@example.org> is not owned by user alice")
+ATTRS = {
+    "queue_id": "",
+    "instance": "1.2.3.0",
+    "client_address": "192.0.2.7",
+    "sasl_username": "alice",
+    "sender": "bob@example.org",
+    "recipient": "x@example.net",
+}
+REJECT = Decision(
+    Verdict.REJECT,
+    Reason.SENDER_NOT_OWNED,
+    "553 5.7.1 Sender address <bob@example.org> is not owned by user alice",
+)
 
 
 @pytest.fixture
@@ -35,18 +44,29 @@ def test_line_format_is_stable() -> None:
     line = decision_line(ATTRS, "submission", REJECT, 0.00012)
     assert line == (
         'decision queue_id="" instance=1.2.3.0 client=192.0.2.7 login=alice '
-        'sender=bob@example.org recipient=x@example.net profile=submission '
+        "sender=bob@example.org recipient=x@example.net profile=submission "
         'action="553 5.7.1 Sender address <bob@example.org> is not owned by user alice" '
-        'reason=sender_not_owned ms=0.12')
+        "reason=sender_not_owned ms=0.12"
+    )
     warn = Decision(Verdict.DUNNO, Reason.SENDER_NOT_OWNED, would_have=REJECT.reply)
-    assert " action=DUNNO reason=sender_not_owned would=\"553 5.7.1 " in decision_line(
-        ATTRS, "submission", warn, 0.0)
+    assert ' action=DUNNO reason=sender_not_owned would="553 5.7.1 ' in decision_line(
+        ATTRS, "submission", warn, 0.0
+    )
 
 
-@pytest.mark.parametrize(("value", "out"), [
-    ("plain", "plain"), ("", '""'), ("a b", '"a b"'), ('q"x', '"q\\"x"'), ("a=b", '"a=b"'),
-    ("nl\nx", '"nl\\x0ax"'), ("tab\t", '"tab\\x09"'), ("back\\", '"back\\\\"'),
-])
+@pytest.mark.parametrize(
+    ("value", "out"),
+    [
+        ("plain", "plain"),
+        ("", '""'),
+        ("a b", '"a b"'),
+        ('q"x', '"q\\"x"'),
+        ("a=b", '"a=b"'),
+        ("nl\nx", '"nl\\x0ax"'),
+        ("tab\t", '"tab\\x09"'),
+        ("back\\", '"back\\\\"'),
+    ],
+)
 def test_kv_quoting(value: str, out: str) -> None:
     assert kv(value) == out
 

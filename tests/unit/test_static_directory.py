@@ -24,7 +24,9 @@ def test_shipped_senders_file_loads() -> None:
 
 def test_lines_add_up_and_are_normalised() -> None:
     d = StaticDirectory.from_lines(
-        ["Alice@Example.org: Alice@Example.ORG", "alice: second@example.net  # comment", "", "# x"], R)
+        ["Alice@Example.org: Alice@Example.ORG", "alice: second@example.net  # comment", "", "# x"],
+        R,
+    )
     assert d.addresses_of("alice") == frozenset({"alice@example.org", "second@example.net"})
     assert d.owners_of("ALICE+x@example.org") == frozenset({"alice"})
 
