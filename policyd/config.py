@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import string
 import tomllib
 import types
 import typing
@@ -19,9 +18,18 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from policyd import limits
 from policyd.addresses import AddressRules, normalize_domain
+from policyd.replies import check_template
 
-#: The config served by `policyd serve` with no --config: the shipped example.
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "policyd.toml"
+#: Where the installed daemon reads its config when neither --config nor $POLICYD_CONFIG
+#: names one.
+DEFAULT_CONFIG = Path("/etc/policyd/policyd.toml")
+
+
+def config_path(explicit: Path | None, environ: Mapping[str, str]) -> Path:
+    """--config, else $POLICYD_CONFIG, else DEFAULT_CONFIG."""
+    if explicit is not None:
+        return explicit
+    return Path(environ.get("POLICYD_CONFIG") or DEFAULT_CONFIG)
 
 
 class ConfigError(Exception):
@@ -205,6 +213,10 @@ class Config:
     def profile(self, name: str) -> ProfileConfig:
         return self.profiles[name]
 
+    def milter_profile(self) -> ProfileConfig:
+        """milter.profile, or policy.default_profile when that is ""."""
+        return self.profiles[self.milter.profile or self.policy.default_profile]
+
 
 # ---------------------------------------------------------------------------------------------
 # Loader
@@ -345,7 +357,7 @@ def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: _Ctx) -> Non
         ("ldap.group_filter", cfg.ldap.group_filter, {"dn", "login"}),
         ("ldap.owner_filter", cfg.ldap.owner_filter, {"address", "localpart", "domain"}),
     ):
-        _check_template(s, key, tmpl, allowed)
+        check_template(s, key, tmpl, allowed)
         if not (tmpl.startswith("(") and tmpl.endswith(")")):
             raise ConfigError(s, key, "an LDAP filter must be enclosed in parentheses")
     if cfg.policy.default_profile not in profiles:
@@ -392,21 +404,7 @@ def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: _Ctx) -> Non
                 )
             if "\n" in text or "\r" in text:
                 raise ConfigError(s, key, "may not contain line breaks")
-            _check_template(s, key, text, _PLACEHOLDERS[f.name])
-
-
-def _check_template(source: str, key: str, text: str, allowed: set[str]) -> None:
-    try:
-        names = {fname for _, fname, _, _ in string.Formatter().parse(text) if fname is not None}
-    except ValueError as e:
-        raise ConfigError(source, key, f"bad template: {e}") from None
-    bad = names - allowed
-    if bad:
-        raise ConfigError(
-            source,
-            key,
-            f"unknown placeholder {{{sorted(bad)[0]}}} (allowed: {', '.join('{' + a + '}' for a in sorted(allowed))})",
-        )
+            check_template(s, key, text, _PLACEHOLDERS[f.name])
 
 
 @dataclass
@@ -504,21 +502,3 @@ def _tname(value: Any) -> str:
         list: "a list",
         dict: "a table",
     }.get(type(value), type(value).__name__)
-
-
-def render(template: str, **values: str) -> str:
-    """Fill a reply template. Values are sanitised: no control characters reach Postfix."""
-    safe = {k: _clean(v) for k, v in values.items()}
-    out = template.format_map(_Missing(safe))
-    return out[: limits.MAX_REPLY_TEXT]
-
-
-def _clean(v: str) -> str:
-    if v.isprintable():  # (nearly always: the per-character pass only when needed)
-        return v
-    return "".join(ch if ch.isprintable() else "?" for ch in v)
-
-
-class _Missing(dict[str, str]):
-    def __missing__(self, key: str) -> str:
-        return ""
