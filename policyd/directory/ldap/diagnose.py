@@ -12,19 +12,7 @@ import ldap3
 
 from policyd.config import LdapConfig
 from policyd.directory.base import DirectoryError
-from policyd.directory.ldap.connection import (
-    SUCCESS,
-    ServerSpec,
-    StepFailed,
-    close_quietly,
-    describe_error,
-    is_timeout,
-    make_tls,
-    open_connection,
-    parse_server_url,
-    read_bind_password,
-    result_text,
-)
+from policyd.directory.ldap import connection
 from policyd.directory.ldap.filters import default_group_base
 
 
@@ -44,7 +32,7 @@ def check_connection(cfg: LdapConfig) -> tuple[bool, list[str]]:
         lines.append(f"{where}: {step}: {'ok' if good else 'FAILED'}: {detail}")
 
     try:
-        password = read_bind_password(cfg)
+        password = connection.read_bind_password(cfg)
         add(
             "ldap",
             "password",
@@ -55,7 +43,7 @@ def check_connection(cfg: LdapConfig) -> tuple[bool, list[str]]:
         add("ldap", "password", False, str(e))
         return False, lines
     try:
-        tls = make_tls(cfg)
+        tls = connection.make_tls(cfg)
     except DirectoryError as e:
         add("ldap", "tls setup", False, str(e))
         return False, lines
@@ -65,7 +53,7 @@ def check_connection(cfg: LdapConfig) -> tuple[bool, list[str]]:
     group_base = cfg.group_base or default_group_base(cfg.user_base)
     for url in cfg.servers:
         try:
-            spec = parse_server_url(url, cfg.start_tls)
+            spec = connection.parse_server_url(url, cfg.start_tls)
         except DirectoryError as e:
             add(url, "url", False, str(e))
             continue
@@ -74,7 +62,7 @@ def check_connection(cfg: LdapConfig) -> tuple[bool, list[str]]:
 
 
 def _check_server(
-    spec: ServerSpec,
+    spec: connection.ServerSpec,
     cfg: LdapConfig,
     tls: Any,
     password: str | None,
@@ -103,7 +91,7 @@ def _check_server(
         except OSError as e:
             why = (
                 f"no answer within connect_timeout {cfg.connect_timeout} s"
-                if is_timeout(e)
+                if connection.is_timeout(e)
                 else (e.strerror or str(e)).lower()
             )
             add(where, "tcp", False, f"port {spec.port}: {why}")
@@ -113,8 +101,8 @@ def _check_server(
             add(where, "tls", True, "none (plain ldap://; ldap.start_tls is false)")
     report: list[tuple[str, bool, str]] = []
     try:
-        conn = open_connection(spec, cfg, tls, password, report)
-    except StepFailed as e:
+        conn = connection.open_connection(spec, cfg, tls, password, report)
+    except connection.StepFailed as e:
         for step, good, detail in report:
             add(where, step, good, detail)
         add(where, e.step, False, e.reason)
@@ -135,13 +123,20 @@ def _check_server(
                     time_limit=int(cfg.receive_timeout),
                 )
             except Exception as e:  # noqa: BLE001 - reported, not raised
-                add(where, f"search base {what}", False, f"{base}: {describe_error(e, cfg)}")
+                add(
+                    where,
+                    f"search base {what}",
+                    False,
+                    f"{base}: {connection.describe_error(e, cfg)}",
+                )
                 return False
             code = int(result.get("result", -1)) if result else -1
-            if code != SUCCESS:
-                add(where, f"search base {what}", False, f"{base}: {result_text(result)}")
+            if code != connection.SUCCESS:
+                add(
+                    where, f"search base {what}", False, f"{base}: {connection.result_text(result)}"
+                )
                 return False
             add(where, f"search base {what}", True, f"{base} exists (scope {scope})")
         return True
     finally:
-        close_quietly(conn)
+        connection.close_quietly(conn)
