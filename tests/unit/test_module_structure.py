@@ -180,7 +180,7 @@ def test_module_level_imports_include_type_checking_blocks_but_not_function_bodi
         "def f():\n"
         "    import policyd.c\n"
     )
-    names = set()
+    names: set[str] = set()
     for node in module_level_imports(tree):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
