@@ -136,6 +136,30 @@ class LdapConfig:
     )
     owner_login_attribute: str = "uid"
 
+    # The [ldap] rules that both config validation and policyd.directory.ldap apply live here,
+    # one method each, so that neither side keeps its own copy.
+
+    def filter_templates(self) -> tuple[tuple[str, str, frozenset[str]], ...]:
+        """(key, template, the placeholders it may use) of each ldap.*_filter."""
+        return (
+            ("user_filter", self.user_filter, frozenset({"login", "localpart", "domain"})),
+            ("group_filter", self.group_filter, frozenset({"dn", "login"})),
+            ("owner_filter", self.owner_filter, frozenset({"address", "localpart", "domain"})),
+        )
+
+    def servers_problem(self) -> str | None:
+        """Why ldap.servers cannot be used (None when it can)."""
+        return None if self.servers else "needs at least one server"
+
+    def bind_password_problem(self) -> str | None:
+        """Why the bind password cannot be found (None when it can, or no bind_dn is set)."""
+        if self.bind_dn and not (self.bind_password_file or self.bind_password_credential):
+            return (
+                "needs ldap.bind_password_file or ldap.bind_password_credential "
+                "(never a password in this file)"
+            )
+        return None
+
 
 @dataclass(frozen=True)
 class RepliesConfig:
@@ -339,25 +363,20 @@ def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: _Ctx) -> Non
         raise ConfigError(s, "directory.file", 'is required when directory.backend = "file"')
     if any(ch.isspace() or ch == "@" for ch in cfg.addresses.extension_delimiters):
         raise ConfigError(s, "addresses.extension_delimiters", 'may not contain spaces or "@"')
-    if cfg.ldap.bind_dn and not (cfg.ldap.bind_password_file or cfg.ldap.bind_password_credential):
-        raise ConfigError(
-            s,
-            "ldap.bind_dn",
-            "needs ldap.bind_password_file or ldap.bind_password_credential (never a password in this file)",
-        )
+    why = cfg.ldap.bind_password_problem()
+    if why is not None:
+        raise ConfigError(s, "ldap.bind_dn", why)
     for i, url in enumerate(cfg.ldap.servers):
         if not re.fullmatch(r"(ldap|ldaps|ldapi)://\S*", url):
             raise ConfigError(
                 s, f"ldap.servers[{i}]", f"{url!r} is not an ldap://, ldaps:// or ldapi:// URL"
             )
-    if not cfg.ldap.servers:
-        raise ConfigError(s, "ldap.servers", "needs at least one server")
-    for key, tmpl, allowed in (
-        ("ldap.user_filter", cfg.ldap.user_filter, {"login", "localpart", "domain"}),
-        ("ldap.group_filter", cfg.ldap.group_filter, {"dn", "login"}),
-        ("ldap.owner_filter", cfg.ldap.owner_filter, {"address", "localpart", "domain"}),
-    ):
-        check_template(s, key, tmpl, allowed)
+    why = cfg.ldap.servers_problem()
+    if why is not None:
+        raise ConfigError(s, "ldap.servers", why)
+    for name, tmpl, allowed in cfg.ldap.filter_templates():
+        key = f"ldap.{name}"
+        check_template(s, key, tmpl, set(allowed))
         if not (tmpl.startswith("(") and tmpl.endswith(")")):
             raise ConfigError(s, key, "an LDAP filter must be enclosed in parentheses")
     if cfg.policy.default_profile not in profiles:
