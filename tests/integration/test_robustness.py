@@ -28,11 +28,11 @@ from hypothesis import strategies as st
 
 from policyd.actions import encode_action, to_action
 from policyd.config import Config
+from policyd.connection import Connection as _Connection
 from policyd.decision import Decision
 from policyd.directory.base import DirectoryUnavailable
 from policyd.protocol import encode_request
 from policyd.runtime import build_runtime
-from policyd.server import _Connection
 from policyd.service import PolicyService
 from tests.integration.serverutil import (
     AUTH_REQUIRED,
