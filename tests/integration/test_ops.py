@@ -725,6 +725,46 @@ def test_sighup_under_load_switches_ranges_and_loses_nothing(
     assert d.stop() == 0
 
 
+def _not_owned(sender: str, login: str) -> str:
+    return f"553 5.7.1 Sender address <{sender}> is not owned by user {login}"
+
+
+def test_sighup_after_editing_the_senders_file_changes_ownership_on_an_open_connection(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    port = free_port()
+    cfg = write_config(tmp_path)  # SENDERS: alice owns alice@, bob owns bob@
+    d = start(daemons, tmp_path, cfg, port)
+    c = Client(("127.0.0.1", port))
+
+    def as_user(login: str, sender: str) -> str | None:
+        return c.ask(request(sasl_username=login, sender=sender))
+
+    assert as_user("alice", "alice@example.org") == OK
+    assert as_user("alice", "bob@example.org") == _not_owned("bob@example.org", "alice")
+    assert as_user("bob", "bob@example.org") == OK
+
+    # The admin moves bob@ to alice and alice@ to carol; only the directory file changes.
+    replace_file(
+        tmp_path / "senders.txt",
+        "alice: bob@example.org\ncarol: alice@example.org\n",
+    )
+    # Not yet re-read: the running directory still answers, on the same connection.
+    assert as_user("alice", "bob@example.org") == _not_owned("bob@example.org", "alice")
+    d.signal(signal.SIGHUP)
+    d.wait_log("reloaded ")
+
+    # The same connection (no reconnect): the new ownership, in both directions.
+    assert as_user("alice", "bob@example.org") == OK
+    assert as_user("alice", "alice@example.org") == _not_owned("alice@example.org", "alice")
+    assert as_user("bob", "bob@example.org") == _not_owned("bob@example.org", "bob")
+    assert as_user("carol", "alice@example.org") == OK
+    c.close()
+    assert d.log().count("reloaded ") == 1
+    assert "reload failed" not in d.log()
+    assert d.stop() == 0
+
+
 def test_sigterm_under_load_drains_without_resets(tmp_path: Path, daemons: list[Daemon]) -> None:
     port = free_port()
     cfg = write_config(tmp_path, drain_timeout=5.0)
