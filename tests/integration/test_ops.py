@@ -889,7 +889,9 @@ def test_metrics_need_prometheus_client_only_when_enabled(
     fake = tmp_path / "fake"
     fake.mkdir()
     (fake / "prometheus_client.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'prometheus_client'\", name='prometheus_client')\n"
+        "raise ModuleNotFoundError(\n"
+        "    \"No module named 'prometheus_client'\", name='prometheus_client'\n"
+        ")\n"
     )
     env = {"PYTHONPATH": os.pathsep.join([str(fake), str(REPO)])}
     cfg = write_config(tmp_path, metrics_listen=f"127.0.0.1:{free_port()}")

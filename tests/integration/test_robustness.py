@@ -82,7 +82,10 @@ def _assert_fast(latencies: list[float]) -> None:
     seconds."""
     ordered = sorted(latencies)
     p95 = ordered[int(len(ordered) * 0.95) - 1]
-    ms = f"median {statistics.median(ordered) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, max {ordered[-1] * 1000:.1f} ms"
+    ms = (
+        f"median {statistics.median(ordered) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, "
+        f"max {ordered[-1] * 1000:.1f} ms"
+    )
     assert statistics.median(ordered) < 0.025, ms
     assert p95 < 0.1, ms
     assert ordered[-1] < 0.4, ms

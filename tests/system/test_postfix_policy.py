@@ -238,7 +238,8 @@ def save_transcript(
     text = "\n".join(
         [
             f"# {title}",
-            "# Recorded by tests/system/test_postfix_policy.py (POLICYD_SAVE_TRANSCRIPTS=1) against",
+            "# Recorded by tests/system/test_postfix_policy.py (POLICYD_SAVE_TRANSCRIPTS=1) "
+            "against",
             "# Postfix 3.7 configured from conf/postfix/. C: is the client, S: the server. AUTH",
             "# credentials are masked. XCLIENT is offered only because the test Postfix allows it",
             "# from 127.0.0.1 (smtpd_authorized_xclient_hosts, a test-only setting).",

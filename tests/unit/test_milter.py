@@ -331,7 +331,9 @@ def test_custom_replies(tmp_path: Path, services: Any) -> None:
         make_config(
             tmp_path,
             replies={
-                "header_from_not_owned": "554 5.7.0 {address} is not yours, {login} (from {client})",
+                "header_from_not_owned": (
+                    "554 5.7.0 {address} is not yours, {login} (from {client})"
+                ),
                 "header_from_invalid": "554 5.6.0 Bad From: header",
             },
         )

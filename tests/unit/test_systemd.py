@@ -141,7 +141,9 @@ uds = socket.socket(socket.AF_UNIX); uds.bind(sys.argv[1]); uds.listen()
 os.dup2(tcp.fileno(), 20); os.dup2(uds.fileno(), 21)  # the sockets may be fds 3 and 4 now
 tcp.close(); uds.close()
 os.dup2(20, 3); os.dup2(21, 4); os.close(20); os.close(21)
-os.environ.update(LISTEN_FDS="2", LISTEN_FDNAMES=sys.argv[2], LISTEN_PID=sys.argv[3] or str(os.getpid()))
+os.environ.update(
+    LISTEN_FDS="2", LISTEN_FDNAMES=sys.argv[2], LISTEN_PID=sys.argv[3] or str(os.getpid())
+)
 got = listen_fds()
 out = {
     "got": [[n, s.fileno(), int(s.family), int(s.type), str(s.getsockname())] for n, s in got],
