@@ -28,6 +28,7 @@ from policyd.addresses import candidates
 from policyd.config import Config, config_from_dict
 from policyd.directory.base import DirectoryUnavailable
 from policyd.directory.cache import CachedLookups, LookupRunner
+from policyd.directory.lookups import DirectLookups
 from policyd.networks import Networks
 from policyd.protocol import encode_request
 from policyd.runtime import Runtime, build_runtime
@@ -139,10 +140,12 @@ def runtime_with(config: Config, directory: Any) -> Runtime:
     """A Runtime like build_runtime's, but with the given Directory backend."""
     rules = config.addresses.rules()
     networks = Networks.load(config.networks.files) if config.networks.files else Networks.empty()
-    lookups = None
+    lookups: CachedLookups | DirectLookups
     if directory.blocking:
         runner = LookupRunner(directory, config.directory.threads, config.directory.lookup_deadline)
         lookups = CachedLookups(runner, config.cache)
+    else:
+        lookups = DirectLookups(directory)
     return Runtime(config, networks, rules, directory, lookups)
 
 

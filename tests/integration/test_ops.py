@@ -604,9 +604,9 @@ def test_stdio_on_a_socket_like_spawn(tmp_path: Path) -> None:
     p = subprocess.Popen(
         [PY, "-m", "policyd", "serve", "--stdio", "--config", str(cfg)],
         cwd=REPO,
-        stdin=theirs,
-        stdout=theirs,
-        stderr=theirs,
+        stdin=theirs.fileno(),
+        stdout=theirs.fileno(),
+        stderr=theirs.fileno(),
     )
     theirs.close()
     try:
@@ -999,7 +999,7 @@ def test_reload_is_serialised_notifies_and_applies_limits(tmp_path: Path) -> Non
                 "drain_timeout = 5.0", "drain_timeout = 7.5\nmax_connections = 7"
             ),
         )
-        assert await asyncio.gather(app.reload(), app.reload()) == [True, True]
+        assert list(await asyncio.gather(app.reload(), app.reload())) == [True, True]
         assert sent == ["RELOADING=1", "READY=1", "RELOADING=1", "READY=1"]
         assert app.server.config.max_connections == 7 and app.server.config.drain_timeout == 7.5
         assert app.reloads == 2
@@ -1038,7 +1038,7 @@ def test_reload_keeps_the_cache_only_for_the_same_directory(
     cache; a changed [ldap] drops it. Cache counters (metrics) carry over either way; replaced
     runtimes are closed at the end."""
     import policyd.app as app_mod
-    from policyd.config import Config
+    from policyd.config import Config, load_config
     from policyd.directory.cache import CachedLookups, LookupRunner
     from policyd.networks import Networks
     from policyd.runtime import Runtime
@@ -1068,20 +1068,20 @@ def test_reload_keeps_the_cache_only_for_the_same_directory(
     monkeypatch.setattr(app_mod, "build_runtime", fake_build)
 
     async def main() -> None:
-        config = app_mod.load_config(cfg)
+        config = load_config(cfg)
         app = app_mod.App(cfg, config, fake_build(config))
         first = app.service.runtime.lookups
-        assert first is not None
+        assert isinstance(first, CachedLookups)
         await first.addresses_of("alice")
         assert await app.reload()
         second = app.service.runtime.lookups
-        assert second is not None and second is not first
+        assert isinstance(second, CachedLookups) and second is not first
         assert second._entries is first._entries and len(second) == 1  # warm cache kept
         assert second.stats is first.stats and first.stats.misses == 1
         replace_file(cfg, cfg.read_text() + '\n[ldap]\nservers = ["ldap://192.0.2.1"]\n')
         assert await app.reload()
         third = app.service.runtime.lookups
-        assert third is not None and len(third) == 0  # another directory: dropped
+        assert isinstance(third, CachedLookups) and len(third) == 0  # another directory: dropped
         assert third.stats is first.stats  # counters never go backwards
         assert len(app._retired) == 2 and not closed
         app.close()

@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -299,7 +300,10 @@ def send(
         with contextlib.suppress(smtplib.SMTPException, OSError):
             smtp.quit()
     except smtplib.SMTPResponseException as e:  # e.g. STARTTLS refused
-        replies["refused"] = Reply(e.smtp_code, e.smtp_error.decode("utf-8", "replace"))
+        text = e.smtp_error
+        if isinstance(text, bytes):  # always, from smtplib's own replies
+            text = text.decode("utf-8", "replace")
+        replies["refused"] = Reply(e.smtp_code, text)
     except smtplib.SMTPServerDisconnected:
         pass
     finally:
@@ -324,7 +328,13 @@ def _last(s: Session) -> Reply:
     return list(s.replies.values())[-1]
 
 
-def alice(mta: PostfixServer) -> dict[str, str]:
+class Credentials(TypedDict):
+    login: str
+    password: str
+    sender: str
+
+
+def alice(mta: PostfixServer) -> Credentials:
     return {"login": "alice", "password": mta.users["alice"], "sender": "alice@example.org"}
 
 

@@ -27,7 +27,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -751,7 +751,7 @@ def _check(row: Row, profile: ProfileConfig, d: Decision) -> None:
 
 @pytest.mark.parametrize("mode", ["enforce", "warn"])
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
-def test_decision_table(row: Row, mode: str) -> None:
+def test_decision_table(row: Row, mode: Literal["enforce", "warn"]) -> None:
     profile = dataclasses.replace(row.profile, mode=mode)
     _check(row, profile, decide(row.attrs, profile, row.facts, row.rules))
 

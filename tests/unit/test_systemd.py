@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,7 +155,8 @@ print(json.dumps(out))
 """
 
 
-def _run_child(path: str, names: str, pid: str = "") -> dict[str, list[object]]:
+def _run_child(path: str, names: str, pid: str = "") -> dict[str, list[Any]]:
+    """The child's JSON report: "got" [name, fd, family, type, address], "env", "inheritable"."""
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, path, names, pid],
         cwd=REPO,
@@ -163,7 +165,7 @@ def _run_child(path: str, names: str, pid: str = "") -> dict[str, list[object]]:
         timeout=20,
         check=True,
     )
-    result: dict[str, list[object]] = json.loads(out.stdout)
+    result: dict[str, list[Any]] = json.loads(out.stdout)
     return result
 
 
@@ -171,18 +173,18 @@ def test_listen_fds_adopts_passed_sockets_with_names(short_dir: Path) -> None:
     path = str(short_dir / "s")
     r = _run_child(path, "tcp:unix")
     got = r["got"]
-    assert [(g[0], g[1], g[2], g[3]) for g in got] == [  # type: ignore[index]
+    assert [(g[0], g[1], g[2], g[3]) for g in got] == [
         ("tcp", 3, socket.AF_INET, socket.SOCK_STREAM),
         ("unix", 4, socket.AF_UNIX, socket.SOCK_STREAM),
     ]
-    assert got[1][4] == path  # type: ignore[index]
+    assert got[1][4] == path
     assert r["env"] == []  # unset, so children do not take them
     assert r["inheritable"] == [False, False]
 
 
 def test_listen_fds_missing_names_are_empty(short_dir: Path) -> None:
     r = _run_child(str(short_dir / "s"), "")
-    assert [g[0] for g in r["got"]] == ["", ""]  # type: ignore[index]
+    assert [g[0] for g in r["got"]] == ["", ""]
 
 
 def test_listen_fds_for_another_pid_are_ignored(short_dir: Path) -> None:
