@@ -43,6 +43,7 @@ class PolicyServer(Protocol):
         self, attrs: Mapping[str, str], profile: str, decision: Decision, elapsed: float
     ) -> None: ...
 
+
 #: Stop reading from a client that has this many requests waiting for a directory answer
 #: (a pipelining client cannot make us queue without bound).
 MAX_PENDING_PER_CONNECTION = 64

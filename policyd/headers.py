@@ -141,7 +141,8 @@ def _fallback(text: str) -> list[tuple[str, str]]:
 
 
 def _split(addr_spec: str) -> tuple[str, str]:
-    """ "local@domain" -> (local, domain), the local part still quoted if it was; no "@": (x, "")."""
+    """ "local@domain" -> (local, domain), the local part still quoted if it was;
+    no "@": (x, "")."""
     local, at, domain = addr_spec.rpartition("@")
     return (local, domain) if at else (addr_spec, "")
 

@@ -27,10 +27,7 @@ TOO_LONG_ALLOWED: frozenset[str] = frozenset(
         "policyd/networks.py",  # being split in this change
     }
 )
-CYCLES_ALLOWED: frozenset[frozenset[str]] = frozenset(
-    {
-    }
-)
+CYCLES_ALLOWED: frozenset[frozenset[str]] = frozenset({})
 
 
 def module_name(path: Path) -> str:
