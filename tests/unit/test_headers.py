@@ -55,7 +55,10 @@ from policyd.headers import (
         ("Alice\r\n <alice@example.org>", ("alice@example.org",)),
         ("Alice\n\t<alice@example.org>", ("alice@example.org",)),
         # quoted local parts, address literals
-        ('"john doe"@example.org', ("john doe@example.org",)),
+        ('"john doe"@example.org', ('"john doe"@example.org',)),
+        ('"alice"@example.org', ("alice@example.org",)),
+        ('"a\\ b"@example.org', ('"a b"@example.org',)),
+        ('"a@b"@example.org', ('"a@b"@example.org',)),
         ("a@[192.0.2.1]", ("a@[192.0.2.1]",)),
         # 8-bit bytes that are not UTF-8, in the display name only
         ("J\udcf6rg <joerg@example.org>", ("joerg@example.org",)),
@@ -117,7 +120,11 @@ def test_unfold() -> None:
 def test_author_from_and_sender() -> None:
     c = author_mailboxes([("From", "Alice <alice@example.org>"), ("Sender", "bob@example.org")])
     assert c == AuthorCheck(
-        ("alice@example.org", "bob@example.org"), "", "Alice <alice@example.org>"
+        ("alice@example.org", "bob@example.org"),
+        "",
+        "Alice <alice@example.org>",
+        (("From", "alice@example.org"), ("Sender", "bob@example.org")),
+        (),
     )
     assert c.ok
 
