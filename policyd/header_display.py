@@ -338,5 +338,6 @@ def _at_signs(text: str) -> Iterable[str]:
         else:
             while right < len(text) and text[right] not in _DELIMITERS:
                 right += 1
-        if left < at and right > at + 1:
-            yield text[left:right]
+        domain = text[at + 1 : right].rstrip(".")  # "ceo@example.org." ends a sentence
+        if left < at and domain:
+            yield f"{text[left:at]}@{domain}"
