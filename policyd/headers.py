@@ -254,8 +254,10 @@ def _comment_depth(text: str) -> int:
 
 
 def _is_control(ch: str) -> bool:
+    """C0 (but tab), DEL, C1 and the Unicode line/paragraph separators: NEL (U+0085) and
+    U+2028/U+2029 are line breaks to some clients, so they are refused like CR and LF."""
     o = ord(ch)
-    return (o < 32 and ch != "\t") or o == 127
+    return (o < 32 and ch != "\t") or 127 <= o <= 159 or o in (0x2028, 0x2029)
 
 
 def _has_surrogates(s: str) -> bool:

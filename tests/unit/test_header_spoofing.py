@@ -169,6 +169,11 @@ ROWS = [
     ("a CR LF that starts a new From line", f(f"{A}\r\nFrom: {CEO}"), Invalid("control")),
     ("a bare LF that starts a new header", f(f"<{A}>\nSender: {CEO}"), Invalid("control")),
     ("a bare CR inside the address", f("alice\r@example.org"), Invalid("control")),
+    ("a next-line character between two addresses", f(f"{A}\x85{CEO}"), Invalid("control")),
+    ("a line separator before a second From", f(f"{A}\u2028From: {CEO}"), Invalid("control")),
+    ("an encoded CR LF and From line in the display name",
+     f(f"=?utf-8?q?Alice=0D=0AFrom=3A_ceo=40example.org?= <{A}>"),
+     Shows((("From", A),), (("From", CEO),))),
     # -- unicode confusables -------------------------------------------------------------------
     ("a fullwidth at sign in the display name", f(f'"ceo\uff20example.org" <{A}>'),
      Shows((("From", A),), (("From", CEO),))),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import unicodedata
 
 import pytest
@@ -71,6 +72,9 @@ from policyd.headers import (
         ("a@[192.0.2.1]", ("a@[192.0.2.1]",)),
         # 8-bit bytes that are not UTF-8, in the display name only
         ("J\udcf6rg <joerg@example.org>", ("joerg@example.org",)),
+        ("J\udc85rg <joerg@example.org>", ("joerg@example.org",)),
+        # UTF-8 text whose encoding has bytes 0x80-0x9f is not a C1 control character
+        ('"Alice \u20ac\u201c" <alice@example.org>', ("alice@example.org",)),
     ],
 )
 def test_parses(value: str, expected: tuple[str, ...]) -> None:
@@ -345,7 +349,8 @@ _fragment = st.one_of(
 def _decoded_forms(frags: list[tuple[str, str, bool]]) -> list[str]:
     """The input as written, and with its encoded words decoded (white space between two
     encoded words dropped, as RFC 2047 says), both as a client shows text: NFKC, the ideographic
-    full stop as '.', format characters, quotes and backslashes dropped, lower case."""
+    full stop as '.', format characters, quotes and backslashes dropped, lower case; and each
+    with its comments hidden."""
     decoded: list[str] = []
     for i, (_, plain, _) in enumerate(frags):
         if not plain.strip():
@@ -359,6 +364,9 @@ def _decoded_forms(frags: list[tuple[str, str, bool]]) -> list[str]:
         text = unicodedata.normalize("NFKC", unfold(text)).replace("\u3002", ".")
         text = "".join(c for c in text if unicodedata.category(c) != "Cf")
         out.append(text.replace('"', "").replace("\\", "").lower())
+        # and as a client that hides comments shows it
+        while (hidden := re.sub(r"\([^()]*\)", "", out[-1])) != out[-1]:
+            out.append(hidden)
     return out
 
 
