@@ -1,9 +1,13 @@
-"""Parsing the author headers (From:, Sender:) into the mailboxes the milter checks.
+"""Parsing the author headers (From:, Sender:, Resent-From:, Resent-Sender:) into the
+mailboxes the milter checks, and the addresses their display names and comments show.
 
-Pure: the standard library's `email` parsers and policyd.addresses, no pymilter, no I/O.
+Pure: the standard library's `email` parsers, policyd.header_display and policyd.addresses,
+no pymilter, no I/O.
 
     From: =?utf-8?q?J=C3=B6rg?= <joerg@example.org>, Team: bob@bücher.example;
     -> ("joerg@example.org", "bob@xn--bcher-kva.example")
+    From: "ceo@example.org" <alice@example.org>
+    -> mailbox alice@example.org, display address ceo@example.org
 
 The parser is email.headerregistry (through email.policy.default), which decodes encoded words,
 skips comments and display names, flattens groups. It is lenient: on malformed input it records
@@ -12,7 +16,11 @@ as alice alone, while a mail client may well show ceo. So a header with a syntax
 accepted when email.utils.getaddresses, a second, independent parser, finds the very same
 addresses; otherwise the header is "invalid" (the milter rejects it for logged-in users). When
 headerregistry itself raises (it has crash bugs on some garbage), getaddresses is the fallback,
-with every address it finds checked strictly.
+with every address it finds checked strictly. A third reading, the strict lexer in
+policyd.header_display, must find the same mailboxes too (it refuses e.g. the
+CVE-2023-27043 forms `alice@example.org(<ceo@example.org>` that headerregistry reads as alice);
+it also tells the display text (display names, group names, comments) from the addr-specs, and
+every `local@domain` in that text, once decoded as a client would, is a display address.
 
 Nothing here raises on any input: the results say what is wrong instead.
 """
