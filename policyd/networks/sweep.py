@@ -55,6 +55,12 @@ def sweep(
     # same size, the later line; LINE_MASK - line for an exclusion, below every range. Unique,
     # so the tuples never compare beyond their first item.
     heap: list[tuple[int, int, int]] = []
+    # Local names for the methods the loop calls: faster than attribute lookups per call.
+    push = heapq.heappush
+    pop = heapq.heappop
+    add_start = starts.append
+    add_end = ends.append
+    add_winner = winners.append
     i = 0
     while i < n:
         key = keys[i]
@@ -65,9 +71,9 @@ def sweep(
         if firsts[i + 1] > end:
             # Overlaps nothing: no heap needed.
             if code != EXCLUDED:
-                starts.append(pos)
-                ends.append(end)
-                winners.append(line)
+                add_start(pos)
+                add_end(end)
+                add_winner(line)
                 if end - pos >= wide_min:
                     wide.append(line)
             i += 1
@@ -85,10 +91,10 @@ def sweep(
                     prio = (last - pos + 1) << LINE_BITS | (LINE_MASK - line)
                     if last - pos >= wide_min:
                         wide.append(line)
-                heapq.heappush(heap, (prio, last, line))
+                push(heap, (prio, last, line))
                 i += 1
             while heap and heap[0][1] < pos:
-                heapq.heappop(heap)
+                pop(heap)
             if not heap:
                 break
             prio, end, best = heap[0]
@@ -98,7 +104,7 @@ def sweep(
                 if winners and winners[-1] == best and ends[-1] == pos - 1:
                     ends[-1] = end
                 else:
-                    starts.append(pos)
-                    ends.append(end)
-                    winners.append(best)
+                    add_start(pos)
+                    add_end(end)
+                    add_winner(best)
             pos = end + 1
