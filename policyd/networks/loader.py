@@ -113,6 +113,7 @@ class Builder:
         self.exclusions4 = 0
         self.exclusions6 = 0
         self.restricted = 0
+        self.general = 0  # lines that went through the general parser (tests, diagnostics)
         self.lines = RangeLines()
 
     def feed(self, lines: list[str], source: str) -> None:
@@ -151,6 +152,7 @@ class Builder:
 
     def _general(self, text: str, number: int, lineno: int, source: str) -> None:
         """Any line: every form, every error (raised as "source:lineno: why")."""
+        self.general += 1
         tokens = line_tokens(text)
         if not tokens:
             return

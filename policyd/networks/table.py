@@ -27,8 +27,6 @@ def _client_value(address: str) -> tuple[int, int] | None:
 
     Called by lookup() after inet_pton failed on the raw text (``unknown``, brackets, ...).
     """
-    if not isinstance(address, str):
-        return None
     text = address.strip()
     if text[:1] == "[" and text[-1:] == "]":
         text = text[1:-1].strip()
@@ -94,13 +92,13 @@ class Networks:
         self._wide: tuple[Range, ...] = tuple(self._lines.range_at(n) for n in built.wide)
 
     @classmethod
-    def load(cls, paths: Sequence[Path | str]) -> Networks:
+    def load(cls, paths: Sequence[Path | str] | Path | str) -> Networks:
         """Load and combine range files; lines of later files count as later lines."""
-        if isinstance(paths, str | Path):  # a lone path, not a sequence of characters
-            paths = [paths]
+        # A lone path is one file, not a sequence of characters.
+        files: list[Path | str] = [paths] if isinstance(paths, (str, Path)) else list(paths)
         with gc_paused():
             builder = Builder()
-            for path in paths:
+            for path in files:
                 builder.feed(read_lines(path), str(path))
             return cls(builder.build())
 
@@ -118,13 +116,16 @@ class Networks:
     def empty(cls) -> Networks:
         return cls(Builder().build())
 
-    def lookup(self, address: str) -> Range | None:
+    def lookup(self, address: object) -> Range | None:
         """The winning range for a client address as Postfix sends it, or None.
 
         Accepts a dotted quad, plain IPv6, either in brackets, and the milter form
         ``IPv6:2001:db8::1``; ``::ffff:a.b.c.d`` is looked up as IPv4. ``unknown``, "" or any
-        garbage gives None. Never raises.
+        garbage (not even a str) gives None. Never raises.
         """
+        # `object`, not `str`: compiled (mypyc), a str parameter would raise on anything else.
+        if not isinstance(address, str):
+            return None
         try:
             if ":" not in address:
                 value = int.from_bytes(socket.inet_pton(_AF4, address), "big")
@@ -133,7 +134,7 @@ class Networks:
                 if value >> 32 != 0xFFFF:
                     return self._lookup6(value)
                 value &= MAX4
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError):
             parsed = _client_value(address)
             if parsed is None:
                 return None
