@@ -18,8 +18,9 @@ _AF6: Final = socket.AF_INET6
 _MAX64: Final = (1 << 64) - 1
 
 #: Ranges built for lookups are kept for the next lookup of the same range, up to this many
-#: (then the cache starts over): a Range costs a few µs to build from its line.
-_CACHE_MAX: Final = 1 << 16
+#: (then the cache starts over): a Range costs a few µs to build from its line, and about
+#: 300 bytes to keep (so at most ~80 MiB).
+_CACHE_MAX: Final = 1 << 18
 
 
 def _client_value(address: str) -> tuple[int, int] | None:
