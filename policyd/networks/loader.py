@@ -1,8 +1,9 @@
 """Read range files into sweep keys (one int per line), then compile them (sweep.py).
 
-Fast path: a line that is exactly a CIDR or an address (``192.0.2.0/24``, ``2001:db8::/32``,
-``192.0.2.1``: no label, no field, no comment, no space) is parsed inline with ``inet_pton`` and
-int arithmetic into one int; no object per line is created or kept. Every other line, and every
+Fast path: a line that is exactly a CIDR, an address or a FIRST-LAST range (``192.0.2.0/24``,
+``2001:db8::/32``, ``192.0.2.1``, ``192.0.2.10-192.0.2.20``: no label, no field, no comment, no
+space) is parsed inline with ``inet_pton`` and int arithmetic into one int (a range: and its
+last address); no object per line is created or kept. Every other line, and every
 line the fast path does not accept, goes through the general parser (patterns.py), which
 accepts the same plain lines and says what is wrong with the rest: the fast path only ever
 accepts less. Labels, fields and :class:`Range` objects are not built at load time: the lines
@@ -148,7 +149,31 @@ class Builder:
                         continue
             except (OSError, ValueError, KeyError):
                 pass
-            self._general(text, number, number - base, source)
+            if not self._plain_range(text, number):
+                self._general(text, number, number - base, source)
+
+    def _plain_range(self, text: str, number: int) -> bool:
+        """The fast path for a line that is exactly FIRST-LAST (two plain addresses of one
+        family, in order, not IPv4-mapped). False: the general parser must decide."""
+        left, dash, right = text.partition("-")
+        if not dash:
+            return False
+        try:
+            if ":" in text:
+                first = int.from_bytes(socket.inet_pton(_AF6, left), "big")
+                last = int.from_bytes(socket.inet_pton(_AF6, right), "big")
+                keys, others = self.keys6, self.others6
+            else:
+                first = int.from_bytes(socket.inet_pton(_AF4, left), "big")
+                last = int.from_bytes(socket.inet_pton(_AF4, right), "big")
+                keys, others = self.keys4, self.others4
+        except (OSError, ValueError):
+            return False
+        if first > last or (keys is self.keys6 and first >> 32 == 0xFFFF):
+            return False
+        keys.append(first << FIRST_SHIFT | OTHER << 32 | number)
+        others[number] = last
+        return True
 
     def _general(self, text: str, number: int, lineno: int, source: str) -> None:
         """Any line: every form, every error (raised as "source:lineno: why")."""
