@@ -20,6 +20,7 @@ from bisect import bisect_right
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Final
 
@@ -55,32 +56,45 @@ _WIDE6: Final = 1 << 112
 
 class RangeLines:
     """The lines of the loaded files by line number over all files (the first file's first line
-    is 1), so that a Range is built only when it is asked for."""
+    is 1), so that a Range is built only when it is asked for.
+
+    Per file, one str holding all its lines joined by LF and the running sum of the line
+    lengths (an array): 1M lines as a list of str would cost ~80 bytes each, this ~20.
+    """
 
     def __init__(self) -> None:
         self.names: list[str] = []
         self.bases: list[int] = []  # per file: the number of the line before its first
-        self.texts: list[list[str]] = []
+        self.texts: list[str] = []
+        self.sums: list[array[int]] = []  # per file: sums[k] = total length of lines 1..k
         self.domains: dict[str, frozenset[str]] = {}  # one frozenset per distinct domains=
 
     def add(self, name: str, lines: list[str]) -> int:
         """Keep a file's lines; returns the number of the line before its first."""
-        base = self.bases[-1] + len(self.texts[-1]) if self.bases else 0
+        base = self.bases[-1] + len(self.sums[-1]) - 1 if self.bases else 0
         if base + len(lines) > MAX_LINES:
             raise NetworksError(f"{name}: more than {MAX_LINES} lines in all range files")
         self.names.append(name)
         self.bases.append(base)
-        self.texts.append(lines)
+        self.texts.append("\n".join(lines))
+        self.sums.append(array("Q", accumulate(map(len, lines), initial=0)))
         return base
+
+    def line(self, number: int) -> tuple[str, str]:
+        """(the text, "file:line") of the line with this number."""
+        i = bisect_right(self.bases, number - 1) - 1
+        k = number - self.bases[i] - 1  # 0-based in its file
+        sums = self.sums[i]
+        start = sums[k] + k  # + k: the LF after each earlier line
+        return self.texts[i][start : start + sums[k + 1] - sums[k]], f"{self.names[i]}:{k + 1}"
 
     def range_at(self, number: int) -> Range:
         """The Range of the (valid, non-exclusion) line with this number."""
-        i = bisect_right(self.bases, number - 1) - 1
-        lineno = number - self.bases[i]
-        tokens = line_tokens(self.texts[i][lineno - 1])
+        text, source = self.line(number)
+        tokens = line_tokens(text)
         pattern = tokens[0]
         label, domains = parse_fields(pattern, tokens, self.domains)  # validated at load
-        return Range(label, pattern, domains, f"{self.names[i]}:{lineno}")
+        return Range(label, pattern, domains, source)
 
 
 @dataclass(frozen=True, slots=True)
