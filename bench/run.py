@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """policyd benchmark: one script, one run, everything measured on the same machine.
 
-    .venv/bin/python bench/run.py                 # throughput table + ranges + cold LDAP (~3 min)
+    .venv/bin/python bench/run.py                 # throughput + ranges + load + cold LDAP (~4 min)
     .venv/bin/python bench/run.py --no-uvloop     # the same with plain asyncio servers
     .venv/bin/python bench/run.py --memory        # + RSS after 1,000,000 requests (~10 min)
     .venv/bin/python bench/run.py --only throughput,ranges,load,ldap,memory,profile
