@@ -324,6 +324,8 @@ def _check(args: argparse.Namespace) -> int:
             else:
                 listing = ", ".join(sorted(owned)) if owned else "(none: unknown login)"
                 print(f"login {login}: owns {listing}")
+                for line in getattr(runtime.lookups, "explain", lambda _: [])(login):
+                    print(f"login {login}: {line}")
         runtime.close()
 
     asyncio.run(go())
