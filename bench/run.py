@@ -676,15 +676,16 @@ def section_ranges(args: argparse.Namespace, work: Path) -> dict[str, object]:
 
 
 # --------------------------------------------------------------------------------------------
-# section: cold LDAP path and memory (need tests/servers/slapd.py and policyd/directory/ldap.py)
+# section: cold LDAP path and memory (need tests/servers/slapd.py and policyd/directory/ldap)
 
 
 def ldap_available() -> str:
     """ "" when the LDAP pieces are there, else why not."""
     if not (REPO / "tests" / "servers" / "slapd.py").exists():
         return "tests/servers/slapd.py is missing"
-    if not (REPO / "policyd" / "directory" / "ldap.py").exists():
-        return "policyd/directory/ldap.py (LdapDirectory) is missing"
+    directory = REPO / "policyd" / "directory"
+    if not ((directory / "ldap.py").exists() or (directory / "ldap" / "__init__.py").exists()):
+        return "policyd/directory/ldap (LdapDirectory) is missing"
     try:
         from tests.servers.slapd import binary
     except Exception as e:  # noqa: BLE001

@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
+from policyd.actions import INTERNAL_ERROR, encode_decision
 from policyd.config import ServerConfig, parse_listen
-from policyd.decision import Decision, Reason, Verdict
-from policyd.engine import to_action
-from policyd.observability import log_decision
-from policyd.protocol import ProtocolError, RequestParser, encode_action
+from policyd.decision import Decision
+from policyd.decision_log import log_decision
+from policyd.protocol import ProtocolError, RequestParser
 from policyd.service import PolicyService
 
 log = logging.getLogger(__name__)
@@ -34,26 +34,14 @@ DecisionHook = Callable[[Mapping[str, str], str, Decision, float], None]
 #: (a pipelining client cannot make us queue without bound).
 MAX_PENDING_PER_CONNECTION = 64
 
-#: Encoded replies of the constant actions (see _Connection._reply).
-_PAYLOADS: dict[str, bytes] = {}
-_CONSTANT_ACTIONS = (Verdict.ACCEPT, Verdict.DUNNO)
-
-_INTERNAL_ERROR = Decision(
-    Verdict.DEFER,
-    Reason.DIRECTORY_UNAVAILABLE,
-    "451 4.3.0 Temporary policy failure, please try again later",
-)
-
 
 class PolicyServer:
     def __init__(
         self,
         service: PolicyService,
-        config: ServerConfig,
         hooks: Iterable[DecisionHook] = (),
     ) -> None:
         self.service = service
-        self.config = config
         self.hooks: list[DecisionHook] = [log_decision, *hooks]
         self.connections: set[_Connection] = set()
         self._servers: list[asyncio.Server] = []
@@ -65,6 +53,11 @@ class PolicyServer:
         # data_received): the data read in this iteration, and the replies decided from it.
         self._inbox: list[tuple[_Connection, bytes]] = []
         self._outbox: list[tuple[asyncio.Transport, bytes]] | None = None
+
+    @property
+    def config(self) -> ServerConfig:
+        """The running [server] settings: the runtime's, so a reload applies them at once."""
+        return self.service.runtime.config.server
 
     # listeners ---------------------------------------------------------------------------
 
@@ -371,7 +364,7 @@ class _Connection(asyncio.Protocol):
             profile, result = self.server.service.decide_now(attrs)
         except Exception:  # a bug must defer, never permit, never kill the server
             log.exception("internal error deciding a request from %s", self.peer)
-            profile_name, result = "-", _INTERNAL_ERROR
+            profile_name, result = "-", INTERNAL_ERROR
         else:
             profile_name = profile.name
         if isinstance(result, Decision) and self.tail is None:
@@ -403,7 +396,7 @@ class _Connection(asyncio.Protocol):
                     raise
                 except Exception:
                     log.exception("internal error deciding a request from %s", self.peer)
-                    decision = _INTERNAL_ERROR
+                    decision = INTERNAL_ERROR
             if previous is not None and not previous.done():
                 await asyncio.shield(previous)
             self._reply(attrs, profile, decision, started)
@@ -421,19 +414,7 @@ class _Connection(asyncio.Protocol):
     def _reply(
         self, attrs: Mapping[str, str], profile: str, decision: Decision, started: float
     ) -> None:
-        action = to_action(decision)
-        payload = _PAYLOADS.get(action)
-        if payload is None:
-            try:
-                payload = encode_action(action)
-            except ValueError:
-                log.error("refusing to send invalid action %r; deferring instead", action)
-                payload = encode_action(_INTERNAL_ERROR.reply)
-            else:
-                # OK / DUNNO (the accept actions): a handful of constant words, encoded once.
-                # Reject texts name the sender: not kept.
-                if decision.verdict in _CONSTANT_ACTIONS and len(_PAYLOADS) < 64:
-                    _PAYLOADS[action] = payload
+        payload = encode_decision(decision)
         transport = self.transport
         if transport is not None and not transport.is_closing():
             outbox = self.server._outbox

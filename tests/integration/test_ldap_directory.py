@@ -840,7 +840,7 @@ def test_failback_to_the_first_server(
     tmp_path: Path,  # type: ignore[no-untyped-def]
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import policyd.directory.ldap as mod
+    import policyd.directory.ldap.directory as mod
 
     monkeypatch.setattr(mod, "_DOWN_FOR", 0.2)
     monkeypatch.setattr(mod, "_FAILBACK_AFTER", 0.3)

@@ -512,18 +512,20 @@ def test_sd_notify_ready_watchdog_reload_stopping(tmp_path: Path, daemons: list[
 def test_watchdog_pings_stop_while_the_event_loop_is_stuck(tmp_path: Path) -> None:
     """WATCHDOG=1 is sent by the event loop itself: a blocked loop sends none, so systemd's
     watchdog restarts a hung policyd."""
-    from policyd.app import App, load, serve
+    from policyd.app import App
 
     cfg = write_config(tmp_path)
     sent: list[tuple[float, str]] = []
 
     async def main() -> None:
-        config, runtime = load(cfg)
-        app = App(cfg, config, runtime)
-        app.notify = lambda msg: sent.append((time.monotonic(), msg))
-        task = asyncio.ensure_future(
-            serve(app, ["127.0.0.1:0"], install_signals=False, watchdog=0.02)
+        app = App(
+            cfg,
+            listen=["127.0.0.1:0"],
+            environ={"WATCHDOG_USEC": "40000"},  # a ping every 0.02 s
+            configure_logging=False,
         )
+        app.notify = lambda msg: sent.append((time.monotonic(), msg))
+        task = asyncio.ensure_future(app.serve(shutdown_trigger=app.stopping.wait))
         await asyncio.sleep(0.2)
         time.sleep(0.4)  # the loop is stuck
         await asyncio.sleep(0.2)
@@ -941,14 +943,14 @@ def test_metrics_lookup_latency_and_errors_from_the_cache_layer() -> None:
 
 
 def test_reload_is_serialised_notifies_and_applies_limits(tmp_path: Path) -> None:
-    from policyd.app import App, load
+    from policyd.app import App
 
     cfg = write_config(tmp_path)
     sent: list[str] = []
 
     async def main() -> None:
-        config, runtime = load(cfg)
-        app = App(cfg, config, runtime)
+        app = App(cfg, configure_logging=False)
+        app.load()
         app.notify = lambda msg: sent.append(msg.split("\n", 1)[0])
         replace_file(
             cfg,
@@ -976,8 +978,9 @@ def test_reload_survives_an_unexpected_error(
         raise RuntimeError("library bug")
 
     async def main() -> None:
-        config, runtime = app_mod.load(cfg)
-        app = app_mod.App(cfg, config, runtime)
+        app = app_mod.App(cfg, configure_logging=False)
+        app.load()
+        runtime = app.runtime
         monkeypatch.setattr(app_mod, "build_runtime", boom)
         assert await app.reload() is False
         assert app.reload_failures == 1 and app.service.runtime is runtime
@@ -1025,8 +1028,8 @@ def test_reload_keeps_the_cache_only_for_the_same_directory(
     monkeypatch.setattr(app_mod, "build_runtime", fake_build)
 
     async def main() -> None:
-        config = app_mod.load_config(cfg)
-        app = app_mod.App(cfg, config, fake_build(config))
+        app = app_mod.App(cfg, configure_logging=False)
+        app.load()
         first = app.service.runtime.lookups
         assert first is not None
         await first.addresses_of("alice")

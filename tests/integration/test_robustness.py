@@ -26,11 +26,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from policyd.actions import encode_action, to_action
 from policyd.config import Config
 from policyd.decision import Decision
 from policyd.directory.base import DirectoryUnavailable
-from policyd.engine import to_action
-from policyd.protocol import encode_action, encode_request
+from policyd.protocol import encode_request
 from policyd.runtime import build_runtime
 from policyd.server import _Connection
 from policyd.service import PolicyService
@@ -592,7 +592,10 @@ def test_silent_connections_end_at_the_idle_timeout(tmp_path: Path, loop: str) -
 
     async def main() -> None:
         async with serving(config) as h:
-            h.server.config = dataclasses.replace(config.server, idle_timeout=0.3)
+            lowered = dataclasses.replace(config.server, idle_timeout=0.3)
+            h.service.runtime = dataclasses.replace(
+                h.runtime, config=dataclasses.replace(config, server=lowered)
+            )
             silent = await Client.connect(h.address())
             partial = await Client.connect(h.address())
             partial.send(b"request=smtpd_access_policy\n")

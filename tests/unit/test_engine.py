@@ -28,14 +28,14 @@ from typing import Any
 
 import pytest
 
+from policyd.actions import encode_action, to_action
 from policyd.addresses import AddressRules
 from policyd.config import ProfileConfig, config_from_dict
 from policyd.decision import Decision, Reason, Verdict
 from policyd.directory.base import DirectoryUnavailable
 from policyd.directory.lookups import DirectLookups
-from policyd.engine import Facts, Need, decide, needs, needs_network, to_action
+from policyd.engine import Facts, Need, decide, needs, needs_network
 from policyd.networks import Networks, Range
-from policyd.protocol import encode_action
 from policyd.runtime import Runtime, build_runtime
 from policyd.service import PolicyService
 

@@ -625,7 +625,7 @@ def test_policy_service_never_imports_pymilter() -> None:
         "sys.modules['Milter'] = None\n"
         "sys.modules['milter'] = None\n"
         "import policyd.cli, policyd.app, policyd.server, policyd.service, policyd.engine\n"
-        "import policyd.headers, policyd.runtime, policyd.observability\n"
+        "import policyd.headers, policyd.runtime, policyd.decision_log\n"
         "assert 'policyd.milter' not in sys.modules\n"
         "print('ok')\n"
     )
