@@ -21,10 +21,9 @@ def check_template(source: str, key: str, text: str, allowed: set[str]) -> None:
         raise ConfigError(source, key, f"bad template: {e}") from None
     bad = names - allowed
     if bad:
+        known = ", ".join("{" + a + "}" for a in sorted(allowed))
         raise ConfigError(
-            source,
-            key,
-            f"unknown placeholder {{{sorted(bad)[0]}}} (allowed: {', '.join('{' + a + '}' for a in sorted(allowed))})",
+            source, key, f"unknown placeholder {{{sorted(bad)[0]}}} (allowed: {known})"
         )
 
 

@@ -161,9 +161,10 @@ def _serve_stdio(args: argparse.Namespace) -> int:
     """`serve --stdio` (Postfix spawn(8)): stdin, stdout and stderr are the Postfix socket, so
     nothing but replies may reach fds 1 and 2. Logs go to syslog when logging.target =
     "syslog", else nowhere."""
-    from policyd.app import LOAD_ERRORS, App, serve_stdio
+    from policyd.app import LOAD_ERRORS, App
     from policyd.config import load_config
     from policyd.decision_log import setup_logging
+    from policyd.stdio import serve_stdio
 
     # Replies go to a private copy of stdout; fds 1 and 2 become /dev/null, so that a stray
     # print, warning or traceback (ours or a library's) cannot corrupt the protocol stream.

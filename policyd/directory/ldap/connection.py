@@ -94,7 +94,8 @@ def parse_server_url(url: str, start_tls: bool) -> ServerSpec:
         raise DirectoryError(f"ldap.servers: {url!r}: scheme must be ldap, ldaps or ldapi")
     if u.path not in ("", "/") or u.query or u.fragment:
         raise DirectoryError(
-            f"ldap.servers: {url!r}: only scheme://host[:port] (set the search base in ldap.user_base)"
+            f"ldap.servers: {url!r}: only scheme://host[:port] "
+            "(set the search base in ldap.user_base)"
         )
     if scheme == "ldapi":
         path = unquote(u.netloc) or _DEFAULT_LDAPI
@@ -189,7 +190,10 @@ def describe_error(e: BaseException, cfg: LdapConfig) -> str:
     text = str(e)
     low = text.lower()
     if is_timeout(e):
-        return f"timed out (connect_timeout {cfg.connect_timeout} s, receive_timeout {cfg.receive_timeout} s)"
+        return (
+            f"timed out (connect_timeout {cfg.connect_timeout} s, "
+            f"receive_timeout {cfg.receive_timeout} s)"
+        )
     if "refused" in low:
         return "connection refused"
     m = re.search(r"\[SSL: ([A-Z_]+)\][^(\]]*", text)
