@@ -25,7 +25,7 @@ def test_every_verification_key_is_documented_with_its_default() -> None:
     assert load_config(SHIPPED).verification == vconf.VerificationConfig()
 
 
-def load(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]
+def load(tmp_path: Path, text: str):
     (tmp_path / "senders.txt").write_text("alice: alice@example.org, @Shop.Example\n")
     p = tmp_path / "policyd.toml"
     p.write_text('[directory]\nfile = "senders.txt"\n' + text)
