@@ -160,6 +160,9 @@ def _config_check(args: argparse.Namespace, config: Config, runtime: Runtime) ->
         f"milter: listen {m.listen}, profile {mp.name} (mode {mp.mode}), "
         f"timeout {m.timeout:g}s (run with `policyd milter`)"
     )
+    from policyd.verification.build import summary
+
+    print(summary(config))
     if not args.connect:
         return 0
     if config.directory.backend != "ldap":

@@ -323,3 +323,40 @@ def test_verified_addresses_count_at_once_and_revoked_ones_stop_at_once(site: Pa
         asyncio.run(go())
     finally:
         runtime.close()
+
+
+def _policyd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "policyd", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+
+
+def test_policyd_check_explains_a_verified_address(site: Path) -> None:
+    cfg = site / "policyd.toml"
+    cfg.write_text(config_text(site / "senders.sqlite", free_port()))
+    api, outbox, _ = make_api(site)
+    api.request("alice", X, actor=ALICE)
+    api.confirm_code("alice", X, code_of(outbox.last), actor=ALICE)
+    check = ("check", "-c", str(cfg), "--sasl-username", "alice", "--sender", X)
+    r = _policyd(*check)
+    assert r.returncode == 0, r.stderr
+    assert "action=OK" in r.stdout
+    assert f"login alice: owns {X}: verified " in r.stdout and " by code" in r.stdout
+    api.revoke("alice", X, actor=ALICE)
+    r = _policyd(*check)
+    assert "action=553 5.7.1" in r.stdout and "verified" not in r.stdout
+    r = _policyd("config-check", "-c", str(cfg))
+    assert r.returncode == 0 and "sender verification: on" in r.stdout
+    assert "local domains example.org" in r.stdout
+
+
+def test_config_check_says_local_domains_must_be_set_with_ldap(site: Path) -> None:
+    cfg = site / "policyd.toml"
+    cfg.write_text('[directory]\nbackend = "ldap"\n[verification]\nenabled = true\n')
+    r = _policyd("config-check", "-c", str(cfg))
+    assert r.returncode == 1
+    assert "verification.local_domains: must be set with directory.backend" in r.stderr
