@@ -41,6 +41,11 @@ def config_text(db: Path, smtp_port: int, extra: str = "") -> str:
     return f"""
 [directory]
 file = "senders.txt"
+[profiles.submission]
+role = "submission"
+[profiles.mx]
+role = "mx"
+protect_local_senders = true
 [verification]
 enabled = true
 database = "{db}"
@@ -290,6 +295,11 @@ def test_verified_addresses_count_at_once_and_revoked_ones_stop_at_once(site: Pa
     service = PolicyService(runtime)
     api, outbox, _ = make_api(site)  # another connection, as `policyd senders` would be
 
+    async def mx(sender: str) -> str:
+        attrs = {**_attrs(sender), "sasl_username": "", "sasl_method": "", "policy_context": "mx"}
+        _, d = await service.decide({**attrs, "recipient": "bob@example.org"})
+        return d.reason.value
+
     async def action(sender: str) -> str:
         _, d = await service.decide(_attrs(sender))
         return d.reason.value
@@ -303,7 +313,11 @@ def test_verified_addresses_count_at_once_and_revoked_ones_stop_at_once(site: Pa
         assert await action(X) == "sender_owned"
         assert await action("X@ELSEWHERE.TEST") == "sender_owned"
         assert runtime.lookups.peek_addresses("alice") == frozenset({"alice@example.org", X})
-        assert await runtime.lookups.owners_of(X) == {"alice"}
+        # Foreign, so never one of "our" senders: the MX keeps taking mail from x@ unchecked
+        # (protect_local_senders), while our own addresses stay protected.
+        assert await runtime.lookups.owners_of(X) == frozenset()
+        assert await mx(X) == "not_trusted"
+        assert await mx("alice@example.org") == "sender_requires_login"
         assert isinstance(runtime.lookups, SourcedLookups)
         assert runtime.lookups.explain("alice")[0].startswith(f"owns {X}: verified ")
         api.revoke("alice", X, actor=ALICE)
