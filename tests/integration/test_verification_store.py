@@ -374,3 +374,63 @@ def test_config_check_says_local_domains_must_be_set_with_ldap(site: Path) -> No
     r = _policyd("config-check", "-c", str(cfg))
     assert r.returncode == 1
     assert "verification.local_domains: must be set with directory.backend" in r.stderr
+
+
+def test_sendmail_submission_gets_the_message_with_our_bounce_address(site: Path) -> None:
+    out = site / "handed-over"
+    script = site / "sendmail"
+    script.write_text(f'#!/bin/sh\necho "$@" > {out}.args\ncat > {out}\n')
+    script.chmod(0o755)
+    failing = site / "sendmail-fails"
+    failing.write_text(
+        "#!/bin/sh\ncat >/dev/null\necho 'sendmail: fatal: queue file write error' >&2\nexit 75\n"
+    )
+    failing.chmod(0o755)
+    cfg = site / "policyd.toml"
+    extra = f'submission = "sendmail"\nsendmail_command = ["{script}", "-t", "-i"]\n'
+    extra += 'bounce_address = "bounces@example.org"\n'
+    cfg.write_text(config_text(site / "senders.sqlite", free_port(), extra))
+    r = senders(cfg, "request", "alice", X)
+    assert r.returncode == 0, r.stderr
+    assert (site / "handed-over.args").read_text().split() == [
+        "-t",
+        "-i",
+        "-f",
+        "bounces@example.org",
+    ]
+    raw = out.read_bytes()
+    assert b"\r\n" not in raw and raw.startswith(b"From: Example Mail <postmaster@example.org>\n")
+    assert b"\nTo: x@elsewhere.test\n" in raw
+    cfg.write_text(cfg.read_text().replace(str(script), str(failing)))
+    r = senders(cfg, "--json", "request", "alice", "y@elsewhere.test")
+    assert r.returncode == 1
+    assert '"code": "mail_failed"' in r.stdout and "exited with 75" in r.stdout
+    assert "queue file write error" in r.stdout
+    r = senders(cfg, "list", "--state", "pending")
+    assert "y@elsewhere.test" in r.stdout and "last error" in r.stdout
+
+
+def test_the_admin_commands(site: Path) -> None:
+    cfg = site / "policyd.toml"
+    cfg.write_text(config_text(site / "senders.sqlite", free_port()))
+    r = senders(cfg, "add", "alice", X)
+    assert r.returncode == 2 and "--no-verify" in r.stderr  # the override must be spelt out
+    r = senders(cfg, "add", "alice", X, "--no-verify")
+    assert r.returncode == 0 and "verified (no mail, by admin)" in r.stdout
+    r = senders(cfg, "block", "z@elsewhere.test")
+    assert r.returncode == 0
+    r = senders(cfg, "--json", "request", "bob", "z@elsewhere.test")
+    assert r.returncode == 1 and '"code": "suppressed"' in r.stdout
+    assert "z@elsewhere.test" in senders(cfg, "blocked").stdout
+    assert senders(cfg, "unblock", "z@elsewhere.test").returncode == 0
+    assert senders(cfg, "blocked").stdout.strip() == "(none)"
+    assert senders(cfg, "revoke", "alice", X).returncode == 0
+    r = senders(cfg, "revoke", "alice", X)
+    assert r.returncode == 1 and "not among the verified ones" in r.stderr
+    r = senders(cfg, "purge", "--older-than", "0")
+    assert r.returncode == 0 and "purged 0 request(s)" in r.stdout  # revoked ones are kept
+    r = senders(cfg, "audit")
+    events = [line.split()[4] for line in r.stdout.splitlines()]
+    assert events == ["add_unverified", "block", "unblock", "revoke", "purge"], r.stdout
+    r = senders(cfg, "request", "alice", "x@example.org")
+    assert r.returncode == 1 and "ask your administrator" in r.stderr
