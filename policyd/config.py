@@ -175,7 +175,13 @@ class RepliesConfig:
         "enable SMTP authentication in your mail client"
     )
     sender_requires_login: str = "553 5.7.1 Sender address <{sender}> requires SMTP authentication"
-    header_from_not_owned: str = "550 5.7.1 Header From <{address}> is not owned by user {login}"
+    header_from_not_owned: str = (
+        "550 5.7.1 Header {header} <{address}> is not owned by user {login}"
+    )
+    header_from_display_address: str = (
+        "550 5.7.1 Header {header} shows <{address}> in a display name or comment; "
+        "it is not owned by user {login}"
+    )
     header_from_invalid: str = "550 5.7.1 Message has no valid From: header"
 
 
@@ -195,6 +201,9 @@ class ProfileConfig:
     accept_action: str = "OK"
     null_sender: Literal["dunno", "reject"] = "dunno"
     protect_local_senders: bool = False
+    #: milter: an address in a From:/Sender: display name or comment that the login does not
+    #: own is refused ("refuse"), or only the real mailboxes are checked ("allow").
+    display_addresses: Literal["refuse", "allow"] = "refuse"
     replies: RepliesConfig = field(default_factory=RepliesConfig)
 
 
@@ -298,7 +307,8 @@ _PLACEHOLDERS = {
     "sender_not_allowed_from_network": {"sender", "login", "client", "range"},
     "authentication_required": {"sender", "client"},
     "sender_requires_login": {"sender", "client"},
-    "header_from_not_owned": {"address", "login", "client", "sender"},
+    "header_from_not_owned": {"address", "header", "login", "client", "sender"},
+    "header_from_display_address": {"address", "header", "login", "client", "sender"},
     "header_from_invalid": {"login", "client", "sender"},
 }
 
