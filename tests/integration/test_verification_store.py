@@ -434,3 +434,41 @@ def test_the_admin_commands(site: Path) -> None:
     assert events == ["add_unverified", "block", "unblock", "revoke", "purge"], r.stdout
     r = senders(cfg, "request", "alice", "x@example.org")
     assert r.returncode == 1 and "ask your administrator" in r.stderr
+
+
+def _ask(port: int, sender: str) -> str:
+    import socket
+
+    request = "".join(f"{k}={v}\n" for k, v in _attrs(sender).items()) + "\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request.encode())
+        reply = b""
+        while not reply.endswith(b"\n\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return reply.decode().strip()
+
+
+def test_policyd_serve_counts_verified_addresses_across_a_reload(site: Path) -> None:
+    from tests.servers.postfix import PolicydProcess
+
+    proc = PolicydProcess(site / "serve", free_port())
+    (site / "serve").mkdir()
+    (site / "serve" / "senders.txt").write_text("alice: alice@example.org\n")
+    text = config_text(site / "senders.sqlite", free_port())
+    proc.start(text)
+    try:
+        api, outbox, _ = make_api(site)
+        assert _ask(proc.port, X).startswith("action=553 5.7.1")
+        api.request("alice", X, actor=ALICE)
+        api.confirm_code("alice", X, code_of(outbox.last), actor=ALICE)
+        assert _ask(proc.port, X) == "action=OK"
+        proc.reload(text)
+        assert _ask(proc.port, X) == "action=OK"
+        api.revoke("alice", X, actor=ALICE)
+        assert _ask(proc.port, X).startswith("action=553 5.7.1")
+    finally:
+        proc.stop()
+    assert code_of(outbox.last) not in proc.log_text()
