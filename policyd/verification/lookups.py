@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from policyd.directory.base import DirectoryUnavailable
+from policyd.directory.base import DirectoryError, DirectoryUnavailable
 from policyd.directory.lookups import Lookups
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,9 @@ class SourcedLookups:
 
 
 def with_verified_source(config: Any, inner: Any) -> SourcedLookups:
-    """The runtime's lookups with the verified-senders source behind them."""
+    """The runtime's lookups with the verified-senders source behind them, loaded once.
+    Raises DirectoryError (a load error: startup or reload fails, saying why) when the
+    database cannot be opened; later failures are the lookups' 451."""
     from policyd.verification.source import VerifiedSource
 
     vc = config.verification
@@ -160,4 +162,9 @@ def with_verified_source(config: Any, inner: Any) -> SourcedLookups:
     # are reused up to positive_ttl, and up to stale_if_error while the directory is down).
     window = config.cache.positive_ttl + config.cache.stale_if_error if vc.store == "ldap" else 0.0
     source = VerifiedSource(vc.database, busy_timeout=vc.busy_timeout, revoke_window=window)
+    try:
+        source.refresh()  # at load: a database that cannot be opened is a setup error
+    except DirectoryUnavailable as e:
+        source.close()
+        raise DirectoryError(f"verification.database: {e}") from None
     return SourcedLookups(inner, [source], config.directory.lookup_deadline)

@@ -472,3 +472,12 @@ def test_policyd_serve_counts_verified_addresses_across_a_reload(site: Path) -> 
     finally:
         proc.stop()
     assert code_of(outbox.last) not in proc.log_text()
+
+
+def test_a_database_that_cannot_be_opened_stops_the_start_with_the_reason(site: Path) -> None:
+    cfg = site / "policyd.toml"
+    cfg.write_text(config_text(site / "missing-dir" / "senders.sqlite", free_port()))
+    r = _policyd("config-check", "-c", str(cfg))
+    assert r.returncode == 1
+    assert "verification.database: verified senders: the verification database" in r.stderr
+    assert "cannot be opened" in r.stderr or "read-only" in r.stderr
