@@ -23,6 +23,7 @@ from policyd.config_tables import ConfigError as ConfigError
 from policyd.config_tables import TableReader
 from policyd.listen import parse_listen
 from policyd.replies import PLACEHOLDERS, check_template
+from policyd.verification.config import VerificationConfig, first_problem
 
 #: Where the installed daemon reads its config when neither --config nor $POLICYD_CONFIG
 #: names one.
@@ -179,6 +180,7 @@ class Config:
     ldap: LdapConfig = field(default_factory=LdapConfig)
     milter: MilterConfig = field(default_factory=MilterConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    verification: VerificationConfig = field(default_factory=VerificationConfig)
     profiles: Mapping[str, ProfileConfig] = field(
         default_factory=lambda: types.MappingProxyType(
             {
@@ -292,6 +294,9 @@ def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: TableReader)
     if any(ch.isspace() or ch == "@" for ch in cfg.addresses.extension_delimiters):
         raise ConfigError(s, "addresses.extension_delimiters", 'may not contain spaces or "@"')
     check_ldap(cfg.ldap, s)
+    bad = first_problem(cfg.verification, cfg.directory.backend)
+    if bad:
+        raise ConfigError(s, *bad)
     if cfg.policy.default_profile not in profiles:
         raise ConfigError(
             s,

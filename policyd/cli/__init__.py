@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("milter", help="run the header From: milter (needs pymilter)")
     add_config(m)
+    from policyd.verification import cli as senders_cli
+
+    senders_cli.add_parser(sub)
     return p
 
 
@@ -103,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _guarded(args, config_check)
     if cmd == "milter":
         return _milter(args)
+    if cmd == "senders":
+        from policyd.verification import cli as senders_cli
+
+        return senders_cli.main(args)
     return 2  # pragma: no cover
 
 
