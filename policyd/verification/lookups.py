@@ -1,15 +1,15 @@
 """The lookups with extra ownership sources merged behind them (the verified senders).
 
     addresses_of(login) = directory's - source.revoked_of(login) | source.addresses_of(login)
-    owners_of(key)      = directory's, minus the logins that revoked key here
+    owners_of(key)      = directory's, minus the logins that revoked key here,
+                          | source.owners_of(key)   (unless include_verified=False)
 
-owners_of deliberately does not add the verified owners. Verified addresses are always
-foreign (our own domains cannot be verified), and owners_of is what protect_local_senders asks
-about an unauthenticated sender: counting x@gmail.example as "one of our logins' addresses"
-would refuse the mail Gmail itself delivers from it at the MX. For an authenticated login
-owners_of only ever restricts (a more specific key owned by someone else), and a login that
-verified an address proved it reads that mailbox, so leaving verified owners out there lets
-nothing through that its owner could not send anyway.
+The verified owners take part in Postfix's ownership rule for a logged-in user (the most
+specific key that has an owner decides: bob's verified x+boss@gmail.example is not alice's
+because she verified x@gmail.example). protect_local_senders asks with include_verified=False:
+verified addresses are always foreign (our own domains cannot be verified), so counting
+x@gmail.example as "one of our logins' addresses" would refuse the mail Gmail itself delivers
+from it at the MX.
 
 Before answering, a stale source is refreshed (`refresh()` in a thread, bounded by the lookup
 deadline, one refresh at a time); if that fails the answer is DirectoryUnavailable (the 451),
@@ -82,10 +82,12 @@ class SourcedLookups:
                 found = found | extra
         return found
 
-    def _owners(self, key: str, found: frozenset[str]) -> frozenset[str]:
+    def _owners(self, key: str, found: frozenset[str], include_verified: bool) -> frozenset[str]:
         for s in self.sources:
             if found:
                 found = frozenset(login for login in found if key not in s.revoked_of(login))
+            if include_verified:
+                found = found | s.owners_of(key)
         return found
 
     def peek_addresses(self, login: str) -> frozenset[str] | None:
@@ -94,11 +96,11 @@ class SourcedLookups:
         found = self.inner.peek_addresses(login)
         return None if found is None else self._addresses(login, found)
 
-    def peek_owners(self, key: str) -> frozenset[str] | None:
+    def peek_owners(self, key: str, include_verified: bool = True) -> frozenset[str] | None:
         if self._stale():
             return None
         found = self.inner.peek_owners(key)
-        return None if found is None else self._owners(key, found)
+        return None if found is None else self._owners(key, found, include_verified)
 
     async def _fresh(self) -> None:
         if not self._stale():
@@ -136,9 +138,9 @@ class SourcedLookups:
         await self._fresh()
         return self._addresses(login, await self.inner.addresses_of(login))
 
-    async def owners_of(self, key: str) -> frozenset[str]:
+    async def owners_of(self, key: str, include_verified: bool = True) -> frozenset[str]:
         await self._fresh()
-        return self._owners(key, await self.inner.owners_of(key))
+        return self._owners(key, await self.inner.owners_of(key), include_verified)
 
     def explain(self, login: str) -> list[str]:
         """For `policyd check`: "owns x@...: verified 2026-12-01 by code" per verified address."""

@@ -315,7 +315,8 @@ def test_verified_addresses_count_at_once_and_revoked_ones_stop_at_once(site: Pa
         assert runtime.lookups.peek_addresses("alice") == frozenset({"alice@example.org", X})
         # Foreign, so never one of "our" senders: the MX keeps taking mail from x@ unchecked
         # (protect_local_senders), while our own addresses stay protected.
-        assert await runtime.lookups.owners_of(X) == frozenset()
+        assert await runtime.lookups.owners_of(X, include_verified=False) == frozenset()
+        assert await runtime.lookups.owners_of(X) == frozenset({"alice"})
         assert await mx(X) == "not_trusted"
         assert await mx("alice@example.org") == "sender_requires_login"
         assert isinstance(runtime.lookups, SourcedLookups)
@@ -335,6 +336,36 @@ def test_verified_addresses_count_at_once_and_revoked_ones_stop_at_once(site: Pa
 
     try:
         asyncio.run(go())
+    finally:
+        runtime.close()
+
+
+def test_a_verified_extension_address_of_another_login_is_not_covered_by_a_base_address(
+    site: Path,
+) -> None:
+    # Postfix's rule with verified keys too: alice verified x@, bob verified x+boss@; the
+    # exact key decides, so x+boss@ is bob's alone, while x+other@ (nobody's) falls to alice.
+    cfg_path = site / "policyd.toml"
+    cfg_path.write_text(config_text(site / "senders.sqlite", free_port()))
+    runtime = build_runtime(load_config(cfg_path))
+    service = PolicyService(runtime)
+    api, _, _ = make_api(site)
+    api.add_unverified("alice", X, actor=Actor("cli"))
+    api.add_unverified("bob", "x+boss@elsewhere.test", actor=Actor("cli"))
+
+    async def reason(login: str, sender: str) -> str:
+        _, d = await service.decide({**_attrs(sender), "sasl_username": login})
+        return d.reason.value
+
+    async def go() -> list[str]:
+        return [
+            await reason("alice", "x+boss@elsewhere.test"),
+            await reason("bob", "x+boss@elsewhere.test"),
+            await reason("alice", "x+other@elsewhere.test"),
+        ]
+
+    try:
+        assert asyncio.run(go()) == ["sender_not_owned", "sender_owned", "sender_owned"]
     finally:
         runtime.close()
 
