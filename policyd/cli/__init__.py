@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("milter", help="run the header From: milter (needs pymilter)")
     add_config(m)
-    from policyd.verification import cli as senders_cli
+    from policyd.cli import senders as senders_cli
 
     senders_cli.add_parser(sub)
     return p
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd == "milter":
         return _milter(args)
     if cmd == "senders":
-        from policyd.verification import cli as senders_cli
+        from policyd.cli import senders as senders_cli
 
         return senders_cli.main(args)
     return 2  # pragma: no cover
