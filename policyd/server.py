@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import stat
+import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
@@ -37,6 +38,15 @@ MAX_PENDING_PER_CONNECTION = 64
 #: Encoded replies of the constant actions (see _Connection._reply).
 _PAYLOADS: dict[str, bytes] = {}
 _CONSTANT_ACTIONS = (Verdict.ACCEPT, Verdict.DUNNO)
+
+#: Python 3.13 made asyncio's create_unix_server(sock=...) unlink the socket's path when the
+#: server closes (cleanup_socket=True by default). A passed-in socket belongs to systemd's
+#: policyd.socket: unlinking it would leave Postfix with ENOENT after `systemctl restart`.
+#: uvloop 0.21 (the first for 3.13) follows it with the same parameter; before 3.13 neither
+#: has the parameter nor unlinks.
+_KEEP_PASSED_UNIX_SOCKET: dict[str, Any] = (
+    {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
+)
 
 _INTERNAL_ERROR = Decision(
     Verdict.DEFER,
@@ -105,7 +115,9 @@ class PolicyServer:
                     errno.EINVAL, f"passed socket fd {sock.fileno()} is not a stream socket"
                 )
             if sock.family == socket.AF_UNIX:
-                srv = await loop.create_unix_server(self._factory, sock=sock, backlog=backlog)
+                srv = await loop.create_unix_server(
+                    self._factory, sock=sock, backlog=backlog, **_KEEP_PASSED_UNIX_SOCKET
+                )
             else:
                 srv = await loop.create_server(self._factory, sock=sock, backlog=backlog)
             self._servers.append(srv)
