@@ -111,7 +111,11 @@ class PolicyService:
                 value = await rt.lookups.owners_of(key)
             facts = _facts(network, kind, value)
         except DirectoryUnavailable as e:
-            log.warning("directory unavailable: %s", e)
+            # str(e), not e: a log record keeps its args, and this exception's traceback holds
+            # the frames of every request that waited on the same lookup (one exception is
+            # re-raised to all of them); from Python 3.13 those frames keep their awaiting
+            # callers' frames alive too, with their connections.
+            log.warning("directory unavailable: %s", str(e))
             facts = Facts(network=network, directory_unavailable=True)
         return decide(attrs, profile, facts, rt.rules)
 
