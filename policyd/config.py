@@ -21,7 +21,11 @@ from policyd import limits
 from policyd.addresses import AddressRules, normalize_domain
 
 #: The config served by `policyd serve` with no --config: the shipped example.
+#: --config's default: in a checkout the documented example (conf/policyd.toml); installed
+#: as a package (no conf/ next to it) the system one.
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "policyd.toml"
+if not DEFAULT_CONFIG.exists():
+    DEFAULT_CONFIG = Path("/etc/policyd/policyd.toml")
 
 
 class ConfigError(Exception):
