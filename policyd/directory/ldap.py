@@ -72,6 +72,7 @@ from policyd.addresses import (
 )
 from policyd.config import LdapConfig
 from policyd.directory.base import DirectoryError, DirectoryUnavailable
+from policyd.directory.ldap_tls import Tls
 
 #: An address-type prefix as in Active Directory's proxyAddresses ("smtp:", "X500:", "sip:").
 _ADDRESS_TYPE = re.compile(r"^([A-Za-z][A-Za-z0-9]{1,7}):")
@@ -353,7 +354,7 @@ def _make_tls(cfg: LdapConfig) -> Any:
     if ca is not None and not os.path.exists(ca):
         raise DirectoryError(f"ldap.ca_file: {ca} does not exist")
     try:
-        return ldap3.Tls(validate=validate, ca_certs_file=ca)
+        return Tls(validate=validate, ca_certs_file=ca)  # (IP-address servers on 3.12+)
     except LDAPException as e:
         raise DirectoryError(f"ldap.ca_file: {e}") from None
 
