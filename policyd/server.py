@@ -169,6 +169,12 @@ class PolicyServer:
             )
         for conn in list(self.connections):
             conn.abort()
+        # abort() reports connection_lost on a later loop iteration, and uvloop's
+        # wait_closed() below does not wait for it: give those callbacks their turn (bounded)
+        for _ in range(50):
+            if not self.connections:
+                break
+            await asyncio.sleep(0.01)
         if lingering:
             await asyncio.wait(lingering, timeout=max(0.1, deadline - loop.time()) + 1.0)
         for srv in self._servers:

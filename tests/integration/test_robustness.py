@@ -161,6 +161,10 @@ def test_request_that_never_ends(tmp_path: Path, loop: str) -> None:
                 except (ConnectionError, TimeoutError):
                     closed = True
                     break
+                except RuntimeError as e:  # uvloop 0.21: writing to a transport closed under it
+                    assert "closed" in str(e), e
+                    closed = True
+                    break
                 sent += 11_000
                 if sent % 44_000 == 0:
                     assert (await round_trip(h.address(), GOOD, 2))[0] == "OK"
