@@ -6,7 +6,9 @@
                                                   SECONDS; waits for /out/busy.stop if it exists
                                                   at start; prints JSON [[t, action], ...]
     client.py burst ADDR SECONDS THREADS          a new connection per request, THREADS at a
-                                                  time; prints JSON {"sent", "answered", "errors"}
+                                                  time, retrying once after a clean close before
+                                                  the reply, as Postfix does; prints JSON
+                                                  {"sent", "answered", "retried", "errors"}
 
 ADDR is HOST:PORT or unix:PATH. Defaults: an unauthenticated RCPT request from 192.0.2.7.
 """
@@ -85,7 +87,7 @@ def main(argv: list[str]) -> int:
         return 0
     if cmd == "burst":
         seconds, threads = float(argv[3]), int(argv[4])
-        counts = {"sent": 0, "answered": 0, "errors": []}
+        counts = {"sent": 0, "answered": 0, "retried": 0, "errors": []}
         lock = threading.Lock()
         end = time.monotonic() + seconds
 
@@ -93,14 +95,27 @@ def main(argv: list[str]) -> int:
             while time.monotonic() < end:
                 with lock:
                     counts["sent"] += 1
-                try:
-                    with connect(addr) as s:
-                        action = ask_on(s, bytearray(), {})
-                    with lock:
-                        counts["answered"] += 1 if action else 0
-                except OSError as e:
-                    with lock:
-                        counts["errors"].append(repr(e))
+                for attempt in (1, 2):
+                    try:
+                        with connect(addr) as s:
+                            action = ask_on(s, bytearray(), {})
+                        with lock:
+                            counts["answered"] += 1 if action else 0
+                        break
+                    except ConnectionError as e:
+                        # A clean end of stream before the reply: a stopping policyd closed
+                        # the connection between requests. Postfix's policy client then
+                        # retries on a new connection, and so does this one (once).
+                        if attempt == 1 and str(e) == "closed by policyd":
+                            with lock:
+                                counts["retried"] += 1
+                            continue
+                        with lock:
+                            counts["errors"].append(repr(e))
+                    except OSError as e:  # refused, reset, timeout: a lost request
+                        with lock:
+                            counts["errors"].append(repr(e))
+                        break
 
         ts = [threading.Thread(target=worker) for _ in range(threads)]
         for t in ts:

@@ -174,8 +174,11 @@ def test_4_restart_under_load_loses_no_request(trixie: Container) -> None:
         f = c.out / name
         assert wait_for(lambda f=f: f.read_text().strip().endswith("}"), 20), name
         counts = json.loads(f.read_text())
+        # every request answered: none refused, reset or timed out (a connection closed
+        # cleanly before its reply is retried, as Postfix retries it)
         assert counts["errors"] == [] and counts["answered"] == counts["sent"], counts
-        assert counts["sent"] > 50, counts
+        assert counts["sent"] > 50 and counts["retried"] <= 8, counts
+        print(f"restart under load, {name}: {counts}")
     assert main_pid(c) != pid
     c.run("test -S /run/policyd/policy.sock")  # still there after the restart
 
