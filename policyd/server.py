@@ -212,7 +212,7 @@ class PolicyServer:
         Under load one iteration reads from many connections. Handling each chunk as it is
         read interleaves our Python with the kernel's socket work, and each evicts the other
         from the CPU caches; handling them back to back and writing the replies afterwards
-        measured 25-50 % more requests/s (bench/RESULTS.md). Nothing waits longer than this
+        measured clearly faster (bench/RESULTS.md). Nothing waits longer than this
         iteration: the callback was scheduled by the first data_received of the iteration.
         """
         while self._inbox:  # (a connection_lost below may process the rest itself)
