@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("milter", help="run the header From: milter (needs pymilter)")
     add_config(m)
+
+    w = sub.add_parser("web", help="run the self-service page for sender addresses")
+    add_config(w)
+    w.add_argument(
+        "--listen", "-l", default=None, metavar="HOST:PORT", help="instead of web.listen"
+    )
     return p
 
 
@@ -83,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _config_check(args)
     if cmd == "milter":
         return _milter(args)
+    if cmd == "web":
+        return _web(args)
     return 2  # pragma: no cover
 
 
@@ -384,3 +392,13 @@ def _milter(args: argparse.Namespace) -> int:
     except LOAD_ERRORS as e:
         return _fail(str(e))
     return rc
+
+
+def _web(args: argparse.Namespace) -> int:
+    try:
+        from policyd.web.server import run_web
+    except ImportError as e:
+        if (e.name or "").split(".")[0] in ("aiohttp", "jinja2"):
+            return _fail("the web page needs aiohttp and jinja2: pip install 'policyd[web]'")
+        raise
+    return run_web(args.config or DEFAULT_CONFIG, args.listen)
