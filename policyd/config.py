@@ -189,7 +189,8 @@ class WebConfig:
     listen: str = "127.0.0.1:10045"
     #: The page's public URL as the browser sees it ("" = taken from each request's Host).
     base_url: str = ""
-    site_name: str = "policyd"
+    #: "" = verification.site_name
+    site_name: str = ""
     #: auto: ldap with the LDAP directory, none with the file directory.
     auth: Literal["auto", "ldap", "proxy", "none"] = "auto"
     trusted_proxies: tuple[str, ...] = ()

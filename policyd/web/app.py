@@ -51,6 +51,8 @@ class WebState:
         )
         self.proxies = parse_networks(self.config.web.trusted_proxies)
         # Behind a proxy at https://host/senders/, links and redirects start with /senders.
+        vc = getattr(self.config, "verification", None)
+        self.site_name = self.config.web.site_name or (vc.site_name if vc else "") or "policyd"
         self.prefix = urlsplit(self.config.web.base_url).path.rstrip("/")
         secure = self.config.web.cookie_secure
         # __Host- cookies: only over HTTPS, for this host and path / only (no subdomain can
@@ -81,7 +83,7 @@ def client_ip(request: web.Request) -> str:
 def render(request: web.Request, template: str, status: int = 200, **values: Any) -> web.Response:
     st = state(request)
     session: Session | None = request.get("session")
-    values.setdefault("site_name", st.config.web.site_name)
+    values.setdefault("site_name", st.site_name)
     values.setdefault("login", session.login if session else None)
     values.setdefault("csrf", session.csrf if session else request.get("anon_csrf", ""))
     values.setdefault("auth", st.auth)

@@ -104,7 +104,13 @@ async def _render_list(
         error_for=error_for,
         typed=typed,
         when=_when,
+        mail_from=_mail_from(st.config),
     )
+
+
+def _mail_from(config: Any) -> str:
+    vc = getattr(config, "verification", None)
+    return str(vc.mail.from_address) if vc is not None else "this server"
 
 
 async def _change(
