@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from policyd import limits
 from policyd.addresses import AddressRules, normalize_domain
+from policyd.verification.config import VerificationConfig, first_problem
 
 #: The config served by `policyd serve` with no --config: the shipped example.
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "policyd.toml"
@@ -222,6 +223,7 @@ class Config:
     ldap: LdapConfig = field(default_factory=LdapConfig)
     milter: MilterConfig = field(default_factory=MilterConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    verification: VerificationConfig = field(default_factory=VerificationConfig)
     web: WebConfig = field(default_factory=WebConfig)
     profiles: Mapping[str, ProfileConfig] = field(
         default_factory=lambda: types.MappingProxyType(
@@ -378,6 +380,9 @@ def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: _Ctx) -> Non
         _check_template(s, key, tmpl, allowed)
         if not (tmpl.startswith("(") and tmpl.endswith(")")):
             raise ConfigError(s, key, "an LDAP filter must be enclosed in parentheses")
+    bad = first_problem(cfg.verification, cfg.directory.backend)
+    if bad:
+        raise ConfigError(s, *bad)
     if cfg.policy.default_profile not in profiles:
         raise ConfigError(
             s,

@@ -1,0 +1,397 @@
+"""The verification database: SQLite (stdlib sqlite3) in WAL mode, a versioned schema.
+
+Requests, the audit log, the suppression list and the rate counters (and, with store =
+"sqlite", the verified addresses: the requests in state "verified"). Every change runs in one
+`BEGIN IMMEDIATE` transaction (`Store.transaction()`), so writers on this host, in any process,
+take turns and a check-then-update is never raced. Every sqlite3 error becomes
+StoreUnavailable with a sentence for a person (locked, read-only, full, cannot open, damaged).
+Blocking: front ends call it in a thread with a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: Schema versions: MIGRATIONS[n] takes a database from user_version n to n + 1.
+MIGRATIONS: Sequence[str] = (
+    """
+    CREATE TABLE requests (
+        id INTEGER PRIMARY KEY,
+        login TEXT NOT NULL,
+        address TEXT NOT NULL,
+        state TEXT NOT NULL,
+        method TEXT,
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        verified_at REAL,
+        token_hash TEXT UNIQUE,
+        token_expires REAL,
+        code_salt TEXT,
+        code_hash TEXT,
+        code_expires REAL,
+        tries INTEGER NOT NULL DEFAULT 0,
+        mail_sent REAL,
+        last_error TEXT
+    );
+    CREATE UNIQUE INDEX requests_active ON requests (login, address)
+        WHERE state IN ('pending', 'verified');
+    CREATE INDEX requests_address ON requests (address);
+    CREATE INDEX requests_state ON requests (state, updated);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        ip TEXT,
+        login TEXT,
+        address TEXT,
+        request_id INTEGER,
+        event TEXT NOT NULL,
+        old_state TEXT,
+        new_state TEXT,
+        detail TEXT
+    );
+    CREATE INDEX audit_login ON audit (login, at);
+    CREATE TABLE suppressed (
+        address TEXT PRIMARY KEY,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE TABLE events (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX events_key ON events (kind, key, at);
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+REQUEST_COLUMNS = (
+    "id, login, address, state, method, created, updated, verified_at, token_hash, "
+    "token_expires, code_salt, code_hash, code_expires, tries, mail_sent, last_error"
+)
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be read or written now. The message is for a person."""
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    login: str
+    address: str
+    state: str
+    method: str | None
+    created: float
+    updated: float
+    verified_at: float | None
+    token_hash: str | None
+    token_expires: float | None
+    code_salt: str | None
+    code_hash: str | None
+    code_expires: float | None
+    tries: int
+    mail_sent: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    at: float
+    actor: str
+    ip: str | None
+    login: str | None
+    address: str | None
+    event: str
+    old_state: str | None
+    new_state: str | None
+    detail: str | None
+
+
+def describe(e: BaseException, path: Path, busy_timeout: float) -> str:
+    text = str(e).lower()
+    if "locked" in text or "busy" in text:
+        return (
+            f"the verification database {path} is locked (still busy after {busy_timeout:g} s); "
+            "try again"
+        )
+    if "readonly" in text or "read-only" in text:
+        return f"the verification database {path} is read-only"
+    if "full" in text:
+        return f"the verification database {path} cannot grow: the disk is full"
+    if "unable to open" in text:
+        return f"the verification database {path} cannot be opened (missing directory or rights)"
+    if "malformed" in text or "not a database" in text:
+        return f"the verification database {path} is damaged ({e})"
+    return f"the verification database {path} failed: {e}"
+
+
+class Tx:
+    """The queries, inside one transaction (see Store.transaction)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.c = conn
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        return [Row(*r) for r in self.c.execute(sql, args).fetchall()]
+
+    def active(self, login: str, address: str) -> Row | None:
+        rows = self._rows(
+            f"SELECT {REQUEST_COLUMNS} FROM requests WHERE login = ? AND address = ? "
+            "AND state IN ('pending', 'verified')",
+            (login, address),
+        )
+        return rows[0] if rows else None
+
+    def by_token_hash(self, token_hash: str) -> Row | None:
+        rows = self._rows(
+            f"SELECT {REQUEST_COLUMNS} FROM requests WHERE token_hash = ?", (token_hash,)
+        )
+        return rows[0] if rows else None
+
+    def by_id(self, rid: int) -> Row | None:
+        rows = self._rows(f"SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?", (rid,))
+        return rows[0] if rows else None
+
+    def insert(self, **values: Any) -> int:
+        cols = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        cur = self.c.execute(
+            f"INSERT INTO requests ({cols}) VALUES ({marks})", list(values.values())
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def update(self, rid: int, expect_state: str, **values: Any) -> bool:
+        """Update one request if it is still in `expect_state`; False if it no longer is."""
+        sets = ", ".join(f"{k} = ?" for k in values)
+        cur = self.c.execute(
+            f"UPDATE requests SET {sets} WHERE id = ? AND state = ?",
+            [*values.values(), rid, expect_state],
+        )
+        return cur.rowcount == 1
+
+    def rows(self, login: str | None = None, state: str | None = None) -> list[Row]:
+        where, args = [], []
+        if login is not None:
+            where.append("login = ?")
+            args.append(login)
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        sql = f"SELECT {REQUEST_COLUMNS} FROM requests"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return self._rows(sql + " ORDER BY login, address, id", args)
+
+    def due_to_expire(self, now: float) -> list[Row]:
+        return self._rows(
+            f"SELECT {REQUEST_COLUMNS} FROM requests WHERE state = 'pending' AND token_expires < ?",
+            (now,),
+        )
+
+    def pending_count(self, login: str) -> int:
+        return int(
+            self.c.execute(
+                "SELECT count(*) FROM requests WHERE login = ? AND state = 'pending'", (login,)
+            ).fetchone()[0]
+        )
+
+    def audit(
+        self,
+        *,
+        at: float,
+        actor: str,
+        ip: str | None,
+        event: str,
+        login: str | None = None,
+        address: str | None = None,
+        request_id: int | None = None,
+        old_state: str | None = None,
+        new_state: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        self.c.execute(
+            "INSERT INTO audit (at, actor, ip, login, address, request_id, event, old_state, "
+            "new_state, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (at, actor, ip, login, address, request_id, event, old_state, new_state, detail),
+        )
+
+    def audit_rows(self, login: str | None = None) -> list[AuditRow]:
+        sql = "SELECT at, actor, ip, login, address, event, old_state, new_state, detail FROM audit"
+        args: list[Any] = []
+        if login is not None:
+            sql += " WHERE login = ?"
+            args.append(login)
+        return [AuditRow(*r) for r in self.c.execute(sql + " ORDER BY id", args).fetchall()]
+
+    def is_suppressed(self, address: str) -> bool:
+        return (
+            self.c.execute("SELECT 1 FROM suppressed WHERE address = ?", (address,)).fetchone()
+            is not None
+        )
+
+    def suppress(self, address: str, at: float, actor: str, reason: str) -> bool:
+        cur = self.c.execute(
+            "INSERT OR IGNORE INTO suppressed (address, at, actor, reason) VALUES (?, ?, ?, ?)",
+            (address, at, actor, reason),
+        )
+        return cur.rowcount == 1
+
+    def unsuppress(self, address: str) -> bool:
+        return self.c.execute("DELETE FROM suppressed WHERE address = ?", (address,)).rowcount == 1
+
+    def suppressed(self) -> list[tuple[str, float, str, str]]:
+        return [
+            (str(a), float(t), str(w), str(r))
+            for a, t, w, r in self.c.execute(
+                "SELECT address, at, actor, reason FROM suppressed ORDER BY address"
+            ).fetchall()
+        ]
+
+    # rate counters ---------------------------------------------------------------------
+
+    def count_events(self, kind: str, key: str, since: float) -> int:
+        return int(
+            self.c.execute(
+                "SELECT count(*) FROM events WHERE kind = ? AND key = ? AND at >= ?",
+                (kind, key, since),
+            ).fetchone()[0]
+        )
+
+    def last_event(self, kind: str, key: str) -> float | None:
+        v = self.c.execute(
+            "SELECT max(at) FROM events WHERE kind = ? AND key = ?", (kind, key)
+        ).fetchone()[0]
+        return None if v is None else float(v)
+
+    def add_event(self, kind: str, key: str, at: float) -> None:
+        self.c.execute("INSERT INTO events (kind, key, at) VALUES (?, ?, ?)", (kind, key, at))
+
+    def purge(self, before: float, states: Sequence[str]) -> int:
+        marks = ", ".join("?" for _ in states)
+        n = self.c.execute(
+            f"DELETE FROM requests WHERE state IN ({marks}) AND updated < ?", (*states, before)
+        ).rowcount
+        self.c.execute("DELETE FROM events WHERE at < ?", (before,))
+        return int(n)
+
+
+class Store:
+    """One connection to the database file, shared by threads (one transaction at a time)."""
+
+    def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
+        self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+        try:
+            self._conn = sqlite3.connect(
+                str(self.path),
+                timeout=busy_timeout,
+                isolation_level=None,  # autocommit: transactions are explicit BEGIN IMMEDIATE
+                check_same_thread=False,
+            )
+        except sqlite3.Error as e:
+            raise StoreUnavailable(describe(e, self.path, busy_timeout)) from None
+        try:
+            self._migrate()
+        except sqlite3.Error as e:
+            self._conn.close()
+            raise StoreUnavailable(describe(e, self.path, busy_timeout)) from None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self._conn
+
+    def _migrate(self) -> None:
+        c = self._conn
+        version = int(c.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreUnavailable(
+                f"the verification database {self.path} has schema version {version}, newer "
+                f"than this policyd ({SCHEMA_VERSION})"
+            )
+        if version < SCHEMA_VERSION:
+            if str(c.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                c.execute("PRAGMA journal_mode=WAL")
+            for n in range(version, SCHEMA_VERSION):
+                c.execute("BEGIN IMMEDIATE")
+                try:
+                    # (re-read under the lock: another process may have migrated meanwhile)
+                    if int(c.execute("PRAGMA user_version").fetchone()[0]) == n:
+                        for stmt in MIGRATIONS[n].split(";"):
+                            if stmt.strip():
+                                c.execute(stmt)
+                        c.execute(f"PRAGMA user_version = {n + 1}")
+                    c.execute("COMMIT")
+                except BaseException:
+                    c.execute("ROLLBACK")
+                    raise
+        c.execute("PRAGMA foreign_keys=ON")
+        c.execute("PRAGMA synchronous=NORMAL")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any exception). sqlite3 errors, from BEGIN
+        to COMMIT, leave as StoreUnavailable; other exceptions pass after the rollback."""
+        with self._lock:
+            c = self._conn
+            try:
+                c.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise StoreUnavailable(describe(e, self.path, self.busy_timeout)) from None
+            try:
+                yield Tx(c)
+            except BaseException as e:
+                with contextlib.suppress(sqlite3.Error):
+                    c.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise StoreUnavailable(describe(e, self.path, self.busy_timeout)) from None
+                raise
+            try:
+                c.execute("COMMIT")
+            except sqlite3.Error as e:
+                with contextlib.suppress(sqlite3.Error):
+                    c.execute("ROLLBACK")
+                raise StoreUnavailable(describe(e, self.path, self.busy_timeout)) from None
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Tx]:
+        """A read-only snapshot (BEGIN DEFERRED; never takes the write lock)."""
+        with self._lock:
+            c = self._conn
+            try:
+                c.execute("BEGIN")
+                try:
+                    yield Tx(c)
+                finally:
+                    c.execute("COMMIT")
+            except sqlite3.Error as e:
+                with contextlib.suppress(sqlite3.Error):
+                    c.execute("ROLLBACK")
+                raise StoreUnavailable(describe(e, self.path, self.busy_timeout)) from None
+
+    def data_version(self) -> int | None:
+        """PRAGMA data_version (changes when another connection committed), or None when the
+        connection is busy in another thread right now."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error as e:
+            raise StoreUnavailable(describe(e, self.path, self.busy_timeout)) from None
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._conn.close()
