@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from policyd.verification.views import Actor, Refused
 from policyd.web.app import client_ip, form_fields, message, redirect, render, state
 
 log = logging.getLogger(__name__)
@@ -46,16 +47,8 @@ def _when(value: Any) -> str:
     return str(value)
 
 
-def _actor(request: web.Request, who: str) -> Any:
-    from policyd.verification import Actor
-
+def _actor(request: web.Request, who: str) -> Actor:
     return Actor(who=who, ip=client_ip(request) or None)
-
-
-def _refused_type() -> type[Exception]:
-    from policyd.verification import Refused
-
-    return Refused
 
 
 def _login(request: web.Request) -> str:
@@ -119,17 +112,15 @@ async def _change(
     st = state(request)
     login = _login(request)
     v = _verification(request)
-    refused = _refused_type()
     try:
         await st.blocking.run(getattr(v, call), login, *args, actor=_actor(request, login))
-    except refused as e:
-        code = str(getattr(e, "code", ""))
-        log.info("web: %s %s refused: %s", login, call, code)
+    except Refused as e:
+        log.info("web: %s %s refused: %s", login, call, e.code)
         return await _render_list(
             request,
             login,
-            status=_STATUS_FOR.get(code, 400),
-            error=str(getattr(e, "message", "The request was refused.")),
+            status=_STATUS_FOR.get(e.code, 400),
+            error=e.message,
             typed=args[0] if call == "request" else "",
             error_for=field_for_error or args[0],
         )
@@ -199,7 +190,6 @@ async def landing_post(request: web.Request) -> web.StreamResponse:
     action = form["action"]
     if token is None or action not in ("confirm", "refuse"):
         return message(request, 400, "Refused", "This form is not complete.")
-    refused = _refused_type()
     actor = _actor(request, "link")
     try:
         if action == "confirm":
@@ -214,13 +204,8 @@ async def landing_post(request: web.Request) -> web.StreamResponse:
                 "Thank you: the request was refused, and this address will not be asked "
                 "again. Nothing else is needed from you."
             )
-    except refused as e:
-        return message(
-            request,
-            _STATUS_FOR.get(str(getattr(e, "code", "")), 400),
-            "This link does not work",
-            str(getattr(e, "message", "The request was refused.")),
-        )
+    except Refused as e:
+        return message(request, _STATUS_FOR.get(e.code, 400), "This link does not work", e.message)
     return message(request, 200, "Done", text)
 
 

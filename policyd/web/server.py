@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from policyd.config import Config, ConfigError, load_config, parse_listen
-from policyd.directory.base import DirectoryError
+from policyd.directory.base import Directory, DirectoryError
 from policyd.web.app import WebState, build_app
 from policyd.web.auth import LdapLogin
 from policyd.web.backend import Blocking
@@ -34,20 +34,20 @@ def resolve_auth(config: Config) -> str:
 def database_path(config: Config) -> Path:
     if config.web.database is not None:
         return config.web.database
-    vc = getattr(config, "verification", None)
-    if vc is None:
-        raise WebSetupError(f"{config.source}: web.database: must be set")
-    return Path(vc.database)
+    return config.verification.database
 
 
-def make_verification(config: Config) -> Any:
+def make_verification(config: Config, directory: Directory) -> Any:
     """The Verification service when [verification] is enabled, else None."""
-    vc = getattr(config, "verification", None)
-    if vc is None or not vc.enabled:
+    if not config.verification.enabled:
         return None
-    from policyd.verification.service import build_verification
+    from policyd.verification.build import build
+    from policyd.verification.store import StoreUnavailable
 
-    return build_verification(config)
+    try:
+        return build(config, directory)
+    except StoreUnavailable as e:
+        raise WebSetupError(f"verification.database: {e}") from None
 
 
 def build_state(config: Config) -> WebState:
@@ -79,7 +79,7 @@ def build_state(config: Config) -> WebState:
         blocking=Blocking(wc.threads, wc.call_deadline),
         auth=auth,
         ldap_login=ldap_login,
-        verification=make_verification(config),
+        verification=make_verification(config, directory),
         directory_addresses=directory.addresses_of,
     )
 
