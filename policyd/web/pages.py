@@ -169,7 +169,10 @@ async def landing_page(request: web.Request) -> web.StreamResponse:
     st = state(request)
     v = _verification(request)
     token = _token(request.query.get("token", ""))
-    view = await st.blocking.run(v.landing, token) if token else None
+    try:
+        view = await st.blocking.run(v.landing, token) if token else None
+    except Refused as e:
+        return message(request, 503, "Try again later", e.message)
     if view is None:
         return message(
             request,

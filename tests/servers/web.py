@@ -243,6 +243,31 @@ class MailSink:
         self.stop()
 
 
+def ldap_web_config(
+    slapd: Any, tmp: Path, web_port: int, smtp_port: int, web: str = "", verification: str = ""
+) -> str:
+    """A config for `policyd web` over the test slapd: LDAP directory and password login,
+    verification on a SQLite file with its mail to 127.0.0.1:smtp_port."""
+    pw = tmp / "bind-password"
+    pw.write_text(slapd.bind_password + "\n")
+    return (
+        '[directory]\nbackend = "ldap"\n'
+        f'[ldap]\nservers = ["{slapd.url}"]\nbind_dn = "{slapd.bind_dn}"\n'
+        f'bind_password_file = "{pw}"\nuser_base = "ou=people,dc=example,dc=org"\n'
+        "connect_timeout = 2\nreceive_timeout = 2\n"
+        "[verification]\nenabled = true\n"
+        f'database = "{tmp / "senders.sqlite"}"\n'
+        'site_name = "Example Mail"\n'
+        'local_domains = ["example.org", "example.net", "carol.example"]\n'
+        f'link_base_url = "http://127.0.0.1:{web_port}/confirm"\n' + verification + "\n"
+        "[verification.mail]\n"
+        f'smtp_host = "127.0.0.1"\nsmtp_port = {smtp_port}\n'
+        'from_address = "postmaster@example.org"\n'
+        "[verification.limits]\nmail_interval_per_address = 0\n"
+        "[web]\ncookie_secure = false\n" + web
+    )
+
+
 def code_and_link(msg: EmailMessage) -> tuple[str, str]:
     """The 8-digit code and the landing link in a confirmation mail."""
     part = msg.get_body(preferencelist=("plain",))

@@ -1,0 +1,142 @@
+"""Logging in to `policyd web` with a password: a bind as the user's own entry in a real slapd.
+
+Same answer for an unknown login and a wrong password; throttling per client address and per
+login; a new session id at login; logout ends the session; the password reaches no log.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers.slapd import Slapd, free_port
+from tests.servers.web import Client, Reply, WebServer, ldap_web_config
+
+pytest.importorskip("aiohttp")
+
+pytestmark = pytest.mark.slapd
+
+Start = Callable[..., WebServer]
+
+
+@pytest.fixture
+def start(slapd: Slapd, tmp_path: Path) -> Iterator[Start]:
+    made: list[WebServer] = []
+
+    def go(web: str = "") -> WebServer:
+        port = free_port()
+        d = tmp_path / f"w{len(made)}"
+        d.mkdir()
+        w = WebServer(d, ldap_web_config(slapd, d, port, free_port(), web=web), port=port)
+        made.append(w)
+        return w.start()
+
+    try:
+        yield go
+    finally:
+        for w in made:
+            w.stop()
+
+
+def login(c: Client, user: str, password: str) -> Reply:
+    token = c.get("/login").form_value("csrf")
+    return c.post("/login", {"csrf": token, "user": user, "password": password})
+
+
+def normalised(r: Reply) -> str:
+    """The page without what differs by design: the CSRF token and the echoed login."""
+    text = re.sub(r'name="csrf" value="[^"]*"', "CSRF", r.text)
+    return re.sub(r'name="user" type="text" value="[^"]*"', "USER", text)
+
+
+def test_the_right_password_logs_in_with_a_new_session_id(start: Start) -> None:
+    w = start()
+    c = Client(w.url)
+    c.cookies["policyd-session"] = "chosen-by-an-attacker-" + "x" * 30
+    r = login(c, "alice", "alice-pw")
+    assert r.status == 303 and r.header("Location") == "/addresses"
+    sid = c.cookies["policyd-session"]
+    assert sid and not sid.startswith("chosen-by-an-attacker")
+    page = c.get("/addresses")
+    assert page.status == 200 and "Logged in as <strong>alice</strong>" in page.text
+    assert "alice@example.org" in page.text  # from the directory
+
+
+def test_unknown_login_and_wrong_password_get_the_same_answer(start: Start) -> None:
+    w = start()
+    wrong = login(Client(w.url), "alice", "not-her-password")
+    unknown = login(Client(w.url), "nosuchuser", "whatever")
+    empty = login(Client(w.url), "alice", "")  # an "unauthenticated bind" must not pass
+    star = login(Client(w.url), "*", "alice-pw")  # filter injection finds no one
+    for r in (wrong, unknown, empty, star):
+        assert r.status == 401 and "Wrong login or password." in r.text
+        assert "policyd-session" not in r.headers.get("Set-Cookie", "")
+    assert normalised(wrong) == normalised(unknown)
+
+
+def test_logins_for_one_account_are_throttled_even_with_the_right_password(start: Start) -> None:
+    w = start(
+        "login_max_failures_per_login = 3\nlogin_max_failures_per_ip = 100\nlogin_window = 600\n"
+    )
+    for _ in range(3):
+        assert login(Client(w.url), "alice", "bad").status == 401
+    r = login(Client(w.url), "alice", "alice-pw")
+    assert r.status == 429 and "Too many failed logins. Please wait 10 minutes" in r.text
+    # an unknown login is throttled the same way (no enumeration through the throttle)
+    for _ in range(3):
+        assert login(Client(w.url), "ghost", "bad").status == 401
+    ghost = login(Client(w.url), "ghost", "bad")
+    assert ghost.status == 429 and normalised(ghost) == normalised(r)
+    # another account from the same address is not affected
+    assert login(Client(w.url), "dave", "dave-pw").status == 303
+
+
+def test_logins_from_one_client_address_are_throttled(start: Start) -> None:
+    w = start("login_max_failures_per_ip = 4\nlogin_max_failures_per_login = 100\n")
+    for i in range(4):
+        assert login(Client(w.url), f"user{i}", "bad").status == 401
+    assert login(Client(w.url), "dave", "dave-pw").status == 429
+    other = Client(w.url, source="127.0.0.3")
+    assert login(other, "dave", "dave-pw").status == 303
+
+
+def test_logout_ends_the_session_on_the_server(start: Start) -> None:
+    w = start()
+    c = Client(w.url)
+    assert login(c, "bob", "bob-pw").status == 303
+    sid = c.cookies["policyd-session"]
+    token = c.get("/addresses").form_value("csrf")
+    r = c.post("/logout", {"csrf": token})
+    assert r.status == 303 and r.header("Location") == "/login"
+    replay = Client(w.url)
+    replay.cookies["policyd-session"] = sid
+    r = replay.get("/addresses")
+    assert r.status == 303 and r.header("Location") == "/login"
+
+
+def test_the_idle_timeout_ends_a_session(start: Start) -> None:
+    import time
+
+    w = start("session_idle_timeout = 1.0\n")
+    c = Client(w.url)
+    assert login(c, "bob", "bob-pw").status == 303
+    assert c.get("/addresses").status == 200
+    time.sleep(1.3)
+    r = c.get("/addresses")
+    assert r.status == 303 and r.header("Location") == "/login"
+
+
+def test_the_password_reaches_no_log_and_hostile_logins_are_escaped(start: Start) -> None:
+    w = start('[logging]\nlevel = "debug"\n')  # even at debug level
+    secret = "Sup3r-Secret-Pass"
+    login(Client(w.url), "alice", secret)
+    login(Client(w.url), "carol", "carol-pw")
+    r = login(Client(w.url), '<script>alert("x")</script>', secret)
+    assert r.status == 401
+    assert "<script>alert" not in r.text and "&lt;script&gt;" in r.text
+    log = w.log_text()
+    assert "logged in" in log  # the log is there ...
+    assert secret not in log and "carol-pw" not in log  # ... without passwords
