@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--listen", "-l", default=None, metavar="HOST:PORT", help="instead of web.listen"
     )
+    from policyd.verification import cli as senders_cli
+
+    senders_cli.add_parser(sub)
     return p
 
 
@@ -91,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _milter(args)
     if cmd == "web":
         return _web(args)
+    if cmd == "senders":
+        from policyd.verification import cli as senders_cli
+
+        return senders_cli.main(args)
     return 2  # pragma: no cover
 
 
@@ -319,15 +326,14 @@ def _check(args: argparse.Namespace) -> int:
 
             login = canonical_login(args.sasl_username, runtime.rules)
             try:
-                if runtime.lookups is not None:
-                    owned = await runtime.lookups.addresses_of(login)
-                else:
-                    owned = runtime.directory.addresses_of(login)
+                owned = await runtime.lookups.addresses_of(login)
             except DirectoryUnavailable as e:
                 print(f"login {login}: directory unavailable: {e}")
             else:
                 listing = ", ".join(sorted(owned)) if owned else "(none: unknown login)"
                 print(f"login {login}: owns {listing}")
+                for line in getattr(runtime.lookups, "explain", lambda _: [])(login):
+                    print(f"login {login}: {line}")
         runtime.close()
 
     asyncio.run(go())

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from policyd.addresses import AddressRules
 from policyd.config import Config
 from policyd.directory.base import Directory
 from policyd.directory.cache import CachedLookups, LookupRunner
+from policyd.directory.lookups import DirectLookups
 from policyd.directory.static import StaticDirectory
 from policyd.networks import Networks
+
+if TYPE_CHECKING:
+    from policyd.verification.lookups import SourcedLookups
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +26,12 @@ class Runtime:
     networks: Networks
     rules: AddressRules
     directory: Directory
-    #: set for blocking (LDAP) directories: thread pool, deadline and cache
-    lookups: CachedLookups | None
+    #: the one way to ask for owned addresses: for a blocking (LDAP) directory the thread
+    #: pool, deadline and cache; for the file directory direct calls
+    lookups: CachedLookups | DirectLookups | SourcedLookups
 
     def close(self) -> None:
-        if self.lookups is not None:
-            self.lookups.runner.close()
-        else:
-            self.directory.close()
+        self.lookups.close()
 
 
 def make_directory(config: Config, rules: AddressRules) -> Directory:
@@ -53,8 +56,14 @@ def build_runtime(config: Config) -> Runtime:
             rng.source,
         )
     directory = make_directory(config, rules)
-    lookups = None
+    lookups: CachedLookups | DirectLookups | SourcedLookups
     if directory.blocking:
         runner = LookupRunner(directory, config.directory.threads, config.directory.lookup_deadline)
         lookups = CachedLookups(runner, config.cache)
+    else:
+        lookups = DirectLookups(directory)
+    if config.verification.enabled:  # verified sender addresses count as owned (issue 13)
+        from policyd.verification.lookups import with_verified_source
+
+        lookups = with_verified_source(config, lookups)
     return Runtime(config, networks, rules, directory, lookups)

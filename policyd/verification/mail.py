@@ -120,7 +120,7 @@ class SendmailMailer:
         try:
             p = subprocess.run(
                 cmd,
-                input=msg.as_bytes(),
+                input=msg.as_bytes(policy=msg.policy.clone(linesep="\n")),  # local: LF
                 capture_output=True,
                 timeout=self.timeout,
                 check=False,
