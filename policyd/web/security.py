@@ -7,7 +7,7 @@
 - CSRF: a logged-in form carries its session's token; a form without a session (log in, the
   landing page) carries the value of a random `csrf` cookie (double submit: another site can
   neither read nor set our cookies). Compared with hmac.compare_digest. A POST whose Origin
-  header names another origin is refused as well.
+  header names another origin, or whose Sec-Fetch-Site is another site, is refused as well.
 - Forms: only application/x-www-form-urlencoded, the body at most web.max_body bytes (aiohttp's
   client_max_size), each field at most web.max_field characters, no control characters except
   where a field allows them (none here does).
@@ -69,13 +69,16 @@ def tokens_equal(a: str | None, b: str | None) -> bool:
 
 
 def origin_ok(request: web.Request, base_url: str) -> bool:
-    """A POST from a browser names its origin; it must be ours. No Origin header (old
-    browsers, curl) passes: the CSRF token still has to be right."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    if origin == "null":
+    """A browser's POST says where it comes from: Sec-Fetch-Site must not be another site,
+    and an Origin header must be ours. "Origin: null" is what browsers send for our own forms
+    under Referrer-Policy: no-referrer, so it proves nothing either way; no header at all (old
+    browsers, curl) passes too. The CSRF token still has to be right in every case."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
         return False
+    origin = request.headers.get("Origin")
+    if origin is None or origin == "null":
+        return True
     if base_url:
         u = urlsplit(base_url)
         ours = f"{u.scheme}://{u.netloc}"
