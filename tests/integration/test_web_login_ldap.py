@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,11 +27,12 @@ Start = Callable[..., WebServer]
 def start(slapd: Slapd, tmp_path: Path) -> Iterator[Start]:
     made: list[WebServer] = []
 
-    def go(web: str = "") -> WebServer:
+    def go(web: str = "", using: Slapd = slapd, **kw: str) -> WebServer:
         port = free_port()
         d = tmp_path / f"w{len(made)}"
         d.mkdir()
-        w = WebServer(d, ldap_web_config(slapd, d, port, free_port(), web=web), port=port)
+        cfg = ldap_web_config(using, d, port, free_port(), web=web, **kw)
+        w = WebServer(d, cfg, port=port)
         made.append(w)
         return w.start()
 
@@ -140,3 +142,35 @@ def test_the_password_reaches_no_log_and_hostile_logins_are_escaped(start: Start
     log = w.log_text()
     assert "logged in" in log  # the log is there ...
     assert secret not in log and "carol-pw" not in log  # ... without passwords
+
+
+def test_login_binds_over_ldaps_with_the_configured_ca(start: Start, slapd: Slapd) -> None:
+    assert slapd.pki is not None
+    good = start(server=slapd.ldaps_url, ldap=f'ca_file = "{slapd.pki.ca_cert}"')
+    assert login(Client(good.url), "alice", "alice-pw").status == 303
+    # the wrong CA: the certificate check fails, so no login at all (not "wrong password")
+    bad = start(server=slapd.ldaps_url, ldap=f'ca_file = "{slapd.pki.wrong_ca_cert}"')
+    r = login(Client(bad.url), "alice", "alice-pw")
+    assert r.status == 503 and "not possible right now" in r.text
+
+
+def test_a_frozen_directory_gives_try_again_later_within_the_deadline(
+    start: Start, slapd_factory: Any
+) -> None:
+    import time
+
+    frozen = slapd_factory(tls=False)
+    w = start(using=frozen, web="call_deadline = 1.0\n", ldap="receive_timeout = 5\n")
+    c = Client(w.url)
+    token = c.get("/login").form_value("csrf")
+    frozen.freeze()
+    try:
+        t0 = time.monotonic()
+        r = c.post("/login", {"csrf": token, "user": "alice", "password": "alice-pw"})
+        took = time.monotonic() - t0
+    finally:
+        frozen.thaw()
+    assert r.status == 503 and "busy" in r.text
+    assert took < 4.0  # the deadline (1 s), not the LDAP receive timeout (5 s)
+    # and the page still answers while that thread is stuck
+    assert Client(w.url).get("/login").status == 200

@@ -244,7 +244,14 @@ class MailSink:
 
 
 def ldap_web_config(
-    slapd: Any, tmp: Path, web_port: int, smtp_port: int, web: str = "", verification: str = ""
+    slapd: Any,
+    tmp: Path,
+    web_port: int,
+    smtp_port: int,
+    web: str = "",
+    verification: str = "",
+    server: str | None = None,
+    ldap: str = "",
 ) -> str:
     """A config for `policyd web` over the test slapd: LDAP directory and password login,
     verification on a SQLite file with its mail to 127.0.0.1:smtp_port."""
@@ -252,9 +259,12 @@ def ldap_web_config(
     pw.write_text(slapd.bind_password + "\n")
     return (
         '[directory]\nbackend = "ldap"\n'
-        f'[ldap]\nservers = ["{slapd.url}"]\nbind_dn = "{slapd.bind_dn}"\n'
+        f'[ldap]\nservers = ["{server or slapd.url}"]\nbind_dn = "{slapd.bind_dn}"\n'
         f'bind_password_file = "{pw}"\nuser_base = "ou=people,dc=example,dc=org"\n'
-        "connect_timeout = 2\nreceive_timeout = 2\n"
+        + ("" if "receive_timeout" in ldap else "receive_timeout = 2\n")
+        + "connect_timeout = 2\n"
+        + ldap
+        + "\n"
         "[verification]\nenabled = true\n"
         f'database = "{tmp / "senders.sqlite"}"\n'
         'site_name = "Example Mail"\n'
