@@ -36,6 +36,7 @@ class Env:
     shots: Path
 
     def context(self, **kw: Any) -> Any:
+        kw.setdefault("viewport", {"width": 960, "height": 720})
         return self.browser.new_context(java_script_enabled=False, **kw)
 
     def shot(self, page: Any, name: str, docs: str | None = None) -> None:
@@ -136,7 +137,7 @@ def test_add_confirm_by_code_check_accepts_remove_refuses(env: Env) -> None:
     assert "The address is confirmed" in page.get_by_role("status").inner_text()
     mine = page.get_by_role("region", name="Added by you")
     assert address in mine.inner_text() and "verified" in mine.inner_text()
-    env.shot(page, "04-verified", docs="web-addresses.png")
+    env.shot(page, "04-verified")
     assert env.check("alice", address) == "OK"
     assert env.check("bob", address).startswith("553")  # alice's, not bob's
     page.get_by_role("button", name=f"Remove {address}").click()
