@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers.slapd import REPO
+from tests.servers.slapd import REPO, free_port
 from tests.servers.web import Client, WebServer
 
 pytest.importorskip("aiohttp")
@@ -256,3 +256,24 @@ def test_proxy_mode_needs_trusted_proxies(tmp_path: Path) -> None:
     )
     assert r.returncode == 1
     assert "web.trusted_proxies" in r.stderr
+
+
+def test_behind_a_proxy_path_links_and_redirects_keep_the_base_urls_path(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = proxy_config(tmp_path, base_url='"https://mail.example.org/senders"')
+    with WebServer(tmp_path / "w", cfg, port=port) as w:
+        c = Client(w.url)
+        r = c.get("/")
+        assert r.status == 303 and r.header("Location") == "/senders/login"
+        p, hdr = as_proxy(w)
+        page = p.get("/addresses", headers=hdr)
+        assert 'href="/senders/static/style.css"' in page.text
+        assert 'action="/senders/logout"' in page.text
+        token = page.form_value("csrf")
+        # the Origin must be base_url's, not the Host the proxy connected to
+        bad = p.post("/logout", {"csrf": token}, headers={**hdr, "Origin": w.url})
+        assert bad.status == 403
+        ok = p.post(
+            "/logout", {"csrf": token}, headers={**hdr, "Origin": "https://mail.example.org"}
+        )
+        assert ok.status == 303 and ok.header("Location") == "/senders/login"
