@@ -147,7 +147,7 @@ def test_hostile_input_is_shown_escaped_never_as_markup(env: Env) -> None:
 
 def test_opening_the_link_changes_nothing_and_the_button_confirms(env: Env) -> None:
     c, hdr = env.user("bob")
-    _, link = add(env, c, hdr, "bob@elsewhere.test")
+    _code, link = add(env, c, hdr, "bob@elsewhere.test")
     path = link.split("127.0.0.1:", 1)[1].split("/", 1)[1]
     scanner = Client(env.web.url)  # a mail scanner: no session, fetches the link twice
     for _ in range(2):
@@ -169,6 +169,9 @@ def test_opening_the_link_changes_nothing_and_the_button_confirms(env: Env) -> N
     assert ("bob", "bob@elsewhere.test", "verified") in env.states()
     again = person.post("/confirm", fields)
     assert again.status == 400 and "already used" in again.text
+    # neither the link's token nor the code reaches the log (no access log with URLs)
+    log = env.web.log_text()
+    assert fields["token"] not in log and _code not in log
 
 
 def test_this_was_not_me_refuses_and_suppresses(env: Env) -> None:
