@@ -75,7 +75,7 @@ class AdminOps(Core):
                 )  # fmt: skip
                 row = tx.tx.by_id(rid)
                 assert row is not None
-            tx.added.extend(self._verify(tx.tx, row, "admin", actor, "add_unverified"))
+            self._verify(tx.tx, row, "admin", actor, "add_unverified", tx.added)
             return row
 
         return self._run_verify(body)

@@ -185,11 +185,12 @@ class Core:
             raise Refused("unknown_login", "This login has no address in the user directory.")
         return primary
 
-    def _verify(self, tx: Tx, row: Row, method: str, actor: Actor, event: str) -> list[Row]:
-        """pending -> verified inside tx (directory write first). Returns the rows whose
-        directory value we added, to undo if the commit fails."""
+    def _verify(
+        self, tx: Tx, row: Row, method: str, actor: Actor, event: str, added: list[Row]
+    ) -> None:
+        """pending -> verified inside tx (directory write first). Appends to `added` at once
+        the rows whose directory value we added, to undo if the commit does not happen."""
         now = self.clock()
-        added: list[Row] = []
         if self.writer is not None:
             try:
                 if self.writer.add(row.login, row.address):
@@ -212,7 +213,6 @@ class Core:
         ):  # fmt: skip
             raise Refused("not_pending", "This request was already completed.")
         self._audit(tx, actor, event, row, row.state, new, detail=f"by {method}")
-        return added
 
     def _run_verify(self, body: Callable[[_Collect], Row]) -> EntryView:
         """Run body (which may call _verify) in a transaction; undo the directory writes when

@@ -27,6 +27,7 @@ from policyd.verification.core import WriterError
 _SUCCESS = 0
 _NO_SUCH_ATTRIBUTE = 16
 _VALUE_EXISTS = 20
+_SIZE_LIMIT_EXCEEDED = 4
 _OBJECT_CLASS_VIOLATION = 65
 
 
@@ -111,11 +112,12 @@ class LdapWriter:
         localpart, domain = split_address(login)
         filt = render_filter(self.cfg.user_filter, login=login, localpart=localpart, domain=domain)
         scope = {"base": ldap3.BASE, "one": ldap3.LEVEL, "sub": ldap3.SUBTREE}[self.cfg.user_scope]
-        ok, result, response, _ = conn.search(
+        _, result, response, _ = conn.search(
             self.cfg.user_base, filt, search_scope=scope, attributes=[], size_limit=2
         )
         entries = [r for r in (response or []) if r.get("type") == "searchResEntry"]
-        if not ok and not entries:
+        code = int(result.get("result", -1)) if result else -1
+        if code not in (_SUCCESS, _SIZE_LIMIT_EXCEEDED):
             raise WriterError(f"search for {login!r} failed: {_text(result)}")
         if len(entries) != 1:
             raise WriterError(

@@ -118,7 +118,7 @@ class Verification(AdminOps):
                 tx.tx.update(row.id, row.state, tries=tries)
                 left = self.vc.code_tries - tries
                 raise _Deferred(Refused("bad_code", f"Wrong code; {left} tries left."))
-            tx.added.extend(self._verify(tx.tx, row, "code", actor, "confirm"))
+            self._verify(tx.tx, row, "code", actor, "confirm", tx.added)
             return row
 
         return self._run_verify(body)
@@ -156,7 +156,7 @@ class Verification(AdminOps):
         def body(tx: _Collect) -> Row:
             self._expire_due(tx.tx, self.clock())
             row = self._by_token(tx.tx, token)
-            tx.added.extend(self._verify(tx.tx, row, "link", actor, "confirm"))
+            self._verify(tx.tx, row, "link", actor, "confirm", tx.added)
             return row
 
         return self._run_verify(body)

@@ -12,6 +12,7 @@ still-cached directory value must stop counting at once.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ class VerifiedSource:
         self._revoked: dict[str, frozenset[str]] = {}
         self._how: dict[tuple[str, str], tuple[float, str]] = {}
         self._revoked_until = float("inf")
+        self._inode: tuple[int, int] | None = None
 
     # -- the source interface -------------------------------------------------------------
 
@@ -59,9 +61,18 @@ class VerifiedSource:
     def revoked_of(self, login: str) -> frozenset[str]:
         return self._revoked.get(login, _EMPTY)
 
+    def _file_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.database)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
     def stale(self) -> bool:
         store = self._store
         if store is None or self._version is None:
+            return True
+        if self._file_id() != self._inode:  # replaced, moved or deleted underneath us
             return True
         if self.clock() >= self._revoked_until:
             return True
@@ -76,8 +87,13 @@ class VerifiedSource:
         store cannot be read: the lookup then answers 451, never "owned"."""
         with self._lock:
             try:
+                if self._store is not None and self._file_id() != self._inode:
+                    self._store.close()
+                    self._store = None
                 if self._store is None:
+                    self._version = None
                     self._store = Store(self.database, self.busy_timeout)
+                    self._inode = self._file_id()
                 version = self._store.data_version()
                 with self._store.reading() as tx:
                     rows = tx.rows(state=states.VERIFIED)

@@ -11,6 +11,7 @@ Blocking: front ends call it in a thread with a deadline.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -117,8 +118,19 @@ class AuditRow:
     detail: str | None
 
 
+def _read_only(path: Path) -> bool:
+    """The file (or, if it does not exist, its directory) cannot be written: modes, or a
+    read-only mount (access() reports EROFS even for root)."""
+    target = path if path.exists() else path.parent
+    return target.exists() and not os.access(target, os.W_OK)
+
+
 def describe(e: BaseException, path: Path, busy_timeout: float) -> str:
     text = str(e).lower()
+    if _read_only(path) or (path.exists() and not os.access(path.parent, os.W_OK)):
+        return (
+            f"the verification database {path} is read-only (it or its directory cannot be written)"
+        )
     if "locked" in text or "busy" in text:
         return (
             f"the verification database {path} is locked (still busy after {busy_timeout:g} s); "

@@ -1,0 +1,323 @@
+"""Sender verification against real things: the SQLite file (restarts, racing confirmations,
+a read-only or locked database), SMTP submission to a loopback aiosmtpd sink (down, then back:
+resend), `policyd senders` as a process, and the verified source behind the lookups deciding
+policy requests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from policyd.config import load_config
+from policyd.directory.base import DirectoryUnavailable
+from policyd.runtime import build_runtime
+from policyd.service import PolicyService
+from policyd.verification.mail import SmtpMailer
+from policyd.verification.store import Store
+from policyd.verification.views import Actor, Refused
+from tests.servers.postfix import REPO, free_port
+from tests.servers.smtp_sink import SmtpSink
+from tests.verification_helpers import code_of, make_api, token_of
+
+pytestmark = pytest.mark.timeout(60)
+
+ALICE = Actor("alice", "192.0.2.10")
+X = "x@elsewhere.test"
+
+
+def config_text(db: Path, smtp_port: int, extra: str = "") -> str:
+    return f"""
+[directory]
+file = "senders.txt"
+[verification]
+enabled = true
+database = "{db}"
+busy_timeout = 0.5
+[verification.mail]
+smtp_host = "127.0.0.1"
+smtp_port = {smtp_port}
+smtp_timeout = 5.0
+{extra}
+"""
+
+
+@pytest.fixture
+def site() -> Iterator[Path]:
+    """A directory others can read (the read-only test runs a process as nobody)."""
+    d = Path(tempfile.mkdtemp(prefix="policyd-verify-"))
+    d.chmod(0o755)
+    (d / "senders.txt").write_text("alice: alice@example.org\nbob: bob@example.org\n")
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def senders(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "policyd", "senders", "--config", str(cfg), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+
+
+# -- the CLI as a process, over SMTP to the sink; restarts keep everything --------------------
+
+
+def test_request_mails_the_sink_and_a_later_process_confirms_with_its_code(site: Path) -> None:
+    with SmtpSink() as sink:
+        cfg = site / "policyd.toml"
+        cfg.write_text(config_text(site / "senders.sqlite", sink.port))
+        r = senders(cfg, "request", "alice", "X@Elsewhere.test")
+        assert r.returncode == 0, r.stderr
+        assert "pending: x@elsewhere.test for alice" in r.stdout
+        (msg,) = sink.wait_for(1)
+        assert msg.rcpt_tos == (X,) and msg.mail_from == "postmaster@example.org"
+        assert b"Auto-Submitted: auto-generated" in msg.content
+        code = code_of(msg.content)
+        assert code not in r.stdout + r.stderr
+        r = senders(cfg, "--json", "list")
+        assert '"state": "pending"' in r.stdout and code not in r.stdout
+        wrong = f"{(int(code) + 1) % 10**8:08d}"
+        r = senders(cfg, "confirm", "alice", X, wrong)
+        assert r.returncode == 1 and "Wrong code; 4 tries left." in r.stderr
+        r = senders(cfg, "confirm", "alice", X, code)
+        assert r.returncode == 0 and "verified: x@elsewhere.test for alice" in r.stdout
+        r = senders(cfg, "list", "--state", "verified")
+        assert "verified" in r.stdout and "by code" in r.stdout
+        r = senders(cfg, "audit", "--login", "alice")
+        assert "request" in r.stdout and "confirm" in r.stdout and "cli" in r.stdout
+        assert code not in r.stdout
+
+
+# -- mail submission down: stays pending with the error, resend works ------------------------
+
+
+def test_mail_submission_down_keeps_the_request_pending_with_the_error_then_resend_works(
+    tmp_path: Path,
+) -> None:
+    port = free_port()  # nothing listens here yet
+    api, _, _ = make_api(tmp_path, mailer=SmtpMailer("127.0.0.1", port, 2.0))
+    with pytest.raises(Refused) as e:
+        api.request("alice", X, actor=ALICE)
+    assert e.value.code == "mail_failed" and f"127.0.0.1:{port}" in e.value.detail
+    (entry,) = api.entries()
+    assert entry.state == "pending" and entry.last_error and "refused" in entry.last_error
+    assert [a.event for a in api.audit()] == ["request", "mail_failed"]
+    with SmtpSink(port) as sink:
+        view = api.resend("alice", X, actor=ALICE)
+        assert view.last_error is None and view.mail_sent is not None
+        (msg,) = sink.wait_for(1)
+    assert api.confirm_code("alice", X, code_of(msg.content), actor=ALICE).state == "verified"
+
+
+def test_the_mail_server_refusing_the_recipient_is_recorded(tmp_path: Path) -> None:
+    class Refusing:
+        async def handle_RCPT(self, server, session, envelope, address, options):  # type: ignore[no-untyped-def]
+            return "550 5.1.1 no such user here"
+
+    from aiosmtpd.controller import Controller
+
+    port = free_port()
+    c = Controller(Refusing(), hostname="127.0.0.1", port=port)
+    c.start()
+    try:
+        api, _, _ = make_api(tmp_path, mailer=SmtpMailer("127.0.0.1", port, 2.0))
+        with pytest.raises(Refused) as e:
+            api.request("alice", X, actor=ALICE)
+    finally:
+        c.stop()
+    assert e.value.code == "mail_failed" and "550" in e.value.detail
+    assert api.entries()[0].state == "pending"
+
+
+# -- two confirmations racing: exactly one wins -----------------------------------------------
+
+
+def _race(db: str, kind: str, secret: str, start: multiprocessing.synchronize.Event, out) -> None:  # type: ignore[no-untyped-def,name-defined]
+    api, _, _ = make_api(Path(db).parent)
+    start.wait()
+    try:
+        if kind == "code":
+            api.confirm_code("alice", X, secret, actor=ALICE)
+        else:
+            api.confirm_token(secret, actor=ALICE)
+        out.put("won")
+    except Refused as e:
+        out.put(e.code)
+
+
+@pytest.mark.parametrize("kind", ["code", "token"])
+def test_racing_confirmations_in_several_processes_have_exactly_one_winner(
+    tmp_path: Path, kind: str
+) -> None:
+    api, outbox, _ = make_api(tmp_path)
+    api.request("alice", X, actor=ALICE)
+    secret = code_of(outbox.last) if kind == "code" else token_of(outbox.last)
+    ctx = multiprocessing.get_context("fork")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_race, args=(str(tmp_path / "senders.sqlite"), kind, secret, start, out))
+        for _ in range(6)
+    ]
+    for p in procs:
+        p.start()
+    start.set()
+    results = sorted(out.get(timeout=30) for _ in procs)
+    for p in procs:
+        p.join(10)
+    assert results == ["not_pending"] * 5 + ["won"]
+    assert [a.event for a in api.audit()].count("confirm") == 1
+
+
+# -- a read-only or locked database: a clear error, nothing verified --------------------------
+
+
+@contextlib.contextmanager
+def read_only_view(d: Path) -> Iterator[Path]:
+    """`d` seen through a read-only bind mount (root ignores file modes, not a ro mount);
+    without the right to mount, as a non-root user: the files made read-only."""
+    view = Path(tempfile.mkdtemp(prefix="policyd-ro-"))
+    mounted = False
+    try:
+        if os.geteuid() == 0:
+            for cmd in (["mount", "--bind", str(d), str(view)],
+                        ["mount", "-o", "remount,bind,ro", str(view)]):  # fmt: skip
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+                if r.returncode != 0:
+                    pytest.skip(f"cannot make a read-only mount here: {r.stderr.strip()}")
+                mounted = True
+            yield view
+        else:
+            for p in d.glob("senders.sqlite*"):
+                p.chmod(0o444)
+            d.chmod(0o555)
+            try:
+                yield d
+            finally:
+                d.chmod(0o755)
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(view)], capture_output=True, timeout=10)
+        view.rmdir()
+
+
+def test_a_read_only_database_gives_a_clear_error_and_verifies_nothing(site: Path) -> None:
+    api, outbox, _ = make_api(site)
+    api.request("alice", X, actor=ALICE)
+    code = code_of(outbox.last)
+    api.store.close()
+    with read_only_view(site) as ro:
+        cfg = site / "policyd.toml"
+        cfg.write_text(config_text(ro / "senders.sqlite", free_port()))
+        r = senders(cfg, "confirm", "alice", X, code)
+        assert r.returncode == 1
+        assert "read-only" in r.stderr, r.stderr
+        assert code not in r.stderr
+    api2, _, _ = make_api(site)
+    assert [e.state for e in api2.entries()] == ["pending"]
+    assert api2.confirm_code("alice", X, code, actor=ALICE).state == "verified"
+
+
+def test_a_locked_database_gives_a_clear_error_and_verifies_nothing(tmp_path: Path) -> None:
+    api, outbox, _ = make_api(tmp_path, busy_timeout=0.3)
+    api.request("alice", X, actor=ALICE)
+    code = code_of(outbox.last)
+    other = sqlite3.connect(tmp_path / "senders.sqlite", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(Refused) as e:
+            api.confirm_code("alice", X, code, actor=ALICE)
+        assert e.value.code == "store_unavailable" and "locked" in e.value.detail
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert [x.state for x in api.entries()] == ["pending"]
+    assert api.confirm_code("alice", X, code, actor=ALICE).state == "verified"
+
+
+def test_a_damaged_database_file_is_reported_not_overwritten(tmp_path: Path) -> None:
+    db = tmp_path / "senders.sqlite"
+    db.write_bytes(b"this is not a database" * 100)
+    from policyd.verification.store import StoreUnavailable
+
+    with pytest.raises(StoreUnavailable, match="damaged"):
+        Store(db)
+    assert db.read_bytes().startswith(b"this is not a database")
+
+
+def test_the_schema_is_versioned_and_wal(tmp_path: Path) -> None:
+    Store(tmp_path / "s.sqlite").close()
+    c = sqlite3.connect(tmp_path / "s.sqlite")
+    assert c.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    c.close()
+
+
+# -- the decision hook: verified addresses count for the policy service ----------------------
+
+
+def _attrs(sender: str) -> dict[str, str]:
+    return {
+        "request": "smtpd_access_policy",
+        "protocol_state": "RCPT",
+        "client_address": "192.0.2.50",
+        "sasl_username": "alice",
+        "sasl_method": "PLAIN",
+        "sender": sender,
+        "recipient": "friend@external.test",
+    }
+
+
+def test_verified_addresses_count_at_once_and_revoked_ones_stop_at_once(site: Path) -> None:
+    cfg_path = site / "policyd.toml"
+    cfg_path.write_text(config_text(site / "senders.sqlite", free_port()))
+    runtime = build_runtime(load_config(cfg_path))
+    service = PolicyService(runtime)
+    api, outbox, _ = make_api(site)  # another connection, as `policyd senders` would be
+
+    async def action(sender: str) -> str:
+        _, d = await service.decide(_attrs(sender))
+        return d.reason.value
+
+    async def go() -> None:
+        assert await action(X) == "sender_not_owned"
+        api.request("alice", X, actor=ALICE)
+        assert await action(X) == "sender_not_owned"  # pending never counts
+        api.confirm_code("alice", X, code_of(outbox.last), actor=ALICE)
+        assert runtime.lookups.peek_addresses("alice") is None  # changed: not from memory
+        assert await action(X) == "sender_owned"
+        assert await action("X@ELSEWHERE.TEST") == "sender_owned"
+        assert runtime.lookups.peek_addresses("alice") == {"alice@example.org", X}
+        assert await runtime.lookups.owners_of(X) == {"alice"}
+        assert runtime.lookups.explain("alice")[0].startswith(f"owns {X}: verified ")
+        api.revoke("alice", X, actor=ALICE)
+        assert await action(X) == "sender_not_owned"
+        # a store that cannot be read never lets a decision pass: the 451
+        api.add_unverified("alice", X, actor=Actor("cli"))
+        api.store.close()
+        (site / "senders.sqlite").chmod(0o000)
+        for p in site.glob("senders.sqlite*"):
+            p.unlink()
+        os.mkdir(site / "senders.sqlite")  # now it cannot even be opened
+        with pytest.raises(DirectoryUnavailable):
+            await runtime.lookups.addresses_of("alice")
+        assert await action(X) == "directory_unavailable"
+
+    try:
+        asyncio.run(go())
+    finally:
+        runtime.close()
