@@ -174,3 +174,29 @@ def test_a_frozen_directory_gives_try_again_later_within_the_deadline(
     assert took < 4.0  # the deadline (1 s), not the LDAP receive timeout (5 s)
     # and the page still answers while that thread is stuck
     assert Client(w.url).get("/login").status == 200
+
+
+def test_x_forwarded_for_counts_only_from_a_trusted_proxy(start: Start) -> None:
+    w = start(
+        "login_max_failures_per_ip = 2\nlogin_max_failures_per_login = 100\n"
+        'trusted_proxies = ["127.0.0.2"]\n'
+    )
+
+    def attempt(source: str | None, forwarded: str, user: str, pw: str) -> int:
+        c = Client(w.url, source=source)
+        token = c.get("/login").form_value("csrf")
+        return c.post(
+            "/login",
+            {"csrf": token, "user": user, "password": pw},
+            headers={"X-Forwarded-For": forwarded},
+        ).status
+
+    # a direct client cannot dodge the throttle by inventing addresses
+    assert attempt(None, "198.51.100.1", "u1", "bad") == 401
+    assert attempt(None, "198.51.100.2", "u2", "bad") == 401
+    assert attempt(None, "198.51.100.3", "dave", "dave-pw") == 429
+    # behind the trusted proxy, each real client is counted on its own
+    assert attempt("127.0.0.2", "203.0.113.1", "u3", "bad") == 401
+    assert attempt("127.0.0.2", "203.0.113.1", "u4", "bad") == 401
+    assert attempt("127.0.0.2", "203.0.113.1", "dave", "dave-pw") == 429
+    assert attempt("127.0.0.2", "203.0.113.2", "dave", "dave-pw") == 303
