@@ -33,6 +33,7 @@ class WebState:
     config: Config
     rules: AddressRules
     sessions: SessionStore
+    #: LDAP binds, the Verification API, the directory (may hang with a server)
     blocking: Blocking
     #: "ldap", "proxy" or "none" (web.auth "auto" resolved)
     auth: str
@@ -42,8 +43,11 @@ class WebState:
     #: login -> the addresses the directory gives it (blocking)
     directory_addresses: Callable[[str], frozenset[str]]
     templates: jinja2.Environment = field(init=False)
+    #: the session store's own threads: a hung directory cannot hold up every page
+    session_calls: Blocking = field(init=False)
 
     def __post_init__(self) -> None:
+        self.session_calls = Blocking(2, self.blocking.deadline)
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("policyd.web", "templates"),
             autoescape=True,
@@ -122,7 +126,7 @@ async def _load_session(request: web.Request) -> web.StreamResponse | None:
     for the login a trusted proxy names. May return a response that ends the request."""
     st = state(request)
     sid = request.cookies.get(st.session_cookie, "")
-    session = await st.blocking.run(st.sessions.get, sid) if sid else None
+    session = await st.session_calls.run(st.sessions.get, sid) if sid else None
     if st.auth == "proxy":
         proxied = None
         if address_in(request.remote, st.proxies):
@@ -139,8 +143,8 @@ async def _load_session(request: web.Request) -> web.StreamResponse | None:
             session = None
         elif session is None or session.login != proxied:
             if sid:
-                await st.blocking.run(st.sessions.delete, sid)
-            sid, session = await st.blocking.run(st.sessions.create, proxied)
+                await st.session_calls.run(st.sessions.delete, sid)
+            sid, session = await st.session_calls.run(st.sessions.create, proxied)
             request["new_sid"] = sid
     request["session"], request["sid"] = session, sid
     return None
@@ -259,7 +263,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     ip = client_ip(request)
     key = canonical_login(user, st.rules) if user else ""
     wc = st.config.web
-    n_ip, n_login = await st.blocking.run(st.sessions.failures, ip, key)
+    n_ip, n_login = await st.session_calls.run(st.sessions.failures, ip, key)
     if n_ip >= wc.login_max_failures_per_ip or n_login >= wc.login_max_failures_per_login:
         log.warning("web: login throttled (client %s)", ip)
         minutes = max(1, round(wc.login_window / 60))
@@ -281,14 +285,14 @@ async def login_post(request: web.Request) -> web.StreamResponse:
             error="Logging in is not possible right now. Please try again later.",
         )
     if ok is None:
-        await st.blocking.run(st.sessions.record_failure, ip, key)
+        await st.session_calls.run(st.sessions.record_failure, ip, key)
         log.info("web: login failed (client %s)", ip)
         return render(
             request, "login.html", status=401, user=user, error="Wrong login or password."
         )
     if request["sid"]:
-        await st.blocking.run(st.sessions.delete, request["sid"])
-    sid, session = await st.blocking.run(st.sessions.create, ok)
+        await st.session_calls.run(st.sessions.delete, request["sid"])
+    sid, session = await st.session_calls.run(st.sessions.create, ok)
     log.info("web: %s logged in (client %s)", ok, ip)
     request["new_sid"] = sid
     return redirect(request, "/addresses")
@@ -297,7 +301,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
 async def logout_post(request: web.Request) -> web.StreamResponse:
     st = state(request)
     if request["sid"]:
-        await st.blocking.run(st.sessions.delete, request["sid"])
+        await st.session_calls.run(st.sessions.delete, request["sid"])
     request["session"] = None
     response = redirect(request, "/login")
     response.del_cookie(st.session_cookie, path="/")

@@ -104,6 +104,7 @@ async def serve_web(st: WebState, host: str, port: int, ready: Any = None) -> No
             ready("STOPPING=1")
         await runner.cleanup()
         st.blocking.close()
+        st.session_calls.close()
         st.sessions.close()
 
 
