@@ -247,8 +247,8 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     st = state(request)
     if request["session"] is not None:
         raise redirect(request, "/addresses")
-    if st.auth == "none":
-        return render(request, "unavailable.html")
+    if st.auth == "none" or st.verification is None:
+        return render(request, "unavailable.html", enabled=st.verification is not None)
     return render(request, "login.html", error=None, user="")
 
 

@@ -228,14 +228,16 @@ def test_file_backend_without_a_login_method_says_self_service_is_not_available(
     tmp_path: Path,
 ) -> None:
     cfg = (
-        f'[directory]\nfile = "{SENDERS}"\n[web]\ncookie_secure = false\n'
-        f'database = "{tmp_path / "w.sqlite"}"\n'
+        f'[directory]\nfile = "{SENDERS}"\n'
+        f'[verification]\nenabled = true\ndatabase = "{tmp_path / "v.sqlite"}"\n'
+        "[web]\ncookie_secure = false\n"
     )
     with WebServer(tmp_path, cfg) as w:
         c = Client(w.url)
         r = c.get("/login")
         assert r.status == 200
         assert "Self-service is not available here" in r.text
+        assert "keeps its users in a file" in r.text
         assert "policyd senders request LOGIN ADDRESS" in r.text
         assert 'name="password"' not in r.text
         r = c.post("/login", {"csrf": r.form_value("csrf") if "csrf" in r.text else ""})
