@@ -304,7 +304,13 @@ async def logout_post(request: web.Request) -> web.StreamResponse:
         await st.session_calls.run(st.sessions.delete, request["sid"])
     request["session"] = None
     response = redirect(request, "/login")
-    response.del_cookie(st.session_cookie, path="/")
+    response.del_cookie(
+        st.session_cookie,
+        path="/",
+        secure=st.config.web.cookie_secure,  # a __Host- cookie is only replaced over Secure
+        httponly=True,
+        samesite="Lax",
+    )
     return response
 
 

@@ -144,6 +144,13 @@ def test_secure_cookies_when_cookie_secure_is_on(tmp_path: Path) -> None:
         r = Client(w.url).get("/login")
         raw = r.headers.get_all("Set-Cookie") or []
         assert raw and all(v.startswith("__Host-") and "Secure" in v for v in raw), raw
+        p, hdr = as_proxy(w)
+        page = p.get("/addresses", headers=hdr)
+        assert "__Host-policyd-session" in p.cookies
+        out = p.post("/logout", {"csrf": page.form_value("csrf")}, headers=hdr)
+        gone = [v for v in out.headers.get_all("Set-Cookie") or [] if "policyd-session" in v]
+        # a browser replaces a __Host- cookie only with one that is Secure too
+        assert len(gone) == 1 and "Max-Age=0" in gone[0] and "Secure" in gone[0], gone
 
 
 def test_post_without_or_with_a_wrong_csrf_token_is_refused(proxied: WebServer) -> None:
