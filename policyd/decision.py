@@ -18,6 +18,7 @@ class Reason(enum.Enum):
     WRONG_REQUEST = "wrong_request"
     NULL_SENDER = "null_sender"
     DIRECTORY_UNAVAILABLE = "directory_unavailable"
+    INTERNAL_ERROR = "internal_error"  # a bug while deciding: still a 451, never a pass
     SENDER_OWNED = "sender_owned"
     SENDER_NOT_OWNED = "sender_not_owned"
     ALLOCATED_NETWORK = "allocated_network"

@@ -19,9 +19,10 @@ from policyd.addresses import (
     owns,
     sender_domain,
 )
-from policyd.config import ProfileConfig, render
+from policyd.config import ProfileConfig
 from policyd.decision import Decision, Reason, Verdict
 from policyd.networks import Range
+from policyd.replies import render
 
 POLICY_REQUEST = "smtpd_access_policy"
 
@@ -250,10 +251,3 @@ def _reject(profile: ProfileConfig, reason: Reason, reply: str) -> Decision:
 def _defer(reason: Reason, reply: str) -> Decision:
     # Deliberately not softened by warn mode: an error never turns into a pass.
     return Decision(Verdict.DEFER, reason, reply=reply)
-
-
-def to_action(decision: Decision) -> str:
-    """The Postfix action string for a decision (edge use only)."""
-    if decision.verdict is Verdict.DUNNO:
-        return "DUNNO"
-    return decision.reply

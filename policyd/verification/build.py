@@ -84,3 +84,25 @@ def build(
         local_domains=local_domains(config),
         writer=make_writer(config),
     )
+
+
+def summary(config: Config) -> str:
+    """One line for `policyd config-check`."""
+    vc = config.verification
+    if not vc.enabled:
+        return "sender verification: off"
+    where = (
+        f"ldap attribute {vc.ldap.attribute} (writer {vc.ldap.writer_bind_dn})"
+        if vc.store == "ldap"
+        else "sqlite"
+    )
+    how = (
+        f"sendmail {' '.join(vc.mail.sendmail_command)}"
+        if vc.mail.submission == "sendmail"
+        else f"smtp {vc.mail.smtp_host}:{vc.mail.smtp_port}"
+    )
+    doms = ", ".join(sorted(local_domains(config))) or "(none)"
+    return (
+        f"sender verification: on, database {vc.database}, verified addresses in {where}, "
+        f"mail via {how} from {vc.mail.from_address}, local domains {doms}"
+    )

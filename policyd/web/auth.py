@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import os
-import ssl
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,10 +24,9 @@ from ldap3.core.exceptions import LDAPException
 
 from policyd.addresses import AddressRules, canonical_login, split_address
 from policyd.config import LdapConfig
-from policyd.directory.base import DirectoryError, DirectoryUnavailable
-
-# Narrow imports: the integrator turns policyd/directory/ldap.py into a package.
+from policyd.directory.base import DirectoryUnavailable
 from policyd.directory.ldap import parse_server_url, read_bind_password, render_filter
+from policyd.directory.ldap.connection import make_tls
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +38,6 @@ class LoginUnavailable(Exception):
     """The login could not be checked (directory down): not the user's fault."""
 
 
-def _tls(cfg: LdapConfig) -> Any:
-    validate = ssl.CERT_REQUIRED if cfg.tls_validate else ssl.CERT_NONE
-    ca = str(cfg.ca_file) if cfg.ca_file is not None else None
-    if ca is not None and not os.path.exists(ca):
-        raise DirectoryError(f"ldap.ca_file: {ca} does not exist")
-    return ldap3.Tls(validate=validate, ca_certs_file=ca)
-
-
 class LdapLogin:
     """Checks a login and password by binding as the user's own directory entry."""
 
@@ -56,7 +45,7 @@ class LdapLogin:
         self.cfg = cfg
         self.rules = rules
         self._specs = [parse_server_url(u, cfg.start_tls) for u in cfg.servers]
-        self._tls_obj = _tls(cfg)
+        self._tls_obj = make_tls(cfg)
         self._service_password = read_bind_password(cfg)
 
     def _connection(self, spec: Any, user: str | None, password: str | None) -> Any:

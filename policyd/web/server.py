@@ -112,7 +112,7 @@ def run_web(config_path: Path, listen: str | None) -> int:
     """The `policyd web` command. Returns the exit status; errors go to stderr."""
     import sys
 
-    from policyd.observability import setup_logging
+    from policyd.decision_log import setup_logging
     from policyd.systemd import Notifier
 
     try:

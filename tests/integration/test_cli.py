@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +12,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def policyd(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def policyd(
+    *args: str, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "policyd", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -115,7 +119,7 @@ def test_check_unauthenticated_outside_ranges_per_profile(config: Path) -> None:
     assert r.stdout.splitlines()[:2] == ["action=DUNNO", "reason=not_trusted"]
 
 
-def test_check_with_the_shipped_default_config() -> None:
+def test_check_with_the_shipped_example_named_by_POLICYD_CONFIG() -> None:
     r = policyd(
         "check",
         "--client-address",
@@ -124,6 +128,7 @@ def test_check_with_the_shipped_default_config() -> None:
         "alice",
         "--sender",
         "sales@example.org",
+        env={"POLICYD_CONFIG": str(ROOT / "conf" / "policyd.toml")},
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == "action=OK"

@@ -23,6 +23,7 @@ from policyd.config import load_config
 from policyd.directory.base import DirectoryUnavailable
 from policyd.runtime import build_runtime
 from policyd.service import PolicyService
+from policyd.verification.lookups import SourcedLookups
 from policyd.verification.mail import SmtpMailer
 from policyd.verification.store import Store
 from policyd.verification.views import Actor, Refused
@@ -126,7 +127,7 @@ def test_mail_submission_down_keeps_the_request_pending_with_the_error_then_rese
 
 def test_the_mail_server_refusing_the_recipient_is_recorded(tmp_path: Path) -> None:
     class Refusing:
-        async def handle_RCPT(self, server, session, envelope, address, options):  # type: ignore[no-untyped-def]
+        async def handle_RCPT(self, server, session, envelope, address, options):
             return "550 5.1.1 no such user here"
 
     from aiosmtpd.controller import Controller
@@ -147,7 +148,7 @@ def test_the_mail_server_refusing_the_recipient_is_recorded(tmp_path: Path) -> N
 # -- two confirmations racing: exactly one wins -----------------------------------------------
 
 
-def _race(db: str, kind: str, secret: str, start: multiprocessing.synchronize.Event, out) -> None:  # type: ignore[no-untyped-def,name-defined]
+def _race(db: str, kind: str, secret: str, start: multiprocessing.synchronize.Event, out) -> None:
     api, _, _ = make_api(Path(db).parent)
     start.wait()
     try:
@@ -301,8 +302,9 @@ def test_verified_addresses_count_at_once_and_revoked_ones_stop_at_once(site: Pa
         assert runtime.lookups.peek_addresses("alice") is None  # changed: not from memory
         assert await action(X) == "sender_owned"
         assert await action("X@ELSEWHERE.TEST") == "sender_owned"
-        assert runtime.lookups.peek_addresses("alice") == {"alice@example.org", X}
+        assert runtime.lookups.peek_addresses("alice") == frozenset({"alice@example.org", X})
         assert await runtime.lookups.owners_of(X) == {"alice"}
+        assert isinstance(runtime.lookups, SourcedLookups)
         assert runtime.lookups.explain("alice")[0].startswith(f"owns {X}: verified ")
         api.revoke("alice", X, actor=ALICE)
         assert await action(X) == "sender_not_owned"
@@ -321,3 +323,40 @@ def test_verified_addresses_count_at_once_and_revoked_ones_stop_at_once(site: Pa
         asyncio.run(go())
     finally:
         runtime.close()
+
+
+def _policyd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "policyd", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+
+
+def test_policyd_check_explains_a_verified_address(site: Path) -> None:
+    cfg = site / "policyd.toml"
+    cfg.write_text(config_text(site / "senders.sqlite", free_port()))
+    api, outbox, _ = make_api(site)
+    api.request("alice", X, actor=ALICE)
+    api.confirm_code("alice", X, code_of(outbox.last), actor=ALICE)
+    check = ("check", "-c", str(cfg), "--sasl-username", "alice", "--sender", X)
+    r = _policyd(*check)
+    assert r.returncode == 0, r.stderr
+    assert "action=OK" in r.stdout
+    assert f"login alice: owns {X}: verified " in r.stdout and " by code" in r.stdout
+    api.revoke("alice", X, actor=ALICE)
+    r = _policyd(*check)
+    assert "action=553 5.7.1" in r.stdout and "verified" not in r.stdout
+    r = _policyd("config-check", "-c", str(cfg))
+    assert r.returncode == 0 and "sender verification: on" in r.stdout
+    assert "local domains example.org" in r.stdout
+
+
+def test_config_check_says_local_domains_must_be_set_with_ldap(site: Path) -> None:
+    cfg = site / "policyd.toml"
+    cfg.write_text('[directory]\nbackend = "ldap"\n[verification]\nenabled = true\n')
+    r = _policyd("config-check", "-c", str(cfg))
+    assert r.returncode == 1
+    assert "verification.local_domains: must be set with directory.backend" in r.stderr

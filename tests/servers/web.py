@@ -230,7 +230,7 @@ class MailSink:
             while True:
                 for _frm, rcpts, msg in self.messages[after:]:
                     if rcpt in rcpts:
-                        return msg  # type: ignore[return-value]
+                        return msg
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError(f"no mail for {rcpt} within {timeout} s")

@@ -170,7 +170,7 @@ class World:
             env={**os.environ},
         )
 
-    def alice_sends(self, header_from: str, envelope: str = X):  # type: ignore[no-untyped-def]
+    def alice_sends(self, header_from: str, envelope: str = X):
         return send(
             self.mta.ports["submission"],
             headers=[f"From: {header_from}"],
@@ -195,7 +195,7 @@ def world() -> Iterator[World]:
             shutil.rmtree(base, ignore_errors=True)
 
 
-def reply(s, step: str) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+def reply(s, step: str) -> tuple[int, str]:
     r = s.replies[step]
     return r.code, r.text
 
@@ -235,10 +235,9 @@ def test_request_confirm_send_revoke_through_postfix(world: World) -> None:
     r = world.senders("revoke", "alice", X)
     assert r.returncode == 0, r.stderr
     s = world.alice_sends(X)
-    assert reply(s, "rcpt") == (
-        553,
-        f"5.7.1 <{EXTERNAL}>: Recipient address rejected: Sender address <{X}> is not owned by user alice",
-    ), s.transcript
+    rejected = f"<{EXTERNAL}>: Recipient address rejected"
+    not_owned = f"Sender address <{X}> is not owned by user alice"
+    assert reply(s, "rcpt") == (553, f"5.7.1 {rejected}: {not_owned}"), s.transcript
     s = world.alice_sends(X, envelope="alice@example.org")  # the milter stops counting it too
     assert reply(s, "data")[0] == 550, s.transcript
 

@@ -331,7 +331,9 @@ def test_custom_replies(tmp_path: Path, services: Any) -> None:
         make_config(
             tmp_path,
             replies={
-                "header_from_not_owned": "554 5.7.0 {address} is not yours, {login} (from {client})",
+                "header_from_not_owned": (
+                    "554 5.7.0 {address} is not yours, {login} (from {client})"
+                ),
                 "header_from_invalid": "554 5.6.0 Bad From: header",
             },
         )
@@ -625,7 +627,7 @@ def test_policy_service_never_imports_pymilter() -> None:
         "sys.modules['Milter'] = None\n"
         "sys.modules['milter'] = None\n"
         "import policyd.cli, policyd.app, policyd.server, policyd.service, policyd.engine\n"
-        "import policyd.headers, policyd.runtime, policyd.observability\n"
+        "import policyd.headers, policyd.runtime, policyd.decision_log\n"
         "assert 'policyd.milter' not in sys.modules\n"
         "print('ok')\n"
     )
@@ -713,10 +715,10 @@ def test_milter_process_with_libmilter(tmp_path: Path) -> None:
                     MILTERTEST_SCRIPT % {"socket": sock, "from_": from_, "queue_id": QUEUE_ID},
                     encoding="utf-8",
                 )
-                out = subprocess.run(
+                run = subprocess.run(
                     ["miltertest", "-s", str(script)], capture_output=True, text=True, timeout=30
                 )
-                assert out.stdout.strip() == expected, (out.stdout, out.stderr, log.read_text())
+                assert run.stdout.strip() == expected, (run.stdout, run.stderr, log.read_text())
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0, log.read_text()
     finally:

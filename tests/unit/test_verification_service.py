@@ -15,13 +15,13 @@ ALICE = Actor("alice", "192.0.2.10")
 X = "x@elsewhere.test"
 
 
-def refused(fn, *args, **kwargs) -> Refused:  # type: ignore[no-untyped-def]
+def refused(fn, *args, **kwargs) -> Refused:
     with pytest.raises(Refused) as e:
         fn(*args, **kwargs)
     return e.value
 
 
-def states_of(api) -> list[tuple[str, str, str]]:  # type: ignore[no-untyped-def]
+def states_of(api) -> list[tuple[str, str, str]]:
     return [(e.login, e.address, e.state) for e in api.entries()]
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from policyd.config import DEFAULT_CONFIG, ConfigError, WebConfig, load_config
+from policyd.config import ConfigError, WebConfig, load_config
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "policyd.toml"
 
 
 def load(tmp_path: Path, text: str) -> WebConfig:
@@ -18,9 +20,9 @@ def load(tmp_path: Path, text: str) -> WebConfig:
 
 
 def test_every_web_key_is_documented_with_its_default() -> None:
-    doc = tomllib.loads(DEFAULT_CONFIG.read_text())["web"]
+    doc = tomllib.loads(EXAMPLE_CONFIG.read_text())["web"]
     assert set(doc) == {f.name for f in dataclasses.fields(WebConfig)}
-    assert load_config(DEFAULT_CONFIG).web == WebConfig()
+    assert load_config(EXAMPLE_CONFIG).web == WebConfig()
     assert WebConfig().listen.startswith("127.0.0.1:")  # loopback by default
     assert WebConfig().cookie_secure is True
 
@@ -28,7 +30,8 @@ def test_every_web_key_is_documented_with_its_default() -> None:
 def test_a_valid_web_section_loads(tmp_path: Path) -> None:
     w = load(
         tmp_path,
-        '[web]\nlisten = "[::1]:8080"\nauth = "proxy"\ntrusted_proxies = ["127.0.0.1", "10.0.0.0/8"]\n'
+        '[web]\nlisten = "[::1]:8080"\nauth = "proxy"\n'
+        'trusted_proxies = ["127.0.0.1", "10.0.0.0/8"]\n'
         'base_url = "https://mail.example.org/senders"\ndatabase = "web.sqlite"\n',
     )
     assert w.listen == "[::1]:8080" and w.trusted_proxies == ("127.0.0.1", "10.0.0.0/8")
