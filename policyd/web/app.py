@@ -121,9 +121,9 @@ def set_cookie(request: web.Request, response: web.StreamResponse, name: str, va
 # Middleware
 
 
-async def _load_session(request: web.Request) -> web.StreamResponse | None:
+async def _load_session(request: web.Request) -> None:
     """Puts request["session"] (or None) and request["sid"]; in proxy mode makes a session
-    for the login a trusted proxy names. May return a response that ends the request."""
+    for the login a trusted proxy names (and drops one for another login)."""
     st = state(request)
     sid = request.cookies.get(st.session_cookie, "")
     session = await st.session_calls.run(st.sessions.get, sid) if sid else None
@@ -147,7 +147,6 @@ async def _load_session(request: web.Request) -> web.StreamResponse | None:
             sid, session = await st.session_calls.run(st.sessions.create, proxied)
             request["new_sid"] = sid
     request["session"], request["sid"] = session, sid
-    return None
 
 
 @web.middleware
@@ -180,9 +179,7 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
     st = state(request)
     if request.path.startswith("/static/"):
         return await handler(request)
-    early = await _load_session(request)
-    if early is not None:
-        return early
+    await _load_session(request)
     anon = request.cookies.get(st.csrf_cookie, "")
     if not (20 <= len(anon) <= 100):
         anon = security.new_token()
