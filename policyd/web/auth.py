@@ -119,6 +119,12 @@ class LdapLogin:
             try:
                 dn = self._find_dn(spec, canonical)
                 if dn is None:
+                    # The same work as for a wrong password (a bind that fails), so that the
+                    # answer's timing does not tell unknown logins from known ones.
+                    with contextlib.suppress(LDAPException, OSError):
+                        self._bind_as(
+                            spec, f"cn=policyd-web-no-such-user,{self.cfg.user_base}", password
+                        )
                     return None
                 return canonical if self._bind_as(spec, dn, password) else None
             except (LDAPException, OSError, DirectoryUnavailable) as e:
