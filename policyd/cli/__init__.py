@@ -100,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve_stdio(args) if args.stdio else _serve(args)
     if cmd == "web":
         return _web(args)
+    if cmd == "milter":
+        return _milter(args)
     # One-shot commands die quietly on a closed pipe (`policyd check … | head -1`), as Unix
     # tools do; the daemons keep SIGPIPE ignored (a write to a gone client is an EPIPE).
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -111,8 +113,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from policyd.cli.explain import config_check
 
         return _guarded(args, config_check)
-    if cmd == "milter":
-        return _milter(args)
     if cmd == "senders":
         from policyd.verification import cli as senders_cli
 
