@@ -167,7 +167,10 @@ class Client:
         if self.cookies and "Cookie" not in h:
             h["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         try:
-            conn.request(method, path, body=body, headers=h)
+            try:
+                conn.request(method, path, body=body, headers=h)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server answered (e.g. 413) and closed before reading everything
             resp = conn.getresponse()
             data = resp.read()
         finally:
