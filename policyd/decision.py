@@ -29,6 +29,7 @@ class Reason(enum.Enum):
     # milter only
     HEADER_FROM_OWNED = "header_from_owned"
     HEADER_FROM_NOT_OWNED = "header_from_not_owned"
+    HEADER_FROM_DISPLAY_ADDRESS = "header_from_display_address"
     HEADER_FROM_INVALID = "header_from_invalid"
     NOT_AUTHENTICATED = "not_authenticated"
 

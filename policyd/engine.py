@@ -72,7 +72,9 @@ def needs(attrs: Mapping[str, str], profile: ProfileConfig, network: Range | Non
 def keys_needed(sender: str, owned: frozenset[str], rules: AddressRules) -> tuple[str, ...]:
     """After Need.ADDRESSES: the keys of `sender` whose owners decide() also needs (in
     Facts.key_owners). Empty in the common case, a login sending as an address it owns."""
-    if normalize_address(sender, rules) in owned:
+    # (the raw sender first: normalising is idempotent, so a raw hit is a normalised hit, and
+    # Postfix usually passes the sender as it is stored)
+    if sender in owned or normalize_address(sender, rules) in owned:
         return ()
     return keys_to_resolve(owned, sender, rules)
 
@@ -81,11 +83,10 @@ def _owned(
     login: str, sender: str, facts: Facts, owned: frozenset[str], rules: AddressRules
 ) -> bool | None:
     """Whether `login` owns `sender` (None: a needed key's owners were not looked up)."""
-    needed = keys_to_resolve(owned, sender, rules)
-    key_owners = facts.key_owners or {}
-    if any(k not in key_owners for k in needed):
-        return None
-    return owns(login, owned, sender, key_owners, rules)
+    return owns(login, owned, sender, facts.key_owners or _NO_OWNERS, rules)
+
+
+_NO_OWNERS: Mapping[str, frozenset[str]] = {}
 
 
 def decide(
@@ -119,7 +120,7 @@ def decide(
             )
         # The exact address owned by the login is the common case: checked without building
         # the other keys. Otherwise the most specific key that has any owner decides.
-        if normalize_address(sender, rules) in owned:
+        if sender in owned or normalize_address(sender, rules) in owned:  # (see keys_needed)
             return _accept(profile, Reason.SENDER_OWNED)
         is_owner = _owned(canonical_login(login, rules), sender, facts, owned, rules)
         if is_owner is None:
@@ -174,14 +175,19 @@ def decide_header_from(
     directory_unavailable: bool = False,
     owners: Mapping[str, frozenset[str]] | None = None,
     key_owners: Mapping[str, frozenset[str]] | None = None,
+    sources: Sequence[tuple[str, str]] = (),
+    display: Sequence[tuple[str, str]] = (),
 ) -> Decision:
-    """The milter's rule: every mailbox of From: (and Sender:) must be owned by the login.
+    """The milter's rule: every mailbox of From:, Sender:, Resent-From: and Resent-Sender: must
+    be owned by the login, and so must every address-like text a client could show instead:
+    in a display name or a comment (`display`), unless the profile allows them.
 
     `mailboxes` is None when the From: header is missing or cannot be parsed. For an
     unauthenticated session (login "") only protect_local_senders applies, with `owners`
     mapping each mailbox to its owners (None when not looked up). For a login, a mailbox is
     owned by the envelope rule (`addresses.owns`): `key_owners` holds the owners of the keys
-    `keys_needed` names for each mailbox.
+    `keys_needed` names for each mailbox and display address. `sources` and `display` are
+    (header name, address) pairs (headers.AuthorCheck): the reply names the header.
     """
     replies = profile.replies
     values = {"login": login, "client": client, "sender": sender}
@@ -208,18 +214,23 @@ def decide_header_from(
         return _defer(Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values))
     facts = Facts(owned=owned, key_owners=key_owners)
     who = canonical_login(login, rules)
-    for box in mailboxes:
+    checks = [
+        (Reason.HEADER_FROM_NOT_OWNED, replies.header_from_not_owned, h, box)
+        for h, box in (sources or [("From", b) for b in mailboxes])
+    ]
+    if profile.display_addresses == "refuse":
+        checks += [
+            (Reason.HEADER_FROM_DISPLAY_ADDRESS, replies.header_from_display_address, h, a)
+            for h, a in display
+        ]
+    for reason, template, header, box in checks:
         is_owner = box in owned or _owned(who, box, facts, owned, rules)
         if is_owner is None:
             return _defer(
                 Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values)
             )
         if not is_owner:
-            return _reject(
-                profile,
-                Reason.HEADER_FROM_NOT_OWNED,
-                render(replies.header_from_not_owned, address=box, **values),
-            )
+            return _reject(profile, reason, render(template, address=box, header=header, **values))
     return Decision(Verdict.ACCEPT, Reason.HEADER_FROM_OWNED, reply="ACCEPT")
 
 

@@ -39,15 +39,14 @@ from typing import Any, TypeVar
 import Milter  # ImportError without pymilter: cli.py turns it into an install hint
 import milter as _milter_c
 
-from policyd.addresses import canonical_login
 from policyd.config import Config, ProfileConfig, load_config
 from policyd.decision import Decision, Verdict
 from policyd.decision_log import log_line, milter_line, setup_logging
 from policyd.directory.base import DirectoryUnavailable
-from policyd.directory.lookups import header_facts
 from policyd.engine import decide_header_from
-from policyd.headers import AuthorCheck, author_mailboxes, unfold
+from policyd.headers import AUTHOR_HEADERS, AuthorCheck, author_mailboxes, unfold
 from policyd.runtime import Runtime, build_runtime
+from policyd.service import decide_headers
 
 log = logging.getLogger("policyd.milter")
 
@@ -67,7 +66,7 @@ TEMPFAIL_REPLY = "451 4.3.0 Temporary failure in the header From: check, please 
 LIBMILTER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 #: From:/Sender: values kept per message; of more only the name is kept (the message is invalid
 #: anyway: RFC 5322 allows one of each).
-MAX_KEPT_HEADERS = 4
+MAX_KEPT_HEADERS = 22  # From:, Sender:, and up to 10 of each Resent- header
 
 
 class MilterService:
@@ -135,34 +134,24 @@ class MilterService:
     # -- the decision ------------------------------------------------------------------------
 
     def decide(self, login: str, author: AuthorCheck, client: str, sender: str) -> Decision:
-        """Gather what decide_header_from needs and call it. `login` as Postfix sent it."""
-        rt, profile = self.runtime, self.profile
-        login = login.strip()
-        boxes = author.mailboxes
-        owned: frozenset[str] | None = None
-        key_owned = owners = None
-        unavailable = False
+        """service.decide_headers on the lookup loop. `login` as Postfix sent it."""
+        rt = self.runtime
         try:
-            if boxes and (login or profile.protect_local_senders):
-                who = canonical_login(login, rt.rules) if login else ""
-                owned, key_owned, owners = self._submit(
-                    header_facts(rt.lookups, who, boxes, rt.rules)
-                )
-        except DirectoryUnavailable as e:
+            return self._submit(
+                decide_headers(rt, self.profile, login, author, client=client, sender=sender)
+            )
+        except DirectoryUnavailable as e:  # (the lookup loop itself did not answer in time)
             log.warning("directory unavailable: %s", e)
-            unavailable = True
-        return decide_header_from(
-            login,
-            boxes,
-            profile,
-            owned,
-            rt.rules,
-            client=client,
-            sender=sender,
-            directory_unavailable=unavailable,
-            owners=owners,
-            key_owners=key_owned,
-        )
+            return decide_header_from(
+                login.strip(),
+                author.mailboxes,
+                self.profile,
+                None,
+                rt.rules,
+                client=client,
+                sender=sender,
+                directory_unavailable=True,
+            )
 
 
 def decision_line(
@@ -237,7 +226,7 @@ class HeaderFromMilter(Milter.Base):  # type: ignore[misc]
     def header(self, name: Any, value: Any) -> int:
         try:
             key = _text(name).strip().lower()
-            if key in ("from", "sender"):
+            if key in AUTHOR_HEADERS:
                 # Past the first few only the name is kept: the count makes the message invalid.
                 kept = len(self.headers) < MAX_KEPT_HEADERS
                 self.headers.append((key, _text(value) if kept else ""))

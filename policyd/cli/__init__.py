@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from policyd import __version__
-from policyd.config import DEFAULT_CONFIG, ConfigError, config_path, parse_listen
+from policyd.config import DEFAULT_CONFIG, ConfigError, config_path
+from policyd.listen import parse_listen
 
 log = logging.getLogger("policyd")
 

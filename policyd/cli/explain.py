@@ -12,11 +12,9 @@ from policyd.app import load
 from policyd.config import Config
 from policyd.decision import Decision
 from policyd.directory.base import DirectoryUnavailable
-from policyd.directory.lookups import HeaderFacts, header_facts
-from policyd.engine import decide_header_from
 from policyd.headers import author_mailboxes
 from policyd.runtime import Runtime
-from policyd.service import PolicyService
+from policyd.service import PolicyService, decide_headers
 
 
 def check(args: argparse.Namespace) -> int:
@@ -85,28 +83,13 @@ async def _explain_header(args: argparse.Namespace, runtime: Runtime) -> None:
     if args.header_sender is not None:
         headers.append(("Sender", args.header_sender))
     author = author_mailboxes(headers, runtime.rules)
-    login = args.sasl_username.strip()
-    facts: HeaderFacts = (None, None, None)
-    unavailable = False
-    if author.mailboxes and (login or profile.protect_local_senders):
-        who = canonical_login(login, runtime.rules) if login else ""
-        try:
-            facts = await header_facts(runtime.lookups, who, author.mailboxes, runtime.rules)
-        except DirectoryUnavailable as e:
-            print(f"milter: directory unavailable: {e}")
-            unavailable = True
-    owned, key_owners, owners = facts
-    decision = decide_header_from(
-        login,
-        author.mailboxes,
+    decision = await decide_headers(
+        runtime,
         profile,
-        owned,
-        runtime.rules,
+        args.sasl_username,
+        author,
         client=args.client_address,
         sender=(args.sender or "").strip("<>"),
-        directory_unavailable=unavailable,
-        owners=owners,
-        key_owners=key_owners,
     )
     _print_decision("milter_", decision)
     print(f"milter_profile={profile.name} (role {profile.role}, mode {profile.mode})")

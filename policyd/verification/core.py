@@ -72,6 +72,8 @@ class Core:
         except StoreUnavailable as e:
             log.warning("verification store: %s", e)
             raise Refused("store_unavailable", _UNAVAILABLE, str(e)) from None
+        for fmt, args in tx.logs:  # (only what was committed is logged)
+            log.info(fmt, *args)
 
     def _address(self, address: str) -> str:
         try:
@@ -109,11 +111,11 @@ class Core:
             address=address, request_id=row.id if row else None, old_state=old, new_state=new,
             detail=detail,
         )  # fmt: skip
-        log.info(
+        tx.logs.append((
             "sender verification: %s %s for %s: %s -> %s by %s%s",
-            event, address, login, old or "-", new or "-", actor.who,
-            f" from {actor.ip}" if actor.ip else "",
-        )  # fmt: skip
+            (event, address, login, old or "-", new or "-", actor.who,
+             f" from {actor.ip}" if actor.ip else ""),
+        ))  # fmt: skip
 
     def _expire_due(self, tx: Tx, now: float) -> None:
         for row in tx.due_to_expire(now):

@@ -11,6 +11,7 @@ same modify. One short connection per write (writes are rare). Blocking.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import ssl
 from pathlib import Path
@@ -23,6 +24,8 @@ from policyd.config import LdapConfig
 from policyd.directory.ldap import render_filter
 from policyd.verification.config import VerificationLdapConfig
 from policyd.verification.core import WriterError
+
+log = logging.getLogger(__name__)
 
 _SUCCESS = 0
 _NO_SUCH_ATTRIBUTE = 16
@@ -125,11 +128,24 @@ class LdapWriter:
             )
         return str(entries[0]["dn"])
 
+    def _has(self, conn: Any, dn: str, address: str) -> bool:
+        filt = render_filter(f"({self.wc.attribute}={{a}})", a=address)
+        _, result, response, _ = conn.search(dn, filt, search_scope=ldap3.BASE, attributes=[])
+        code = int(result.get("result", -1)) if result else -1
+        if code != _SUCCESS:
+            raise WriterError(f"reading {self.wc.attribute} of {dn} failed: {_text(result)}")
+        return any(r.get("type") == "searchResEntry" for r in response or [])
+
     def _modify(self, login: str, address: str, op: Any) -> int:
         conn = self._connect()
+        sent = False
+        dn = ""
         try:
             dn = self._dn(conn, login)
             attr = self.wc.attribute
+            if op == ldap3.MODIFY_ADD and self._has(conn, dn, address):
+                return _VALUE_EXISTS  # (so a lost answer below can only be about our value)
+            sent = True
             _, result, _, _ = conn.modify(dn, {attr: [(op, [address])]})
             code = int(result.get("result", -1)) if result else -1
             if code == _OBJECT_CLASS_VIOLATION and op == ldap3.MODIFY_ADD:
@@ -148,7 +164,25 @@ class LdapWriter:
         except WriterError:
             raise
         except Exception as e:  # noqa: BLE001 - ldap3/OSError/ssl: all mean "cannot write"
+            if sent and op == ldap3.MODIFY_ADD:
+                self._undo_unanswered_add(dn, address)
             raise WriterError(f"LDAP write failed: {e}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                conn.unbind()
+
+    def _undo_unanswered_add(self, dn: str, address: str) -> None:
+        """An add whose answer was lost may have been applied: take the value out again (it
+        was not there before), so a request left pending never counts in the directory."""
+        try:
+            conn = self._connect()
+        except WriterError as e:
+            log.error("LDAP: could not undo an unanswered add of %s to %s: %s", address, dn, e)
+            return
+        try:
+            conn.modify(dn, {self.wc.attribute: [(ldap3.MODIFY_DELETE, [address])]})
+        except Exception as e:  # noqa: BLE001 - best effort, reported
+            log.error("LDAP: could not undo an unanswered add of %s to %s: %s", address, dn, e)
         finally:
             with contextlib.suppress(Exception):
                 conn.unbind()

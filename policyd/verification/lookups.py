@@ -1,7 +1,15 @@
 """The lookups with extra ownership sources merged behind them (the verified senders).
 
     addresses_of(login) = directory's - source.revoked_of(login) | source.addresses_of(login)
-    owners_of(key)      = directory's (minus logins that revoked key) | source.owners_of(key)
+    owners_of(key)      = directory's, minus the logins that revoked key here
+
+owners_of deliberately does not add the verified owners. Verified addresses are always
+foreign (our own domains cannot be verified), and owners_of is what protect_local_senders asks
+about an unauthenticated sender: counting x@gmail.example as "one of our logins' addresses"
+would refuse the mail Gmail itself delivers from it at the MX. For an authenticated login
+owners_of only ever restricts (a more specific key owned by someone else), and a login that
+verified an address proved it reads that mailbox, so leaving verified owners out there lets
+nothing through that its owner could not send anyway.
 
 Before answering, a stale source is refreshed (`refresh()` in a thread, bounded by the lookup
 deadline, one refresh at a time); if that fails the answer is DirectoryUnavailable (the 451),
@@ -18,7 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from policyd.directory.base import DirectoryUnavailable
+from policyd.directory.base import DirectoryError, DirectoryUnavailable
 from policyd.directory.lookups import Lookups
 
 log = logging.getLogger(__name__)
@@ -78,9 +86,6 @@ class SourcedLookups:
         for s in self.sources:
             if found:
                 found = frozenset(login for login in found if key not in s.revoked_of(login))
-            extra = s.owners_of(key)
-            if extra:
-                found = found | extra
         return found
 
     def peek_addresses(self, login: str) -> frozenset[str] | None:
@@ -147,7 +152,9 @@ class SourcedLookups:
 
 
 def with_verified_source(config: Any, inner: Any) -> SourcedLookups:
-    """The runtime's lookups with the verified-senders source behind them."""
+    """The runtime's lookups with the verified-senders source behind them, loaded once.
+    Raises DirectoryError (a load error: startup or reload fails, saying why) when the
+    database cannot be opened; later failures are the lookups' 451."""
     from policyd.verification.source import VerifiedSource
 
     vc = config.verification
@@ -155,4 +162,9 @@ def with_verified_source(config: Any, inner: Any) -> SourcedLookups:
     # are reused up to positive_ttl, and up to stale_if_error while the directory is down).
     window = config.cache.positive_ttl + config.cache.stale_if_error if vc.store == "ldap" else 0.0
     source = VerifiedSource(vc.database, busy_timeout=vc.busy_timeout, revoke_window=window)
+    try:
+        source.refresh()  # at load: a database that cannot be opened is a setup error
+    except DirectoryUnavailable as e:
+        source.close()
+        raise DirectoryError(f"verification.database: {e}") from None
     return SourcedLookups(inner, [source], config.directory.lookup_deadline)

@@ -51,6 +51,8 @@ class Tx:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.c = conn
+        #: log lines (format, args) to emit once the transaction has committed
+        self.logs: list[tuple[str, tuple[object, ...]]] = []
 
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         return [Row(*r) for r in self.c.execute(sql, args).fetchall()]

@@ -49,6 +49,9 @@ class VerifiedSource:
         self._how: dict[tuple[str, str], tuple[float, str]] = {}
         self._revoked_until = float("inf")
         self._inode: tuple[int, int] | None = None
+        #: when the file's identity was last checked (a stat costs more than the change check
+        #: itself; replacing the database file is an admin's act, seen within a second)
+        self._inode_checked = 0.0
 
     # -- the source interface -------------------------------------------------------------
 
@@ -72,8 +75,11 @@ class VerifiedSource:
         store = self._store
         if store is None or self._version is None:
             return True
-        if self._file_id() != self._inode:  # replaced, moved or deleted underneath us
-            return True
+        now = time.monotonic()
+        if now - self._inode_checked >= 1.0:
+            self._inode_checked = now
+            if self._file_id() != self._inode:  # replaced, moved or deleted underneath us
+                return True
         if self.clock() >= self._revoked_until:
             return True
         try:

@@ -10,8 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
-from policyd.config import Config, ConfigError, load_config, parse_listen
+from policyd.config import Config, ConfigError, load_config
 from policyd.directory.base import Directory, DirectoryError
+from policyd.listen import parse_listen
 from policyd.web.app import WebState, build_app
 from policyd.web.auth import LdapLogin
 from policyd.web.backend import Blocking

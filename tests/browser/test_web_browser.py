@@ -100,7 +100,7 @@ def log_in(env: Env, page: Any, user: str, password: str, shot: str | None = Non
 def wait_for(page: Any, pattern: str) -> None:
     """Wait for a navigation to `pattern`; a failure shows the page it stopped on."""
     try:
-        page.wait_for_url(pattern, timeout=10_000)
+        page.wait_for_url(pattern, timeout=20_000)
     except Exception as e:
         raise AssertionError(f"{e}\nstopped on {page.url}:\n{page.inner_text('body')}") from None
 
@@ -183,13 +183,17 @@ def test_confirm_through_the_landing_page_button_without_logging_in(env: Env) ->
 
 
 def test_opening_the_link_verifies_nothing(env: Env) -> None:
+    from playwright.sync_api import expect  # (the chromium fixture made sure it is there)
+
     ctx = env.context()
     page = ctx.new_page()
     address = "dave@elsewhere.test"
     # keyboard only: the login field has the focus, Tab to the password, Enter sends
     page.goto(env.web.url + "/login")
+    expect(page.get_by_label("Login")).to_be_focused()  # autofocus, no script
     page.keyboard.type("dave")
     page.keyboard.press("Tab")
+    expect(page.get_by_label("Password")).to_be_focused()
     page.keyboard.type("dave-pw")
     page.keyboard.press("Enter")
     wait_for(page, "**/addresses")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -141,6 +142,10 @@ def test_config_check_summarises(config: Path) -> None:
     assert "ranges: 2 ranges" in r.stdout
     assert "directory: file" in r.stdout and "2 logins" in r.stdout
     assert "profile submission (default): role submission" in r.stdout
+    assert (
+        "milter: listen unix:/run/policyd-milter/milter.sock, profile submission (mode "
+        "enforce), timeout 60s" in r.stdout
+    )
 
 
 def test_config_check_and_serve_fail_with_one_line_naming_file_and_key(config: Path) -> None:
@@ -199,3 +204,72 @@ def test_a_range_wider_than_a_slash_8_is_warned_about(config: Path) -> None:
     r = policyd("config-check", "-c", str(config))
     assert r.returncode == 0
     assert "allocated range 0.0.0.0/0" in r.stderr and "ranges.txt:1" in r.stderr
+
+
+def test_check_explains_the_milter_decision_for_a_header(config: Path) -> None:
+    r = policyd(
+        "check",
+        "-c",
+        str(config),
+        "--sasl-username",
+        "alice",
+        "--header-from",
+        '"ceo@example.org" <alice@example.org>',
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == (
+        "milter_action=550 5.7.1 Header From shows <ceo@example.org> in a display name or "
+        "comment; it is not owned by user alice"
+    )
+    assert lines[1] == "milter_reason=header_from_display_address"
+    r = policyd(
+        "check",
+        "-c",
+        str(config),
+        "--sasl-username",
+        "alice",
+        "--sender",
+        "alice@example.org",
+        "--header-from",
+        "alice@example.org",
+        "--header-sender",
+        "bob@example.org",
+    )
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert out[:2] == ["action=OK", "reason=sender_owned"]
+    assert (
+        "milter_action=550 5.7.1 Header Sender <bob@example.org> is not owned by user alice" in out
+    )
+
+
+def test_check_into_a_closed_pipe_exits_quietly(config: Path) -> None:
+    # `policyd check … | head -1`: the reader is gone before we write. No BrokenPipeError
+    # traceback: the process ends as Unix tools do (by SIGPIPE), saying nothing.
+    rfd, wfd = os.pipe()
+    os.close(rfd)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "policyd", "check", "-c", str(config)]
+            + ["--sasl-username", "alice", "--sender", "alice@example.org"],
+            stdout=wfd,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+        )
+    finally:
+        os.close(wfd)
+    assert r.stderr == "", r.stderr
+    assert r.returncode == -signal.SIGPIPE
+
+
+def test_a_missing_default_config_says_where_it_looked_and_how_to_start(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.toml"
+    r = policyd("config-check", env={"POLICYD_CONFIG": str(missing)})
+    assert r.returncode == 1
+    assert r.stderr.strip() == (
+        f"policyd: no config file at {missing} (set the path); "
+        "to start from the shipped example: --config conf/policyd.toml"
+    )

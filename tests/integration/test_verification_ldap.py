@@ -91,7 +91,6 @@ def configs(
         bind_password_file=secret_file(tmp, "bind-pw", server.bind_password),
         user_base=PEOPLE,
         user_attributes=("mail", "mailLocalAddress", ATTR),
-        owner_filter=f"(&(objectClass=inetOrgPerson)(|(mail={{address}})(mailLocalAddress={{address}})({ATTR}={{address}})))",
         connect_timeout=1,
         receive_timeout=1,
     )
@@ -153,7 +152,9 @@ def test_the_read_only_lookups_see_what_the_writer_wrote(server: Slapd, tmp_path
         assert X not in d.addresses_of("alice")
         LdapWriter(cfg, wc, RULES).add("alice", X)
         assert X in d.addresses_of("alice")
-        assert d.owners_of(X) == {"alice"}
+        # not in owner_filter (conf/ldap/policyd-ldap.toml): a verified address is foreign,
+        # never "one of our senders" for protect_local_senders
+        assert d.owners_of(X) == set()
     finally:
         d.close()
 
@@ -259,7 +260,6 @@ def test_a_revocation_beats_this_instances_ldap_cache(server: Slapd, tmp_path: P
 
     async def go() -> None:
         assert X in await lookups.addresses_of("alice")
-        assert await lookups.owners_of(X) == {"alice"}
         api.revoke("alice", X, actor=ALICE)
         assert values(server) == set()
         assert X in (cache.peek_addresses("alice") or set())  # still cached for 300 s ...
@@ -270,3 +270,61 @@ def test_a_revocation_beats_this_instances_ldap_cache(server: Slapd, tmp_path: P
         asyncio.run(go())
     finally:
         lookups.close()
+
+
+class _AnswerLost:
+    """A real connection whose first modify is applied by slapd but whose answer is lost."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def modify(self, *args: Any, **kwargs: Any) -> Any:
+        self._conn.modify(*args, **kwargs)
+        raise TimeoutError("timed out (the answer never came)")
+
+
+class _LosesTheFirstAnswer(LdapWriter):
+    lost = False
+
+    def _connect(self) -> Any:
+        conn = super()._connect()
+        if not self.lost:
+            self.lost = True
+            return _AnswerLost(conn)
+        return conn
+
+
+def test_an_add_whose_answer_is_lost_is_taken_out_again(server: Slapd, tmp_path: Path) -> None:
+    cfg, wc = configs(server, tmp_path)
+    writer = _LosesTheFirstAnswer(cfg, wc, RULES)
+    api, outbox, d = _ldap_api(server, tmp_path, writer=writer)
+    try:
+        api.request("alice", X, actor=ALICE)
+        code = code_of(outbox.last)
+        with pytest.raises(Refused) as e:
+            api.confirm_code("alice", X, code, actor=ALICE)
+        assert e.value.code == "store_unavailable" and "timed out" in e.value.detail
+        assert values(server) == set()  # applied, then undone: the request is only pending
+        assert api.entries()[0].state == "pending"
+        assert api.confirm_code("alice", X, code, actor=ALICE).state == "verified"
+        assert values(server) == {X}
+    finally:
+        d.close()
+
+
+def test_an_address_already_in_the_entry_is_not_written_again(
+    server: Slapd, tmp_path: Path
+) -> None:
+    cfg, wc = configs(server, tmp_path)
+    admin = bind(server, server.admin_dn, server.admin_password)
+    admin.modify(
+        ALICE_DN,
+        {"objectClass": [(ldap3.MODIFY_ADD, ["policydSender"])], ATTR: [(ldap3.MODIFY_ADD, [X])]},
+    )
+    admin.unbind()
+    writer = _LosesTheFirstAnswer(cfg, wc, RULES)
+    assert writer.add("alice", X) is False  # read first: already so, nothing sent
+    assert values(server) == {X}

@@ -41,6 +41,11 @@ def config_text(db: Path, smtp_port: int, extra: str = "") -> str:
     return f"""
 [directory]
 file = "senders.txt"
+[profiles.submission]
+role = "submission"
+[profiles.mx]
+role = "mx"
+protect_local_senders = true
 [verification]
 enabled = true
 database = "{db}"
@@ -290,6 +295,11 @@ def test_verified_addresses_count_at_once_and_revoked_ones_stop_at_once(site: Pa
     service = PolicyService(runtime)
     api, outbox, _ = make_api(site)  # another connection, as `policyd senders` would be
 
+    async def mx(sender: str) -> str:
+        attrs = {**_attrs(sender), "sasl_username": "", "sasl_method": "", "policy_context": "mx"}
+        _, d = await service.decide({**attrs, "recipient": "bob@example.org"})
+        return d.reason.value
+
     async def action(sender: str) -> str:
         _, d = await service.decide(_attrs(sender))
         return d.reason.value
@@ -303,7 +313,11 @@ def test_verified_addresses_count_at_once_and_revoked_ones_stop_at_once(site: Pa
         assert await action(X) == "sender_owned"
         assert await action("X@ELSEWHERE.TEST") == "sender_owned"
         assert runtime.lookups.peek_addresses("alice") == frozenset({"alice@example.org", X})
-        assert await runtime.lookups.owners_of(X) == {"alice"}
+        # Foreign, so never one of "our" senders: the MX keeps taking mail from x@ unchecked
+        # (protect_local_senders), while our own addresses stay protected.
+        assert await runtime.lookups.owners_of(X) == frozenset()
+        assert await mx(X) == "not_trusted"
+        assert await mx("alice@example.org") == "sender_requires_login"
         assert isinstance(runtime.lookups, SourcedLookups)
         assert runtime.lookups.explain("alice")[0].startswith(f"owns {X}: verified ")
         api.revoke("alice", X, actor=ALICE)
@@ -360,3 +374,110 @@ def test_config_check_says_local_domains_must_be_set_with_ldap(site: Path) -> No
     r = _policyd("config-check", "-c", str(cfg))
     assert r.returncode == 1
     assert "verification.local_domains: must be set with directory.backend" in r.stderr
+
+
+def test_sendmail_submission_gets_the_message_with_our_bounce_address(site: Path) -> None:
+    out = site / "handed-over"
+    script = site / "sendmail"
+    script.write_text(f'#!/bin/sh\necho "$@" > {out}.args\ncat > {out}\n')
+    script.chmod(0o755)
+    failing = site / "sendmail-fails"
+    failing.write_text(
+        "#!/bin/sh\ncat >/dev/null\necho 'sendmail: fatal: queue file write error' >&2\nexit 75\n"
+    )
+    failing.chmod(0o755)
+    cfg = site / "policyd.toml"
+    extra = f'submission = "sendmail"\nsendmail_command = ["{script}", "-t", "-i"]\n'
+    extra += 'bounce_address = "bounces@example.org"\n'
+    cfg.write_text(config_text(site / "senders.sqlite", free_port(), extra))
+    r = senders(cfg, "request", "alice", X)
+    assert r.returncode == 0, r.stderr
+    assert (site / "handed-over.args").read_text().split() == [
+        "-t",
+        "-i",
+        "-f",
+        "bounces@example.org",
+    ]
+    raw = out.read_bytes()
+    assert b"\r\n" not in raw and raw.startswith(b"From: Example Mail <postmaster@example.org>\n")
+    assert b"\nTo: x@elsewhere.test\n" in raw
+    cfg.write_text(cfg.read_text().replace(str(script), str(failing)))
+    r = senders(cfg, "--json", "request", "alice", "y@elsewhere.test")
+    assert r.returncode == 1
+    assert '"code": "mail_failed"' in r.stdout and "exited with 75" in r.stdout
+    assert "queue file write error" in r.stdout
+    r = senders(cfg, "list", "--state", "pending")
+    assert "y@elsewhere.test" in r.stdout and "last error" in r.stdout
+
+
+def test_the_admin_commands(site: Path) -> None:
+    cfg = site / "policyd.toml"
+    cfg.write_text(config_text(site / "senders.sqlite", free_port()))
+    r = senders(cfg, "add", "alice", X)
+    assert r.returncode == 2 and "--no-verify" in r.stderr  # the override must be spelt out
+    r = senders(cfg, "add", "alice", X, "--no-verify")
+    assert r.returncode == 0 and "verified (no mail, by admin)" in r.stdout
+    r = senders(cfg, "block", "z@elsewhere.test")
+    assert r.returncode == 0
+    r = senders(cfg, "--json", "request", "bob", "z@elsewhere.test")
+    assert r.returncode == 1 and '"code": "suppressed"' in r.stdout
+    assert "z@elsewhere.test" in senders(cfg, "blocked").stdout
+    assert senders(cfg, "unblock", "z@elsewhere.test").returncode == 0
+    assert senders(cfg, "blocked").stdout.strip() == "(none)"
+    assert senders(cfg, "revoke", "alice", X).returncode == 0
+    r = senders(cfg, "revoke", "alice", X)
+    assert r.returncode == 1 and "not among the verified ones" in r.stderr
+    r = senders(cfg, "purge", "--older-than", "0")
+    assert r.returncode == 0 and "purged 0 request(s)" in r.stdout  # revoked ones are kept
+    r = senders(cfg, "audit")
+    events = [line.split()[4] for line in r.stdout.splitlines()]
+    assert events == ["add_unverified", "block", "unblock", "revoke", "purge"], r.stdout
+    r = senders(cfg, "request", "alice", "x@example.org")
+    assert r.returncode == 1 and "ask your administrator" in r.stderr
+
+
+def _ask(port: int, sender: str) -> str:
+    import socket
+
+    request = "".join(f"{k}={v}\n" for k, v in _attrs(sender).items()) + "\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request.encode())
+        reply = b""
+        while not reply.endswith(b"\n\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return reply.decode().strip()
+
+
+def test_policyd_serve_counts_verified_addresses_across_a_reload(site: Path) -> None:
+    from tests.servers.postfix import PolicydProcess
+
+    proc = PolicydProcess(site / "serve", free_port())
+    (site / "serve").mkdir()
+    (site / "serve" / "senders.txt").write_text("alice: alice@example.org\n")
+    text = config_text(site / "senders.sqlite", free_port())
+    proc.start(text)
+    try:
+        api, outbox, _ = make_api(site)
+        assert _ask(proc.port, X).startswith("action=553 5.7.1")
+        api.request("alice", X, actor=ALICE)
+        api.confirm_code("alice", X, code_of(outbox.last), actor=ALICE)
+        assert _ask(proc.port, X) == "action=OK"
+        proc.reload(text)
+        assert _ask(proc.port, X) == "action=OK"
+        api.revoke("alice", X, actor=ALICE)
+        assert _ask(proc.port, X).startswith("action=553 5.7.1")
+    finally:
+        proc.stop()
+    assert code_of(outbox.last) not in proc.log_text()
+
+
+def test_a_database_that_cannot_be_opened_stops_the_start_with_the_reason(site: Path) -> None:
+    cfg = site / "policyd.toml"
+    cfg.write_text(config_text(site / "missing-dir" / "senders.sqlite", free_port()))
+    r = _policyd("config-check", "-c", str(cfg))
+    assert r.returncode == 1
+    assert "verification.database: verified senders: the verification database" in r.stderr
+    assert "cannot be opened" in r.stderr or "read-only" in r.stderr

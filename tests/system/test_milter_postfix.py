@@ -381,7 +381,6 @@ def test_foreign_sender_header_is_rejected_after_data(
     assert "login=alice sender=alice@example.org " in line and "550 5.7.1 " in line, line
 
 
-@pytest.mark.xfail(strict=True, reason="milter names the header: integrator's change")
 def test_foreign_sender_header_reply_names_the_sender_header(
     up: PostfixServer, milter: MilterProcess
 ) -> None:
@@ -392,6 +391,29 @@ def test_foreign_sender_header_reply_names_the_sender_header(
     r = _last(s)
     assert (r.code, r.enhanced) == (550, "5.7.1"), _explain(s, up, milter, mark)
     assert r.text == "5.7.1 Header Sender <bob@example.org> is not owned by user alice"
+
+
+def test_a_display_name_showing_another_address_is_rejected_after_data(
+    up: PostfixServer, milter: MilterProcess
+) -> None:
+    # Many clients show the display name instead of the address: it must not name another one.
+    mark = milter.mark()
+    s = send(
+        up.ports["submission"],
+        headers=['From: "ceo@example.org" <alice@example.org>'],
+        **alice(up),
+    )
+    r = _last(s)
+    assert "data" in s.replies and (r.code, r.enhanced) == (550, "5.7.1"), _explain(
+        s, up, milter, mark
+    )
+    assert s.replies["rcpt"].code == 250
+    assert r.text == (
+        "5.7.1 Header From shows <ceo@example.org> in a display name or comment; "
+        "it is not owned by user alice"
+    )
+    [line] = milter.decisions(mark)
+    assert "reason=header_from_display_address" in line
 
 
 def test_own_header_from_is_accepted_and_queued(up: PostfixServer, milter: MilterProcess) -> None:

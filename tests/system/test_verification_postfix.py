@@ -22,7 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers.postfix import REPO, MasterEntry, PolicydProcess, PostfixServer, free_port
+from tests.servers.postfix import (
+    REPO,
+    PolicydProcess,
+    PostfixServer,
+    free_port,
+    parse_master_cf,
+)
 from tests.servers.postfix_fixtures import require_postfix
 from tests.servers.smtp_sink import SmtpSink
 from tests.verification_helpers import code_of, token_of
@@ -36,6 +42,7 @@ from tests.system.test_milter_postfix import (  # noqa: E402  (needs pymilter)
     send,
 )
 
+CONFIRM_CF = REPO / "conf" / "postfix" / "senders-confirm.cf"
 X = "x@elsewhere.test"
 EXTERNAL = "friend@external.test"
 SENDERS = "alice: alice@example.org\nbob: bob@example.org\n"
@@ -62,19 +69,11 @@ class RelayingPostfix(PostfixServer):
         self.local_port = free_port()
 
     def master_cf(self) -> str:
-        local = MasterEntry(
-            [f"127.0.0.1:{self.local_port}", "inet", "n", "-", "n", "-", "-", "smtpd"],
-            [
-                "-o syslog_name=postfix/local",
-                "-o mynetworks=127.0.0.0/8",
-                "-o smtpd_client_restrictions=",
-                "-o smtpd_helo_restrictions=",
-                "-o smtpd_sender_restrictions=",
-                "-o smtpd_relay_restrictions=permit_mynetworks,reject",
-                "-o smtpd_recipient_restrictions=",
-                "-o smtpd_milters=",
-            ],
-        )
+        # The shipped lines (conf/postfix/senders-confirm.cf), on this test's port.
+        shipped = parse_master_cf(CONFIRM_CF.read_text(encoding="utf-8"))
+        assert [e.columns[0] for e in shipped] == ["127.0.0.1:10025"]
+        local = shipped[0]
+        local.columns[0] = f"127.0.0.1:{self.local_port}"
         client = "smtp      unix  -       -       n       -       -       smtp\n"
         return super().master_cf() + local.render() + "\n" + client
 

@@ -396,3 +396,19 @@ def test_store_reopened_keeps_requests_audit_and_suppressions(tmp_path: Path) ->
     api2, _, _ = make_api(tmp_path, clock=clock, store=store)
     assert (api2.entries(), api2.audit(), api2.blocked()) == before
     assert api2.confirm_code("alice", X, code, actor=ALICE).state == "verified"
+
+
+def test_only_committed_transitions_are_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="policyd.verification")
+    api, outbox, _ = make_api(tmp_path, limits={"mails_per_hour": 1})
+    api.request("alice", X, actor=ALICE)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        f"sender verification: request {X} for alice: - -> pending by alice from 192.0.2.10"
+    ]
+    caplog.clear()
+    with pytest.raises(Refused):
+        api.request("bob", "y@elsewhere.test", actor=Actor("bob"))  # rolled back: rate limit
+    assert [r.getMessage() for r in caplog.records] == []
