@@ -24,6 +24,8 @@ from policyd.config_tables import TableReader
 from policyd.listen import parse_listen
 from policyd.replies import PLACEHOLDERS, check_template
 from policyd.verification.config import VerificationConfig, first_problem
+from policyd.web.config import WebConfig as WebConfig
+from policyd.web.config import check_web
 
 #: Where the installed daemon reads its config when neither --config nor $POLICYD_CONFIG
 #: names one.
@@ -181,6 +183,7 @@ class Config:
     milter: MilterConfig = field(default_factory=MilterConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     verification: VerificationConfig = field(default_factory=VerificationConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     profiles: Mapping[str, ProfileConfig] = field(
         default_factory=lambda: types.MappingProxyType(
             {
@@ -294,6 +297,7 @@ def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: TableReader)
     if any(ch.isspace() or ch == "@" for ch in cfg.addresses.extension_delimiters):
         raise ConfigError(s, "addresses.extension_delimiters", 'may not contain spaces or "@"')
     check_ldap(cfg.ldap, s)
+    check_web(cfg.web, s)
     bad = first_problem(cfg.verification, cfg.directory.backend)
     if bad:
         raise ConfigError(s, *bad)

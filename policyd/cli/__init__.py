@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("milter", help="run the header From: milter (needs pymilter)")
     add_config(m)
+
+    w = sub.add_parser("web", help="run the self-service page for sender addresses")
+    add_config(w)
+    w.add_argument(
+        "--listen", "-l", default=None, metavar="HOST:PORT", help="instead of web.listen"
+    )
     from policyd.cli import senders as senders_cli
 
     senders_cli.add_parser(sub)
@@ -93,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd = args.command
     if cmd == "serve":
         return _serve_stdio(args) if args.stdio else _serve(args)
+    if cmd == "web":
+        return _web(args)
     if cmd == "check":
         from policyd.cli.explain import check
 
@@ -101,12 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from policyd.cli.explain import config_check
 
         return _guarded(args, config_check)
-    if cmd == "milter":
-        return _milter(args)
     if cmd == "senders":
         from policyd.cli import senders as senders_cli
 
         return senders_cli.main(args)
+    if cmd == "milter":
+        return _milter(args)
     return 2  # pragma: no cover
 
 
@@ -249,3 +257,13 @@ def _milter(args: argparse.Namespace) -> int:
     except LOAD_ERRORS as e:
         return load_failure(args.config, e)
     return rc
+
+
+def _web(args: argparse.Namespace) -> int:
+    try:
+        from policyd.web.server import run_web
+    except ImportError as e:
+        if (e.name or "").split(".")[0] in ("aiohttp", "jinja2"):
+            return fail("the web page needs aiohttp and jinja2: pip install 'policyd[web]'")
+        raise
+    return run_web(args.config, args.listen)

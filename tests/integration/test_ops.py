@@ -286,7 +286,7 @@ def _seconds(span: str) -> float:
 
 
 #: Every unit file in systemd/ (the test below fails when one is added and not listed here).
-UNITS = ("policyd.service", "policyd.socket", "policyd-milter.service")
+UNITS = ("policyd.service", "policyd.socket", "policyd-milter.service", "policyd-web.service")
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".target", ".mount")
 
 
