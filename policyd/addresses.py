@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -80,8 +81,42 @@ def candidates(sender: str, rules: AddressRules = DEFAULT_RULES) -> tuple[str, .
 
 
 def owned_by(owned: frozenset[str], sender: str, rules: AddressRules = DEFAULT_RULES) -> bool:
-    """True when one of the sender's candidate keys is among the owned addresses."""
+    """True when one of the sender's candidate keys is among the owned addresses. (Not the
+    ownership rule by itself: a more specific key may belong to someone else; see `owns`.)"""
     return any(c in owned for c in candidates(sender, rules))
+
+
+def keys_to_resolve(
+    owned: frozenset[str], sender: str, rules: AddressRules = DEFAULT_RULES
+) -> tuple[str, ...]:
+    """The keys whose owners must be known before `owns` can answer for a login that owns
+    `owned`: those more specific than the first key the login owns. Empty when the login owns
+    the exact address, or owns none of the keys (either answer is then final)."""
+    keys = candidates(sender, rules)
+    for i, key in enumerate(keys):
+        if key in owned:
+            return keys[:i]
+    return ()
+
+
+def owns(
+    login: str,
+    owned: frozenset[str],
+    sender: str,
+    key_owners: Mapping[str, frozenset[str]],
+    rules: AddressRules = DEFAULT_RULES,
+) -> bool:
+    """Postfix's smtpd_sender_login_maps rule: of the sender's keys, most specific first, the
+    first one that has ANY owner decides, and the login must be among its owners; a key nobody
+    owns falls through to the next. `owned` is the login's own addresses; `key_owners` the
+    owners of (at least) the keys `keys_to_resolve` names."""
+    for key in candidates(sender, rules):
+        if key in owned:
+            return True
+        others = key_owners.get(key)
+        if others:
+            return login in others
+    return False
 
 
 def canonical_login(login: str, rules: AddressRules = DEFAULT_RULES) -> str:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from policyd.config import Config, ConfigError, load_config
 from policyd.decision import Decision, Reason, Verdict
 from policyd.directory.base import DirectoryError
+from policyd.directory.cache import CachedLookups
 from policyd.engine import to_action
 from policyd.networks import NetworksError
 from policyd.protocol import ProtocolError, RequestParser, encode_action
@@ -145,7 +146,7 @@ class App:
         if config.logging.level != old_cfg.logging.level:
             logging.getLogger().setLevel(config.logging.level.upper())
         cache_note = ""
-        if old.lookups is not None and runtime.lookups is not None:
+        if isinstance(old.lookups, CachedLookups) and isinstance(runtime.lookups, CachedLookups):
             same = old.config.ldap == config.ldap and old.config.addresses == config.addresses
             runtime.lookups.take_over(old.lookups, keep_entries=same)
             cache_note = "; cache kept" if same else "; directory changed: cache dropped"

@@ -311,10 +311,7 @@ def _check(args: argparse.Namespace) -> int:
 
             login = canonical_login(args.sasl_username, runtime.rules)
             try:
-                if runtime.lookups is not None:
-                    owned = await runtime.lookups.addresses_of(login)
-                else:
-                    owned = runtime.directory.addresses_of(login)
+                owned = await runtime.lookups.addresses_of(login)
             except DirectoryUnavailable as e:
                 print(f"login {login}: directory unavailable: {e}")
             else:

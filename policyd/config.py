@@ -124,8 +124,7 @@ class LdapConfig:
     group_filter: str = "(&(objectClass=groupOfNames)(member={dn}))"
     group_attributes: tuple[str, ...] = ("mailLocalAddress",)
     owner_filter: str = (
-        "(&(objectClass=inetOrgPerson)(|(mail={address})(mailLocalAddress={address})"
-        "(mail=@{domain})(mailLocalAddress=@{domain})))"
+        "(&(objectClass=inetOrgPerson)(|(mail={address})(mailLocalAddress={address})))"
     )
     owner_login_attribute: str = "uid"
 

@@ -11,7 +11,14 @@ import enum
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from policyd.addresses import AddressRules, normalize_address, owned_by, sender_domain
+from policyd.addresses import (
+    AddressRules,
+    canonical_login,
+    keys_to_resolve,
+    normalize_address,
+    owns,
+    sender_domain,
+)
 from policyd.config import ProfileConfig, render
 from policyd.decision import Decision, Reason, Verdict
 from policyd.networks import Range
@@ -36,6 +43,8 @@ class Facts(NamedTuple):
     sender_owners: frozenset[str] | None = None
     #: the directory could not answer the lookup that was needed
     directory_unavailable: bool = False
+    #: owners of the sender's more specific keys, when `keys_needed` named any
+    key_owners: Mapping[str, frozenset[str]] | None = None
 
 
 def needs_network(attrs: Mapping[str, str]) -> bool:
@@ -57,6 +66,25 @@ def needs(attrs: Mapping[str, str], profile: ProfileConfig, network: Range | Non
     if network is None and profile.protect_local_senders and sender:
         return Need.OWNERS
     return Need.NOTHING
+
+
+def keys_needed(sender: str, owned: frozenset[str], rules: AddressRules) -> tuple[str, ...]:
+    """After Need.ADDRESSES: the keys of `sender` whose owners decide() also needs (in
+    Facts.key_owners). Empty in the common case, a login sending as an address it owns."""
+    if normalize_address(sender, rules) in owned:
+        return ()
+    return keys_to_resolve(owned, sender, rules)
+
+
+def _owned(
+    login: str, sender: str, facts: Facts, owned: frozenset[str], rules: AddressRules
+) -> bool | None:
+    """Whether `login` owns `sender` (None: a needed key's owners were not looked up)."""
+    needed = keys_to_resolve(owned, sender, rules)
+    key_owners = facts.key_owners or {}
+    if any(k not in key_owners for k in needed):
+        return None
+    return owns(login, owned, sender, key_owners, rules)
 
 
 def decide(
@@ -88,9 +116,16 @@ def decide(
             return _defer(
                 Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values)
             )
-        # The exact address is the first key owned_by tries: the common case, checked without
-        # building the other candidates.
-        if normalize_address(sender, rules) in owned or owned_by(owned, sender, rules):
+        # The exact address owned by the login is the common case: checked without building
+        # the other keys. Otherwise the most specific key that has any owner decides.
+        if normalize_address(sender, rules) in owned:
+            return _accept(profile, Reason.SENDER_OWNED)
+        is_owner = _owned(canonical_login(login, rules), sender, facts, owned, rules)
+        if is_owner is None:
+            return _defer(
+                Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values)
+            )
+        if is_owner:
             return _accept(profile, Reason.SENDER_OWNED)
         return _reject(profile, Reason.SENDER_NOT_OWNED, render(replies.sender_not_owned, **values))
 
@@ -137,12 +172,15 @@ def decide_header_from(
     sender: str = "",
     directory_unavailable: bool = False,
     owners: Mapping[str, frozenset[str]] | None = None,
+    key_owners: Mapping[str, frozenset[str]] | None = None,
 ) -> Decision:
     """The milter's rule: every mailbox of From: (and Sender:) must be owned by the login.
 
     `mailboxes` is None when the From: header is missing or cannot be parsed. For an
     unauthenticated session (login "") only protect_local_senders applies, with `owners`
-    mapping each mailbox to its owners (None when not looked up).
+    mapping each mailbox to its owners (None when not looked up). For a login, a mailbox is
+    owned by the envelope rule (`addresses.owns`): `key_owners` holds the owners of the keys
+    `keys_needed` names for each mailbox.
     """
     replies = profile.replies
     values = {"login": login, "client": client, "sender": sender}
@@ -167,8 +205,15 @@ def decide_header_from(
         )
     if directory_unavailable or owned is None:
         return _defer(Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values))
+    facts = Facts(owned=owned, key_owners=key_owners)
+    who = canonical_login(login, rules)
     for box in mailboxes:
-        if not owned_by(owned, box, rules):
+        is_owner = box in owned or _owned(who, box, facts, owned, rules)
+        if is_owner is None:
+            return _defer(
+                Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values)
+            )
+        if not is_owner:
             return _reject(
                 profile,
                 Reason.HEADER_FROM_NOT_OWNED,

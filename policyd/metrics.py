@@ -125,7 +125,7 @@ class Metrics:
 
     def attach(self, runtime: Runtime) -> None:
         """Observe the lookups of a (new) runtime."""
-        if runtime.lookups is not None:
+        if runtime.lookups.runner is not None:
             runtime.lookups.runner.observer = self.observe_lookup
 
     def start(self, listen: str) -> str:
@@ -205,7 +205,7 @@ class _AppCollector(Collector):
             value=app.loaded_at,
         )
         lookups = rt.lookups
-        stats = lookups.stats if lookups is not None else None
+        stats = lookups.stats
         for name, doc, attr in (
             ("policyd_directory_cache_hits", "Directory answers served from the cache.", "hits"),
             ("policyd_directory_cache_misses", "Lookups that went to the directory.", "misses"),
@@ -229,5 +229,5 @@ class _AppCollector(Collector):
         yield GaugeMetricFamily(
             "policyd_directory_cache_entries",
             "Entries in the directory cache.",
-            value=len(lookups) if lookups is not None else 0,
+            value=len(lookups),
         )

@@ -43,7 +43,8 @@ from policyd.addresses import canonical_login
 from policyd.config import Config, ProfileConfig, load_config
 from policyd.decision import Decision, Verdict
 from policyd.directory.base import DirectoryUnavailable
-from policyd.engine import decide_header_from, to_action
+from policyd.directory.lookups import key_owners, sender_owners
+from policyd.engine import decide_header_from, keys_needed, to_action
 from policyd.headers import AuthorCheck, author_mailboxes, unfold
 from policyd.observability import kv, setup_logging
 from policyd.runtime import Runtime, build_runtime
@@ -133,25 +134,22 @@ class MilterService:
 
     # -- lookups (called from libmilter threads) ---------------------------------------------
 
-    def addresses_of(self, login: str) -> frozenset[str]:
-        """The canonical login's addresses. Raises DirectoryUnavailable."""
-        lookups = self.runtime.lookups
-        if lookups is None:
-            return self.runtime.directory.addresses_of(login)
-        return self._submit(lookups.addresses_of(login))
+    def gather(self, login: str, boxes: tuple[str, ...]) -> _Gathered:
+        """What decide_header_from needs for these mailboxes: (owned, key_owners, owners).
+        Raises DirectoryUnavailable."""
+        rt = self.runtime
+        lookups, rules = rt.lookups, rt.rules
 
-    def owners_of_all(self, mailboxes: tuple[str, ...]) -> dict[str, frozenset[str]]:
-        """owners_of each (normalised) mailbox. Raises DirectoryUnavailable."""
-        lookups = self.runtime.lookups
-        if lookups is None:
-            return {box: self.runtime.directory.owners_of(box) for box in mailboxes}
+        async def for_login() -> _Gathered:
+            owned = await lookups.addresses_of(canonical_login(login, rules))
+            keys = [k for box in boxes for k in keys_needed(box, owned, rules)]
+            return owned, await key_owners(lookups, keys), None
 
-        async def gather() -> dict[str, frozenset[str]]:
-            assert lookups is not None
-            found = await asyncio.gather(*(lookups.owners_of(b) for b in mailboxes))
-            return dict(zip(mailboxes, found, strict=True))
+        async def for_outsider() -> _Gathered:
+            found = {box: await sender_owners(lookups, box, rules) for box in boxes}
+            return None, None, found
 
-        return self._submit(gather())
+        return self._submit(for_login() if login else for_outsider())
 
     # -- the decision ------------------------------------------------------------------------
 
@@ -161,13 +159,11 @@ class MilterService:
         login = login.strip()
         boxes = author.mailboxes
         owned: frozenset[str] | None = None
-        owners: dict[str, frozenset[str]] | None = None
+        key_owned = owners = None
         unavailable = False
         try:
-            if login and boxes:
-                owned = self.addresses_of(canonical_login(login, rt.rules))
-            elif not login and boxes and profile.protect_local_senders:
-                owners = self.owners_of_all(boxes)
+            if boxes and (login or profile.protect_local_senders):
+                owned, key_owned, owners = self.gather(login, boxes)
         except DirectoryUnavailable as e:
             log.warning("directory unavailable: %s", e)
             unavailable = True
@@ -181,7 +177,14 @@ class MilterService:
             sender=sender,
             directory_unavailable=unavailable,
             owners=owners,
+            key_owners=key_owned,
         )
+
+
+#: (owned by the login, owners of the keys it needs, owners of each mailbox for an outsider)
+_Gathered = tuple[
+    frozenset[str] | None, dict[str, frozenset[str]] | None, dict[str, frozenset[str]] | None
+]
 
 
 def decision_line(

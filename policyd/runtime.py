@@ -9,6 +9,7 @@ from policyd.addresses import AddressRules
 from policyd.config import Config
 from policyd.directory.base import Directory
 from policyd.directory.cache import CachedLookups, LookupRunner
+from policyd.directory.lookups import DirectLookups
 from policyd.directory.static import StaticDirectory
 from policyd.networks import Networks
 
@@ -21,14 +22,12 @@ class Runtime:
     networks: Networks
     rules: AddressRules
     directory: Directory
-    #: set for blocking (LDAP) directories: thread pool, deadline and cache
-    lookups: CachedLookups | None
+    #: the one way to ask for owned addresses: for a blocking (LDAP) directory the thread
+    #: pool, deadline and cache; for the file directory direct calls
+    lookups: CachedLookups | DirectLookups
 
     def close(self) -> None:
-        if self.lookups is not None:
-            self.lookups.runner.close()
-        else:
-            self.directory.close()
+        self.lookups.close()
 
 
 def make_directory(config: Config, rules: AddressRules) -> Directory:
@@ -53,8 +52,10 @@ def build_runtime(config: Config) -> Runtime:
             rng.source,
         )
     directory = make_directory(config, rules)
-    lookups = None
+    lookups: CachedLookups | DirectLookups
     if directory.blocking:
         runner = LookupRunner(directory, config.directory.threads, config.directory.lookup_deadline)
         lookups = CachedLookups(runner, config.cache)
+    else:
+        lookups = DirectLookups(directory)
     return Runtime(config, networks, rules, directory, lookups)

@@ -11,11 +11,18 @@ import logging
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
-from policyd.addresses import canonical_login, normalize_address
+from policyd.addresses import canonical_login
 from policyd.config import ProfileConfig
 from policyd.decision import Decision
 from policyd.directory.base import DirectoryUnavailable
-from policyd.engine import Facts, Need, decide, needs, needs_network
+from policyd.directory.lookups import (
+    key_owners,
+    peek_key_owners,
+    peek_sender_owners,
+    sender_owners,
+)
+from policyd.engine import Facts, Need, decide, keys_needed, needs, needs_network
+from policyd.networks import Range
 from policyd.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -77,39 +84,25 @@ class PolicyService:
         need = needs(attrs, profile, network)
         if need is Need.NOTHING:
             return profile, decide(attrs, profile, Facts(network=network), rt.rules)
-        if need is Need.ADDRESSES:
-            kind, key = "a", canonical_login(attrs.get("sasl_username", ""), rt.rules)
-        else:
-            kind, key = "o", normalize_address(attrs.get("sender", ""), rt.rules)
-        if rt.lookups is None:
-            try:
-                fn = rt.directory.addresses_of if kind == "a" else rt.directory.owners_of
-                facts = _facts(network, kind, fn(key))
-            except DirectoryUnavailable as e:
-                log.warning("directory unavailable: %s", e)
-                facts = Facts(network=network, directory_unavailable=True)
-            return profile, decide(attrs, profile, facts, rt.rules)
-        hit = rt.lookups.peek(kind, key)
-        if hit is not None:
-            return profile, decide(attrs, profile, _facts(network, kind, hit), rt.rules)
-        return profile, self._decide_later(rt, attrs, profile, network, kind, key)
+        try:
+            facts = _peek_facts(rt, attrs, need, network)
+        except DirectoryUnavailable as e:
+            log.warning("directory unavailable: %s", e)
+            facts = Facts(network=network, directory_unavailable=True)
+        if facts is None:
+            return profile, self._decide_later(rt, attrs, profile, network, need)
+        return profile, decide(attrs, profile, facts, rt.rules)
 
     async def _decide_later(
         self,
         rt: Runtime,
         attrs: Mapping[str, str],
         profile: ProfileConfig,
-        network: Any,
-        kind: str,
-        key: str,
+        network: Range | None,
+        need: Need,
     ) -> Decision:
-        assert rt.lookups is not None
         try:
-            if kind == "a":
-                value = await rt.lookups.addresses_of(key)
-            else:
-                value = await rt.lookups.owners_of(key)
-            facts = _facts(network, kind, value)
+            facts = await gather_facts(rt, attrs, need, network)
         except DirectoryUnavailable as e:
             log.warning("directory unavailable: %s", e)
             facts = Facts(network=network, directory_unavailable=True)
@@ -122,8 +115,40 @@ class PolicyService:
         return profile, await result
 
 
-def _facts(network: Any, kind: str, value: frozenset[str]) -> Facts:
-    # (positional: Facts(network, owned, sender_owners) is the faster call)
-    if kind == "a":
-        return Facts(network, value)
-    return Facts(network, None, value)
+def _peek_facts(
+    rt: Runtime, attrs: Mapping[str, str], need: Need, network: Range | None
+) -> Facts | None:
+    """The facts `need` names, when the lookups know them without blocking; else None."""
+    lookups, rules = rt.lookups, rt.rules
+    sender = attrs.get("sender", "")
+    if need is Need.ADDRESSES:
+        owned = lookups.peek_addresses(canonical_login(attrs.get("sasl_username", ""), rules))
+        if owned is None:
+            return None
+        keys = keys_needed(sender, owned, rules)
+        if not keys:
+            # (positional: Facts(network, owned) is the faster call)
+            return Facts(network, owned)
+        found = peek_key_owners(lookups, keys)
+        if found is None:
+            return None
+        return Facts(network, owned, key_owners=found)
+    owners = peek_sender_owners(lookups, sender, rules)
+    if owners is None:
+        return None
+    return Facts(network, None, owners)
+
+
+async def gather_facts(
+    rt: Runtime, attrs: Mapping[str, str], need: Need, network: Range | None
+) -> Facts:
+    """The facts `need` names, looked up. Raises DirectoryUnavailable."""
+    lookups, rules = rt.lookups, rt.rules
+    sender = attrs.get("sender", "")
+    if need is Need.ADDRESSES:
+        owned = await lookups.addresses_of(canonical_login(attrs.get("sasl_username", ""), rules))
+        keys = keys_needed(sender, owned, rules)
+        if not keys:
+            return Facts(network, owned)
+        return Facts(network, owned, key_owners=await key_owners(lookups, keys))
+    return Facts(network, None, await sender_owners(lookups, sender, rules))

@@ -31,8 +31,10 @@ class Directory(Protocol):
         ...
 
     def owners_of(self, address: str) -> frozenset[str]:
-        """Canonical logins that own the (normalised) address, directly, through its
-        extension-stripped form or through an "@domain" entry. Raises DirectoryUnavailable."""
+        """Canonical logins that own exactly this normalised key: an address, its
+        extension-stripped form, or "@domain" (no fallback from one to the next: the caller
+        applies Postfix's most-specific-key rule, see addresses.owns). Raises
+        DirectoryUnavailable."""
         ...
 
     def close(self) -> None:

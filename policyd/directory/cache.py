@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import enum
 import logging
 import time
 from collections import OrderedDict
@@ -70,6 +71,13 @@ class CacheStats:
     coalesced: int = 0
 
 
+class Kind(enum.IntEnum):
+    """What a cache entry answers. (An IntEnum: hashed as an int, in every cache key.)"""
+
+    ADDRESSES = 0  # addresses_of(login)
+    OWNERS = 1  # owners_of(key)
+
+
 class _Entry:
     __slots__ = ("value", "fetched", "expires")
 
@@ -92,8 +100,8 @@ class CachedLookups:
         self.cfg = cfg
         self.clock = clock
         self.stats = CacheStats()
-        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
-        self._inflight: dict[tuple[str, str], asyncio.Future[frozenset[str]]] = {}
+        self._entries: OrderedDict[tuple[Kind, str], _Entry] = OrderedDict()
+        self._inflight: dict[tuple[Kind, str], asyncio.Future[frozenset[str]]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -109,24 +117,33 @@ class CachedLookups:
             self._entries = old._entries
 
     # fast path: a fresh hit answered without a task switch
-    def peek(self, kind: str, key: str) -> frozenset[str] | None:
+    def peek_addresses(self, login: str) -> frozenset[str] | None:
+        return self._peek((Kind.ADDRESSES, login))
+
+    def peek_owners(self, key: str) -> frozenset[str] | None:
+        return self._peek((Kind.OWNERS, key))
+
+    def _peek(self, k: tuple[Kind, str]) -> frozenset[str] | None:
         if not self.cfg.enabled:
             return None
-        e = self._entries.get((kind, key))
+        e = self._entries.get(k)
         if e is None or e.expires < self.clock():
             return None
         self.stats.hits += 1
-        self._entries.move_to_end((kind, key))
+        self._entries.move_to_end(k)
         return e.value
 
     async def addresses_of(self, login: str) -> frozenset[str]:
-        return await self._get("a", login, self.runner.directory.addresses_of)
+        return await self._get(Kind.ADDRESSES, login, self.runner.directory.addresses_of)
 
-    async def owners_of(self, address: str) -> frozenset[str]:
-        return await self._get("o", address, self.runner.directory.owners_of)
+    async def owners_of(self, key: str) -> frozenset[str]:
+        return await self._get(Kind.OWNERS, key, self.runner.directory.owners_of)
+
+    def close(self) -> None:
+        self.runner.close()
 
     async def _get(
-        self, kind: str, key: str, fn: Callable[[str], frozenset[str]]
+        self, kind: Kind, key: str, fn: Callable[[str], frozenset[str]]
     ) -> frozenset[str]:
         if not self.cfg.enabled:
             try:
@@ -134,10 +151,10 @@ class CachedLookups:
             except DirectoryUnavailable:
                 self.stats.errors += 1
                 raise
-        hit = self.peek(kind, key)
+        k = (kind, key)
+        hit = self._peek(k)
         if hit is not None:
             return hit
-        k = (kind, key)
         pending = self._inflight.get(k)
         if pending is None:
             # The lookup runs as its own task: a caller that goes away (client disconnect)
@@ -151,7 +168,7 @@ class CachedLookups:
         return await asyncio.shield(pending)
 
     async def _fetch(
-        self, k: tuple[str, str], fn: Callable[[str], frozenset[str]]
+        self, k: tuple[Kind, str], fn: Callable[[str], frozenset[str]]
     ) -> frozenset[str]:
         try:
             value = await self.runner.call(fn, k[1])
@@ -186,5 +203,5 @@ def _consume(task: asyncio.Future[frozenset[str]]) -> None:
         task.exception()
 
 
-def key_repr(kind: str) -> str:
-    return "addresses_of" if kind == "a" else "owners_of"
+def key_repr(kind: Kind) -> str:
+    return "addresses_of" if kind is Kind.ADDRESSES else "owners_of"

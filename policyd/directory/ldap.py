@@ -19,9 +19,10 @@ Decisions worth knowing:
   unknown (empty). The user search uses size_limit=2 to detect that cheaply.
 * `group_base` empty means the domain-component suffix of `user_base` ("ou=people,dc=example,
   dc=org" -> "dc=example,dc=org"); when user_base has no dc= part, its last RDN ("o=corp").
-* owners_of(address) searches `owner_filter` for the address and for its extension-stripped
-  form (one OR-ed search), then the groups holding the address, its stripped form or its
-  "@domain": the group filter is `group_filter` with its membership assertion
+* owners_of(key) answers for exactly one key (an address, its extension-stripped form or
+  "@domain"; the caller applies Postfix's most-specific-key rule): `owner_filter` with
+  {address} = the key, keeping only entries that hold the key among `user_attributes`, then
+  the groups holding the key: the group filter is `group_filter` with its membership assertion
   ("(member={dn})" or "(memberUid={login})") replaced by the address test on
   `group_attributes`. Members are reported by `owner_login_attribute`: read from the member DN
   when its first RDN is that attribute (uid=alice,...), otherwise read from the member's entry
@@ -68,7 +69,6 @@ from policyd.addresses import (
     canonical_login,
     normalize_address,
     split_address,
-    strip_extension,
 )
 from policyd.config import LdapConfig
 from policyd.directory.base import DirectoryError, DirectoryUnavailable
@@ -596,28 +596,24 @@ class LdapDirectory:
         return frozenset(out)
 
     def owners_of(self, address: str) -> frozenset[str]:
-        full = normalize_address(address, self.rules)
-        local, domain = split_address(full)
+        key = normalize_address(address, self.rules)
+        local, domain = split_address(key)
         if not domain:
             return frozenset()
-        forms = [full]
-        bare = strip_extension(local, self.rules)
-        if bare != local:
-            forms.append(f"{bare}@{domain}")
-        parts = [
-            render_filter(
-                self.cfg.owner_filter, address=a, localpart=split_address(a)[0], domain=domain
-            )
-            for a in forms
-        ]
-        filt = parts[0] if len(parts) == 1 else "(|" + "".join(parts) + ")"
+        filt = render_filter(self.cfg.owner_filter, address=key, localpart=local, domain=domain)
         login_attr = self.cfg.owner_login_attribute
+        attrs = [login_attr, *self.cfg.user_attributes]
         owners: set[str] = set()
-        found = self._search(self.cfg.user_base, self._scope_user, filt, [login_attr], 0)
+        found = self._search(self.cfg.user_base, self._scope_user, filt, attrs, 0)
         for e in found.entries:
-            owners.update(self._logins(e, login_attr))
+            held = self._addresses(e, self.cfg.user_attributes)
+            # Only entries that hold exactly this key own it (an owner_filter may also match
+            # the "@domain" of an address); an entry whose addresses cannot be read at all is
+            # kept: a false owner refuses a sender, a missed one could let a spoofer through.
+            if key in held or not held:
+                owners.update(self._logins(e, login_attr))
         if self._reverse is not None:
-            owners.update(self._group_owners(forms + [f"@{domain}"]))
+            owners.update(self._group_owners([key]))
         return frozenset(owners)
 
     def close(self) -> None:

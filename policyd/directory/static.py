@@ -17,11 +17,12 @@ from pathlib import Path
 
 from policyd.addresses import (
     AddressRules,
-    candidates,
     canonical_login,
     normalize_address,
 )
 from policyd.directory.base import DirectoryError
+
+_NONE: frozenset[str] = frozenset()
 
 
 class StaticDirectory:
@@ -90,10 +91,7 @@ class StaticDirectory:
         return self._owned.get(login, frozenset())
 
     def owners_of(self, address: str) -> frozenset[str]:
-        out: set[str] = set()
-        for key in candidates(address, self._rules):
-            out |= self._owners.get(key, frozenset())
-        return frozenset(out)
+        return self._owners.get(address, _NONE)
 
     def close(self) -> None:
         pass

@@ -47,6 +47,7 @@ bob:   bob@example.org
 carol: @carol.example
 dave:  dave@example.net
 alice, bob: sales@example.org      # a shared (group) address; dave is not a member
+bob:   alice+boss@example.org      # looks like alice's extension, but the exact key is bob's
 """
 
 RANGES = """\
@@ -353,6 +354,36 @@ def test_authenticated_user_sends_as_someone_else(mta: PostfixServer, policyd: P
         policyd,
         mark,
     )
+
+
+def test_an_extension_address_registered_to_another_user_is_refused(
+    mta: PostfixServer, policyd: Policyd
+) -> None:
+    # Postfix's smtpd_sender_login_maps stops at the first key it has: the exact address, bob's.
+    mark = policyd.mark()
+    s = send_mail(
+        mta.ports["submission"],
+        sender="alice+boss@example.org",
+        recipient=EXTERNAL,
+        **_login(mta, "alice"),
+    )
+    expect_reply(
+        s,
+        553,
+        "5.7.1",
+        "Sender address <alice+boss@example.org> is not owned by user alice",
+        postfix=mta,
+        policyd=policyd,
+        mark=mark,
+    )
+    mark = policyd.mark()
+    s = send_mail(
+        mta.ports["submission"],
+        sender="alice+boss@example.org",
+        recipient=EXTERNAL,
+        **_login(mta, "bob"),
+    )
+    expect_accepted(s, mta, EXTERNAL, policyd, mark)
 
 
 def test_unknown_sender_domain_is_not_owned(mta: PostfixServer, policyd: Policyd) -> None:

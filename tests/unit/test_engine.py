@@ -32,6 +32,7 @@ from policyd.addresses import AddressRules
 from policyd.config import ProfileConfig, config_from_dict
 from policyd.decision import Decision, Reason, Verdict
 from policyd.directory.base import DirectoryUnavailable
+from policyd.directory.lookups import DirectLookups
 from policyd.engine import Facts, Need, decide, needs, needs_network, to_action
 from policyd.networks import Networks, Range
 from policyd.protocol import encode_action
@@ -58,6 +59,7 @@ CUSTOMERS = Range("customers", "192.0.2.0/24", None, "ranges:1")
 RESTRICTED = Range("restricted", "198.51.100.0/24", frozenset({"example.com"}), "ranges:2")
 ALICE = frozenset({"alice@example.org", "alice.smith@example.org", "sales@example.org"})
 CAROL = frozenset({"@carol.example"})
+NOBODY: frozenset[str] = frozenset()
 RULES = AddressRules()
 
 
@@ -198,7 +200,7 @@ ROWS = [
     Row(
         "auth_owned_extension",
         auth("alice", "alice+lists@example.org"),
-        Facts(owned=ALICE),
+        Facts(owned=ALICE, key_owners={"alice+lists@example.org": NOBODY}),
         SUB,
         Verdict.ACCEPT,
         Reason.SENDER_OWNED,
@@ -218,7 +220,10 @@ ROWS = [
     Row(
         "auth_owned_domain_entry",
         auth("carol", "anyone+x@Carol.Example"),
-        Facts(owned=CAROL),
+        Facts(
+            owned=CAROL,
+            key_owners={"anyone+x@carol.example": NOBODY, "anyone@carol.example": NOBODY},
+        ),
         SUB,
         Verdict.ACCEPT,
         Reason.SENDER_OWNED,
@@ -289,7 +294,7 @@ ROWS = [
     Row(
         "auth_extension_with_other_delimiters",
         auth("alice", "alice-x@example.org"),
-        Facts(owned=ALICE),
+        Facts(owned=ALICE, key_owners={"alice-x@example.org": NOBODY}),
         SUB,
         Verdict.ACCEPT,
         Reason.SENDER_OWNED,
@@ -643,6 +648,71 @@ ROWS = [
         Reason.WRONG_REQUEST,
         "DUNNO",
         Need.NOTHING,
+    ),
+    # --- the most specific key that has any owner decides (Postfix's smtpd_sender_login_maps)
+    Row(
+        "auth_extension_registered_to_another_login",
+        auth("alice", "alice+boss@example.org"),
+        Facts(owned=ALICE, key_owners={"alice+boss@example.org": frozenset({"bob"})}),
+        SUB,
+        Verdict.REJECT,
+        Reason.SENDER_NOT_OWNED,
+        NOT_OWNED.format(sender="alice+boss@example.org", login="alice"),
+        Need.ADDRESSES,
+    ),
+    Row(
+        "auth_delimiter_makes_another_users_address_look_like_an_extension",
+        auth("alice", "first-last@example.org"),
+        Facts(
+            owned=frozenset({"first@example.org"}),
+            key_owners={"first-last@example.org": frozenset({"bob"})},
+        ),
+        SUB,
+        Verdict.REJECT,
+        Reason.SENDER_NOT_OWNED,
+        NOT_OWNED.format(sender="first-last@example.org", login="alice"),
+        Need.ADDRESSES,
+        rules=AddressRules(extension_delimiters="+-"),
+    ),
+    Row(
+        "auth_domain_owner_sending_as_an_address_registered_to_another_login",
+        auth("carol", "dave@carol.example"),
+        Facts(owned=CAROL, key_owners={"dave@carol.example": frozenset({"dave"})}),
+        SUB,
+        Verdict.REJECT,
+        Reason.SENDER_NOT_OWNED,
+        NOT_OWNED.format(sender="dave@carol.example", login="carol"),
+        Need.ADDRESSES,
+    ),
+    Row(
+        "auth_shared_key_lists_the_login_among_its_owners",
+        auth("alice", "alice+x@example.org"),
+        Facts(owned=ALICE, key_owners={"alice+x@example.org": frozenset({"alice", "bob"})}),
+        SUB,
+        Verdict.ACCEPT,
+        Reason.SENDER_OWNED,
+        "OK",
+        Need.ADDRESSES,
+    ),
+    Row(
+        "auth_more_specific_key_not_looked_up_defers",
+        auth("carol", "dave@carol.example"),
+        Facts(owned=CAROL),
+        SUB,
+        Verdict.DEFER,
+        Reason.DIRECTORY_UNAVAILABLE,
+        DEFER,
+        Need.ADDRESSES,
+    ),
+    Row(
+        "auth_owning_no_key_is_refused_without_a_reverse_lookup",
+        auth("alice", "mallory+x@example.net"),
+        Facts(owned=ALICE),
+        SUB,
+        Verdict.REJECT,
+        Reason.SENDER_NOT_OWNED,
+        NOT_OWNED.format(sender="mallory+x@example.net", login="alice"),
+        Need.ADDRESSES,
     ),
     # --- placeholders are sanitised: no control characters reach Postfix
     Row(
@@ -1137,7 +1207,8 @@ class _DownDirectory:
 
 def test_service_directory_down_defers(tmp_path: Path) -> None:
     base = service_for(tmp_path).runtime
-    rt = Runtime(base.config, base.networks, base.rules, _DownDirectory(), None)
+    down = _DownDirectory()
+    rt = Runtime(base.config, base.networks, base.rules, down, DirectLookups(down))
     service = PolicyService(rt)
     # protect_local_senders (mx) with the directory down: 451, never a pass
     assert ask(service, p25(sender="bob@example.org")) == ("mx", DEFER, "directory_unavailable")
@@ -1173,3 +1244,57 @@ def test_networks_in_service_match_ranges_file(tmp_path: Path) -> None:
     nets: Networks = service.runtime.networks
     r = nets.lookup("::ffff:198.51.100.200")
     assert r is not None and r.label == "restricted" and r.domains == frozenset({"example.com"})
+
+
+# --- Postfix's rule for the fallback keys: the most specific key that has ANY owner decides ---
+# (issue: alice could send as bob's alice+boss@, john@ as john-smith@ with "-" as delimiter, and
+# a domain owner as any user's address in that domain)
+
+SPOOF_SENDERS = """\
+alice:  alice@example.org
+bob:    alice+boss@example.org
+first:  first@example.org
+bob2:   first-last@example.org
+carol:  @carol.example
+dave:   dave@carol.example
+"""
+
+SPOOF_ROWS = [
+    ("alice", "alice+boss@example.org", "+", "sender_not_owned"),
+    ("bob", "alice+boss@example.org", "+", "sender_owned"),
+    ("alice", "alice+other@example.org", "+", "sender_owned"),
+    ("first", "first-last@example.org", "+-", "sender_not_owned"),
+    ("bob2", "first-last@example.org", "+-", "sender_owned"),
+    ("first", "first-other@example.org", "+-", "sender_owned"),
+    ("carol", "dave@carol.example", "+", "sender_not_owned"),
+    ("carol", "dave+x@carol.example", "+", "sender_not_owned"),
+    ("dave", "dave+x@carol.example", "+", "sender_owned"),
+    ("carol", "anyone@carol.example", "+", "sender_owned"),
+]
+
+
+@pytest.mark.parametrize(("login", "sender", "delimiters", "reason"), SPOOF_ROWS)
+def test_a_fallback_key_never_overrides_a_more_specific_key_registered_to_another_login(
+    tmp_path: Path, login: str, sender: str, delimiters: str, reason: str
+) -> None:
+    (tmp_path / "spoof.txt").write_text(SPOOF_SENDERS)
+    service = service_for(
+        tmp_path,
+        {
+            "directory": {"file": "spoof.txt"},
+            "addresses": {"extension_delimiters": delimiters},
+        },
+    )
+    assert ask(service, p587(sasl_username=login, sender=sender))[2] == reason
+
+
+def test_protect_local_senders_finds_the_owner_of_the_most_specific_key(tmp_path: Path) -> None:
+    (tmp_path / "spoof.txt").write_text(SPOOF_SENDERS)
+    service = service_for(tmp_path, {"directory": {"file": "spoof.txt"}})
+    for sender in ("alice+boss@example.org", "dave@carol.example", "anyone@carol.example"):
+        assert ask(service, p25(sender=sender)) == (
+            "mx",
+            REQUIRES_LOGIN.format(sender=sender),
+            "sender_requires_login",
+        )
+    assert ask(service, p25(sender="nobody@example.net"))[2] == "not_trusted"

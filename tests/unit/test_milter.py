@@ -29,6 +29,7 @@ from policyd import cli  # noqa: E402
 from policyd.config import Config, config_from_dict  # noqa: E402
 from policyd.directory.base import DirectoryUnavailable  # noqa: E402
 from policyd.directory.cache import CachedLookups, LookupRunner  # noqa: E402
+from policyd.directory.lookups import DirectLookups  # noqa: E402
 from policyd.directory.static import StaticDirectory  # noqa: E402
 from policyd.headers import AuthorCheck  # noqa: E402
 from policyd.milter import (  # noqa: E402
@@ -643,7 +644,7 @@ def test_build_runtime_path(tmp_path: Path, services: Any) -> None:
     """MilterService.from_config builds the runtime itself when given none."""
     config = make_config(tmp_path)
     svc = services(config)
-    assert svc.runtime.lookups is None  # in-memory directory: called directly
+    assert isinstance(svc.runtime.lookups, DirectLookups)  # in-memory: called directly
     assert svc.profile.name == "submission"
     other = build_runtime(config)
     other.close()
@@ -746,3 +747,29 @@ def test_milter_process_bad_socket(tmp_path: Path) -> None:
     )
     assert out.returncode == 1
     assert "failed" in out.stderr
+
+
+# --- the envelope's ownership rule applies to header addresses too ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("login", "from_", "owner"),
+    [
+        ("alice", "alice+boss@example.org", "bob"),  # the exact key is bob's
+        ("carol", "dave@carol.example", "dave"),  # a domain owner, a user's own address
+    ],
+)
+def test_a_header_address_registered_to_another_login_is_rejected(
+    tmp_path: Path, services: Any, login: str, from_: str, owner: str
+) -> None:
+    config = make_config(tmp_path)
+    (tmp_path / "senders.txt").write_text(
+        DIRECTORY + "bob: alice+boss@example.org\ndave: dave@carol.example\n", encoding="utf-8"
+    )
+    services(config)
+    rc, ctx = feed(message(f"From: {from_}"), login=login, sender=f"{login}@example.org")
+    assert_rejected(
+        rc, ctx, ("550", "5.7.1", f"Header From <{from_}> is not owned by user {login}")
+    )
+    rc, ctx = feed(message(f"From: {from_}"), login=owner, sender=from_)
+    assert_accepted(rc, ctx)

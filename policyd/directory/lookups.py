@@ -1,0 +1,107 @@
+"""The one interface every front end asks for owned addresses: `Lookups`.
+
+The runtime always holds one Lookups object, chosen in one place (`runtime.build_runtime`):
+`CachedLookups` (directory/cache.py) for a blocking directory (LDAP: thread pool, deadline,
+cache), `DirectLookups` for an in-memory one (the file). The policy service, the milter and the
+CLI only call the four methods below, plus the helpers at the end of this module that apply
+Postfix's ownership rule over them.
+
+`peek_*` answer without blocking: a value, or None when the answer needs a slow lookup (then
+the `async` method of the same name gets it). Every method raises DirectoryUnavailable when the
+directory cannot answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from policyd.addresses import AddressRules, candidates
+from policyd.directory.base import Directory
+
+
+class Lookups(Protocol):
+    def peek_addresses(self, login: str) -> frozenset[str] | None:
+        """addresses_of(login) when known without blocking, else None."""
+        ...
+
+    def peek_owners(self, key: str) -> frozenset[str] | None:
+        """owners_of(key) when known without blocking, else None."""
+        ...
+
+    async def addresses_of(self, login: str) -> frozenset[str]:
+        """The addresses (and "@domain" entries) the canonical login owns."""
+        ...
+
+    async def owners_of(self, key: str) -> frozenset[str]:
+        """The canonical logins that own exactly this key (an address, its extension-stripped
+        form or "@domain")."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class DirectLookups:
+    """Lookups for a directory that answers from memory (the file directory): every answer is
+    known at once, so there is no pool, no deadline and no cache."""
+
+    #: (no cache: the metrics report zeros)
+    stats = None
+    runner = None
+
+    def __init__(self, directory: Directory) -> None:
+        self.directory = directory
+        self.peek_addresses = directory.addresses_of
+        self.peek_owners = directory.owners_of
+
+    def __len__(self) -> int:
+        return 0
+
+    async def addresses_of(self, login: str) -> frozenset[str]:
+        return self.directory.addresses_of(login)
+
+    async def owners_of(self, key: str) -> frozenset[str]:
+        return self.directory.owners_of(key)
+
+    def close(self) -> None:
+        self.directory.close()
+
+
+# -- Postfix's ownership rule over the lookups ------------------------------------------------
+
+
+def peek_key_owners(lookups: Lookups, keys: Iterable[str]) -> dict[str, frozenset[str]] | None:
+    """owners_of each key, or None when any of them needs a slow lookup."""
+    out: dict[str, frozenset[str]] = {}
+    for key in keys:
+        found = lookups.peek_owners(key)
+        if found is None:
+            return None
+        out[key] = found
+    return out
+
+
+async def key_owners(lookups: Lookups, keys: Iterable[str]) -> dict[str, frozenset[str]]:
+    """owners_of each key (a cached key costs no lookup)."""
+    return {key: await lookups.owners_of(key) for key in dict.fromkeys(keys)}
+
+
+def peek_sender_owners(lookups: Lookups, sender: str, rules: AddressRules) -> frozenset[str] | None:
+    """`sender_owners` when known without blocking, else None."""
+    for key in candidates(sender, rules):
+        found = lookups.peek_owners(key)
+        if found is None:
+            return None
+        if found:
+            return found
+    return frozenset()
+
+
+async def sender_owners(lookups: Lookups, sender: str, rules: AddressRules) -> frozenset[str]:
+    """The owners of the most specific key of `sender` that has any owner (empty: nobody owns
+    it), as Postfix's smtpd_sender_login_maps search finds them."""
+    for key in candidates(sender, rules):
+        found = await lookups.owners_of(key)
+        if found:
+            return found
+    return frozenset()
