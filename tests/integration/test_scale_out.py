@@ -297,7 +297,7 @@ def _consumer_outage(
     event = {m: scale.summary(t0, t_back, m) for m in MTAS}
     assert sums["mta2"].deferred() == 0, sums["mta2"].line()  # reads the provider
     assert event["mta1"].deferred(KNOWN) == 0, event["mta1"].line()  # stale_if_error
-    before = scale.summary(t0 - 1.0, t0, "mta1")
+    before = scale.load.summary(t0 - 1.0, t0, "mta1", answered_by=t0)
     scale.measured[name] = (
         f"mta1 on the provider after {failover:.2f} s, back on the consumer {failback:.1f} s "
         f"after the end; mta1 p99 {event['mta1'].p99_ms:.0f} ms (max "
