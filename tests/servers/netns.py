@@ -82,6 +82,37 @@ def available() -> str:
     return ""
 
 
+def reap_stale(hosts: Sequence[str]) -> list[str]:
+    """Delete namespaces left by an earlier run that was killed before its atexit ran: names
+    "pd<PID>-<host>" for these hosts whose PID is no longer alive. Their processes (a slapd or
+    policyd that run started) are killed by PID first (`ip netns pids`)."""
+    import os
+    import re
+    import signal
+
+    pattern = re.compile(r"^pd(\d+)-(" + "|".join(re.escape(h) for h in hosts) + r")$")
+    gone = []
+    for line in _run([_ip(), "netns", "list"], check=False).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = pattern.match(name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # that run is still going
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        for pid in _run([_ip(), "netns", "pids", name], check=False).stdout.split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGCONT)
+                os.kill(int(pid), signal.SIGKILL)
+        _run([_ip(), "netns", "delete", name], check=False)
+        gone.append(name)
+    return gone
+
+
 @dataclass(frozen=True)
 class End:
     """One end of a link: the interface `dev` in namespace `ns` with address `ip`."""
@@ -101,6 +132,7 @@ class Netns:
 
     @classmethod
     def create(cls, hosts: Sequence[str], tag: str) -> Netns:
+        reap_stale(hosts)
         net = cls(tag, hosts)
         try:
             for h in hosts:
