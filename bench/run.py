@@ -474,7 +474,8 @@ def section_throughput(args: argparse.Namespace, work: Path) -> dict[str, object
     if args.baseline_src:
         lines += [
             "",
-            f"Before/after: policyd from {args.baseline_src} ('before') measured in the same rounds:",
+            f"Before/after: policyd from {args.baseline_src} ('before') measured in the same "
+            "rounds:",
             "",
             "| connections | before req/s | before p99 ms | before / bare | before CPU µs/req "
             "| after req/s | after p99 ms | after / bare | after CPU µs/req |",
@@ -483,7 +484,8 @@ def section_throughput(args: argparse.Namespace, work: Path) -> dict[str, object
         for t in table:
             lines.append(
                 f"| {t['row']} | {fmt_rps(t['before_rps'])} | {t['before_p99']:.2f} | "  # type: ignore[arg-type]
-                f"{t['before_ratio']:.2f} | {t['before_cpu_us']:.1f} | {fmt_rps(t['policyd_rps'])} | "  # type: ignore[arg-type]
+                f"{t['before_ratio']:.2f} | {t['before_cpu_us']:.1f} | "
+                f"{fmt_rps(t['policyd_rps'])} | "  # type: ignore[arg-type]
                 f"{t['policyd_p99']:.2f} | {t['ratio']:.2f} | {t['policyd_cpu_us']:.1f} |"
             )
     errors = sum(int(t["errors"]) for t in table)  # type: ignore[call-overload]
@@ -676,15 +678,16 @@ def section_ranges(args: argparse.Namespace, work: Path) -> dict[str, object]:
 
 
 # --------------------------------------------------------------------------------------------
-# section: cold LDAP path and memory (need tests/servers/slapd.py and policyd/directory/ldap.py)
+# section: cold LDAP path and memory (need tests/servers/slapd.py and policyd/directory/ldap)
 
 
 def ldap_available() -> str:
     """ "" when the LDAP pieces are there, else why not."""
     if not (REPO / "tests" / "servers" / "slapd.py").exists():
         return "tests/servers/slapd.py is missing"
-    if not (REPO / "policyd" / "directory" / "ldap.py").exists():
-        return "policyd/directory/ldap.py (LdapDirectory) is missing"
+    directory = REPO / "policyd" / "directory"
+    if not ((directory / "ldap.py").exists() or (directory / "ldap" / "__init__.py").exists()):
+        return "policyd/directory/ldap (LdapDirectory) is missing"
     try:
         from tests.servers.slapd import binary
     except Exception as e:  # noqa: BLE001
@@ -919,17 +922,22 @@ def section_ldap(args: argparse.Namespace, work: Path) -> dict[str, object]:
     finally:
         slapd.stop()  # type: ignore[attr-defined]
     lines = [
-        f"Cold LDAP path: slapd {args.ldap_users:,} generated users (+ tests/data/directory.ldif), "
-        f"loaded in {slapd.load_s:.1f} s, pinned to CPU {CLIENT_CPU}; policyd side on CPU "  # type: ignore[attr-defined]
+        f"Cold LDAP path: slapd {args.ldap_users:,} generated users "
+        "(+ tests/data/directory.ldif), "
+        f"loaded in {slapd.load_s:.1f} s, "  # type: ignore[attr-defined]
+        f"pinned to CPU {CLIENT_CPU}; policyd side on CPU "
         f"{SERVER_CPU}; every login used once (never cached); median of {args.ldap_rounds} "
         f"alternating rounds x {args.ldap_per_round:,} logins",
         "",
-        "| lookup of one login (user search + group search) | logins/s | p50 / p99 ms | vs bare ldap3 |",
+        "| lookup of one login (user search + group search) | logins/s | p50 / p99 ms "
+        "| vs bare ldap3 |",
         "|---|---:|---:|---:|",
-        f"| policyd LdapDirectory.addresses_of, direct calls, 1 thread | {med['policyd']:,.0f} | {_pct(child, 'policyd')} | **{ratio_direct:.2f}** |",
-        f"| bare ldap3 SAFE_SYNC loop, same two searches, 1 thread | {med['bare']:,.0f} | {_pct(child, 'bare')} | 1.00 |",
-        f"| (bare ldap3, user search only) | {med['bare_user_only']:,.0f} | {_pct(child, 'bare_user_only')} | "
-        f"{med['bare_user_only'] / med['bare']:.2f} |",
+        f"| policyd LdapDirectory.addresses_of, direct calls, 1 thread | {med['policyd']:,.0f} "
+        f"| {_pct(child, 'policyd')} | **{ratio_direct:.2f}** |",
+        f"| bare ldap3 SAFE_SYNC loop, same two searches, 1 thread | {med['bare']:,.0f} "
+        f"| {_pct(child, 'bare')} | 1.00 |",
+        f"| (bare ldap3, user search only) | {med['bare_user_only']:,.0f} "
+        f"| {_pct(child, 'bare_user_only')} | {med['bare_user_only'] / med['bare']:.2f} |",
     ]
     for r in server_rows:
         ratio = float(r["rps"]) / med["bare"]  # type: ignore[arg-type]
@@ -942,7 +950,8 @@ def section_ldap(args: argparse.Namespace, work: Path) -> dict[str, object]:
         lines.append(
             "policyd serve answers: "
             + "; ".join(
-                f"{r['conns']} conns: {r['actions']}, {r['errors']} errors, RSS {r['rss_mib']:.0f} MiB"
+                f"{r['conns']} conns: {r['actions']}, {r['errors']} errors, "
+                f"RSS {r['rss_mib']:.0f} MiB"
                 for r in server_rows
             )
         )

@@ -50,6 +50,7 @@ def normalize_address(address: str, rules: AddressRules = DEFAULT_RULES) -> str:
     local, domain = split_address(a)
     if not rules.case_sensitive_localpart:
         local = local.lower()
+    local = unquote_local(local)
     if "@" not in a:
         return local
     return f"{local}@{normalize_domain(domain)}"
@@ -132,3 +133,37 @@ def canonical_login(login: str, rules: AddressRules = DEFAULT_RULES) -> str:
 
 def sender_domain(sender: str) -> str:
     return normalize_domain(split_address(sender.strip())[1])
+
+
+# RFC 5322 atext (plus any non-ASCII character, RFC 6531): what a dot-atom local part may hold.
+_ATEXT = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
+)
+
+
+def unquote_local(local: str) -> str:
+    """RFC 5321 4.1.2: a quoted local part that needs no quoting is the same mailbox as the bare
+    one: '"alice"' -> 'alice', '"a\\.b"' -> 'a.b'. One that does need quoting keeps its quotes,
+    in the minimal form (only '"' and '\\' escaped): '"a\\ b"' -> '"a b"', '"a@b"' stays.
+    Anything that is not exactly one quoted string is returned unchanged."""
+    if len(local) < 2 or local[0] != '"' or local[-1] != '"':
+        return local
+    chars: list[str] = []
+    escaped = False
+    for ch in local[1:-1]:
+        if escaped:
+            chars.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            return local  # an unescaped quote inside: not one quoted string
+        else:
+            chars.append(ch)
+    if escaped:
+        return local  # the closing quote is escaped
+    text = "".join(chars)
+    parts = text.split(".")
+    if all(part and all(c in _ATEXT or ord(c) > 127 for c in part) for part in parts):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,9 +1,15 @@
-"""Running the policy server: config, runtime, listeners, signals, reload, systemd, stdio.
+"""The life of `policyd serve`, in one place, top to bottom:
 
-`serve()` runs the daemon: it binds (or adopts socket-activated) listeners, starts the metrics
-endpoint, tells systemd READY=1, pings the watchdog from the event loop, reloads on SIGHUP and
-drains on SIGTERM/SIGINT. `serve_stdio()` answers one connection on stdin/stdout (Postfix
-spawn(8)).
+    load   config -> logging -> metrics -> runtime (ranges, directory, lookups)
+    start  listeners (server.listen, --listen, or the sockets systemd passed) -> metrics endpoint
+    ready  READY=1 to systemd, the watchdog pings
+    wait   until the shutdown trigger fires (default: SIGTERM/SIGINT; SIGHUP reloads meanwhile)
+    stop   in reverse: drain the server, stop the watchdog and metrics, close the runtimes
+
+`App.serve()` runs exactly that; tests and embedders pass their own `shutdown_trigger` (as
+hypercorn's `worker_serve`). One object holds the running config: the runtime (`app.runtime`,
+with `.config`); a reload builds a new one and swaps it in. `serve_stdio()` answers one
+connection on stdin/stdout (Postfix spawn(8)) with the same service and the same reply path.
 """
 
 from __future__ import annotations
@@ -14,23 +20,20 @@ import logging
 import os
 import signal
 import socket
-import stat
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from policyd.config import Config, ConfigError, load_config
-from policyd.decision import Decision, Reason, Verdict
+from policyd.decision_log import setup_logging
 from policyd.directory.base import DirectoryError
 from policyd.directory.cache import CachedLookups
-from policyd.engine import to_action
 from policyd.networks import NetworksError
-from policyd.protocol import ProtocolError, RequestParser, encode_action
 from policyd.runtime import Runtime, build_runtime
 from policyd.server import DecisionHook, PolicyServer
 from policyd.service import PolicyService
-from policyd.systemd import reloading_state
+from policyd.systemd import Notifier, listen_fds, reloading_state, watchdog_interval
 
 if TYPE_CHECKING:
     from policyd.metrics import Metrics
@@ -40,52 +43,224 @@ log = logging.getLogger(__name__)
 #: What a bad config / range file / directory file raises at load time.
 LOAD_ERRORS = (ConfigError, NetworksError, DirectoryError)
 
-_INTERNAL_ERROR = Decision(
-    Verdict.DEFER,
-    Reason.DIRECTORY_UNAVAILABLE,
-    "451 4.3.0 Temporary policy failure, please try again later",
-)
+#: Awaited by App.serve(); when it returns, the daemon stops.
+ShutdownTrigger = Callable[[], Awaitable[object]]
+
+
+class StartupError(Exception):
+    """The daemon cannot start (a missing syslog socket, a missing optional package, a port in
+    use). str() is one line for the admin."""
 
 
 class App:
-    """One running policyd: the server plus what reload needs to rebuild it."""
+    """One running policyd: its lifecycle, and the reload that swaps its runtime."""
 
     def __init__(
         self,
         config_path: Path,
-        config: Config,
-        runtime: Runtime,
+        *,
+        listen: Sequence[str] | None = None,
+        sockets: Sequence[socket.socket] | None = None,
+        environ: MutableMapping[str, str] | None = None,
+        configure_logging: bool = True,
         hooks: Iterable[DecisionHook] = (),
-        metrics: Metrics | None = None,
+        runtime_factory: Callable[[Config], Runtime] | None = None,
+        config_loader: Callable[[Path], Config] = load_config,
     ) -> None:
-        self.config_path = config_path
-        self.config = config
-        self.service = PolicyService(runtime)
-        self.metrics = metrics
-        all_hooks = list(hooks)
-        if metrics is not None:
-            all_hooks.append(metrics.on_decision)
-            metrics.bind(self)
-        self.server = PolicyServer(self.service, config.server, hooks=all_hooks)
+        self.config_path = Path(config_path)
+        #: --listen: instead of server.listen (socket-activated sockets win over both)
+        self.listen_override = list(listen) if listen else None
+        #: listening sockets to serve; None: the ones systemd passed (LISTEN_FDS), if any
+        self.sockets = sockets
+        self.config_loader = config_loader
+        self.environ: MutableMapping[str, str] = os.environ if environ is None else environ
+        self.configure_logging = configure_logging
+        self.hooks = list(hooks)
+        #: builds a Runtime from a Config (default build_runtime; tests pass their own)
+        self.runtime_factory = runtime_factory
+        #: sd_notify (does nothing outside systemd)
+        self.notify: Callable[[str], object] = Notifier(self.environ)
         self.stopping = asyncio.Event()
         self.reloads = 0
         self.reload_failures = 0
         #: time.time() of the last successful (re)load: a metric, and in STATUS=
-        self.loaded_at = time.time()
+        self.loaded_at = 0.0
         #: False when the listeners did not come from server.listen (--listen, socket
         #: activation): then a changed server.listen is not worth a warning on reload.
         self.listen_from_config = True
-        #: called with "READY=1"-style state changes (sd_notify is plugged in here)
-        self.notify: Callable[[str], object] = lambda _msg: None
+        self.metrics: Metrics | None = None
+        self.service: PolicyService | None = None
+        self._server: PolicyServer | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[object]] = set()
         #: replaced runtimes, closed once their in-flight lookups are done (or at stop)
         self._retired: list[Runtime] = []
-        self._adopt(runtime)
 
-    def _adopt(self, runtime: Runtime) -> None:
+    # -- the whole life ------------------------------------------------------------------------
+
+    async def serve(self, shutdown_trigger: ShutdownTrigger | None = None) -> None:
+        """load -> start -> ready -> wait -> stop. Raises LOAD_ERRORS or StartupError before
+        anything listens."""
+        self.load()
+        try:
+            await self.start()
+            self.ready()
+            await (shutdown_trigger or self.until_signalled)()
+        finally:
+            await self.stop()
+
+    # -- load ------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Config, logging, metrics, runtime. Raises LOAD_ERRORS / StartupError."""
+        try:
+            config = self.config_loader(self.config_path)
+        except ConfigError as e:
+            self.notify(f"STATUS=config error: {e}")
+            raise
+        lc = config.logging
+        if self.configure_logging:
+            if lc.target == "syslog" and lc.syslog_address.startswith("/"):
+                if not os.path.exists(lc.syslog_address):
+                    raise StartupError(
+                        f'{self.config_path}: logging.target = "syslog", '
+                        f"but {lc.syslog_address} does not exist"
+                    )
+            setup_logging(lc.level, lc.target, lc.syslog_address, lc.syslog_facility)
+        if config.metrics.enabled:
+            self.metrics = _make_metrics(self.config_path)
+        try:
+            runtime = self._build(config)
+        except LOAD_ERRORS as e:
+            self.notify(f"STATUS=config error: {e}")
+            raise
+        self.service = PolicyService(runtime)
+        hooks = list(self.hooks)
         if self.metrics is not None:
+            hooks.append(self.metrics.on_decision)
+            self.metrics.bind(self)
             self.metrics.attach(runtime)
+        self._server = PolicyServer(self.service, hooks=hooks)
+        self.loaded_at = time.time()
+
+    # -- start / ready ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listeners (or the sockets systemd passed), then the metrics endpoint."""
+        if self.sockets is None:
+            passed = listen_fds(env=self.environ)  # (also unsets LISTEN_*: no child takes them)
+        else:
+            passed = [("", sock) for sock in self.sockets]
+        sockets = [sock for _, sock in passed]
+        listen = self.listen_override or list(self.config.server.listen)
+        if sockets:
+            names = ", ".join(name or "?" for name, _ in passed)
+            log.info(
+                "socket activation: serving %d passed socket(s) (%s); %s ignored",
+                len(sockets),
+                names,
+                "--listen" if self.listen_override else "server.listen",
+            )
+            listen = []
+        self.listen_from_config = not (self.listen_override or sockets)
+        try:
+            await self.server.start(listen, sockets)
+        except OSError as e:  # (names the address: the CLI prints it as it is)
+            self.notify(f"STATUS={e}")
+            raise
+        if self.metrics is not None:
+            where = self.metrics.start(self.config.metrics.listen)
+            log.info("metrics on http://%s/metrics", where)
+        log.info(
+            "policyd listening on %s; %s; directory %s; profiles %s",
+            ", ".join(self.server.addresses),
+            self.runtime.networks.summary(),
+            self.config.directory.backend,
+            ", ".join(self.config.profiles),
+        )
+
+    def ready(self) -> None:
+        """Tell systemd we serve; start the watchdog pings when WatchdogSec= asks for them."""
+        self.notify(f"READY=1\nSTATUS={self.status()}\nMAINPID={os.getpid()}")
+        interval = watchdog_interval(self.environ)
+        if interval is not None:
+            self._watchdog = asyncio.ensure_future(_watchdog(self.notify, interval))
+            log.info("systemd watchdog: WATCHDOG=1 every %.3gs", interval)
+
+    # -- wait ------------------------------------------------------------------------------------
+
+    async def until_signalled(self) -> None:
+        """The default shutdown trigger: SIGTERM/SIGINT stop, SIGHUP reloads."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        try:
+            await self.stopping.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
+
+    # -- stop ------------------------------------------------------------------------------------
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Everything start() and load() made, in reverse. Safe to call after a failed start.
+        `drain_timeout`: instead of server.drain_timeout."""
+        self.stopping.set()
+        if self._server is not None:
+            self.notify(f"STOPPING=1\nSTATUS=draining {self.server.in_flight} request(s)")
+            log.info("stopping: draining %d request(s) in flight", self.server.in_flight)
+            await self.server.stop(drain_timeout)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
+        if self.metrics is not None:
+            self.metrics.stop()
+        self.close()
+        log.info("stopped")
+
+    def close(self) -> None:
+        """Close the runtime and every retired one."""
+        for rt in list(self._retired):
+            self._close_retired(rt)
+        if self.service is not None:
+            self.service.runtime.close()
+
+    # -- what is running ---------------------------------------------------------------------------
+
+    @property
+    def runtime(self) -> Runtime:
+        """The running runtime (config, ranges, lookups): the one object a reload swaps."""
+        if self.service is None:
+            raise RuntimeError("App.load() has not run")
+        return self.service.runtime
+
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+    @property
+    def server(self) -> PolicyServer:
+        if self._server is None:
+            raise RuntimeError("App.load() has not run")
+        return self._server
+
+    def _build(self, config: Config) -> Runtime:
+        return (self.runtime_factory or build_runtime)(config)
+
+    def status(self) -> str:
+        """One line for systemd's STATUS= (shown by systemctl status)."""
+        where = ", ".join(self.server.addresses) or "-"
+        return (
+            f"listening on {where}; {self.runtime.networks.summary()}; "
+            f"directory {self.config.directory.backend}"
+        )
+
+    # -- reload ----------------------------------------------------------------------------------
 
     def request_reload(self) -> None:
         """Start a reload from a signal handler (the task is kept referenced until done)."""
@@ -117,8 +292,8 @@ class App:
     async def _reload(self) -> bool:
         loop = asyncio.get_running_loop()
         try:
-            config = await loop.run_in_executor(None, load_config, self.config_path)
-            runtime = await loop.run_in_executor(None, build_runtime, config)
+            config = await loop.run_in_executor(None, self.config_loader, self.config_path)
+            runtime = await loop.run_in_executor(None, self._build, config)
         except LOAD_ERRORS as e:
             self.reload_failures += 1
             log.error("reload failed, keeping the running config: %s", e)
@@ -127,33 +302,19 @@ class App:
             self.reload_failures += 1
             log.exception("reload failed, keeping the running config: %s", e)
             return False
-        old = self.service.runtime
-        old_cfg = self.config
-        if self.listen_from_config and config.server.listen != old_cfg.server.listen:
-            log.warning(
-                "reload: server.listen changed (%s -> %s); listeners change only on restart",
-                ", ".join(old_cfg.server.listen),
-                ", ".join(config.server.listen),
-            )
-        if config.logging.target != old_cfg.logging.target or (
-            config.logging.target == "syslog"
-            and (config.logging.syslog_address, config.logging.syslog_facility)
-            != (old_cfg.logging.syslog_address, old_cfg.logging.syslog_facility)
-        ):
-            log.warning("reload: logging target changed; it takes effect on restart")
-        if config.metrics != old_cfg.metrics:
-            log.warning("reload: [metrics] changed; it takes effect on restart")
-        if config.logging.level != old_cfg.logging.level:
+        old = self.runtime
+        _warn_restart_only_changes(old.config, config, self.listen_from_config)
+        if config.logging.level != old.config.logging.level:
             logging.getLogger().setLevel(config.logging.level.upper())
         cache_note = ""
         if isinstance(old.lookups, CachedLookups) and isinstance(runtime.lookups, CachedLookups):
             same = old.config.ldap == config.ldap and old.config.addresses == config.addresses
             runtime.lookups.take_over(old.lookups, keep_entries=same)
             cache_note = "; cache kept" if same else "; directory changed: cache dropped"
-        self._adopt(runtime)
-        self.service.runtime = runtime
-        self.server.config = config.server  # limits and drain_timeout apply at once
-        self.config = config
+        if self.metrics is not None:
+            self.metrics.attach(runtime)
+        assert self.service is not None
+        self.service.runtime = runtime  # the swap: limits, drain_timeout, rules apply at once
         self.reloads += 1
         self.loaded_at = time.time()
         log.info(
@@ -177,22 +338,41 @@ class App:
                     runtime.close()
                 return
 
-    def close(self) -> None:
-        """Close the runtime and every retired one."""
-        for rt in list(self._retired):
-            self._close_retired(rt)
-        self.service.runtime.close()
-
-    def status(self) -> str:
-        """One line for systemd's STATUS= (shown by systemctl status)."""
-        rt = self.service.runtime
-        where = ", ".join(self.server.addresses) or "-"
-        return f"listening on {where}; {rt.networks.summary()}; directory {self.config.directory.backend}"
-
 
 def load(config_path: Path) -> tuple[Config, Runtime]:
+    """Config and runtime, for the one-shot commands (check, config-check)."""
     config = load_config(config_path)
     return config, build_runtime(config)
+
+
+def _warn_restart_only_changes(old: Config, new: Config, listen_from_config: bool) -> None:
+    if listen_from_config and new.server.listen != old.server.listen:
+        log.warning(
+            "reload: server.listen changed (%s -> %s); listeners change only on restart",
+            ", ".join(old.server.listen),
+            ", ".join(new.server.listen),
+        )
+    if new.logging.target != old.logging.target or (
+        new.logging.target == "syslog"
+        and (new.logging.syslog_address, new.logging.syslog_facility)
+        != (old.logging.syslog_address, old.logging.syslog_facility)
+    ):
+        log.warning("reload: logging target changed; it takes effect on restart")
+    if new.metrics != old.metrics:
+        log.warning("reload: [metrics] changed; it takes effect on restart")
+
+
+def _make_metrics(config_path: Path) -> Metrics:
+    try:
+        from policyd.metrics import Metrics
+    except ImportError as e:
+        if not (e.name or "").startswith("prometheus_client"):
+            raise
+        raise StartupError(
+            f"{config_path}: metrics.enabled = true needs prometheus-client: "
+            "pip install 'policyd[metrics]' (or set metrics.enabled = false)"
+        ) from None
+    return Metrics()
 
 
 async def _watchdog(notify: Callable[[str], object], interval: float) -> None:
@@ -200,122 +380,3 @@ async def _watchdog(notify: Callable[[str], object], interval: float) -> None:
     while True:
         notify("WATCHDOG=1")
         await asyncio.sleep(interval)
-
-
-async def serve(
-    app: App,
-    listen: Sequence[str],
-    sockets: Sequence[socket.socket] = (),
-    install_signals: bool = True,
-    watchdog: float | None = None,
-) -> None:
-    """Run until SIGTERM/SIGINT (or app.stopping is set); SIGHUP reloads.
-
-    `sockets` are socket-activated listeners (server.listen is then ignored by the caller).
-    `watchdog` is the WATCHDOG=1 interval in seconds (systemd WatchdogSec=/2), or None.
-    """
-    loop = asyncio.get_running_loop()
-    await app.server.start(listen, sockets)
-    wd: asyncio.Task[None] | None = None
-    try:
-        if app.metrics is not None:
-            where = app.metrics.start(app.config.metrics.listen)
-            log.info("metrics on http://%s/metrics", where)
-        rt = app.service.runtime
-        log.info(
-            "policyd listening on %s; %s; directory %s; profiles %s",
-            ", ".join(app.server.addresses),
-            rt.networks.summary(),
-            app.config.directory.backend,
-            ", ".join(app.config.profiles),
-        )
-        if install_signals:
-            loop.add_signal_handler(signal.SIGTERM, app.stopping.set)
-            loop.add_signal_handler(signal.SIGINT, app.stopping.set)
-            loop.add_signal_handler(signal.SIGHUP, app.request_reload)
-        app.notify(f"READY=1\nSTATUS={app.status()}\nMAINPID={os.getpid()}")
-        if watchdog is not None:
-            wd = asyncio.ensure_future(_watchdog(app.notify, watchdog))
-            log.info("systemd watchdog: WATCHDOG=1 every %.3gs", watchdog)
-        await app.stopping.wait()
-        app.notify(f"STOPPING=1\nSTATUS=draining {app.server.in_flight} request(s)")
-        log.info("stopping: draining %d request(s) in flight", app.server.in_flight)
-    finally:
-        await app.server.stop()
-        if wd is not None:
-            wd.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await wd
-        if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                with contextlib.suppress(Exception):
-                    loop.remove_signal_handler(sig)
-        if app.metrics is not None:
-            app.metrics.stop()
-        app.close()
-        log.info("stopped")
-
-
-# --------------------------------------------------------------------------------------------
-# --stdio: one connection on stdin/stdout (Postfix spawn(8))
-
-
-async def serve_stdio(app: App, rfd: int = 0, wfd: int = 1) -> None:
-    """Answer the requests on one connection until EOF.
-
-    A socket (what spawn(8) passes) is served by the same connection code as the daemon;
-    anything else (a pipe, a terminal, a file) by a plain blocking read loop over the same
-    parser and service. Every reply is written with os.write, so nothing sits in a buffer.
-    The caller keeps logs away from stdout/stderr: under spawn(8) both are the Postfix socket.
-    """
-    if stat.S_ISSOCK(os.fstat(rfd).st_mode):
-        await _stdio_socket(app, rfd)
-    else:
-        await _stdio_stream(app, rfd, wfd)
-
-
-async def _stdio_socket(app: App, fd: int) -> None:
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(fileno=os.dup(fd))
-    await loop.connect_accepted_socket(app.server._factory, sock)
-    while app.server.connections:  # the one connection; it leaves the set on close
-        await asyncio.sleep(0.02)
-
-
-async def _stdio_stream(app: App, rfd: int, wfd: int) -> None:
-    parser = RequestParser()
-    while True:
-        data = os.read(rfd, 65536)  # blocking on purpose: one client, strictly serial
-        if not data:
-            if parser.pending:
-                log.info("stdin closed in the middle of a request")
-            return
-        try:
-            requests = parser.feed(data)
-        except ProtocolError as e:
-            log.warning("closing stdin connection: %s (nothing answered)", e)
-            return
-        for req in requests:
-            started = time.perf_counter()
-            try:
-                profile, decision = await app.service.decide(req.attrs)
-                pname = profile.name
-            except Exception:  # a bug must defer, never permit, never kill the server
-                log.exception("internal error deciding a request on stdin")
-                pname, decision = "-", _INTERNAL_ERROR
-            try:
-                payload = encode_action(to_action(decision))
-            except ValueError:
-                log.error(
-                    "refusing to send invalid action %r; deferring instead", to_action(decision)
-                )
-                payload = encode_action(_INTERNAL_ERROR.reply)
-            _write_all(wfd, payload)
-            app.server.emit(req.attrs, pname, decision, time.perf_counter() - started)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]

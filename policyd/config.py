@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import string
 import tomllib
 import types
 import typing
@@ -19,9 +18,18 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from policyd import limits
 from policyd.addresses import AddressRules, normalize_domain
+from policyd.replies import check_template
 
-#: The config served by `policyd serve` with no --config: the shipped example.
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "policyd.toml"
+#: Where the installed daemon reads its config when neither --config nor $POLICYD_CONFIG
+#: names one.
+DEFAULT_CONFIG = Path("/etc/policyd/policyd.toml")
+
+
+def config_path(explicit: Path | None, environ: Mapping[str, str]) -> Path:
+    """--config, else $POLICYD_CONFIG, else DEFAULT_CONFIG."""
+    if explicit is not None:
+        return explicit
+    return Path(environ.get("POLICYD_CONFIG") or DEFAULT_CONFIG)
 
 
 class ConfigError(Exception):
@@ -128,6 +136,30 @@ class LdapConfig:
     )
     owner_login_attribute: str = "uid"
 
+    # The [ldap] rules that both config validation and policyd.directory.ldap apply live here,
+    # one method each, so that neither side keeps its own copy.
+
+    def filter_templates(self) -> tuple[tuple[str, str, frozenset[str]], ...]:
+        """(key, template, the placeholders it may use) of each ldap.*_filter."""
+        return (
+            ("user_filter", self.user_filter, frozenset({"login", "localpart", "domain"})),
+            ("group_filter", self.group_filter, frozenset({"dn", "login"})),
+            ("owner_filter", self.owner_filter, frozenset({"address", "localpart", "domain"})),
+        )
+
+    def servers_problem(self) -> str | None:
+        """Why ldap.servers cannot be used (None when it can)."""
+        return None if self.servers else "needs at least one server"
+
+    def bind_password_problem(self) -> str | None:
+        """Why the bind password cannot be found (None when it can, or no bind_dn is set)."""
+        if self.bind_dn and not (self.bind_password_file or self.bind_password_credential):
+            return (
+                "needs ldap.bind_password_file or ldap.bind_password_credential "
+                "(never a password in this file)"
+            )
+        return None
+
 
 @dataclass(frozen=True)
 class RepliesConfig:
@@ -142,7 +174,13 @@ class RepliesConfig:
         "enable SMTP authentication in your mail client"
     )
     sender_requires_login: str = "553 5.7.1 Sender address <{sender}> requires SMTP authentication"
-    header_from_not_owned: str = "550 5.7.1 Header From <{address}> is not owned by user {login}"
+    header_from_not_owned: str = (
+        "550 5.7.1 Header {header} <{address}> is not owned by user {login}"
+    )
+    header_from_display_address: str = (
+        "550 5.7.1 Header {header} shows <{address}> in a display name or comment; "
+        "it is not owned by user {login}"
+    )
     header_from_invalid: str = "550 5.7.1 Message has no valid From: header"
 
 
@@ -162,6 +200,9 @@ class ProfileConfig:
     accept_action: str = "OK"
     null_sender: Literal["dunno", "reject"] = "dunno"
     protect_local_senders: bool = False
+    #: milter: an address in a From:/Sender: display name or comment that the login does not
+    #: own is refused ("refuse"), or only the real mailboxes are checked ("allow").
+    display_addresses: Literal["refuse", "allow"] = "refuse"
     replies: RepliesConfig = field(default_factory=RepliesConfig)
 
 
@@ -204,6 +245,10 @@ class Config:
 
     def profile(self, name: str) -> ProfileConfig:
         return self.profiles[name]
+
+    def milter_profile(self) -> ProfileConfig:
+        """milter.profile, or policy.default_profile when that is ""."""
+        return self.profiles[self.milter.profile or self.policy.default_profile]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +305,8 @@ _PLACEHOLDERS = {
     "sender_not_allowed_from_network": {"sender", "login", "client", "range"},
     "authentication_required": {"sender", "client"},
     "sender_requires_login": {"sender", "client"},
-    "header_from_not_owned": {"address", "login", "client", "sender"},
+    "header_from_not_owned": {"address", "header", "login", "client", "sender"},
+    "header_from_display_address": {"address", "header", "login", "client", "sender"},
     "header_from_invalid": {"login", "client", "sender"},
 }
 
@@ -327,25 +373,20 @@ def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: _Ctx) -> Non
         raise ConfigError(s, "directory.file", 'is required when directory.backend = "file"')
     if any(ch.isspace() or ch == "@" for ch in cfg.addresses.extension_delimiters):
         raise ConfigError(s, "addresses.extension_delimiters", 'may not contain spaces or "@"')
-    if cfg.ldap.bind_dn and not (cfg.ldap.bind_password_file or cfg.ldap.bind_password_credential):
-        raise ConfigError(
-            s,
-            "ldap.bind_dn",
-            "needs ldap.bind_password_file or ldap.bind_password_credential (never a password in this file)",
-        )
+    why = cfg.ldap.bind_password_problem()
+    if why is not None:
+        raise ConfigError(s, "ldap.bind_dn", why)
     for i, url in enumerate(cfg.ldap.servers):
         if not re.fullmatch(r"(ldap|ldaps|ldapi)://\S*", url):
             raise ConfigError(
                 s, f"ldap.servers[{i}]", f"{url!r} is not an ldap://, ldaps:// or ldapi:// URL"
             )
-    if not cfg.ldap.servers:
-        raise ConfigError(s, "ldap.servers", "needs at least one server")
-    for key, tmpl, allowed in (
-        ("ldap.user_filter", cfg.ldap.user_filter, {"login", "localpart", "domain"}),
-        ("ldap.group_filter", cfg.ldap.group_filter, {"dn", "login"}),
-        ("ldap.owner_filter", cfg.ldap.owner_filter, {"address", "localpart", "domain"}),
-    ):
-        _check_template(s, key, tmpl, allowed)
+    why = cfg.ldap.servers_problem()
+    if why is not None:
+        raise ConfigError(s, "ldap.servers", why)
+    for name, tmpl, allowed in cfg.ldap.filter_templates():
+        key = f"ldap.{name}"
+        check_template(s, key, tmpl, set(allowed))
         if not (tmpl.startswith("(") and tmpl.endswith(")")):
             raise ConfigError(s, key, "an LDAP filter must be enclosed in parentheses")
     if cfg.policy.default_profile not in profiles:
@@ -392,21 +433,7 @@ def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: _Ctx) -> Non
                 )
             if "\n" in text or "\r" in text:
                 raise ConfigError(s, key, "may not contain line breaks")
-            _check_template(s, key, text, _PLACEHOLDERS[f.name])
-
-
-def _check_template(source: str, key: str, text: str, allowed: set[str]) -> None:
-    try:
-        names = {fname for _, fname, _, _ in string.Formatter().parse(text) if fname is not None}
-    except ValueError as e:
-        raise ConfigError(source, key, f"bad template: {e}") from None
-    bad = names - allowed
-    if bad:
-        raise ConfigError(
-            source,
-            key,
-            f"unknown placeholder {{{sorted(bad)[0]}}} (allowed: {', '.join('{' + a + '}' for a in sorted(allowed))})",
-        )
+            check_template(s, key, text, _PLACEHOLDERS[f.name])
 
 
 @dataclass
@@ -504,21 +531,3 @@ def _tname(value: Any) -> str:
         list: "a list",
         dict: "a table",
     }.get(type(value), type(value).__name__)
-
-
-def render(template: str, **values: str) -> str:
-    """Fill a reply template. Values are sanitised: no control characters reach Postfix."""
-    safe = {k: _clean(v) for k, v in values.items()}
-    out = template.format_map(_Missing(safe))
-    return out[: limits.MAX_REPLY_TEXT]
-
-
-def _clean(v: str) -> str:
-    if v.isprintable():  # (nearly always: the per-character pass only when needed)
-        return v
-    return "".join(ch if ch.isprintable() else "?" for ch in v)
-
-
-class _Missing(dict[str, str]):
-    def __missing__(self, key: str) -> str:
-        return ""

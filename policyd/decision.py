@@ -18,6 +18,7 @@ class Reason(enum.Enum):
     WRONG_REQUEST = "wrong_request"
     NULL_SENDER = "null_sender"
     DIRECTORY_UNAVAILABLE = "directory_unavailable"
+    INTERNAL_ERROR = "internal_error"  # a bug while deciding: still a 451, never a pass
     SENDER_OWNED = "sender_owned"
     SENDER_NOT_OWNED = "sender_not_owned"
     ALLOCATED_NETWORK = "allocated_network"
@@ -28,6 +29,7 @@ class Reason(enum.Enum):
     # milter only
     HEADER_FROM_OWNED = "header_from_owned"
     HEADER_FROM_NOT_OWNED = "header_from_not_owned"
+    HEADER_FROM_DISPLAY_ADDRESS = "header_from_display_address"
     HEADER_FROM_INVALID = "header_from_invalid"
     NOT_AUTHENTICATED = "not_authenticated"
 

@@ -19,9 +19,10 @@ from policyd.addresses import (
     owns,
     sender_domain,
 )
-from policyd.config import ProfileConfig, render
+from policyd.config import ProfileConfig
 from policyd.decision import Decision, Reason, Verdict
 from policyd.networks import Range
+from policyd.replies import render
 
 POLICY_REQUEST = "smtpd_access_policy"
 
@@ -173,14 +174,19 @@ def decide_header_from(
     directory_unavailable: bool = False,
     owners: Mapping[str, frozenset[str]] | None = None,
     key_owners: Mapping[str, frozenset[str]] | None = None,
+    sources: Sequence[tuple[str, str]] = (),
+    display: Sequence[tuple[str, str]] = (),
 ) -> Decision:
-    """The milter's rule: every mailbox of From: (and Sender:) must be owned by the login.
+    """The milter's rule: every mailbox of From:, Sender:, Resent-From: and Resent-Sender: must
+    be owned by the login, and so must every address-like text a client could show instead:
+    in a display name or a comment (`display`), unless the profile allows them.
 
     `mailboxes` is None when the From: header is missing or cannot be parsed. For an
     unauthenticated session (login "") only protect_local_senders applies, with `owners`
     mapping each mailbox to its owners (None when not looked up). For a login, a mailbox is
     owned by the envelope rule (`addresses.owns`): `key_owners` holds the owners of the keys
-    `keys_needed` names for each mailbox.
+    `keys_needed` names for each mailbox and display address. `sources` and `display` are
+    (header name, address) pairs (headers.AuthorCheck): the reply names the header.
     """
     replies = profile.replies
     values = {"login": login, "client": client, "sender": sender}
@@ -207,18 +213,23 @@ def decide_header_from(
         return _defer(Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values))
     facts = Facts(owned=owned, key_owners=key_owners)
     who = canonical_login(login, rules)
-    for box in mailboxes:
+    checks = [
+        (Reason.HEADER_FROM_NOT_OWNED, replies.header_from_not_owned, h, box)
+        for h, box in (sources or [("From", b) for b in mailboxes])
+    ]
+    if profile.display_addresses == "refuse":
+        checks += [
+            (Reason.HEADER_FROM_DISPLAY_ADDRESS, replies.header_from_display_address, h, a)
+            for h, a in display
+        ]
+    for reason, template, header, box in checks:
         is_owner = box in owned or _owned(who, box, facts, owned, rules)
         if is_owner is None:
             return _defer(
                 Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values)
             )
         if not is_owner:
-            return _reject(
-                profile,
-                Reason.HEADER_FROM_NOT_OWNED,
-                render(replies.header_from_not_owned, address=box, **values),
-            )
+            return _reject(profile, reason, render(template, address=box, header=header, **values))
     return Decision(Verdict.ACCEPT, Reason.HEADER_FROM_OWNED, reply="ACCEPT")
 
 
@@ -250,10 +261,3 @@ def _reject(profile: ProfileConfig, reason: Reason, reply: str) -> Decision:
 def _defer(reason: Reason, reply: str) -> Decision:
     # Deliberately not softened by warn mode: an error never turns into a pass.
     return Decision(Verdict.DEFER, reason, reply=reply)
-
-
-def to_action(decision: Decision) -> str:
-    """The Postfix action string for a decision (edge use only)."""
-    if decision.verdict is Verdict.DUNNO:
-        return "DUNNO"
-    return decision.reply

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -35,8 +35,23 @@ from policyd.decision import Decision, Reason, Verdict
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from policyd.app import App
     from policyd.runtime import Runtime
+    from policyd.server import PolicyServer
+
+
+class Observed(Protocol):
+    """What the scrape-time metrics read (the App; typed here so metrics imports no App)."""
+
+    reloads: int
+    reload_failures: int
+    loaded_at: float
+
+    @property
+    def server(self) -> PolicyServer: ...
+
+    @property
+    def runtime(self) -> Runtime: ...
+
 
 __all__ = ["Metrics"]
 
@@ -89,7 +104,7 @@ class Metrics:
         self._lookup_error = self.lookup_seconds.labels("error")
         self._observe_request = self.request_seconds.observe
         self._children: dict[tuple[Verdict, Reason, str], Counter] = {}
-        self.app: App | None = None
+        self.app: Observed | None = None
         self._collector = _AppCollector(self)
         r.register(self._collector)
         ProcessCollector(registry=r)
@@ -119,7 +134,7 @@ class Metrics:
 
     # wiring ------------------------------------------------------------------------------
 
-    def bind(self, app: App) -> None:
+    def bind(self, app: Observed) -> None:
         """Read the scrape-time metrics from this app (its server, runtime and counters)."""
         self.app = app
 
@@ -165,7 +180,7 @@ class _AppCollector(Collector):
         if app is None:
             return
         server = app.server
-        rt = app.service.runtime
+        rt = app.runtime
         yield GaugeMetricFamily(
             "policyd_connections_open",
             "Client connections open now.",

@@ -39,18 +39,16 @@ from typing import Any, TypeVar
 import Milter  # ImportError without pymilter: cli.py turns it into an install hint
 import milter as _milter_c
 
-from policyd.addresses import canonical_login
 from policyd.config import Config, ProfileConfig, load_config
 from policyd.decision import Decision, Verdict
+from policyd.decision_log import log_line, milter_line, setup_logging
 from policyd.directory.base import DirectoryUnavailable
-from policyd.directory.lookups import key_owners, sender_owners
-from policyd.engine import decide_header_from, keys_needed, to_action
-from policyd.headers import AuthorCheck, author_mailboxes, unfold
-from policyd.observability import kv, setup_logging
+from policyd.engine import decide_header_from
+from policyd.headers import AUTHOR_HEADERS, AuthorCheck, author_mailboxes, unfold
 from policyd.runtime import Runtime, build_runtime
+from policyd.service import decide_headers
 
 log = logging.getLogger("policyd.milter")
-decision_log = logging.getLogger("policyd.decision")
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -68,7 +66,7 @@ TEMPFAIL_REPLY = "451 4.3.0 Temporary failure in the header From: check, please 
 LIBMILTER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 #: From:/Sender: values kept per message; of more only the name is kept (the message is invalid
 #: anyway: RFC 5322 allows one of each).
-MAX_KEPT_HEADERS = 4
+MAX_KEPT_HEADERS = 22  # From:, Sender:, and up to 10 of each Resent- header
 
 
 class MilterService:
@@ -84,8 +82,7 @@ class MilterService:
     @classmethod
     def from_config(cls, config: Config, runtime: Runtime | None = None) -> MilterService:
         """The milter's profile is milter.profile, or policy.default_profile when that is ""."""
-        name = config.milter.profile or config.policy.default_profile
-        return cls(runtime or build_runtime(config), config.profile(name))
+        return cls(runtime or build_runtime(config), config.milter_profile())
 
     # -- the event loop thread that owns the cache ------------------------------------------
 
@@ -134,57 +131,27 @@ class MilterService:
 
     # -- lookups (called from libmilter threads) ---------------------------------------------
 
-    def gather(self, login: str, boxes: tuple[str, ...]) -> _Gathered:
-        """What decide_header_from needs for these mailboxes: (owned, key_owners, owners).
-        Raises DirectoryUnavailable."""
-        rt = self.runtime
-        lookups, rules = rt.lookups, rt.rules
-
-        async def for_login() -> _Gathered:
-            owned = await lookups.addresses_of(canonical_login(login, rules))
-            keys = [k for box in boxes for k in keys_needed(box, owned, rules)]
-            return owned, await key_owners(lookups, keys), None
-
-        async def for_outsider() -> _Gathered:
-            found = {box: await sender_owners(lookups, box, rules) for box in boxes}
-            return None, None, found
-
-        return self._submit(for_login() if login else for_outsider())
-
     # -- the decision ------------------------------------------------------------------------
 
     def decide(self, login: str, author: AuthorCheck, client: str, sender: str) -> Decision:
-        """Gather what decide_header_from needs and call it. `login` as Postfix sent it."""
-        rt, profile = self.runtime, self.profile
-        login = login.strip()
-        boxes = author.mailboxes
-        owned: frozenset[str] | None = None
-        key_owned = owners = None
-        unavailable = False
+        """service.decide_headers on the lookup loop. `login` as Postfix sent it."""
+        rt = self.runtime
         try:
-            if boxes and (login or profile.protect_local_senders):
-                owned, key_owned, owners = self.gather(login, boxes)
-        except DirectoryUnavailable as e:
+            return self._submit(
+                decide_headers(rt, self.profile, login, author, client=client, sender=sender)
+            )
+        except DirectoryUnavailable as e:  # (the lookup loop itself did not answer in time)
             log.warning("directory unavailable: %s", e)
-            unavailable = True
-        return decide_header_from(
-            login,
-            boxes,
-            profile,
-            owned,
-            rt.rules,
-            client=client,
-            sender=sender,
-            directory_unavailable=unavailable,
-            owners=owners,
-            key_owners=key_owned,
-        )
-
-
-#: (owned by the login, owners of the keys it needs, owners of each mailbox for an outsider)
-_Gathered = tuple[
-    frozenset[str] | None, dict[str, frozenset[str]] | None, dict[str, frozenset[str]] | None
-]
+            return decide_header_from(
+                login.strip(),
+                author.mailboxes,
+                self.profile,
+                None,
+                rt.rules,
+                client=client,
+                sender=sender,
+                directory_unavailable=True,
+            )
 
 
 def decision_line(
@@ -198,31 +165,12 @@ def decision_line(
     decision: Decision,
     elapsed: float,
 ) -> str:
-    """The milter's decision log line (logger policyd.decision), keys always in this order:
-
-    milter queue_id=… client=… login=… sender=… from=… profile=… action=… reason=…
-      [would=…] [problem=…] ms=…
-
-    from= is the checked mailboxes (comma-separated), or the raw From: value when it is invalid.
-    """
+    """The milter's decision line (decision_log.milter_line): from= is the checked mailboxes
+    (comma-separated), or the raw From: value when it is invalid."""
     shown = ",".join(author.mailboxes) if author.mailboxes is not None else author.from_value
-    parts = [
-        "milter",
-        f"queue_id={kv(queue_id)}",
-        f"client={kv(client)}",
-        f"login={kv(login)}",
-        f"sender={kv(sender)}",
-        f"from={kv(shown)}",
-        f"profile={kv(profile)}",
-        f"action={kv(to_action(decision))}",
-        f"reason={decision.reason.value}",
-    ]
-    if decision.would_have:
-        parts.append(f"would={kv(decision.would_have)}")
-    if author.problem:
-        parts.append(f"problem={kv(author.problem)}")
-    parts.append(f"ms={elapsed * 1000:.2f}")
-    return " ".join(parts)
+    return milter_line(
+        queue_id, client, login, sender, shown, profile, decision, author.problem, elapsed
+    )
 
 
 def split_reply(reply: str) -> tuple[str, str, str]:
@@ -278,7 +226,7 @@ class HeaderFromMilter(Milter.Base):  # type: ignore[misc]
     def header(self, name: Any, value: Any) -> int:
         try:
             key = _text(name).strip().lower()
-            if key in ("from", "sender"):
+            if key in AUTHOR_HEADERS:
                 # Past the first few only the name is kept: the count makes the message invalid.
                 kept = len(self.headers) < MAX_KEPT_HEADERS
                 self.headers.append((key, _text(value) if kept else ""))
@@ -310,8 +258,7 @@ class HeaderFromMilter(Milter.Base):  # type: ignore[misc]
             author = AuthorCheck(None, "", unfold(raw))
         decision = svc.decide(self.login, author, self.client, self.sender)
         queue_id = _text(self.getsymval("i") or "")
-        decision_log.info(
-            "%s",
+        log_line(
             decision_line(
                 queue_id=queue_id,
                 client=self.client,

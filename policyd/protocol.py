@@ -25,7 +25,6 @@ sends a second request before it has read the reply to the first, so nothing rea
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -39,7 +38,6 @@ __all__ = [
     "ProtocolError",
     "RequestParser",
     "RequestTooLarge",
-    "encode_action",
     "encode_request",
 ]
 
@@ -371,46 +369,8 @@ class RequestParser:
 # --------------------------------------------------------------------------------------------
 # Encoders
 
+
 # C0 controls, DEL and C1 controls: none of them belong in a reply line.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_DIGITS = re.compile(r"[0-9]+")
-_SMTP_CODE = re.compile(r"[45][0-9][0-9]")
-
-
-def encode_action(action: str) -> bytes:
-    """Encode a reply: ``b"action=<action>\\n\\n"``.
-
-    Raises ValueError for what Postfix would misread (check_table_result in smtpd_check.c):
-    an empty or blank action; leading whitespace (the verb would be empty); any control
-    character (CR, LF, NUL, TAB, ...), which would break the framing or end up in the reply;
-    an all-digit action such as ``553`` (Postfix treats it as OK!); a numeric verb that is not
-    a 4xx/5xx code, or a 4xx/5xx code without text (both become "451 4.3.5 Server
-    configuration error"); text that is not encodable as UTF-8.
-    """
-    if not action or action.isspace():
-        raise ValueError("empty action")
-    if _CONTROL.search(action):
-        raise ValueError(f"control character in action {action!r}")
-    if action[0].isspace():
-        raise ValueError(f"leading whitespace in action {action!r}")
-    verb, _, text = action.partition(" ")
-    if _DIGITS.fullmatch(verb):
-        if verb == action:
-            raise ValueError(
-                f"all-digit action {action!r}: Postfix treats it as OK, "
-                "use '<code> <text>' such as '553 5.7.1 text'"
-            )
-        if not _SMTP_CODE.fullmatch(verb):
-            raise ValueError(f"numeric action {action!r} is not a 4xx or 5xx code")
-        if not text.strip(" "):
-            raise ValueError(f"SMTP code without text in action {action!r}")
-    try:
-        encoded = action.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"action {action!r} is not valid UTF-8 text") from exc
-    return b"action=" + encoded + b"\n\n"
-
-
 def encode_request(attrs: Mapping[str, str]) -> bytes:
     """Encode a request the way Postfix does (``name=value\\n``... then ``\\n``). For tests,
     benchmarks and the CLI. Strings from the parser (surrogate-escaped bytes) round-trip.

@@ -1,8 +1,8 @@
 """The asyncio policy server: listeners, connections, limits, drain on stop.
 
-A thin adapter: bytes go through protocol.RequestParser, requests through PolicyService, and
-Decisions leave as action lines. Replies on one connection go out in request order, even when a
-later request is decided from cache before an earlier one's directory lookup returns.
+A thin adapter: each client is a connection.Connection (bytes -> requests -> PolicyService ->
+action lines, in request order); this module binds and adopts listeners, batches the work of
+one event-loop iteration, and drains on stop.
 """
 
 from __future__ import annotations
@@ -14,15 +14,12 @@ import logging
 import os
 import socket
 import stat
-import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
 
 from policyd.config import ServerConfig, parse_listen
-from policyd.decision import Decision, Reason, Verdict
-from policyd.engine import to_action
-from policyd.observability import log_decision
-from policyd.protocol import ProtocolError, RequestParser, encode_action
+from policyd.connection import Connection
+from policyd.decision import Decision
+from policyd.decision_log import log_decision
 from policyd.service import PolicyService
 
 log = logging.getLogger(__name__)
@@ -30,41 +27,30 @@ log = logging.getLogger(__name__)
 #: Called after every decision: (attrs, profile name, decision, seconds).
 DecisionHook = Callable[[Mapping[str, str], str, Decision, float], None]
 
-#: Stop reading from a client that has this many requests waiting for a directory answer
-#: (a pipelining client cannot make us queue without bound).
-MAX_PENDING_PER_CONNECTION = 64
-
-#: Encoded replies of the constant actions (see _Connection._reply).
-_PAYLOADS: dict[str, bytes] = {}
-_CONSTANT_ACTIONS = (Verdict.ACCEPT, Verdict.DUNNO)
-
-_INTERNAL_ERROR = Decision(
-    Verdict.DEFER,
-    Reason.DIRECTORY_UNAVAILABLE,
-    "451 4.3.0 Temporary policy failure, please try again later",
-)
-
 
 class PolicyServer:
     def __init__(
         self,
         service: PolicyService,
-        config: ServerConfig,
         hooks: Iterable[DecisionHook] = (),
     ) -> None:
         self.service = service
-        self.config = config
         self.hooks: list[DecisionHook] = [log_decision, *hooks]
-        self.connections: set[_Connection] = set()
+        self.connections: set[Connection] = set()
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[str] = []
         self.draining = False
         self.refused = 0
         self.addresses: list[str] = []
-        # Requests are handled in batches, one per event-loop iteration (see _Connection.
+        # Requests are handled in batches, one per event-loop iteration (see Connection.
         # data_received): the data read in this iteration, and the replies decided from it.
-        self._inbox: list[tuple[_Connection, bytes]] = []
+        self._inbox: list[tuple[Connection, bytes]] = []
         self._outbox: list[tuple[asyncio.Transport, bytes]] | None = None
+
+    @property
+    def config(self) -> ServerConfig:
+        """The running [server] settings: the runtime's, so a reload applies them at once."""
+        return self.service.runtime.config.server
 
     # listeners ---------------------------------------------------------------------------
 
@@ -122,8 +108,8 @@ class PolicyServer:
                         name = "@" + name[1:].decode(errors="replace")
                     self.addresses.append(f"unix:{name}")
 
-    def _factory(self) -> _Connection:
-        return _Connection(self)
+    def _factory(self) -> Connection:
+        return Connection(self)
 
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting; let in-flight requests finish (bounded); close every connection.
@@ -167,7 +153,7 @@ class PolicyServer:
                 os.unlink(path)
 
     def _close_between_requests(
-        self, conn: _Connection, deadline: float
+        self, conn: Connection, deadline: float
     ) -> asyncio.Task[None] | None:
         """Close `conn` if it is between requests (with a lingering FIN); else leave it."""
         tr = conn.transport
@@ -266,207 +252,3 @@ def _remove_stale_socket(path: str) -> None:
         os.unlink(path)
     else:
         raise OSError(17, f"{path} exists and is not a socket")
-
-
-class _Connection(asyncio.Protocol):
-    __slots__ = (
-        "server",
-        "transport",
-        "parser",
-        "tail",
-        "pending",
-        "queued",
-        "last_active",
-        "_idle",
-        "_paused",
-        "_wpaused",
-        "peer",
-    )
-
-    def __init__(self, server: PolicyServer) -> None:
-        self.server = server
-        self.transport: asyncio.Transport | None = None
-        self.parser = RequestParser()
-        self.tail: asyncio.Task[None] | None = None
-        self.pending = 0
-        self.queued = 0  # chunks in server._inbox, not yet parsed
-        self.last_active = time.monotonic()
-        self._idle: asyncio.TimerHandle | None = None
-        self._paused = False
-        self._wpaused = False  # paused by flow control: the client is not reading its replies
-        self.peer = "?"
-
-    # asyncio.Protocol --------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
-        srv = self.server
-        if len(srv.connections) >= srv.config.max_connections or srv.draining:
-            srv.refused += 1
-            log.warning(
-                "refusing connection from %s: %d connections open (server.max_connections)",
-                self.peer,
-                len(srv.connections),
-            )
-            transport.close()  # nothing written: Postfix retries, then its default_action
-            return
-        srv.connections.add(self)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._arm_idle()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.queued:  # what it sent before closing is handled (and logged) as usual
-            self.server._process_inbox()
-        self.server.connections.discard(self)
-        if self._idle is not None:
-            self._idle.cancel()
-        if self.parser.pending:
-            log.info("client %s closed the connection in the middle of a request", self.peer)
-        if self.tail is not None and not self.tail.done():
-            self.tail.cancel()
-
-    def data_received(self, data: bytes) -> None:
-        self.last_active = time.monotonic()
-        srv = self.server
-        if not srv._inbox:
-            asyncio.get_running_loop().call_soon(srv._process_inbox)
-        srv._inbox.append((self, data))
-        self.queued += 1
-
-    def handle_data(self, data: bytes) -> None:
-        try:
-            requests = self.parser.feed(data)
-        except ProtocolError as e:
-            log.warning("closing connection from %s: %s (nothing answered)", self.peer, e)
-            self.abort()
-            return
-        for req in requests:
-            self._handle(req.attrs)
-
-    def eof_received(self) -> bool | None:
-        return None  # close our side too once replies are written
-
-    def pause_writing(self) -> None:
-        # Our write buffer is over its high-water mark: the client sends requests but does not
-        # read the replies. Stop reading it, or its replies pile up here without bound.
-        self._wpaused = True
-        if self.transport is not None and not self._paused:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self._wpaused = False
-        if self.transport is not None and not self._paused and not self.transport.is_closing():
-            self.transport.resume_reading()
-
-    # requests ----------------------------------------------------------------------------
-
-    def _handle(self, attrs: Mapping[str, str]) -> None:
-        started = time.perf_counter()
-        try:
-            profile, result = self.server.service.decide_now(attrs)
-        except Exception:  # a bug must defer, never permit, never kill the server
-            log.exception("internal error deciding a request from %s", self.peer)
-            profile_name, result = "-", _INTERNAL_ERROR
-        else:
-            profile_name = profile.name
-        if isinstance(result, Decision) and self.tail is None:
-            self._reply(attrs, profile_name, result, started)
-            return
-        self.pending += 1
-        self.tail = asyncio.ensure_future(
-            self._ordered(self.tail, attrs, profile_name, result, started)
-        )
-        if self.pending >= MAX_PENDING_PER_CONNECTION and not self._paused and self.transport:
-            self._paused = True
-            self.transport.pause_reading()
-
-    async def _ordered(
-        self,
-        previous: asyncio.Task[None] | None,
-        attrs: Mapping[str, str],
-        profile: str,
-        result: Decision | Coroutine[Any, Any, Decision],
-        started: float,
-    ) -> None:
-        try:
-            if isinstance(result, Decision):
-                decision = result
-            else:
-                try:
-                    decision = await result
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("internal error deciding a request from %s", self.peer)
-                    decision = _INTERNAL_ERROR
-            if previous is not None and not previous.done():
-                await asyncio.shield(previous)
-            self._reply(attrs, profile, decision, started)
-        finally:
-            self.pending -= 1
-            if self.tail is asyncio.current_task():
-                self.tail = None
-            if self._paused and self.pending < MAX_PENDING_PER_CONNECTION // 2 and self.transport:
-                self._paused = False
-                if not self._wpaused:
-                    self.transport.resume_reading()
-            if self.server.draining:
-                self.close_if_idle()
-
-    def _reply(
-        self, attrs: Mapping[str, str], profile: str, decision: Decision, started: float
-    ) -> None:
-        action = to_action(decision)
-        payload = _PAYLOADS.get(action)
-        if payload is None:
-            try:
-                payload = encode_action(action)
-            except ValueError:
-                log.error("refusing to send invalid action %r; deferring instead", action)
-                payload = encode_action(_INTERNAL_ERROR.reply)
-            else:
-                # OK / DUNNO (the accept actions): a handful of constant words, encoded once.
-                # Reject texts name the sender: not kept.
-                if decision.verdict in _CONSTANT_ACTIONS and len(_PAYLOADS) < 64:
-                    _PAYLOADS[action] = payload
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            outbox = self.server._outbox
-            if outbox is None or self.server.draining:
-                transport.write(payload)
-            else:
-                outbox.append((transport, payload))
-        self.server.emit(attrs, profile, decision, time.perf_counter() - started)
-        if self.server.draining:
-            self.close_if_idle()
-
-    # lifecycle ---------------------------------------------------------------------------
-
-    def _arm_idle(self) -> None:
-        loop = asyncio.get_running_loop()
-        remaining = self.last_active + self.server.config.idle_timeout - time.monotonic()
-        if remaining <= 0 and self.pending == 0:
-            log.info("closing idle connection from %s (server.idle_timeout)", self.peer)
-            if self.transport is not None:
-                self.transport.close()
-            return
-        self._idle = loop.call_later(max(remaining, 1.0), self._arm_idle)
-
-    def close_if_idle(self) -> None:
-        if (
-            self.pending == 0
-            and self.queued == 0
-            and self.tail is None
-            and not self.parser.pending
-            and self.transport is not None
-        ):
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()

@@ -16,12 +16,23 @@ from policyd.config import ProfileConfig
 from policyd.decision import Decision
 from policyd.directory.base import DirectoryUnavailable
 from policyd.directory.lookups import (
+    HeaderFacts,
+    header_facts,
     key_owners,
     peek_key_owners,
     peek_sender_owners,
     sender_owners,
 )
-from policyd.engine import Facts, Need, decide, keys_needed, needs, needs_network
+from policyd.engine import (
+    Facts,
+    Need,
+    decide,
+    decide_header_from,
+    keys_needed,
+    needs,
+    needs_network,
+)
+from policyd.headers import AuthorCheck
 from policyd.networks import Range
 from policyd.runtime import Runtime
 
@@ -152,3 +163,43 @@ async def gather_facts(
             return Facts(network, owned)
         return Facts(network, owned, key_owners=await key_owners(lookups, keys))
     return Facts(network, None, await sender_owners(lookups, sender, rules))
+
+
+async def decide_headers(
+    rt: Runtime,
+    profile: ProfileConfig,
+    login: str,
+    author: AuthorCheck,
+    *,
+    client: str = "",
+    sender: str = "",
+) -> Decision:
+    """The milter's decision for a message's author headers (`login` as Postfix sent it),
+    with the lookups it needs. Used by the milter and by `policyd check --header-from`."""
+    login = login.strip()
+    boxes = author.mailboxes
+    facts: HeaderFacts = (None, None, None)
+    unavailable = False
+    if boxes and (login or profile.protect_local_senders):
+        who = canonical_login(login, rt.rules) if login else ""
+        shown = [a for _, a in author.display_addresses] if login else []
+        try:
+            facts = await header_facts(rt.lookups, who, [*boxes, *shown], rt.rules)
+        except DirectoryUnavailable as e:
+            log.warning("directory unavailable: %s", e)
+            unavailable = True
+    owned, key_owned, owners = facts
+    return decide_header_from(
+        login,
+        boxes,
+        profile,
+        owned,
+        rt.rules,
+        client=client,
+        sender=sender,
+        directory_unavailable=unavailable,
+        owners=owners,
+        key_owners=key_owned,
+        sources=author.sources,
+        display=author.display_addresses,
+    )

@@ -13,10 +13,10 @@ directory cannot answer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from policyd.addresses import AddressRules, candidates
+from policyd.addresses import AddressRules, candidates, keys_to_resolve
 from policyd.directory.base import Directory
 
 
@@ -105,3 +105,22 @@ async def sender_owners(lookups: Lookups, sender: str, rules: AddressRules) -> f
         if found:
             return found
     return frozenset()
+
+
+#: What decide_header_from needs: (owned by the login, owners of the keys it needs, owners of
+#: each mailbox for a session without login).
+HeaderFacts = tuple[
+    frozenset[str] | None, dict[str, frozenset[str]] | None, dict[str, frozenset[str]] | None
+]
+
+
+async def header_facts(
+    lookups: Lookups, login: str, boxes: Sequence[str], rules: AddressRules
+) -> HeaderFacts:
+    """The lookups decide_header_from needs for these mailboxes (`login` canonical, or "" for
+    an unauthenticated session). Raises DirectoryUnavailable."""
+    if not login:
+        return None, None, {box: await sender_owners(lookups, box, rules) for box in boxes}
+    owned = await lookups.addresses_of(login)
+    needed = [k for box in boxes for k in keys_to_resolve(owned, box, rules) if box not in owned]
+    return owned, await key_owners(lookups, needed), None

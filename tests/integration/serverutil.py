@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policyd.addresses import candidates
+from policyd.app import App
 from policyd.config import Config, config_from_dict
 from policyd.directory.base import DirectoryUnavailable
 from policyd.directory.cache import CachedLookups, LookupRunner
+from policyd.directory.lookups import DirectLookups
 from policyd.networks import Networks
 from policyd.protocol import encode_request
-from policyd.runtime import Runtime, build_runtime
+from policyd.runtime import Runtime
 from policyd.server import PolicyServer
 from policyd.service import PolicyService
 
@@ -139,10 +140,12 @@ def runtime_with(config: Config, directory: Any) -> Runtime:
     """A Runtime like build_runtime's, but with the given Directory backend."""
     rules = config.addresses.rules()
     networks = Networks.load(config.networks.files) if config.networks.files else Networks.empty()
-    lookups = None
+    lookups: CachedLookups | DirectLookups
     if directory.blocking:
         runner = LookupRunner(directory, config.directory.threads, config.directory.lookup_deadline)
         lookups = CachedLookups(runner, config.cache)
+    else:
+        lookups = DirectLookups(directory)
     return Runtime(config, networks, rules, directory, lookups)
 
 
@@ -215,8 +218,7 @@ class BlockingDirectory:
 
     def owners_of(self, address: str) -> frozenset[str]:
         self._enter(address)
-        keys = set(candidates(address))
-        return frozenset(login for login, addrs in self.owned.items() if keys & addrs)
+        return frozenset(login for login, addrs in self.owned.items() if address in addrs)
 
     def close(self) -> None:
         self.closed = True
@@ -254,24 +256,34 @@ async def serving(
     stop_timeout: float = 2.0,
     sockets: Iterable[socket.socket] = (),
 ) -> AsyncIterator[Harness]:
-    runtime = build_runtime(config) if directory is None else runtime_with(config, directory)
-    service = PolicyService(runtime)
-    h = Harness(None, service, runtime, config)  # type: ignore[arg-type]
+    """The real App (what `policyd serve` runs), with this config and optionally a test
+    directory backend, started on these listeners and stopped at the end."""
+    decisions: list[tuple[str, str]] = []
 
     def hook(attrs: Mapping[str, str], profile: str, decision: Any, elapsed: float) -> None:
-        h.decisions.append((profile, decision.reason.value))
+        decisions.append((profile, decision.reason.value))
 
-    h.server = PolicyServer(service, config.server, hooks=[hook])
-    if listen is None:
-        listen = () if sockets else config.server.listen
-    await h.server.start(list(listen), sockets)
+    passed = list(sockets)
+    app = App(
+        Path(config.source),
+        listen=list(listen) if listen is not None else None,
+        sockets=passed,
+        environ={},
+        configure_logging=False,
+        hooks=[hook],
+        config_loader=lambda _path: config,
+        runtime_factory=None if directory is None else lambda c: runtime_with(c, directory),
+    )
+    app.load()
+    await app.start()
+    assert app.service is not None
+    h = Harness(app.server, app.service, app.runtime, config, decisions)
     try:
         yield h
     finally:
         if directory is not None:
             directory.release()
-        await h.server.stop(stop_timeout)
-        runtime.close()
+        await app.stop(stop_timeout)
 
 
 def listening_socket(backlog: int) -> socket.socket:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +13,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def policyd(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def policyd(
+    *args: str, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "policyd", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -115,7 +120,7 @@ def test_check_unauthenticated_outside_ranges_per_profile(config: Path) -> None:
     assert r.stdout.splitlines()[:2] == ["action=DUNNO", "reason=not_trusted"]
 
 
-def test_check_with_the_shipped_default_config() -> None:
+def test_check_with_the_shipped_example_named_by_POLICYD_CONFIG() -> None:
     r = policyd(
         "check",
         "--client-address",
@@ -124,6 +129,7 @@ def test_check_with_the_shipped_default_config() -> None:
         "alice",
         "--sender",
         "sales@example.org",
+        env={"POLICYD_CONFIG": str(ROOT / "conf" / "policyd.toml")},
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == "action=OK"
@@ -194,3 +200,72 @@ def test_a_range_wider_than_a_slash_8_is_warned_about(config: Path) -> None:
     r = policyd("config-check", "-c", str(config))
     assert r.returncode == 0
     assert "allocated range 0.0.0.0/0" in r.stderr and "ranges.txt:1" in r.stderr
+
+
+def test_check_explains_the_milter_decision_for_a_header(config: Path) -> None:
+    r = policyd(
+        "check",
+        "-c",
+        str(config),
+        "--sasl-username",
+        "alice",
+        "--header-from",
+        '"ceo@example.org" <alice@example.org>',
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == (
+        "milter_action=550 5.7.1 Header From shows <ceo@example.org> in a display name or "
+        "comment; it is not owned by user alice"
+    )
+    assert lines[1] == "milter_reason=header_from_display_address"
+    r = policyd(
+        "check",
+        "-c",
+        str(config),
+        "--sasl-username",
+        "alice",
+        "--sender",
+        "alice@example.org",
+        "--header-from",
+        "alice@example.org",
+        "--header-sender",
+        "bob@example.org",
+    )
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert out[:2] == ["action=OK", "reason=sender_owned"]
+    assert (
+        "milter_action=550 5.7.1 Header Sender <bob@example.org> is not owned by user alice" in out
+    )
+
+
+def test_check_into_a_closed_pipe_exits_quietly(config: Path) -> None:
+    # `policyd check … | head -1`: the reader is gone before we write. No BrokenPipeError
+    # traceback: the process ends as Unix tools do (by SIGPIPE), saying nothing.
+    rfd, wfd = os.pipe()
+    os.close(rfd)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "policyd", "check", "-c", str(config)]
+            + ["--sasl-username", "alice", "--sender", "alice@example.org"],
+            stdout=wfd,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+        )
+    finally:
+        os.close(wfd)
+    assert r.stderr == "", r.stderr
+    assert r.returncode == -signal.SIGPIPE
+
+
+def test_a_missing_default_config_says_where_it_looked_and_how_to_start(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.toml"
+    r = policyd("config-check", env={"POLICYD_CONFIG": str(missing)})
+    assert r.returncode == 1
+    assert r.stderr.strip() == (
+        f"policyd: no config file at {missing} (set the path); "
+        "to start from the shipped example: --config conf/policyd.toml"
+    )

@@ -32,6 +32,7 @@ from policyd.directory.ldap import (
     render_filter,
 )
 from tests.servers.slapd import EXAMPLE_BIND_PASSWORD, EXAMPLE_LDIF, REPO, Slapd, free_port
+from tests.servers.slapd_fixtures import SlapdFactory
 
 pytestmark = pytest.mark.filterwarnings("ignore:ssl.match_hostname:DeprecationWarning")
 slapd_test = pytest.mark.slapd
@@ -732,7 +733,7 @@ def test_frozen_server_times_out(fresh_slapd: Slapd, tmp_path: Path) -> None:
 
 @slapd_test
 @pytest.mark.timeout(60)
-def test_failover_when_first_server_killed(slapd_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_failover_when_first_server_killed(slapd_factory: SlapdFactory, tmp_path: Path) -> None:
     primary = slapd_factory()
     replica = slapd_factory.replica(primary)
     cfg = make_cfg(
@@ -773,7 +774,7 @@ def test_failover_when_first_server_killed(slapd_factory, tmp_path: Path) -> Non
 
 @slapd_test
 @pytest.mark.timeout(60)
-def test_failover_when_first_server_frozen(slapd_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_failover_when_first_server_frozen(slapd_factory: SlapdFactory, tmp_path: Path) -> None:
     primary = slapd_factory()
     replica = slapd_factory.replica(primary)
     cfg = make_cfg(
@@ -815,7 +816,7 @@ def test_failover_when_first_server_frozen(slapd_factory, tmp_path: Path) -> Non
 
 @slapd_test
 @pytest.mark.timeout(60)
-def test_restarted_primary_is_not_avoided(slapd_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_restarted_primary_is_not_avoided(slapd_factory: SlapdFactory, tmp_path: Path) -> None:
     # A kept connection that the server closed (restart, idletimeout) is not a server failure.
     primary = slapd_factory()
     replica = slapd_factory.replica(primary)
@@ -836,11 +837,11 @@ def test_restarted_primary_is_not_avoided(slapd_factory, tmp_path: Path) -> None
 @slapd_test
 @pytest.mark.timeout(60)
 def test_failback_to_the_first_server(
-    slapd_factory,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    slapd_factory: SlapdFactory,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import policyd.directory.ldap as mod
+    import policyd.directory.ldap.directory as mod
 
     monkeypatch.setattr(mod, "_DOWN_FOR", 0.2)
     monkeypatch.setattr(mod, "_FAILBACK_AFTER", 0.3)
@@ -929,7 +930,7 @@ def test_threads_through_an_outage(fresh_slapd: Slapd, tmp_path: Path) -> None:
 
 
 @slapd_test
-def test_shipped_example(slapd_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_shipped_example(slapd_factory: SlapdFactory, tmp_path: Path) -> None:
     config = load_config(REPO / "conf" / "ldap" / "policyd-ldap.toml")
     assert config.directory.backend == "ldap"
     server = slapd_factory(ldif=EXAMPLE_LDIF)  # also loads conf/ldap/acl.conf

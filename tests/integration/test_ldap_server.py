@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from policyd.directory.cache import CachedLookups
 from tests.integration.serverutil import (
     DEFER_LOOKUP,
     IN_RANGE,
@@ -141,7 +142,8 @@ def test_stale_if_error_window_with_real_slapd(fresh_slapd: Slapd, tmp_path: Pat
             assert (await ask(a, authed("bob", "bob@example.org")))[0] == DEFER_LOOKUP  # no data
             await asyncio.sleep(2.0)  # past the window
             assert (await ask(a, authed("alice", "alice@example.org")))[0] == DEFER_LOOKUP
-            assert h.runtime.lookups is not None and h.runtime.lookups.stats.stale >= 2
+            assert isinstance(h.runtime.lookups, CachedLookups)
+            assert h.runtime.lookups.stats.stale >= 2
 
     run(go())
 

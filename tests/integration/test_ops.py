@@ -285,8 +285,13 @@ def _seconds(span: str) -> float:
     return float(span)
 
 
+#: Every unit file in systemd/ (the test below fails when one is added and not listed here).
+UNITS = ("policyd.service", "policyd.socket", "policyd-milter.service")
+UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".target", ".mount")
+
+
 def test_systemd_units_verify(tmp_path: Path) -> None:
-    """`systemd-analyze verify` on the shipped units, in a throwaway root holding what they
+    """`systemd-analyze verify` on every shipped unit, in a throwaway root holding what they
     reference (/usr/local/bin/policyd, /bin/kill, the system units), so it runs here; any
     warning fails the test, not only errors. Also the exposure score of the hardening."""
     require_binaries("systemd-analyze", why="unit file verification")
@@ -305,17 +310,12 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     shutil.copy2(shutil.which("kill") or "/bin/kill", root / "bin/kill")
     etc = root / "etc/systemd/system"
     etc.mkdir(parents=True)
-    for unit in ("policyd.service", "policyd.socket"):
+    shipped = [p.name for p in (REPO / "systemd").iterdir() if p.suffix in UNIT_SUFFIXES]
+    assert sorted(shipped) == sorted(UNITS)
+    for unit in UNITS:
         shutil.copy2(REPO / "systemd" / unit, etc / unit)
     r = subprocess.run(
-        [
-            "systemd-analyze",
-            "verify",
-            "--man=no",
-            f"--root={root}",
-            "policyd.service",
-            "policyd.socket",
-        ],
+        ["systemd-analyze", "verify", "--man=no", f"--root={root}", *UNITS],
         capture_output=True,
         text=True,
         timeout=60,
@@ -323,21 +323,22 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), (
         f"rc={r.returncode}\n{r.stdout}\n{r.stderr}"
     )
-    sec = subprocess.run(
-        [
-            "systemd-analyze",
-            "security",
-            "--offline=yes",
-            f"--root={root}",
-            "--threshold=25",
-            "--no-pager",
-            "policyd.service",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert sec.returncode == 0, f"exposure over 2.5:\n{sec.stdout}\n{sec.stderr}"
+    for service in (u for u in UNITS if u.endswith(".service")):
+        sec = subprocess.run(
+            [
+                "systemd-analyze",
+                "security",
+                "--offline=yes",
+                f"--root={root}",
+                "--threshold=25",
+                "--no-pager",
+                service,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sec.returncode == 0, f"{service}: exposure over 2.5:\n{sec.stdout}\n{sec.stderr}"
 
 
 def test_systemd_service_settings() -> None:
@@ -512,18 +513,20 @@ def test_sd_notify_ready_watchdog_reload_stopping(tmp_path: Path, daemons: list[
 def test_watchdog_pings_stop_while_the_event_loop_is_stuck(tmp_path: Path) -> None:
     """WATCHDOG=1 is sent by the event loop itself: a blocked loop sends none, so systemd's
     watchdog restarts a hung policyd."""
-    from policyd.app import App, load, serve
+    from policyd.app import App
 
     cfg = write_config(tmp_path)
     sent: list[tuple[float, str]] = []
 
     async def main() -> None:
-        config, runtime = load(cfg)
-        app = App(cfg, config, runtime)
-        app.notify = lambda msg: sent.append((time.monotonic(), msg))
-        task = asyncio.ensure_future(
-            serve(app, ["127.0.0.1:0"], install_signals=False, watchdog=0.02)
+        app = App(
+            cfg,
+            listen=["127.0.0.1:0"],
+            environ={"WATCHDOG_USEC": "40000"},  # a ping every 0.02 s
+            configure_logging=False,
         )
+        app.notify = lambda msg: sent.append((time.monotonic(), msg))
+        task = asyncio.ensure_future(app.serve(shutdown_trigger=app.stopping.wait))
         await asyncio.sleep(0.2)
         time.sleep(0.4)  # the loop is stuck
         await asyncio.sleep(0.2)
@@ -603,9 +606,9 @@ def test_stdio_on_a_socket_like_spawn(tmp_path: Path) -> None:
     p = subprocess.Popen(
         [PY, "-m", "policyd", "serve", "--stdio", "--config", str(cfg)],
         cwd=REPO,
-        stdin=theirs,
-        stdout=theirs,
-        stderr=theirs,
+        stdin=theirs.fileno(),
+        stdout=theirs.fileno(),
+        stderr=theirs.fileno(),
     )
     theirs.close()
     try:
@@ -722,6 +725,46 @@ def test_sighup_under_load_switches_ranges_and_loses_nothing(
     assert c.ask() == DENY  # still RANGES_B
     c.close()
     assert d.proc.poll() is None
+    assert d.stop() == 0
+
+
+def _not_owned(sender: str, login: str) -> str:
+    return f"553 5.7.1 Sender address <{sender}> is not owned by user {login}"
+
+
+def test_sighup_after_editing_the_senders_file_changes_ownership_on_an_open_connection(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    port = free_port()
+    cfg = write_config(tmp_path)  # SENDERS: alice owns alice@, bob owns bob@
+    d = start(daemons, tmp_path, cfg, port)
+    c = Client(("127.0.0.1", port))
+
+    def as_user(login: str, sender: str) -> str | None:
+        return c.ask(request(sasl_username=login, sender=sender))
+
+    assert as_user("alice", "alice@example.org") == OK
+    assert as_user("alice", "bob@example.org") == _not_owned("bob@example.org", "alice")
+    assert as_user("bob", "bob@example.org") == OK
+
+    # The admin moves bob@ to alice and alice@ to carol; only the directory file changes.
+    replace_file(
+        tmp_path / "senders.txt",
+        "alice: bob@example.org\ncarol: alice@example.org\n",
+    )
+    # Not yet re-read: the running directory still answers, on the same connection.
+    assert as_user("alice", "bob@example.org") == _not_owned("bob@example.org", "alice")
+    d.signal(signal.SIGHUP)
+    d.wait_log("reloaded ")
+
+    # The same connection (no reconnect): the new ownership, in both directions.
+    assert as_user("alice", "bob@example.org") == OK
+    assert as_user("alice", "alice@example.org") == _not_owned("alice@example.org", "alice")
+    assert as_user("bob", "bob@example.org") == _not_owned("bob@example.org", "bob")
+    assert as_user("carol", "alice@example.org") == OK
+    c.close()
+    assert d.log().count("reloaded ") == 1
+    assert "reload failed" not in d.log()
     assert d.stop() == 0
 
 
@@ -848,7 +891,9 @@ def test_metrics_need_prometheus_client_only_when_enabled(
     fake = tmp_path / "fake"
     fake.mkdir()
     (fake / "prometheus_client.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'prometheus_client'\", name='prometheus_client')\n"
+        "raise ModuleNotFoundError(\n"
+        "    \"No module named 'prometheus_client'\", name='prometheus_client'\n"
+        ")\n"
     )
     env = {"PYTHONPATH": os.pathsep.join([str(fake), str(REPO)])}
     cfg = write_config(tmp_path, metrics_listen=f"127.0.0.1:{free_port()}")
@@ -941,14 +986,14 @@ def test_metrics_lookup_latency_and_errors_from_the_cache_layer() -> None:
 
 
 def test_reload_is_serialised_notifies_and_applies_limits(tmp_path: Path) -> None:
-    from policyd.app import App, load
+    from policyd.app import App
 
     cfg = write_config(tmp_path)
     sent: list[str] = []
 
     async def main() -> None:
-        config, runtime = load(cfg)
-        app = App(cfg, config, runtime)
+        app = App(cfg, configure_logging=False)
+        app.load()
         app.notify = lambda msg: sent.append(msg.split("\n", 1)[0])
         replace_file(
             cfg,
@@ -956,7 +1001,7 @@ def test_reload_is_serialised_notifies_and_applies_limits(tmp_path: Path) -> Non
                 "drain_timeout = 5.0", "drain_timeout = 7.5\nmax_connections = 7"
             ),
         )
-        assert await asyncio.gather(app.reload(), app.reload()) == [True, True]
+        assert list(await asyncio.gather(app.reload(), app.reload())) == [True, True]
         assert sent == ["RELOADING=1", "READY=1", "RELOADING=1", "READY=1"]
         assert app.server.config.max_connections == 7 and app.server.config.drain_timeout == 7.5
         assert app.reloads == 2
@@ -976,11 +1021,12 @@ def test_reload_survives_an_unexpected_error(
         raise RuntimeError("library bug")
 
     async def main() -> None:
-        config, runtime = app_mod.load(cfg)
-        app = app_mod.App(cfg, config, runtime)
+        app = app_mod.App(cfg, configure_logging=False)
+        app.load()
+        runtime = app.runtime
         monkeypatch.setattr(app_mod, "build_runtime", boom)
         assert await app.reload() is False
-        assert app.reload_failures == 1 and app.service.runtime is runtime
+        assert app.reload_failures == 1 and app.runtime is runtime
         app.stopping.set()
         assert await app.reload() is False  # nothing is reloaded once stopping
         app.close()
@@ -1025,20 +1071,20 @@ def test_reload_keeps_the_cache_only_for_the_same_directory(
     monkeypatch.setattr(app_mod, "build_runtime", fake_build)
 
     async def main() -> None:
-        config = app_mod.load_config(cfg)
-        app = app_mod.App(cfg, config, fake_build(config))
-        first = app.service.runtime.lookups
-        assert first is not None
+        app = app_mod.App(cfg, configure_logging=False)
+        app.load()
+        first = app.runtime.lookups
+        assert isinstance(first, CachedLookups)
         await first.addresses_of("alice")
         assert await app.reload()
-        second = app.service.runtime.lookups
-        assert second is not None and second is not first
+        second = app.runtime.lookups
+        assert isinstance(second, CachedLookups) and second is not first
         assert second._entries is first._entries and len(second) == 1  # warm cache kept
         assert second.stats is first.stats and first.stats.misses == 1
         replace_file(cfg, cfg.read_text() + '\n[ldap]\nservers = ["ldap://192.0.2.1"]\n')
         assert await app.reload()
-        third = app.service.runtime.lookups
-        assert third is not None and len(third) == 0  # another directory: dropped
+        third = app.runtime.lookups
+        assert isinstance(third, CachedLookups) and len(third) == 0  # another directory: dropped
         assert third.stats is first.stats  # counters never go backwards
         assert len(app._retired) == 2 and not closed
         app.close()

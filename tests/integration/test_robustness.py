@@ -26,13 +26,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policyd.config import Config
+from policyd.actions import encode_action, to_action
+from policyd.config import Config, ProfileConfig
+from policyd.connection import Connection as _Connection
 from policyd.decision import Decision
 from policyd.directory.base import DirectoryUnavailable
-from policyd.engine import to_action
-from policyd.protocol import encode_action, encode_request
-from policyd.runtime import build_runtime
-from policyd.server import _Connection
+from policyd.directory.cache import CachedLookups
+from policyd.protocol import encode_request
+from policyd.runtime import Runtime, build_runtime
 from policyd.service import PolicyService
 from tests.integration.serverutil import (
     AUTH_REQUIRED,
@@ -82,7 +83,10 @@ def _assert_fast(latencies: list[float]) -> None:
     seconds."""
     ordered = sorted(latencies)
     p95 = ordered[int(len(ordered) * 0.95) - 1]
-    ms = f"median {statistics.median(ordered) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, max {ordered[-1] * 1000:.1f} ms"
+    ms = (
+        f"median {statistics.median(ordered) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, "
+        f"max {ordered[-1] * 1000:.1f} ms"
+    )
     assert statistics.median(ordered) < 0.025, ms
     assert p95 < 0.1, ms
     assert ordered[-1] < 0.4, ms
@@ -499,9 +503,11 @@ def test_thousand_connections_do_not_starve_others(tmp_path: Path, loop: str) ->
                 # listen backlog (1 s SYN retransmits), which is not what this test is about
                 clients += await asyncio.gather(*(Client.connect(h.address()) for _ in range(50)))
                 count = len(clients)
-                assert await wait_until(
-                    lambda count=count: len(h.server.connections) == count, 5, step=0.001
-                )
+
+                def all_connected(count: int = count) -> bool:
+                    return len(h.server.connections) == count
+
+                assert await wait_until(all_connected, 5, step=0.001)
             # odd ones send a partial request (all but its last byte); 50 even ones trickle
             # theirs one byte at a time; the other even ones stay silent
             payloads = [
@@ -592,7 +598,10 @@ def test_silent_connections_end_at_the_idle_timeout(tmp_path: Path, loop: str) -
 
     async def main() -> None:
         async with serving(config) as h:
-            h.server.config = dataclasses.replace(config.server, idle_timeout=0.3)
+            lowered = dataclasses.replace(config.server, idle_timeout=0.3)
+            h.service.runtime = dataclasses.replace(
+                h.runtime, config=dataclasses.replace(config, server=lowered)
+            )
             silent = await Client.connect(h.address())
             partial = await Client.connect(h.address())
             partial.send(b"request=smtpd_access_policy\n")
@@ -616,7 +625,7 @@ def test_silent_connections_end_at_the_idle_timeout(tmp_path: Path, loop: str) -
 
 
 def _pool_queue(h: Harness) -> int:
-    assert h.runtime.lookups is not None
+    assert isinstance(h.runtime.lookups, CachedLookups)
     pool = h.runtime.lookups.runner._pool
     assert pool is not None
     return pool._work_queue.qsize()
@@ -697,6 +706,7 @@ def test_hung_directory_under_load(tmp_path: Path, loop: str) -> None:
             assert await wait_until(lambda: _pool_queue(h) == 0, 5)
             assert threading.active_count() <= baseline_threads + threads
             assert await wait_until(lambda: not h.server.connections, 5)
+            assert isinstance(h.runtime.lookups, CachedLookups)
             assert not h.runtime.lookups._inflight
             assert await wait_until(lambda: len(asyncio.all_tasks()) == tasks0, 5)
             # and lookups work again
@@ -1099,11 +1109,11 @@ def test_a_bug_in_the_service_defers(tmp_path: Path) -> None:
             calls = {"n": 0}
             original = h.service.select_profile
 
-            def flaky(attrs: Mapping[str, str], rt: object = None):  # type: ignore[no-untyped-def]
+            def flaky(attrs: Mapping[str, str], rt: Runtime | None = None) -> ProfileConfig:
                 calls["n"] += 1
                 if attrs.get("sender") == "trigger@example.org":
                     raise ZeroDivisionError("bug")
-                return original(attrs, rt)  # type: ignore[arg-type]
+                return original(attrs, rt)
 
             h.service.select_profile = flaky  # type: ignore[method-assign]
             c = await Client.connect(h.address())

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from policyd.connection import MAX_PENDING_PER_CONNECTION
 from policyd.protocol import encode_request
-from policyd.server import MAX_PENDING_PER_CONNECTION
 from tests.integration.serverutil import (
     AUTH_REQUIRED,
     IN_RANGE,

@@ -799,7 +799,8 @@ def send_mail(
         if replies.get("rcpt") and replies["rcpt"].code == 250:
             body = (
                 f"From: <{sender}>\r\nTo: <{recipient}>\r\nSubject: {subject}\r\n"
-                f"Message-ID: <{time.time_ns()}@client.test>\r\n\r\nHello from the system tests.\r\n"
+                f"Message-ID: <{time.time_ns()}@client.test>\r\n"
+                "\r\nHello from the system tests.\r\n"
             )
             code, msg = smtp.docmd("DATA")
             if code == 354:

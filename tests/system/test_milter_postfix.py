@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -299,7 +300,10 @@ def send(
         with contextlib.suppress(smtplib.SMTPException, OSError):
             smtp.quit()
     except smtplib.SMTPResponseException as e:  # e.g. STARTTLS refused
-        replies["refused"] = Reply(e.smtp_code, e.smtp_error.decode("utf-8", "replace"))
+        text = e.smtp_error
+        if isinstance(text, bytes):  # always, from smtplib's own replies
+            text = text.decode("utf-8", "replace")
+        replies["refused"] = Reply(e.smtp_code, text)
     except smtplib.SMTPServerDisconnected:
         pass
     finally:
@@ -324,7 +328,13 @@ def _last(s: Session) -> Reply:
     return list(s.replies.values())[-1]
 
 
-def alice(mta: PostfixServer) -> dict[str, str]:
+class Credentials(TypedDict):
+    login: str
+    password: str
+    sender: str
+
+
+def alice(mta: PostfixServer) -> Credentials:
     return {"login": "alice", "password": mta.users["alice"], "sender": "alice@example.org"}
 
 
@@ -348,6 +358,62 @@ def test_foreign_header_from_is_rejected_after_data(
     assert "reason=header_from_not_owned" in line
     queue_id = re.search(r"queue_id=(\S+)", line)
     assert queue_id and re.fullmatch(r"[0-9A-F]{6,}", queue_id.group(1)), line
+
+
+#: An owned From: with someone else's Sender: (RFC 5322 3.6.2: the Sender: is who sent it).
+OWNED_FROM_FOREIGN_SENDER = ["From: Alice <alice@example.org>", "Sender: Bob <bob@example.org>"]
+
+
+def test_foreign_sender_header_is_rejected_after_data(
+    up: PostfixServer, milter: MilterProcess
+) -> None:
+    mark = milter.mark()
+    s = send(up.ports["submission"], headers=OWNED_FROM_FOREIGN_SENDER, **alice(up))
+    r = _last(s)
+    assert "data" in s.replies and (r.code, r.enhanced) == (550, "5.7.1"), _explain(
+        s, up, milter, mark
+    )
+    assert not s.accepted
+    assert s.replies["rcpt"].code == 250  # the envelope was fine: only the milter refused
+    assert r.text.endswith(" <bob@example.org> is not owned by user alice"), r.text
+    up.wait_for_log(r"milter-reject: END-OF-MESSAGE .*5\.7\.1 .*<bob@example\.org> is not owned")
+    [line] = milter.decisions(mark)
+    assert "login=alice sender=alice@example.org " in line and "550 5.7.1 " in line, line
+
+
+def test_foreign_sender_header_reply_names_the_sender_header(
+    up: PostfixServer, milter: MilterProcess
+) -> None:
+    """The refusal names the header that is not owned: Sender, not From (today's text says
+    "Header From <bob@example.org>" although alice's From: is hers)."""
+    mark = milter.mark()
+    s = send(up.ports["submission"], headers=OWNED_FROM_FOREIGN_SENDER, **alice(up))
+    r = _last(s)
+    assert (r.code, r.enhanced) == (550, "5.7.1"), _explain(s, up, milter, mark)
+    assert r.text == "5.7.1 Header Sender <bob@example.org> is not owned by user alice"
+
+
+def test_a_display_name_showing_another_address_is_rejected_after_data(
+    up: PostfixServer, milter: MilterProcess
+) -> None:
+    # Many clients show the display name instead of the address: it must not name another one.
+    mark = milter.mark()
+    s = send(
+        up.ports["submission"],
+        headers=['From: "ceo@example.org" <alice@example.org>'],
+        **alice(up),
+    )
+    r = _last(s)
+    assert "data" in s.replies and (r.code, r.enhanced) == (550, "5.7.1"), _explain(
+        s, up, milter, mark
+    )
+    assert s.replies["rcpt"].code == 250
+    assert r.text == (
+        "5.7.1 Header From shows <ceo@example.org> in a display name or comment; "
+        "it is not owned by user alice"
+    )
+    [line] = milter.decisions(mark)
+    assert "reason=header_from_display_address" in line
 
 
 def test_own_header_from_is_accepted_and_queued(up: PostfixServer, milter: MilterProcess) -> None:

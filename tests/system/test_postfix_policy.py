@@ -9,8 +9,8 @@ sees. For accepted mail, the test also checks that Postfix queued the message an
 
 Scenarios (numbers as in the test plan): 1 own addresses, 2 someone else's address, 3 shared
 address, 4 login with and without realm, 5 allocated ranges (IPv4, IPv6, restricted to
-sender domains), 6 unauthenticated outside every range (submission, MX), 7 LDAP down and back,
-8 policyd down, 9 warn mode, 10 null sender.
+sender domains), 6 unauthenticated outside every range (submission, MX), 7 LDAP backend
+(someone else's address; down and back), 8 policyd down, 9 warn mode, 10 null sender.
 
 Set POLICYD_SAVE_TRANSCRIPTS=1 to (re)write the sample sessions in tests/data/transcripts/.
 """
@@ -238,7 +238,8 @@ def save_transcript(
     text = "\n".join(
         [
             f"# {title}",
-            "# Recorded by tests/system/test_postfix_policy.py (POLICYD_SAVE_TRANSCRIPTS=1) against",
+            "# Recorded by tests/system/test_postfix_policy.py (POLICYD_SAVE_TRANSCRIPTS=1) "
+            "against",
             "# Postfix 3.7 configured from conf/postfix/. C: is the client, S: the server. AUTH",
             "# credentials are masked. XCLIENT is offered only because the test Postfix allows it",
             "# from 127.0.0.1 (smtpd_authorized_xclient_hosts, a test-only setting).",
@@ -584,17 +585,16 @@ def test_mx_offers_no_auth(mta: PostfixServer) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. The LDAP directory down: 451 4.3.0 (the client retries), accepted again once it is back
+# 7. The LDAP backend: someone else's address (553); the directory down: 451 4.3.0 (the client
+# retries), accepted again once it is back
 
 
-def test_ldap_down_defers_then_recovers(
-    mta: PostfixServer, policyd: Policyd, slapd_factory: Any
-) -> None:
-    ldap = slapd_factory(tls=False)  # a private slapd with tests/data/directory.ldif
+def ldap_policyd_config(policyd: Policyd, ldap: Any) -> str:
+    """The base config with the LDAP backend against `ldap` (a tests.servers.slapd.Slapd)."""
     password = policyd.process.workdir / "bind-password"
     password.write_text(ldap.bind_password + "\n", encoding="utf-8")
     password.chmod(0o600)
-    config = policyd_config(
+    return policyd_config(
         directory={"backend": "ldap", "lookup_deadline": 2.0},
         extra=_table(
             "ldap",
@@ -608,6 +608,49 @@ def test_ldap_down_defers_then_recovers(
             },
         ),
     )
+
+
+def test_ldap_backend_refuses_someone_elses_address(
+    mta: PostfixServer, policyd: Policyd, slapd_factory: Any
+) -> None:
+    """The 553 with ownership from the real slapd (tests/data/directory.ldif), not the file."""
+    ldap = slapd_factory(tls=False)
+    sub = mta.ports["submission"]
+    with policyd.reconfigured(ldap_policyd_config(policyd, ldap)):
+        # alice@example.net is alice's in LDAP only (mailLocalAddress; senders.txt has no
+        # owner for it): accepted, so the LDAP directory answers.
+        s = send_mail(sub, sender="alice@example.net", recipient=EXTERNAL, **_login(mta, "alice"))
+        expect_accepted(s, mta, EXTERNAL)
+        cases = [
+            ("alice", "bob@example.org"),  # another user's mail attribute
+            ("bob", "alice@example.net"),  # another user's mailLocalAddress
+            ("dave", "sales@example.org"),  # a group address; dave is not a member
+        ]
+        for login, sender in cases:
+            mark = policyd.mark()
+            s = send_mail(sub, sender=sender, recipient=EXTERNAL, **_login(mta, login))
+            expect_reply(
+                s,
+                553,
+                "5.7.1",
+                f"<{EXTERNAL}>: Recipient address rejected: "
+                f"Sender address <{sender}> is not owned by user {login}",
+                postfix=mta,
+                policyd=policyd,
+                mark=mark,
+            )
+            [d] = policyd.decisions(mark)
+            assert (d["login"], d["sender"], d["reason"]) == (login, sender, "sender_not_owned")
+            assert (
+                d["action"] == f"553 5.7.1 Sender address <{sender}> is not owned by user {login}"
+            )
+
+
+def test_ldap_down_defers_then_recovers(
+    mta: PostfixServer, policyd: Policyd, slapd_factory: Any
+) -> None:
+    ldap = slapd_factory(tls=False)  # a private slapd with tests/data/directory.ldif
+    config = ldap_policyd_config(policyd, ldap)
     sub = mta.ports["submission"]
     with policyd.reconfigured(config):
         # Up: ownership comes from LDAP (alice's address, and the group address sales@).

@@ -10,6 +10,7 @@ from policyd.addresses import (
     canonical_login,
     normalize_address,
     owned_by,
+    unquote_local,
 )
 
 R = AddressRules()
@@ -86,6 +87,63 @@ def test_split_at_last_at() -> None:
 )
 def test_canonical_login(login: str, rules: AddressRules, canon: str) -> None:
     assert canonical_login(login, rules) == canon
+
+
+@pytest.mark.parametrize(
+    ("local", "expected"),
+    [
+        ('"alice"', "alice"),
+        ('"alice.smith"', "alice.smith"),
+        ('"a\\.b"', "a.b"),  # a quoted pair of a character that needs no quoting
+        ('"jörg"', "jörg"),  # SMTPUTF8: non-ASCII is atext
+        ('"a b"', '"a b"'),
+        ('"a\\ b"', '"a b"'),  # same mailbox as "a b": minimal quoting
+        ('"a@b"', '"a@b"'),
+        ('"a..b"', '"a..b"'),  # not a dot-atom
+        ('".alice"', '".alice"'),
+        ('"alice."', '"alice."'),
+        ('""', '""'),
+        ('"a\\"b"', '"a\\"b"'),
+        ('"a\\\\b"', '"a\\\\b"'),
+        # not one quoted string: unchanged
+        ("alice", "alice"),
+        ('"a"b"', '"a"b"'),
+        ('"a\\"', '"a\\"'),
+        ('"', '"'),
+        ('a"b"', 'a"b"'),
+    ],
+)
+def test_unquote_local_drops_only_quoting_that_is_not_needed(local: str, expected: str) -> None:
+    assert unquote_local(local) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "norm"),
+    [
+        ('"alice"@example.org', "alice@example.org"),
+        ('<"Alice"@Example.org>', "alice@example.org"),
+        ('"alice.smith"@example.org', "alice.smith@example.org"),
+        ('"a b"@example.org', '"a b"@example.org'),
+        ('"a\\ b"@example.org', '"a b"@example.org'),
+        ('"a@b"@example.org', '"a@b"@example.org'),
+    ],
+)
+def test_a_quoted_local_part_that_needs_no_quoting_is_the_same_mailbox(raw: str, norm: str) -> None:
+    assert normalize_address(raw, R) == norm
+
+
+def test_an_owned_address_matches_its_needlessly_quoted_envelope_form() -> None:
+    owned = frozenset({"alice@example.org"})
+    assert owned_by(owned, '"alice"@example.org', R)
+    assert owned_by(owned, '"alice+tag"@example.org', R)
+    assert not owned_by(owned, '"alice "@example.org', R)
+    assert not owned_by(frozenset({"a@example.org"}), '"a@b"@example.org', R)
+
+
+@given(st.text(max_size=30))
+def test_unquote_local_is_idempotent(s: str) -> None:
+    once = unquote_local(s)
+    assert unquote_local(once) == once
 
 
 @given(st.text())

@@ -5,17 +5,20 @@ PolicyService with the embedded file directory, which adds the lookups: profile 
 range lookup (IPv4-mapped clients), login canonicalisation (realms, case) and ownership
 (+extension, @domain, shared addresses).
 
-| situation                                                         | default answer | reason |
-|-------------------------------------------------------------------|----------------|--------|
-| authenticated, null sender                                        | DUNNO (or 553) | null_sender |
-| authenticated, directory cannot answer                            | 451 4.3.0      | directory_unavailable |
-| authenticated, sender owned by the login                          | accept action  | sender_owned |
-| authenticated, sender not owned / login unknown                   | 553 5.7.1      | sender_not_owned |
-| not authenticated, client in an allocated range                   | accept action  | allocated_network |
-| ... range restricted to sender domains, domain not among them     | 553 5.7.1      | sender_not_allowed_from_network |
-| not authenticated, outside every range, submission profile        | 554 5.7.1      | authentication_required |
-| not authenticated, outside every range, mx profile                | DUNNO          | not_trusted |
-| ... outside ranges, sender owned by a login, protect_local_senders| 553 5.7.1      | sender_requires_login |
+| situation                                        | answer     | reason                          |
+|--------------------------------------------------|------------|---------------------------------|
+| authenticated, null sender                       | DUNNO/553  | null_sender                     |
+| authenticated, directory cannot answer           | 451 4.3.0  | directory_unavailable           |
+| authenticated, sender owned by the login         | accept     | sender_owned                    |
+| authenticated, sender not owned / login unknown  | 553 5.7.1  | sender_not_owned                |
+| unauthenticated, client in an allocated range    | accept     | allocated_network               |
+| ... range limited to other sender domains        | 553 5.7.1  | sender_not_allowed_from_network |
+| unauthenticated, outside ranges, submission      | 554 5.7.1  | authentication_required         |
+| unauthenticated, outside ranges, mx              | DUNNO      | not_trusted                     |
+| ... sender has an owner, protect_local_senders   | 553 5.7.1  | sender_requires_login           |
+
+(answer: the default reply; "accept" is the profile's accept action, DUNNO/553 the
+null_sender setting.)
 """
 
 from __future__ import annotations
@@ -24,18 +27,18 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
+from policyd.actions import encode_action, to_action
 from policyd.addresses import AddressRules
 from policyd.config import ProfileConfig, config_from_dict
 from policyd.decision import Decision, Reason, Verdict
 from policyd.directory.base import DirectoryUnavailable
 from policyd.directory.lookups import DirectLookups
-from policyd.engine import Facts, Need, decide, needs, needs_network, to_action
+from policyd.engine import Facts, Need, decide, needs, needs_network
 from policyd.networks import Networks, Range
-from policyd.protocol import encode_action
 from policyd.runtime import Runtime, build_runtime
 from policyd.service import PolicyService
 
@@ -748,7 +751,7 @@ def _check(row: Row, profile: ProfileConfig, d: Decision) -> None:
 
 @pytest.mark.parametrize("mode", ["enforce", "warn"])
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
-def test_decision_table(row: Row, mode: str) -> None:
+def test_decision_table(row: Row, mode: Literal["enforce", "warn"]) -> None:
     profile = dataclasses.replace(row.profile, mode=mode)
     _check(row, profile, decide(row.attrs, profile, row.facts, row.rules))
 

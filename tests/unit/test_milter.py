@@ -243,7 +243,7 @@ def test_several_mailboxes_one_foreign_is_rejected(file_service: MilterService) 
 def test_foreign_sender_header_is_rejected(file_service: MilterService) -> None:
     rc, ctx = feed(message("From: alice@example.org", "Sender: Bob <bob@example.org>"))
     assert_rejected(
-        rc, ctx, ("550", "5.7.1", "Header From <bob@example.org> is not owned by user alice")
+        rc, ctx, ("550", "5.7.1", "Header Sender <bob@example.org> is not owned by user alice")
     )
 
 
@@ -331,7 +331,9 @@ def test_custom_replies(tmp_path: Path, services: Any) -> None:
         make_config(
             tmp_path,
             replies={
-                "header_from_not_owned": "554 5.7.0 {address} is not yours, {login} (from {client})",
+                "header_from_not_owned": (
+                    "554 5.7.0 {address} is not yours, {login} (from {client})"
+                ),
                 "header_from_invalid": "554 5.6.0 Bad From: header",
             },
         )
@@ -625,7 +627,7 @@ def test_policy_service_never_imports_pymilter() -> None:
         "sys.modules['Milter'] = None\n"
         "sys.modules['milter'] = None\n"
         "import policyd.cli, policyd.app, policyd.server, policyd.service, policyd.engine\n"
-        "import policyd.headers, policyd.runtime, policyd.observability\n"
+        "import policyd.headers, policyd.runtime, policyd.decision_log\n"
         "assert 'policyd.milter' not in sys.modules\n"
         "print('ok')\n"
     )
@@ -713,10 +715,10 @@ def test_milter_process_with_libmilter(tmp_path: Path) -> None:
                     MILTERTEST_SCRIPT % {"socket": sock, "from_": from_, "queue_id": QUEUE_ID},
                     encoding="utf-8",
                 )
-                out = subprocess.run(
+                run = subprocess.run(
                     ["miltertest", "-s", str(script)], capture_output=True, text=True, timeout=30
                 )
-                assert out.stdout.strip() == expected, (out.stdout, out.stderr, log.read_text())
+                assert run.stdout.strip() == expected, (run.stdout, run.stderr, log.read_text())
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0, log.read_text()
     finally:
@@ -773,3 +775,65 @@ def test_a_header_address_registered_to_another_login_is_rejected(
     )
     rc, ctx = feed(message(f"From: {from_}"), login=owner, sender=from_)
     assert_accepted(rc, ctx)
+
+
+# --- an address a mail client would show, hidden in a display name or a comment --------------
+
+DISPLAY = "550", "5.7.1"
+
+
+@pytest.mark.parametrize(
+    "from_",
+    [
+        '"ceo@example.org" <alice@example.org>',
+        "=?utf-8?q?ceo=40example=2Eorg?= <alice@example.org>",
+        "=?utf-8?B?PGNlb0BleGFtcGxlLm9yZz4=?= <alice@example.org>",
+        "alice@example.org (ceo@example.org)",
+        "<alice@example.org> (<ceo@example.org>)",
+    ],
+)
+def test_an_unowned_address_in_a_display_name_or_comment_is_rejected(
+    file_service: MilterService, from_: str
+) -> None:
+    rc, ctx = feed(message(f"From: {from_}"))
+    assert_rejected(
+        rc,
+        ctx,
+        (
+            *DISPLAY,
+            "Header From shows <ceo@example.org> in a display name or comment; "
+            "it is not owned by user alice",
+        ),
+    )
+
+
+def test_a_display_name_repeating_the_own_address_passes(file_service: MilterService) -> None:
+    assert_accepted(*feed(message('From: "alice@example.org" <alice@example.org>')))
+    assert_accepted(*feed(message('From: "sales@example.org" <alice@example.org>')))
+
+
+def test_display_addresses_allowed_by_the_profile_check_only_the_mailboxes(
+    tmp_path: Path, services: Any
+) -> None:
+    services(make_config(tmp_path, display_addresses="allow"))
+    assert_accepted(*feed(message('From: "ceo@example.org" <alice@example.org>')))
+    rc, ctx = feed(message('From: "alice@example.org" <ceo@example.org>'))
+    assert_rejected(
+        rc, ctx, ("550", "5.7.1", "Header From <ceo@example.org> is not owned by user alice")
+    )
+
+
+def test_an_unowned_resent_from_is_rejected_naming_the_header(
+    file_service: MilterService,
+) -> None:
+    rc, ctx = feed(
+        message("From: alice@example.org", "Resent-From: bob@example.org", "Subject: fwd")
+    )
+    assert_rejected(
+        rc,
+        ctx,
+        ("550", "5.7.1", "Header Resent-From <bob@example.org> is not owned by user alice"),
+    )
+    assert_accepted(
+        *feed(message("From: alice@example.org", "Resent-From: alice.smith@example.org"))
+    )

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from policyd.actions import encode_action
 from policyd.limits import MAX_ATTRIBUTES, MAX_LINE_BYTES, MAX_REQUEST_BYTES
 from policyd.protocol import (
     LineTooLong,
@@ -18,7 +19,6 @@ from policyd.protocol import (
     ProtocolError,
     RequestParser,
     RequestTooLarge,
-    encode_action,
     encode_request,
 )
 

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,7 +142,9 @@ uds = socket.socket(socket.AF_UNIX); uds.bind(sys.argv[1]); uds.listen()
 os.dup2(tcp.fileno(), 20); os.dup2(uds.fileno(), 21)  # the sockets may be fds 3 and 4 now
 tcp.close(); uds.close()
 os.dup2(20, 3); os.dup2(21, 4); os.close(20); os.close(21)
-os.environ.update(LISTEN_FDS="2", LISTEN_FDNAMES=sys.argv[2], LISTEN_PID=sys.argv[3] or str(os.getpid()))
+os.environ.update(
+    LISTEN_FDS="2", LISTEN_FDNAMES=sys.argv[2], LISTEN_PID=sys.argv[3] or str(os.getpid())
+)
 got = listen_fds()
 out = {
     "got": [[n, s.fileno(), int(s.family), int(s.type), str(s.getsockname())] for n, s in got],
@@ -152,7 +155,8 @@ print(json.dumps(out))
 """
 
 
-def _run_child(path: str, names: str, pid: str = "") -> dict[str, list[object]]:
+def _run_child(path: str, names: str, pid: str = "") -> dict[str, list[Any]]:
+    """The child's JSON report: "got" [name, fd, family, type, address], "env", "inheritable"."""
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, path, names, pid],
         cwd=REPO,
@@ -161,7 +165,7 @@ def _run_child(path: str, names: str, pid: str = "") -> dict[str, list[object]]:
         timeout=20,
         check=True,
     )
-    result: dict[str, list[object]] = json.loads(out.stdout)
+    result: dict[str, list[Any]] = json.loads(out.stdout)
     return result
 
 
@@ -169,18 +173,18 @@ def test_listen_fds_adopts_passed_sockets_with_names(short_dir: Path) -> None:
     path = str(short_dir / "s")
     r = _run_child(path, "tcp:unix")
     got = r["got"]
-    assert [(g[0], g[1], g[2], g[3]) for g in got] == [  # type: ignore[index]
+    assert [(g[0], g[1], g[2], g[3]) for g in got] == [
         ("tcp", 3, socket.AF_INET, socket.SOCK_STREAM),
         ("unix", 4, socket.AF_UNIX, socket.SOCK_STREAM),
     ]
-    assert got[1][4] == path  # type: ignore[index]
+    assert got[1][4] == path
     assert r["env"] == []  # unset, so children do not take them
     assert r["inheritable"] == [False, False]
 
 
 def test_listen_fds_missing_names_are_empty(short_dir: Path) -> None:
     r = _run_child(str(short_dir / "s"), "")
-    assert [g[0] for g in r["got"]] == ["", ""]  # type: ignore[index]
+    assert [g[0] for g in r["got"]] == ["", ""]
 
 
 def test_listen_fds_for_another_pid_are_ignored(short_dir: Path) -> None:

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from policyd import observability
+from policyd import decision_log
 from policyd.decision import Decision, Reason, Verdict
-from policyd.observability import decision_line, kv, log_decision, setup_logging
+from policyd.decision_log import decision_line, kv, log_decision, setup_logging
 
 ATTRS = {
     "queue_id": "",
@@ -37,7 +37,7 @@ def restore_logging() -> Iterator[None]:
     for h in handlers:
         root.addHandler(h)
     root.setLevel(level)
-    observability._direct = None
+    decision_log._direct = None
 
 
 def test_line_format_is_stable() -> None:
@@ -74,11 +74,11 @@ def test_kv_quoting(value: str, out: str) -> None:
 def test_fast_path_writes_exactly_what_logging_writes(restore_logging: None) -> None:
     fast = io.StringIO()
     setup_logging(stream=fast)
-    assert observability._direct is not None and observability._direct.usable()
+    assert decision_log._direct is not None and decision_log._direct.usable()
     log_decision({**ATTRS, "sender": "we\nird"}, "submission", REJECT, 0.001)
     slow = io.StringIO()
     setup_logging(stream=slow)
-    observability._direct = None  # force the logging module path
+    decision_log._direct = None  # force the logging module path
     log_decision({**ATTRS, "sender": "we\nird"}, "submission", REJECT, 0.001)
     assert fast.getvalue() == slow.getvalue()
     assert fast.getvalue().startswith("INFO policyd.decision: decision ")
@@ -110,7 +110,7 @@ def test_on_the_event_loop_lines_are_written_together_at_the_end_of_the_iteratio
 
     slow = io.StringIO()
     setup_logging(stream=slow)
-    observability._direct = None  # the logging module's own output, for comparison
+    decision_log._direct = None  # the logging module's own output, for comparison
     senders = [f"user{i}@example.org" for i in range(3)]
     for s in senders:
         log_decision({**ATTRS, "sender": s}, "submission", REJECT, 0.001)
@@ -146,3 +146,19 @@ def test_lines_held_on_the_loop_are_written_when_logging_is_set_up_again(
 
     assert asyncio.run(main()).count("reason=sender_not_owned") == 1
     assert out.getvalue().count("reason=sender_not_owned") == 1
+
+
+def test_the_private_stdlib_api_the_fast_path_reads_is_still_there() -> None:
+    # If a Python release renames these, the fast path would silently never apply (or worse,
+    # misformat): this test names what changed.
+    import asyncio
+
+    assert callable(getattr(asyncio, "_get_running_loop", None))
+    f = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    assert hasattr(f, "_fmt") and hasattr(f, "_style")
+    assert hasattr(f._style, "_fmt") and hasattr(f._style, "_defaults")
+    assert decision_log.formats_plainly(f)
+    assert not decision_log.formats_plainly(logging.Formatter("%(message)s"))
+    assert not decision_log.formats_plainly(
+        logging.Formatter("%(levelname)s %(name)s: %(message)s", defaults={"x": "1"})
+    )

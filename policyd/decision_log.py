@@ -17,14 +17,17 @@ import logging
 import logging.handlers
 import re
 import sys
+
+# Private, but what the fast path needs: the loop running in this thread or None, without
+# the exception get_running_loop() raises off the loop (see formats_plainly).
 from asyncio import _get_running_loop as _running_loop
 from collections.abc import Mapping
 from threading import get_ident as _get_ident
 
+from policyd.actions import to_action
 from policyd.decision import Decision
-from policyd.engine import to_action
 
-decision_log = logging.getLogger("policyd.decision")
+logger = logging.getLogger("policyd.decision")
 
 # Unsafe in a bare value: whitespace, '"', '\\', '=' and anything outside printable ASCII, i.e.
 # r'[\s"\\=]|[^\x21-\x7e]' written as one character class (same set, 3-4x faster to scan).
@@ -71,14 +74,45 @@ def decision_line(
     )
 
 
+def milter_line(
+    queue_id: str,
+    client: str,
+    login: str,
+    sender: str,
+    shown_from: str,
+    profile: str,
+    decision: Decision,
+    problem: str,
+    elapsed: float,
+) -> str:
+    """The milter's line, keys always in this order:
+
+    milter queue_id=… client=… login=… sender=… from=… profile=… action=… reason=…
+      [would=…] [problem=…] ms=…
+    """
+    would = f" would={kv(decision.would_have)}" if decision.would_have else ""
+    prob = f" problem={kv(problem)}" if problem else ""
+    return (
+        f"milter queue_id={kv(queue_id)} client={kv(client)} login={kv(login)} "
+        f"sender={kv(sender)} from={kv(shown_from)} profile={kv(profile)} "
+        f"action={kv(to_action(decision))} reason={decision.reason.value}{would}{prob} "
+        f"ms={elapsed * 1000:.2f}"
+    )
+
+
 def log_decision(
     attrs: Mapping[str, str], profile: str, decision: Decision, elapsed: float
 ) -> None:
-    if decision_log.isEnabledFor(_INFO):
-        line = decision_line(attrs, profile, decision, elapsed)
-        direct = _direct
-        if direct is None or not direct.take(line):
-            decision_log.info("%s", line)
+    """The policy service's decision hook: one line per decision."""
+    if logger.isEnabledFor(_INFO):
+        log_line(decision_line(attrs, profile, decision, elapsed))
+
+
+def log_line(line: str) -> None:
+    """Log one decision line (policy service or milter) at INFO on `policyd.decision`."""
+    direct = _direct
+    if direct is None or not direct.take(line):
+        logger.info("%s", line)
 
 
 def flush_decision_log() -> None:
@@ -106,12 +140,11 @@ class _DirectStream:
     loop (threads, the CLI), each line is written and flushed at once.
     """
 
-    __slots__ = ("handler", "formatter", "fmt", "batch", "batch_thread")
+    __slots__ = ("handler", "formatter", "batch", "batch_thread")
 
     def __init__(self, handler: logging.StreamHandler, formatter: logging.Formatter) -> None:  # type: ignore[type-arg]
         self.handler = handler
         self.formatter = formatter
-        self.fmt = formatter._fmt
         # Lines of the current loop iteration, waiting for flush() (empty: no batch open).
         self.batch: list[str] = []
         self.batch_thread = 0
@@ -119,7 +152,7 @@ class _DirectStream:
     def usable(self) -> bool:
         h = self.handler
         root = logging.root
-        lg: logging.Logger = decision_log
+        lg: logging.Logger = logger
         if lg.disabled:
             return False
         while lg is not root:
@@ -134,9 +167,7 @@ class _DirectStream:
             and not h.filters
             and h.level <= _INFO
             and h.formatter is self.formatter
-            and self.formatter._fmt == self.fmt
-            and self.formatter._style._fmt == _STDERR_FORMAT
-            and not getattr(self.formatter._style, "_defaults", None)
+            and formats_plainly(self.formatter)
             and logging.getLogRecordFactory() is logging.LogRecord
         )
 
@@ -178,8 +209,8 @@ class _DirectStream:
             raise
         except Exception:  # noqa: BLE001 - as StreamHandler.emit: the handler reports it
             h.handleError(
-                decision_log.makeRecord(
-                    decision_log.name,
+                logger.makeRecord(
+                    logger.name,
                     _INFO,
                     __file__,
                     0,
@@ -193,9 +224,25 @@ class _DirectStream:
             h.release()
 
 
+def formats_plainly(formatter: logging.Formatter) -> bool:
+    """Whether `formatter` still formats a record exactly as "%(levelname)s %(name)s:
+    %(message)s", so the fast path may write that text itself.
+
+    The one place that reads the stdlib's private attributes (Formatter._fmt, ._style._fmt,
+    ._style._defaults); with asyncio._get_running_loop below, everything the fast path takes
+    from private API. tests/unit/test_decision_log.py fails if a Python release changes them.
+    """
+    style = getattr(formatter, "_style", None)
+    return (
+        getattr(formatter, "_fmt", None) == _STDERR_FORMAT
+        and getattr(style, "_fmt", None) == _STDERR_FORMAT
+        and not getattr(style, "_defaults", None)
+    )
+
+
 _direct: _DirectStream | None = None
 _STDERR_FORMAT = "%(levelname)s %(name)s: %(message)s"
-_PREFIX = f"{logging.getLevelName(_INFO)} {decision_log.name}: "
+_PREFIX = f"{logging.getLevelName(_INFO)} {logger.name}: "
 atexit.register(flush_decision_log)
 
 

@@ -1,0 +1,62 @@
+"""What a search-result entry holds: its attribute values as text, the mail addresses among
+them, the logins among them.
+
+Decisions worth knowing:
+
+* Values are normalised with normalize_address; "@domain" values mean the whole domain; a
+  value that is neither an address nor an "@domain" is ignored.
+* Active Directory's proxyAddresses are understood: "SMTP:"/"smtp:" prefixes are removed, other
+  address types ("X500:", "sip:") are not mail addresses.
+* Values that are not valid UTF-8 are kept as surrogateescape'd text, never dropped or raised.
+* All logins go through canonical_login.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from policyd.addresses import AddressRules, canonical_login, normalize_address, split_address
+
+#: An address-type prefix as in Active Directory's proxyAddresses ("smtp:", "X500:", "sip:").
+_ADDRESS_TYPE = re.compile(r"^([A-Za-z][A-Za-z0-9]{1,7}):")
+
+
+def entry_values(entry: Mapping[str, Any], attrs: Sequence[str]) -> list[str]:
+    wanted = {a.lower() for a in attrs}
+    raw = entry.get("raw_attributes") or {}
+    out: list[str] = []
+    for name, values in raw.items():
+        if name.split(";", 1)[0].lower() not in wanted:
+            continue
+        for v in values:
+            if isinstance(v, bytes):
+                out.append(v.decode("utf-8", "surrogateescape"))
+            else:
+                out.append(str(v))
+    return out
+
+
+def entry_addresses(
+    entry: Mapping[str, Any], attrs: Sequence[str], rules: AddressRules
+) -> list[str]:
+    out = []
+    for v in entry_values(entry, attrs):
+        # Active Directory's proxyAddresses: "SMTP:primary@x", "smtp:alias@x", and other
+        # address types ("X500:…", "sip:…") that are not mail addresses.
+        m = _ADDRESS_TYPE.match(v)
+        if m is not None:
+            if m.group(1).lower() != "smtp":
+                continue
+            v = v[m.end() :]
+        a = normalize_address(v, rules)
+        local, domain = split_address(a)
+        if not domain or "@" not in a:
+            continue  # not an address nor an @domain
+        out.append(a)
+    return out
+
+
+def entry_logins(entry: Mapping[str, Any], attr: str, rules: AddressRules) -> list[str]:
+    return [canonical_login(v, rules) for v in entry_values(entry, [attr]) if v.strip()]

@@ -1,0 +1,45 @@
+"""Reply templates: filling them (render) and checking their placeholders. Pure.
+
+The templates themselves are the profile's `replies` table (config.RepliesConfig, documented
+in conf/policyd.toml); the engine renders them with the request's values.
+"""
+
+from __future__ import annotations
+
+import string
+
+from policyd import limits
+
+
+def check_template(source: str, key: str, text: str, allowed: set[str]) -> None:
+    """A reply template's placeholders are all `allowed`. Raises ConfigError naming file+key."""
+    from policyd.config import ConfigError  # (config imports this module)
+
+    try:
+        names = {fname for _, fname, _, _ in string.Formatter().parse(text) if fname is not None}
+    except ValueError as e:
+        raise ConfigError(source, key, f"bad template: {e}") from None
+    bad = names - allowed
+    if bad:
+        known = ", ".join("{" + a + "}" for a in sorted(allowed))
+        raise ConfigError(
+            source, key, f"unknown placeholder {{{sorted(bad)[0]}}} (allowed: {known})"
+        )
+
+
+def render(template: str, **values: str) -> str:
+    """Fill a reply template. Values are sanitised: no control characters reach Postfix."""
+    safe = {k: _clean(v) for k, v in values.items()}
+    out = template.format_map(_Missing(safe))
+    return out[: limits.MAX_REPLY_TEXT]
+
+
+def _clean(v: str) -> str:
+    if v.isprintable():  # (nearly always: the per-character pass only when needed)
+        return v
+    return "".join(ch if ch.isprintable() else "?" for ch in v)
+
+
+class _Missing(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return ""
