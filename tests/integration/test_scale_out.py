@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,7 +182,7 @@ def _no_wrong(s: Scale, t0: float, t1: float) -> dict[str, Summary]:
 def _misses(sm: Summary) -> str:
     """The 451s of a window, by kind: only cache misses may have them."""
     parts = [
-        f"{k} {sm.by_kind.get(k, {}).get('451', 0)} of {sum(sm.by_kind.get(k, {}).values())}"
+        f"{k} {sm.by_kind.get(k, Counter())['451']} of {sum(sm.by_kind.get(k, Counter()).values())}"
         for k in ("cold", "tagged")
     ]
     return f"{sm.deferred()} ({', '.join(parts)}; known logins {sm.deferred(KNOWN)})"
@@ -210,7 +211,7 @@ def _change(s: Scale, pair: tuple[str, str], owned_after: bool, user: int) -> di
 
 
 @pytest.mark.timeout(60)
-def test_an_address_added_and_revoked_with_ldapmodify_on_the_provider_reaches_both_instances_within_the_bound(
+def test_an_address_added_or_revoked_on_the_provider_reaches_both_instances_within_the_bound(
     scale: Scale,
 ) -> None:
     t0 = time.monotonic()
@@ -358,7 +359,7 @@ def test_full_partition_known_logins_from_stale_data_unknown_ones_451_then_fresh
     during = scale.load.summary(t0 + 0.2, t_heal, "mta2", answered_by=t_heal)
     assert during.deferred(KNOWN) == 0, during.line()
     assert unknown_answer.startswith("451 4.3.0"), unknown_answer
-    assert set(during.by_kind.get("cold", {})) <= {"451"}, during.line()
+    assert set(during.by_kind.get("cold", Counter())) <= {"451"}, during.line()
     # mta2 kept answering the revoked address from its stale data during the partition,
     # while mta1 had the revoke ...
     assert stale_answer.startswith("OK"), stale_answer
@@ -366,7 +367,7 @@ def test_full_partition_known_logins_from_stale_data_unknown_ones_451_then_fresh
     # ... and after the heal answers from fresh data: the revoke, and cold logins found again
     after = scale.summary(t_heal + WINDOW, t1, "mta2")
     assert after.deferred() == 0, after.line()
-    assert after.by_kind.get("cold", {}).get("OK", 0) > 0, after.line()
+    assert after.by_kind.get("cold", Counter())["OK"] > 0, after.line()
     assert ask(c.mta["mta2"].socket, login(4195), own_address(4195)).startswith("OK")
     fresh = scale.load.first_answer(DYN_REVOKE, "mta2", False, t_heal)
     assert fresh is not None and fresh - t_heal <= WINDOW, fresh

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 #: The test subnet (a /16 of RFC 1918 space), used only inside the namespaces made here.
-TEST_SUBNET = ipaddress.ip_network("10.231.0.0/16")
+TEST_SUBNET = ipaddress.IPv4Network("10.231.0.0/16")
 
 #: Namespaces still to delete at interpreter exit (names), whatever happened to the test.
 _LIVE: set[str] = set()
@@ -179,14 +179,10 @@ class Netns:
         """cmd run "on" host. `ip netns exec` execs cmd, so the PID is cmd's own."""
         return [_ip(), "netns", "exec", self.name(host), *cmd]
 
-    def run(self, host: str, cmd: Sequence[str], **kw: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self.argv(host, cmd),
-            capture_output=True,
-            text=True,
-            timeout=kw.pop("timeout", 30),  # type: ignore[arg-type]
-            **kw,  # type: ignore[arg-type]
-        )
+    def run(
+        self, host: str, cmd: Sequence[str], timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(host, cmd), capture_output=True, text=True, timeout=timeout)
 
     def cut(self, e: End) -> None:
         _run([_ip(), "-n", self.name(e.ns), "link", "set", e.dev, "down"])

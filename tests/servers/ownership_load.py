@@ -238,6 +238,7 @@ class OwnershipLoad:
                     reader, writer = await asyncio.wait_for(
                         asyncio.open_unix_connection(self.sockets[inst]), self.timeout
                     )
+                assert reader is not None and writer is not None
                 kind, pair, expected, data = self._make(inst, rnd, n)
                 n += self.conns
                 t0 = time.monotonic()

@@ -10,12 +10,12 @@ The policy socket is a unix socket (Postfix beside policyd talks to it as
 load generator in the test process reaches every instance while the instance's LDAP traffic
 goes through its namespace's links only.
 
-The failover timers of policyd/directory/ldap.py (`_DOWN_FOR` = 30 s: a failed server is tried
-last; `_FAILBACK_AFTER` = 60 s: a connection to a lower server retries the first) are module
-constants, not config keys. So that a test run shows failover AND failback within seconds,
-the process is started through a two-line launcher that sets them (FAILOVER_TIMERS) before
-running policyd's own `main()`; nothing else is changed. The launcher refuses to run if the
-constants are not found (after a refactor: update FAILOVER_MODULES).
+The failover timers of the LDAP backend (policyd/directory/ldap/: `_DOWN_FOR` = 30 s, a
+failed server is tried last; `_FAILBACK_AFTER` = 60 s, a connection to a lower server retries
+the first) are module constants, not config keys. So that a test run shows failover AND
+failback within seconds, the process is started through a small launcher that sets them
+(FAILOVER_TIMERS) before running policyd's own `main()`; nothing else is changed. The launcher
+refuses to run if the constants are not found (after a refactor: update FAILOVER_MODULES).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from tests.servers.slapd import BIND_DN, BIND_PASSWORD, REPO
 
 #: Shortened failover timers for the test (production: 30 s and 60 s).
 FAILOVER_TIMERS: Mapping[str, float] = {"_DOWN_FOR": 2.0, "_FAILBACK_AFTER": 3.0}
-#: Modules that may hold them (policyd.directory.ldap today; a package after a refactor).
+#: Where to look for them: this module or package and all its submodules.
 FAILOVER_MODULES = ("policyd.directory.ldap",)
 
 LAUNCHER = """

@@ -285,7 +285,7 @@ class ReplSlapd(Slapd):
         self.frozen = False
         self._wait_ready(timeout)
 
-    def _connection(self, timeout: int = 2, as_admin: bool = True):  # type: ignore[no-untyped-def]
+    def _connection(self, timeout: int = 2, as_admin: bool = True):
         import ldap3
 
         server = ldap3.Server(self.ldapi_url, get_info=ldap3.NONE, connect_timeout=timeout)
@@ -305,7 +305,7 @@ class ReplSlapd(Slapd):
         return conn
 
     @staticmethod
-    def _close(conn) -> None:  # type: ignore[no-untyped-def]
+    def _close(conn) -> None:
         with contextlib.suppress(Exception):
             conn.unbind()
         if conn.socket is not None:
@@ -385,7 +385,7 @@ class ReplSlapd(Slapd):
             while time.monotonic() < deadline:
                 ok, _, resp, _ = conn.search(dn, "(objectClass=*)", ldap3.BASE, attributes=[attr])
                 seen = time.monotonic()
-                vals = set()
+                vals: set[str] = set()
                 for r in resp or []:
                     if r.get("type") == "searchResEntry":
                         vals.update(str(v).lower() for v in r["attributes"].get(attr, []))
