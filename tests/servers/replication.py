@@ -20,9 +20,10 @@
   certificates carry every address they have as an IP SAN) and on an ldapi:// socket in
   `sock_dir`, which the test process (outside the namespaces) uses to probe and read them.
 - Hooks for sender verification with the "ldap" store: every `conf/ldap/*.schema` file is
-  loaded into both servers when present, the data holds a writer account
-  (cn=policyd-writer,ou=services; password WRITER_PASSWORD) and `writer_attribute=` gives it
-  write access to that one attribute (read for the policyd account) on both servers.
+  loaded into both servers when present, and every `conf/ldap/acl-*.conf` is included before
+  conf/ldap/acl.conf (the writer's rules); the data holds a writer account
+  (cn=policyd-writer,ou=services; password WRITER_PASSWORD), and `writer_attribute=` gives it
+  write access to one attribute (read for the policyd account) when no shipped file does.
 """
 
 from __future__ import annotations
@@ -66,8 +67,16 @@ GROUPS = f"ou=groups,{BASE_DN}"
 EXTRA_SCHEMA_GLOB = "conf/ldap/*.schema"
 
 
+#: Extra access rules shipped with policyd (e.g. the writer's), included before acl.conf.
+EXTRA_ACL_GLOB = "conf/ldap/acl-*.conf"
+
+
 def shipped_schemas() -> list[Path]:
     return sorted(REPO.glob(EXTRA_SCHEMA_GLOB))
+
+
+def shipped_acls() -> list[Path]:
+    return sorted(REPO.glob(EXTRA_ACL_GLOB))
 
 
 def login(i: int) -> str:
@@ -240,6 +249,7 @@ class ReplSlapd(Slapd):
                 f'by dn.exact="{WRITER_DN}" write by dn.exact="{BIND_DN}" read '
                 "by self read by * none"
             )
+        lines += [f'include "{p}"' for p in shipped_acls()]
         lines.append(f'include "{ACL_FILE}"')
         if self.role == "provider":
             lines += ["overlay syncprov", "syncprov-checkpoint 100 1", "syncprov-sessionlog 1000"]
