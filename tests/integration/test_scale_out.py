@@ -235,6 +235,20 @@ def test_an_address_added_or_revoked_on_the_provider_reaches_both_instances_with
         )
 
 
+@pytest.mark.timeout(30)
+def test_a_write_sent_to_the_consumer_is_referred_to_the_provider_and_changes_nothing(
+    scale: Scale,
+) -> None:
+    c = scale.cluster
+    dn = user_dn(4193)
+    p = c.consumer.try_modify(add_value(dn, MAIL_ATTR, "written-to-consumer@example.org"))
+    assert p.returncode == 10, (p.returncode, p.stdout, p.stderr)  # LDAP_REFERRAL
+    assert f"ldap://{c.net.end(PROVIDER, CONSUMER).ip}:389/{dn}" in p.stderr, p.stderr
+    time.sleep(0.5)
+    for server in (c.consumer, c.provider):
+        assert "written-to-consumer@example.org" not in server.values(dn, MAIL_ATTR)
+
+
 @pytest.mark.timeout(60)
 def test_provider_killed_no_wrong_answers_the_consumer_reader_is_unaffected_the_other_fails_over(
     scale: Scale,

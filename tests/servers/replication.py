@@ -409,12 +409,26 @@ class ReplSlapd(Slapd):
     def modify(self, ldif: str, timeout: float = 15.0) -> None:
         """Plain `ldapmodify` run on this server's host, over StartTLS to its own address,
         bound as the rootdn."""
-        env = dict(os.environ, LDAPTLS_CACERT=str(self.pki.ca_cert), LDAPTLS_REQCERT="demand")  # type: ignore[union-attr]
-        p = subprocess.run(
+        p = self.try_modify(ldif, timeout=timeout)
+        if p.returncode != 0:
+            raise SlapdError(f"ldapmodify on {self.host} failed ({p.returncode}): {p.stderr}")
+
+    def try_modify(
+        self,
+        ldif: str,
+        bind_dn: str = "",
+        password: str = ADMIN_PASSWORD,
+        timeout: float = 15.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """The same, returning ldapmodify's result (its exit code is the LDAP result code:
+        10 for a referral) instead of raising."""
+        assert self.pki is not None
+        env = dict(os.environ, LDAPTLS_CACERT=str(self.pki.ca_cert), LDAPTLS_REQCERT="demand")
+        return subprocess.run(
             self.net.argv(
                 self.host,
-                [binary("ldapmodify"), "-x", "-ZZ", "-H", self.url, "-D", self.admin_dn]
-                + ["-w", ADMIN_PASSWORD],
+                [binary("ldapmodify"), "-x", "-ZZ", "-H", self.url]
+                + ["-D", bind_dn or self.admin_dn, "-w", password],
             ),
             input=ldif,
             capture_output=True,
@@ -422,8 +436,6 @@ class ReplSlapd(Slapd):
             timeout=timeout,
             env=env,
         )
-        if p.returncode != 0:
-            raise SlapdError(f"ldapmodify on {self.host} failed ({p.returncode}): {p.stderr}")
 
     def send(self, sig: signal.Signals) -> None:
         if self.proc is not None and self.proc.poll() is None:
