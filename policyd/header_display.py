@@ -150,12 +150,19 @@ def _join_addr(parts: list[_Token]) -> str:
     return out
 
 
+def _skip_space(text: str, i: int) -> tuple[int, bool]:
+    """The index of the first character at or after i that is not a space or tab, and whether
+    any was skipped."""
+    j = i
+    while j < len(text) and text[j] in " \t":
+        j += 1
+    return j, j > i
+
+
 def _tokens(text: str) -> Iterable[_Token]:
     i, n = 0, len(text)
     while i < n:
-        space = False
-        while i < n and text[i] in " \t":
-            i, space = i + 1, True
+        i, space = _skip_space(text, i)
         if i >= n:
             return
         ch = text[i]
@@ -227,15 +234,11 @@ def _angle(text: str, i: int) -> tuple[str, tuple[str, ...], int]:
     parts: list[_Token] = []
     comments: list[str] = []
     j, n = i + 1, len(text)
-    while j < n:
-        space = False
-        while j < n and text[j] in " \t":
-            j, space = j + 1, True
-        if j >= n:
-            break
-        ch = text[j]
+    while True:
+        j, space = _skip_space(text, j)
+        ch = text[j] if j < n else ">"  # (the end of the value ends the angle-addr too)
         if ch == ">":
-            j += 1
+            j = min(j + 1, n)
             break
         if ch == '"':
             content, raw, j = _quoted(text, j)
