@@ -106,18 +106,23 @@ def owns(
     sender: str,
     key_owners: Mapping[str, frozenset[str]],
     rules: AddressRules = DEFAULT_RULES,
-) -> bool:
+) -> bool | None:
     """Postfix's smtpd_sender_login_maps rule: of the sender's keys, most specific first, the
     first one that has ANY owner decides, and the login must be among its owners; a key nobody
     owns falls through to the next. `owned` is the login's own addresses; `key_owners` the
-    owners of (at least) the keys `keys_to_resolve` names."""
-    for key in candidates(sender, rules):
+    owners of the keys `keys_to_resolve` names. None when one of those was not looked up."""
+    keys = candidates(sender, rules)
+    if not any(key in owned for key in keys):
+        return False  # whoever owns a key, it is not this login
+    for key in keys:
         if key in owned:
             return True
         others = key_owners.get(key)
+        if others is None:
+            return None
         if others:
             return login in others
-    return False
+    return False  # (not reached: some key is owned)
 
 
 def canonical_login(login: str, rules: AddressRules = DEFAULT_RULES) -> str:

@@ -72,7 +72,9 @@ def needs(attrs: Mapping[str, str], profile: ProfileConfig, network: Range | Non
 def keys_needed(sender: str, owned: frozenset[str], rules: AddressRules) -> tuple[str, ...]:
     """After Need.ADDRESSES: the keys of `sender` whose owners decide() also needs (in
     Facts.key_owners). Empty in the common case, a login sending as an address it owns."""
-    if normalize_address(sender, rules) in owned:
+    # (the raw sender first: normalising is idempotent, so a raw hit is a normalised hit, and
+    # Postfix usually passes the sender as it is stored)
+    if sender in owned or normalize_address(sender, rules) in owned:
         return ()
     return keys_to_resolve(owned, sender, rules)
 
@@ -81,11 +83,10 @@ def _owned(
     login: str, sender: str, facts: Facts, owned: frozenset[str], rules: AddressRules
 ) -> bool | None:
     """Whether `login` owns `sender` (None: a needed key's owners were not looked up)."""
-    needed = keys_to_resolve(owned, sender, rules)
-    key_owners = facts.key_owners or {}
-    if any(k not in key_owners for k in needed):
-        return None
-    return owns(login, owned, sender, key_owners, rules)
+    return owns(login, owned, sender, facts.key_owners or _NO_OWNERS, rules)
+
+
+_NO_OWNERS: Mapping[str, frozenset[str]] = {}
 
 
 def decide(
@@ -119,7 +120,7 @@ def decide(
             )
         # The exact address owned by the login is the common case: checked without building
         # the other keys. Otherwise the most specific key that has any owner decides.
-        if normalize_address(sender, rules) in owned:
+        if sender in owned or normalize_address(sender, rules) in owned:  # (see keys_needed)
             return _accept(profile, Reason.SENDER_OWNED)
         is_owner = _owned(canonical_login(login, rules), sender, facts, owned, rules)
         if is_owner is None:

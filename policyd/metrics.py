@@ -29,8 +29,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from policyd import __version__
-from policyd.config import parse_listen
 from policyd.decision import Decision, Reason, Verdict
+from policyd.listen import parse_listen
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer

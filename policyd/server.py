@@ -16,10 +16,11 @@ import socket
 import stat
 from collections.abc import Callable, Iterable, Mapping
 
-from policyd.config import ServerConfig, parse_listen
+from policyd.config import ServerConfig
 from policyd.connection import Connection
 from policyd.decision import Decision
 from policyd.decision_log import log_decision
+from policyd.listen import parse_listen
 from policyd.service import PolicyService
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from policyd import __version__
-from policyd.config import DEFAULT_CONFIG, ConfigError, config_path, parse_listen
+from policyd.config import DEFAULT_CONFIG, ConfigError, config_path
+from policyd.listen import parse_listen
 
 log = logging.getLogger("policyd")
 
@@ -80,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("milter", help="run the header From: milter (needs pymilter)")
     add_config(m)
+    from policyd.cli import senders as senders_cli
+
+    senders_cli.add_parser(sub)
     return p
 
 
@@ -102,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _guarded(args, config_check)
     if cmd == "milter":
         return _milter(args)
+    if cmd == "senders":
+        from policyd.cli import senders as senders_cli
+
+        return senders_cli.main(args)
     return 2  # pragma: no cover
 
 

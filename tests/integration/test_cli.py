@@ -142,6 +142,10 @@ def test_config_check_summarises(config: Path) -> None:
     assert "ranges: 2 ranges" in r.stdout
     assert "directory: file" in r.stdout and "2 logins" in r.stdout
     assert "profile submission (default): role submission" in r.stdout
+    assert (
+        "milter: listen unix:/run/policyd-milter/milter.sock, profile submission (mode "
+        "enforce), timeout 60s" in r.stdout
+    )
 
 
 def test_config_check_and_serve_fail_with_one_line_naming_file_and_key(config: Path) -> None:

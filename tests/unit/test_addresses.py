@@ -151,3 +151,17 @@ def test_normalize_never_raises(s: str) -> None:
     normalize_address(s, R)
     candidates(s, R)
     canonical_login(s, R)
+
+
+_local = st.text(alphabet='aZ.+-_"\\ @ÄößЖ', min_size=0, max_size=12)
+_domain = st.text(alphabet="aZ.-bücher ", min_size=0, max_size=12)
+
+
+@given(
+    st.builds(lambda lo, d, w: f"<{lo}@{d}>" if w else f"{lo}@{d}", _local, _domain, st.booleans())
+)
+def test_normalising_is_idempotent_so_a_raw_hit_is_a_normalised_hit(address: str) -> None:
+    # engine.decide checks the raw sender against the owned set (normalised keys) before
+    # normalising it: that is only right if a normalised key normalises to itself
+    once = normalize_address(address)
+    assert normalize_address(once) == once
