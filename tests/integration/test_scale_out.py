@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,8 @@ from tests.integration.serverutil import authed
 from tests.servers import netns as netns_mod
 from tests.servers.ownership_load import KNOWN, OwnershipLoad, Plan, Summary, Truth
 from tests.servers.replication import (
+    WRITER_DN,
+    WRITER_PASSWORD,
     DirectoryData,
     add_value,
     alt_address,
@@ -67,7 +70,11 @@ USERS = 4200
 STEADY = range(200)
 DYN_ADD = (login(4190), "new1@example.org")  # not owned at first: added, then revoked
 DYN_REVOKE = (login(4191), alt_address(4191))  # owned at first: revoked during a partition
+# sender verification, "ldap" store (`policyd senders`): an address outside our domains
+DYN_VERIFIED = (login(4196), "ext1@partner.example")  # senders add, then senders revoke
+DYN_OUTAGE = (login(4197), "ext2@partner.example")  # senders add while the provider is down
 MAIL_ATTR = "mailLocalAddress"
+VERIFIED_ATTR = "policydSenderAddress"  # conf/ldap/policyd-senders.schema
 
 
 @dataclass
@@ -111,14 +118,15 @@ def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scale]:
         stale_if_error=120.0,
         lookup_deadline=LOOKUP_DEADLINE,
         timeout=RECEIVE_TIMEOUT,
+        user_attributes=("mail", MAIL_ATTR, VERIFIED_ATTR),
     )
     try:
-        truth = Truth({DYN_ADD: False, DYN_REVOKE: True})
+        truth = Truth({DYN_ADD: False, DYN_REVOKE: True, DYN_VERIFIED: False, DYN_OUTAGE: False})
         plan = Plan(
             steady=STEADY,
             cold={"mta1": range(200, 4190, 2), "mta2": range(201, 4190, 2)},
-            dynamic=[DYN_ADD, DYN_REVOKE],
-            mix={"owned": 40, "tagged": 10, "foreign": 15, "dynamic": 10, "cold": 5, "unauth": 20},
+            dynamic=[DYN_ADD, DYN_REVOKE, DYN_VERIFIED, DYN_OUTAGE],
+            mix={"owned": 36, "tagged": 10, "foreign": 13, "dynamic": 16, "cold": 5, "unauth": 20},
         )
         load = OwnershipLoad(
             {m: p.socket for m, p in cluster.mta.items()}, truth, plan, rate=RATE, conns=CONNS
@@ -127,7 +135,7 @@ def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scale]:
         for m, p in cluster.mta.items():
             for i in STEADY:
                 assert ask(p.socket, login(i), own_address(i)).startswith("OK"), (m, i)
-            for pair, owned in ((DYN_ADD, False), (DYN_REVOKE, True)):
+            for pair, owned in truth.initial.items():
                 assert ask(p.socket, *pair).startswith("OK" if owned else "553 "), (m, pair)
         load.start(max_seconds=240)  # bounded even if a test hangs
         s = Scale(cluster, truth, load, time.monotonic())
@@ -188,22 +196,35 @@ def _misses(sm: Summary) -> str:
     return f"{sm.deferred()} ({', '.join(parts)}; known logins {sm.deferred(KNOWN)})"
 
 
-def _change(s: Scale, pair: tuple[str, str], owned_after: bool, user: int) -> dict[str, float]:
-    """Make the change with plain ldapmodify on the provider; measure how long it takes to
-    reach the consumer, then each instance."""
+def _change(
+    s: Scale,
+    pair: tuple[str, str],
+    owned_after: bool,
+    user: int,
+    make: Callable[[], None] | None = None,
+    attr: str = MAIL_ATTR,
+) -> dict[str, float]:
+    """Make the change (default: plain ldapmodify on the provider); measure how long it takes
+    to reach the consumer, then each instance."""
     c = s.cluster
-    ldif = (add_value if owned_after else delete_value)(user_dn(user), MAIL_ATTR, pair[1])
+    ldif = (add_value if owned_after else delete_value)(user_dn(user), attr, pair[1])
     tr = s.truth.begin(pair, owned_after, WINDOW)
-    c.provider.modify(ldif)
+    if make is None:
+        c.provider.modify(ldif)
+    else:
+        make()
     t_done = time.monotonic()
-    seen = c.consumer.wait_value(user_dn(user), MAIL_ATTR, pair[1], present=owned_after)
+    # the write happened somewhere while the command ran: the window counts from its end
+    tr.bound = (t_done - tr.start) + WINDOW
+    seen = c.consumer.wait_value(user_dn(user), attr, pair[1], present=owned_after)
     time.sleep(WINDOW + 0.5)
-    out = {"ldapmodify_s": t_done - tr.start, "replication_lag_s": max(0.0, seen - t_done)}
+    out = {"command_s": t_done - tr.start, "replication_lag_s": max(0.0, seen - t_done)}
     for m in MTAS:
         last_old = s.load.last_answer(pair, m, not owned_after, tr.start)
         first_new = s.load.first_answer(pair, m, owned_after, tr.start)
         assert first_new is not None, f"{m} never gave the new answer for {pair}"
-        out[f"{m}_visible_s"] = max(0.0, (last_old or tr.start) - tr.start)
+        # last old answer, counted from the moment the command had returned
+        out[f"{m}_visible_s"] = max(0.0, (last_old or t_done) - t_done)
     return out
 
 
@@ -229,7 +250,7 @@ def test_an_address_added_or_revoked_on_the_provider_reaches_both_instances_with
         assert r["mta1_visible_s"] <= POSITIVE_TTL + lag + 0.5, (what, r)
         assert r["mta2_visible_s"] <= POSITIVE_TTL + 0.5, (what, r)
         scale.measured[f"replication ({what})"] = (
-            f"ldapmodify {r['ldapmodify_s'] * 1000:.0f} ms, provider->consumer "
+            f"ldapmodify {r['command_s'] * 1000:.0f} ms, provider->consumer "
             f"{lag * 1000:.1f} ms, last old answer after: mta1 {r['mta1_visible_s']:.2f} s, "
             f"mta2 {r['mta2_visible_s']:.2f} s (bound {POSITIVE_TTL:g} s TTL + lag)"
         )
@@ -393,6 +414,113 @@ def test_full_partition_known_logins_from_stale_data_unknown_ones_451_then_fresh
         f"mta1 stopped accepting {(mta1_last_ok or tr.start) - tr.start:.2f} s after it, mta2 "
         f"accepted it from stale data ({stale_answer[:2]}) and rejected it "
         f"{fresh - t_heal:.2f} s after the heal"
+    )
+
+
+def _senders(s: Scale, *args: str) -> tuple[int, Any, str]:
+    """`policyd senders --json ARGS` on mta2 (the host that reads the provider first), with the
+    "ldap" store: the writer bind writes to the first of mta2's servers that takes it."""
+    mta2 = s.cluster.mta["mta2"]
+    cfg = mta2.workdir / "senders.toml"
+    if not cfg.exists():
+        mta2.senders_config(mta2.workdir / "senders.sqlite", WRITER_DN, WRITER_PASSWORD)
+    return mta2.senders(cfg, *args)
+
+
+def _state(s: Scale, pair: tuple[str, str]) -> str:
+    rc, answer, err = _senders(s, "list", "--login", pair[0])
+    assert rc == 0, (rc, answer, err)
+    states = [e["state"] for e in answer["entries"] if e["address"] == pair[1]]
+    assert len(states) == 1, answer
+    return str(states[0])
+
+
+@pytest.mark.timeout(60)
+def test_senders_add_and_revoke_with_the_ldap_store_reach_both_instances_within_the_bound(
+    scale: Scale,
+) -> None:
+    t0 = time.monotonic()
+    results: dict[str, tuple[int, Any, str]] = {}
+
+    def senders(what: str, *args: str) -> Callable[[], None]:
+        def run() -> None:
+            results[what] = _senders(scale, *args)
+
+        return run
+
+    added = _change(
+        scale, DYN_VERIFIED, True, 4196, senders("add", "add", *DYN_VERIFIED, "--no-verify"),
+        attr=VERIFIED_ATTR,
+    )  # fmt: skip
+    assert results["add"][0] == 0, results["add"]
+    assert _state(scale, DYN_VERIFIED) == "verified"
+    revoked = _change(
+        scale, DYN_VERIFIED, False, 4196, senders("revoke", "revoke", *DYN_VERIFIED),
+        attr=VERIFIED_ATTR,
+    )  # fmt: skip
+    assert results["revoke"][0] == 0, results["revoke"]
+    t1 = time.monotonic()
+    scale.phase("senders add + revoke (ldap store)", t0, t1)
+    sums = _no_wrong(scale, t0, t1)
+    for m in MTAS:
+        assert sums[m].deferred(KNOWN) == 0, sums[m].line()
+    for what, r in (("add", added), ("revoke", revoked)):
+        lag = r["replication_lag_s"]
+        assert lag < LAG_ALLOWANCE, (what, r)
+        assert r["mta1_visible_s"] <= POSITIVE_TTL + lag + 0.5, (what, r)
+        assert r["mta2_visible_s"] <= POSITIVE_TTL + 0.5, (what, r)
+        scale.measured[f"senders {what} --ldap store"] = (
+            f"policyd senders took {r['command_s'] * 1000:.0f} ms, provider->consumer "
+            f"{lag * 1000:.1f} ms, last old answer after: mta1 {r['mta1_visible_s']:.2f} s, "
+            f"mta2 {r['mta2_visible_s']:.2f} s"
+        )
+
+
+@pytest.mark.timeout(90)
+def test_senders_add_while_the_provider_is_down_fails_stays_pending_writes_nothing_then_succeeds(
+    scale: Scale,
+) -> None:
+    c = scale.cluster
+    dn = user_dn(4197)
+    t0 = time.monotonic()
+    c.provider.kill()
+    try:
+        t = time.monotonic()
+        rc, answer, err = _senders(scale, "add", *DYN_OUTAGE, "--no-verify")
+        failed_in = time.monotonic() - t
+        assert rc == 1, (rc, answer, err)
+        assert answer["ok"] is False and answer["code"] == "store_unavailable", answer
+        assert "stays waiting" in answer["message"], answer
+        assert _state(scale, DYN_OUTAGE) == "pending"
+        time.sleep(1.0)
+        # nothing reached the consumer (the writer's second server refers writes away)
+        assert DYN_OUTAGE[1] not in c.consumer.values(dn, VERIFIED_ATTR)
+    finally:
+        t_back = time.monotonic()
+        c.provider.start()
+    assert DYN_OUTAGE[1] not in c.provider.values(dn, VERIFIED_ATTR)
+    assert DYN_OUTAGE[1] not in c.consumer.values(dn, VERIFIED_ATTR)
+    poll(lambda: c.connected_to("mta2") == {PROVIDER}, 10.0)
+    # retried once the provider is back: done, replicated, and accepted everywhere in time
+    retried: dict[str, tuple[int, Any, str]] = {}
+
+    def retry() -> None:
+        retried["add"] = _senders(scale, "add", *DYN_OUTAGE, "--no-verify")
+
+    r = _change(scale, DYN_OUTAGE, True, 4197, retry, attr=VERIFIED_ATTR)
+    assert retried["add"][0] == 0, retried["add"]
+    assert _state(scale, DYN_OUTAGE) == "verified"
+    t1 = time.monotonic()
+    scale.phase("senders add, provider down", t0, t_back)
+    scale.phase("senders add retried", t_back, t1)
+    _no_wrong(scale, t0, t1)  # the failed attempt changed no answer anywhere
+    assert r["mta1_visible_s"] <= POSITIVE_TTL + r["replication_lag_s"] + 0.5, r
+    assert r["mta2_visible_s"] <= POSITIVE_TTL + 0.5, r
+    scale.measured["senders add during a provider outage"] = (
+        f"refused after {failed_in:.2f} s ({answer['code']}: {answer['message']}), left "
+        f"pending, nothing written on either server; retried after the restart: done, "
+        f"provider->consumer {r['replication_lag_s'] * 1000:.1f} ms, last old answer after: "
+        f"mta1 {r['mta1_visible_s']:.2f} s, mta2 {r['mta2_visible_s']:.2f} s"
     )
 
 

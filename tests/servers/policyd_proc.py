@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from tests.servers.netns import Netns
 from tests.servers.slapd import BIND_DN, BIND_PASSWORD, REPO
@@ -94,6 +95,7 @@ class PolicydProcess:
         lookup_deadline: float = 2.0,
         timeout: int = 1,
         threads: int = 4,
+        user_attributes: Sequence[str] = ("mail", "mailLocalAddress"),
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -109,48 +111,92 @@ class PolicydProcess:
         pw = self.workdir / "bind-password"
         pw.write_text(BIND_PASSWORD + "\n")
         pw.chmod(0o600)
-        self.config.write_text(
+        self.toml = "\n".join(
+            [
+                "[server]",
+                f"listen = {toml_value(['unix:' + self.socket])}",
+                'unix_socket_mode = "0600"',
+                "[logging]",
+                'level = "warning"',
+                'target = "stderr"',
+                "[networks]",
+                "files = []",
+                "[directory]",
+                'backend = "ldap"',
+                f"lookup_deadline = {lookup_deadline}",
+                f"threads = {threads}",
+                "[cache]",
+                "enabled = true",
+                f"positive_ttl = {positive_ttl}",
+                f"negative_ttl = {negative_ttl}",
+                "max_entries = 100000",
+                f"stale_if_error = {stale_if_error}",
+                "[ldap]",
+                f"servers = {toml_value(self.servers)}",
+                "start_tls = true",
+                "tls_validate = true",
+                f"ca_file = {toml_value(str(ca_file))}",
+                f"bind_dn = {toml_value(BIND_DN)}",
+                f"bind_password_file = {toml_value(str(pw))}",
+                f"connect_timeout = {timeout}",
+                f"receive_timeout = {timeout}",
+                f"user_attributes = {toml_value(list(user_attributes))}",
+                'user_base = "ou=people,dc=example,dc=org"',
+                'user_scope = "one"',
+                'group_base = "ou=groups,dc=example,dc=org"',
+                'group_scope = "one"',
+                "[profiles.submission]",
+                'role = "submission"',
+                "ports = [587]",
+            ]
+        )
+        self.config.write_text(self.toml + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def senders_config(self, database: Path, writer_dn: str, writer_password: str) -> Path:
+        """A config for `policyd senders` on this host: the same directory settings, plus
+        sender verification with the "ldap" store and the writer bind."""
+        pw = self.workdir / "writer-password"
+        pw.write_text(writer_password + "\n")
+        pw.chmod(0o600)
+        path = self.workdir / "senders.toml"
+        path.write_text(
             "\n".join(
                 [
-                    "[server]",
-                    f"listen = {toml_value(['unix:' + self.socket])}",
-                    'unix_socket_mode = "0600"',
-                    "[logging]",
-                    'level = "warning"',
-                    'target = "stderr"',
-                    "[networks]",
-                    "files = []",
-                    "[directory]",
-                    'backend = "ldap"',
-                    f"lookup_deadline = {lookup_deadline}",
-                    f"threads = {threads}",
-                    "[cache]",
+                    self.toml,
+                    "[verification]",
                     "enabled = true",
-                    f"positive_ttl = {positive_ttl}",
-                    f"negative_ttl = {negative_ttl}",
-                    "max_entries = 100000",
-                    f"stale_if_error = {stale_if_error}",
-                    "[ldap]",
-                    f"servers = {toml_value(self.servers)}",
-                    "start_tls = true",
-                    "tls_validate = true",
-                    f"ca_file = {toml_value(str(ca_file))}",
-                    f"bind_dn = {toml_value(BIND_DN)}",
-                    f"bind_password_file = {toml_value(str(pw))}",
-                    f"connect_timeout = {timeout}",
-                    f"receive_timeout = {timeout}",
-                    'user_base = "ou=people,dc=example,dc=org"',
-                    'user_scope = "one"',
-                    'group_base = "ou=groups,dc=example,dc=org"',
-                    'group_scope = "one"',
-                    "[profiles.submission]",
-                    'role = "submission"',
-                    "ports = [587]",
+                    'store = "ldap"',
+                    f"database = {toml_value(str(database))}",
+                    'local_domains = ["example.org", "example.net"]',
+                    "[verification.ldap]",
+                    f"writer_bind_dn = {toml_value(writer_dn)}",
+                    f"writer_password_file = {toml_value(str(pw))}",
                 ]
             )
             + "\n"
         )
-        self.proc: subprocess.Popen[bytes] | None = None
+        return path
+
+    def senders(self, config: Path, *args: str, timeout: float = 30.0) -> tuple[int, Any, str]:
+        """`policyd senders --json ARGS` run on this host: (exit status, JSON answer, stderr)."""
+        p = subprocess.run(
+            self.net.argv(
+                self.host,
+                [sys.executable, "-m", "policyd", "senders", "--config", str(config), "--json"]
+                + list(args),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
+        try:
+            answer = json.loads(p.stdout) if p.stdout.strip() else None
+        except ValueError:
+            answer = p.stdout
+        return p.returncode, answer, p.stderr
 
     def start(self, timeout: float = 20.0) -> PolicydProcess:
         with contextlib.suppress(FileNotFoundError):
