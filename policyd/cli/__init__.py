@@ -93,9 +93,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd = args.command
     if cmd == "serve":
         return _serve_stdio(args) if args.stdio else _serve(args)
-    # One-shot commands die quietly on a closed pipe (`policyd check … | head -1`), as Unix
-    # tools do; the daemons keep SIGPIPE ignored (a write to a gone client is an EPIPE).
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if cmd == "check":
         from policyd.cli.explain import check
 
@@ -133,8 +130,16 @@ def _guarded(args: argparse.Namespace, command: object) -> int:
     logging.basicConfig(level=logging.WARNING, format="policyd: %(levelname)s %(message)s")
     try:
         rc: int = command(args)  # type: ignore[operator]
+        sys.stdout.flush()
     except LOAD_ERRORS as e:
         return load_failure(args.config, e)
+    except BrokenPipeError:
+        # `policyd check … | head -1`: the reader is gone. Quietly, as Unix tools end on
+        # SIGPIPE: no traceback, and nothing more written (Python's documented recipe: stdout
+        # to /dev/null, so the flush at exit does not fail again).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     return rc
 
 

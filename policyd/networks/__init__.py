@@ -44,8 +44,8 @@ Implementation (this package):
   compiles every family into sorted, disjoint integer intervals, each pointing to the line of
   its winning range.
 - ``table``: :class:`Networks`; a lookup is ``inet_pton`` + ``int.from_bytes`` + ``bisect``
-  over arrays: about 1-3 µs. (For comparison, netaddr's ``IPSet`` membership test costs
-  35-140 µs per address, and ``IPSet.add`` in a loop is quadratic.)
+  over arrays, a few µs at most (bench/RESULTS.md has the figures, and netaddr's ``IPSet``
+  for comparison: far slower per address, and ``IPSet.add`` in a loop is quadratic).
 """
 
 from policyd.networks.patterns import NetworksError, Range

@@ -110,7 +110,7 @@ def _parse_cidr(pattern: str, address: str, plen: str) -> tuple[int, int, int]:
 
 
 def _valid_glob(pattern: str) -> bool:
-    # netaddr is imported here, not at the top: globs are rare and the import costs ~15 ms.
+    # netaddr is imported here, not at the top: globs are rare and the import is not free.
     from netaddr import AddrFormatError, valid_glob
 
     try:
