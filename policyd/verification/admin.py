@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from policyd.addresses import owned_by
 from policyd.verification import states
-from policyd.verification.core import Core, WriterError, _Collect, log
+from policyd.verification.core import Core, WriterError, _Collect
 from policyd.verification.normalize import in_domains
 from policyd.verification.store import Row, StoreUnavailable
 from policyd.verification.views import Actor, AuditView, EntryView, Refused
@@ -41,15 +41,8 @@ class AdminOps(Core):
                 self._audit(tx, actor, "revoke", row, row.state, new)
             committed = True
         finally:
-            if not committed and self.writer is not None:
-                for r in removed:
-                    try:
-                        self.writer.add(r.login, r.address)
-                    except WriterError as w:
-                        log.error(
-                            "sender verification: could not restore the directory value %s of "
-                            "%s after a failed commit: %s", r.address, r.login, w,
-                        )  # fmt: skip
+            if not committed:
+                self._undo_writes(removed, added_them=False)
 
     def add_unverified(self, login: str, address: str, *, actor: Actor) -> EntryView:
         """An admin's override (`senders add --no-verify`): verified without a mail, audited."""

@@ -232,18 +232,26 @@ class Core:
                     rid = -1
             committed = True
         finally:
-            if not committed and self.writer is not None:
-                for row in added:
-                    try:
-                        self.writer.delete(row.login, row.address)
-                    except WriterError as w:
-                        log.error(
-                            "sender verification: could not undo the directory value %s of %s "
-                            "after a failed commit: %s", row.address, row.login, w,
-                        )  # fmt: skip
+            if not committed:
+                self._undo_writes(added, added_them=True)
         if deferred is not None:
             raise deferred
         return self._entry(rid)
+
+    def _undo_writes(self, rows: list[Row], *, added_them: bool) -> None:
+        """After a transaction that did not commit, put the directory back as it was: delete the
+        values we added (added_them) or add back the values we deleted. Failures are logged."""
+        if self.writer is None:
+            return
+        undo, verb = (self.writer.delete, "undo") if added_them else (self.writer.add, "restore")
+        for row in rows:
+            try:
+                undo(row.login, row.address)
+            except WriterError as w:
+                log.error(
+                    "sender verification: could not %s the directory value %s of %s after a "
+                    "failed commit: %s", verb, row.address, row.login, w,
+                )  # fmt: skip
 
     def _entry(self, rid: int) -> EntryView:
         try:

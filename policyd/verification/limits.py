@@ -17,17 +17,15 @@ GLOBAL = "*"
 
 def check_login(tx: Tx, lim: VerificationLimitsConfig, login: str, now: float, new: bool) -> None:
     """Per login: pending requests at once, and requests a day."""
-    if new and tx.pending_count(login) >= lim.pending_per_login:
-        raise Refused(
-            "rate_limited",
-            f"You have {lim.pending_per_login} requests waiting for confirmation; confirm or "
-            "cancel one first.",
-        )
-    if tx.count_events(REQUEST, login, now - DAY) >= lim.requests_per_login_per_day:
-        raise Refused(
-            "rate_limited",
-            f"You have made {lim.requests_per_login_per_day} requests today; try again tomorrow.",
-        )
+    _limit(
+        new and tx.pending_count(login) >= lim.pending_per_login,
+        f"You have {lim.pending_per_login} requests waiting for confirmation; confirm or "
+        "cancel one first.",
+    )
+    _limit(
+        tx.count_events(REQUEST, login, now - DAY) >= lim.requests_per_login_per_day,
+        f"You have made {lim.requests_per_login_per_day} requests today; try again tomorrow.",
+    )
 
 
 def check_mail(tx: Tx, lim: VerificationLimitsConfig, address: str, now: float) -> None:
@@ -35,20 +33,24 @@ def check_mail(tx: Tx, lim: VerificationLimitsConfig, address: str, now: float) 
     last = tx.last_event(MAIL, address)
     if last is not None and now - last < lim.mail_interval_per_address:
         wait = int(lim.mail_interval_per_address - (now - last)) // 60 + 1
-        raise Refused(
-            "rate_limited",
+        _limit(
+            True,
             f"A confirmation mail was sent to this address a moment ago; wait {wait} "
             "minute(s) before asking for another.",
         )
-    if tx.count_events(MAIL, address, now - DAY) >= lim.mails_per_address_per_day:
-        raise Refused(
-            "rate_limited",
-            "Enough confirmation mails were sent to this address today; try again tomorrow.",
-        )
-    if tx.count_events(MAIL, GLOBAL, now - HOUR) >= lim.mails_per_hour:
-        raise Refused(
-            "rate_limited", "Too many confirmation mails are going out right now; try later."
-        )
+    _limit(
+        tx.count_events(MAIL, address, now - DAY) >= lim.mails_per_address_per_day,
+        "Enough confirmation mails were sent to this address today; try again tomorrow.",
+    )
+    _limit(
+        tx.count_events(MAIL, GLOBAL, now - HOUR) >= lim.mails_per_hour,
+        "Too many confirmation mails are going out right now; try later.",
+    )
+
+
+def _limit(reached: bool, message: str) -> None:
+    if reached:
+        raise Refused("rate_limited", message)
 
 
 def count(tx: Tx, login: str, address: str, now: float, request: bool) -> None:

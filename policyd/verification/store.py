@@ -173,21 +173,19 @@ class Store:
             try:
                 c.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as e:
-                raise StoreUnavailable(describe(e, self.path, self.busy_timeout)) from None
+                raise self._unavailable(e) from None
             try:
                 yield Tx(c)
             except BaseException as e:
-                with contextlib.suppress(sqlite3.Error):
-                    c.execute("ROLLBACK")
+                self._rollback(c)
                 if isinstance(e, sqlite3.Error):
-                    raise StoreUnavailable(describe(e, self.path, self.busy_timeout)) from None
+                    raise self._unavailable(e) from None
                 raise
             try:
                 c.execute("COMMIT")
             except sqlite3.Error as e:
-                with contextlib.suppress(sqlite3.Error):
-                    c.execute("ROLLBACK")
-                raise StoreUnavailable(describe(e, self.path, self.busy_timeout)) from None
+                self._rollback(c)
+                raise self._unavailable(e) from None
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Tx]:
@@ -201,9 +199,17 @@ class Store:
                 finally:
                     c.execute("COMMIT")
             except sqlite3.Error as e:
-                with contextlib.suppress(sqlite3.Error):
-                    c.execute("ROLLBACK")
-                raise StoreUnavailable(describe(e, self.path, self.busy_timeout)) from None
+                self._rollback(c)
+                raise self._unavailable(e) from None
+
+    @staticmethod
+    def _rollback(c: sqlite3.Connection) -> None:
+        """ROLLBACK after a failure; a failing ROLLBACK changes nothing (the first error counts)."""
+        with contextlib.suppress(sqlite3.Error):
+            c.execute("ROLLBACK")
+
+    def _unavailable(self, e: sqlite3.Error) -> StoreUnavailable:
+        return StoreUnavailable(describe(e, self.path, self.busy_timeout))
 
     def data_version(self) -> int | None:
         """PRAGMA data_version (changes when another connection committed), or None when the

@@ -217,6 +217,20 @@ def close_quietly(conn: Any) -> None:
             sock.close()
 
 
+# The options every reading connection has: we open, StartTLS and bind step by step, read results
+# rather than catch exceptions, follow no referral and escape filters ourselves.
+_READER_OPTIONS: Final[Mapping[str, Any]] = {
+    "client_strategy": ldap3.SAFE_SYNC,
+    "auto_bind": ldap3.AUTO_BIND_NONE,
+    "raise_exceptions": False,
+    "read_only": True,
+    "auto_referrals": False,
+    "auto_escape": False,
+    "check_names": False,
+    "return_empty_attributes": False,
+}
+
+
 def open_connection(
     spec: ServerSpec,
     cfg: LdapConfig,
@@ -232,15 +246,8 @@ def open_connection(
         user=cfg.bind_dn or None,
         password=password,
         authentication=authentication,
-        client_strategy=ldap3.SAFE_SYNC,
-        auto_bind=ldap3.AUTO_BIND_NONE,
         receive_timeout=int(cfg.receive_timeout),
-        raise_exceptions=False,
-        read_only=True,
-        auto_referrals=False,
-        auto_escape=False,
-        check_names=False,
-        return_empty_attributes=False,
+        **_READER_OPTIONS,
     )
     step = "connect"
     try:
