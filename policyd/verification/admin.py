@@ -129,12 +129,7 @@ class AdminOps(Core):
             raise Refused(
                 "store_unavailable", "The audit log cannot be read now.", str(e)
             ) from None
-        return [
-            AuditView(
-                r.at, r.actor, r.ip, r.login, r.address, r.event, r.old_state, r.new_state, r.detail
-            )  # fmt: skip
-            for r in rows
-        ]
+        return rows
 
     def purge(self, older_than_days: float, *, actor: Actor) -> int:
         """Delete expired, cancelled and refused requests older than that (the audit log is

@@ -7,22 +7,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from policyd.verification.views import AuditView, Lifecycle
+
+#: (in the order of Row's fields: Lifecycle's first)
 REQUEST_COLUMNS = (
-    "id, login, address, state, method, created, updated, verified_at, token_hash, "
-    "token_expires, code_salt, code_hash, code_expires, tries, mail_sent, last_error"
+    "login, address, state, method, created, updated, verified_at, token_hash, "
+    "token_expires, code_salt, code_hash, code_expires, tries, mail_sent, last_error, id"
 )
 
 
 @dataclass(frozen=True)
-class Row:
-    id: int
-    login: str
-    address: str
-    state: str
-    method: str | None
-    created: float
-    updated: float
-    verified_at: float | None
+class Row(Lifecycle):
     token_hash: str | None
     token_expires: float | None
     code_salt: str | None
@@ -31,19 +26,7 @@ class Row:
     tries: int
     mail_sent: float | None
     last_error: str | None
-
-
-@dataclass(frozen=True)
-class AuditRow:
-    at: float
-    actor: str
-    ip: str | None
-    login: str | None
-    address: str | None
-    event: str
-    old_state: str | None
-    new_state: str | None
-    detail: str | None
+    id: int
 
 
 class Tx:
@@ -139,13 +122,13 @@ class Tx:
             (at, actor, ip, login, address, request_id, event, old_state, new_state, detail),
         )
 
-    def audit_rows(self, login: str | None = None) -> list[AuditRow]:
+    def audit_rows(self, login: str | None = None) -> list[AuditView]:
         sql = "SELECT at, actor, ip, login, address, event, old_state, new_state, detail FROM audit"
         args: list[Any] = []
         if login is not None:
             sql += " WHERE login = ?"
             args.append(login)
-        return [AuditRow(*r) for r in self.c.execute(sql + " ORDER BY id", args).fetchall()]
+        return [AuditView(*r) for r in self.c.execute(sql + " ORDER BY id", args).fetchall()]
 
     def is_suppressed(self, address: str) -> bool:
         return (

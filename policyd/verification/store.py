@@ -17,9 +17,9 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from policyd.verification.queries import AuditRow, Row, Tx
+from policyd.verification.queries import Row, Tx
 
-__all__ = ["AuditRow", "Row", "Store", "StoreUnavailable", "Tx"]
+__all__ = ["Row", "Store", "StoreUnavailable", "Tx"]
 
 #: Schema versions: MIGRATIONS[n] takes a database from user_version n to n + 1.
 MIGRATIONS: Sequence[str] = (

@@ -43,7 +43,10 @@ class PendingView:
 
 
 @dataclass(frozen=True)
-class EntryView:
+class Lifecycle:
+    """Who asked for which address and where the request stands: what the stored row
+    (queries.Row) and the public view (EntryView) share."""
+
     login: str
     address: str
     state: str
@@ -52,6 +55,10 @@ class EntryView:
     created: float
     updated: float
     verified_at: float | None
+
+
+@dataclass(frozen=True)
+class EntryView(Lifecycle):
     code_expires: float | None
     link_expires: float | None
     last_error: str | None
