@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import ClassVar
 
 from policyd.limits import MAX_ATTRIBUTES, MAX_LINE_BYTES, MAX_REQUEST_BYTES
 
@@ -49,12 +50,14 @@ __all__ = [
 class ProtocolError(Exception):
     """The peer broke the protocol. ``reason`` is a short stable code for logs and metrics."""
 
-    reason: str = "protocol_error"
+    #: The reason when the raiser gives none; each subclass sets its own.
+    default_reason: ClassVar[str] = "protocol_error"
 
     def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
-        if reason is not None:
-            self.reason = reason
+        # Set on the instance, not read from the class body: a compiled (mypyc) class does
+        # not see a subclass's class-level default for an instance attribute.
+        self.reason: str = self.default_reason if reason is None else reason
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else self.reason
@@ -66,21 +69,21 @@ class ProtocolError(Exception):
 class LineTooLong(ProtocolError):
     """A line (complete or still waiting for its LF) is longer than MAX_LINE_BYTES."""
 
-    reason = "line_too_long"
+    default_reason = "line_too_long"
 
 
 class RequestTooLarge(ProtocolError):
     """Request over MAX_REQUEST_BYTES (reason ``request_too_large``) or over MAX_ATTRIBUTES
     attribute lines (reason ``too_many_attributes``)."""
 
-    reason = "request_too_large"
+    default_reason = "request_too_large"
 
 
 class MalformedRequest(ProtocolError):
     """A line without ``=`` (``malformed_line``), an empty name (``empty_name``) or a NUL byte
     (``nul_byte``)."""
 
-    reason = "malformed_line"
+    default_reason = "malformed_line"
 
 
 # --------------------------------------------------------------------------------------------

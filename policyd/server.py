@@ -14,7 +14,8 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
 
 from policyd.config import ServerConfig, parse_listen
 from policyd.connection import Connection
@@ -26,6 +27,14 @@ log = logging.getLogger(__name__)
 
 #: Called after every decision: (attrs, profile name, decision, seconds).
 DecisionHook = Callable[[Mapping[str, str], str, Decision, float], None]
+
+
+class _Listening(Protocol):
+    """asyncio.Server as read here. uvloop's `sockets` is a list where typeshed says tuple, and
+    compiled code (mypyc) checks a tuple type at run time; a Sequence it does not check."""
+
+    @property
+    def sockets(self) -> Sequence[socket.socket]: ...
 
 
 class PolicyServer:
@@ -96,7 +105,8 @@ class PolicyServer:
                 srv = await loop.create_server(self._factory, sock=sock, backlog=backlog)
             self._servers.append(srv)
         for srv in self._servers:
-            for s in srv.sockets:
+            listening: _Listening = srv  # for the compiler: see _Listening
+            for s in listening.sockets:
                 name = s.getsockname()
                 if isinstance(name, tuple):
                     host = name[0]

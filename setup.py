@@ -1,0 +1,27 @@
+"""Build hook for the optional compiled build (everything else is in pyproject.toml).
+
+    pip install .                                              # pure Python (the default)
+    POLICYD_COMPILE=1 pip install --no-build-isolation .       # hot path compiled with mypyc
+
+The compiled build needs a C compiler, the Python headers and mypy (which ships mypyc) in the
+environment that builds; it compiles the modules listed in policyd/build.py.
+"""
+
+import os
+import runpy
+
+from setuptools import setup
+
+ext_modules = []
+if os.environ.get("POLICYD_COMPILE") == "1":
+    from mypyc.build import mypycify
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    modules = runpy.run_path(os.path.join(here, "policyd", "build.py"))["COMPILED_MODULES"]
+    ext_modules = mypycify(
+        [name.replace(".", "/") + ".py" for name in modules],
+        opt_level=os.environ.get("MYPYC_OPT_LEVEL", "3"),
+        group_name="policyd",  # the shared runtime library: policyd__mypyc.*.so
+    )
+
+setup(ext_modules=ext_modules)
