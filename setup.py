@@ -3,8 +3,9 @@
     pip install .                                              # pure Python (the default)
     POLICYD_COMPILE=1 pip install --no-build-isolation .       # hot path compiled with mypyc
 
-The compiled build needs a C compiler, the Python headers and mypy (which ships mypyc) in the
-environment that builds; it compiles the modules listed in policyd/build.py.
+The compiled build needs a C compiler, the Python headers, and setuptools, wheel and mypy (which
+ships mypyc) in the environment that builds; it compiles the modules listed in policyd/build.py.
+The wheel it makes is for this Python version and platform only.
 """
 
 import os

@@ -3,6 +3,12 @@
 Both builds come from the same typed source and behave identically; setup.py compiles
 COMPILED_MODULES when POLICYD_COMPILE=1 (see README, "Compiled build"). A compiled module is
 an extension module (``.so``) next to its ``.py`` file, and Python imports the extension first.
+
+What the compiler asks of those modules: module constants are ``Final`` (bound when built,
+not looked up in the module dict on every use); no reflection on their classes (a compiled
+class's methods cannot be replaced, and a subclass's class-level default for an instance
+attribute is not seen); values typed as what they are at run time (compiled code checks a
+declared ``tuple``, ``str`` or class at run time).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from policyd.limits import MAX_ATTRIBUTES, MAX_LINE_BYTES, MAX_REQUEST_BYTES
 
@@ -153,16 +153,16 @@ class PolicyRequest:
 # --------------------------------------------------------------------------------------------
 # Parser
 
-_LF = 10
-_CR = 13
+_LF: Final = 10
+_CR: Final = 13
 # bytes.translate's delete table: every byte but "=" and LF (for the fast path's check)
-_NOT_EQ_OR_LF = bytes(b for b in range(256) if b not in (0x3D, _LF))
+_NOT_EQ_OR_LF: Final = bytes(b for b in range(256) if b not in (0x3D, _LF))
 
 # The parser builds requests without going through the frozen dataclass __init__ (which sets
 # the field with object.__setattr__ anyway); this saves a noticeable share of the per-request
 # cost on the hot path.
-_new_request = PolicyRequest.__new__
-_set_attr = object.__setattr__
+_new_request: Final = PolicyRequest.__new__
+_set_attr: Final = object.__setattr__
 
 
 def _request_from(attrs: dict[str, str]) -> PolicyRequest:

@@ -15,7 +15,7 @@ import os
 import socket
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 from policyd.config import ServerConfig, parse_listen
 from policyd.connection import Connection
@@ -23,7 +23,7 @@ from policyd.decision import Decision
 from policyd.decision_log import log_decision
 from policyd.service import PolicyService
 
-log = logging.getLogger(__name__)
+log: Final = logging.getLogger(__name__)
 
 #: Called after every decision: (attrs, profile name, decision, seconds).
 DecisionHook = Callable[[Mapping[str, str], str, Decision, float], None]
