@@ -19,8 +19,13 @@ if os.environ.get("POLICYD_COMPILE") == "1":
 
     here = os.path.dirname(os.path.abspath(__file__))
     modules = runpy.run_path(os.path.join(here, "policyd", "build.py"))["COMPILED_MODULES"]
+
+    def source(name: str) -> str:  # a module's file, or a package's __init__.py
+        path = os.path.join(*name.split("."))
+        return os.path.join(path, "__init__.py") if os.path.isdir(path) else path + ".py"
+
     ext_modules = mypycify(
-        [name.replace(".", "/") + ".py" for name in modules],
+        [source(name) for name in modules],
         opt_level=os.environ.get("MYPYC_OPT_LEVEL", "3"),
         group_name="policyd",  # the shared runtime library: policyd__mypyc.*.so
     )

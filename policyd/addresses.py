@@ -26,7 +26,7 @@ DEFAULT_RULES: Final = AddressRules()
 
 def normalize_domain(domain: str) -> str:
     """Lowercase, drop a trailing dot, IDN to its ASCII (punycode) form."""
-    d = domain.strip().rstrip(".").lower()
+    d = domain.strip().rstrip(". \t").lower()  # (trailing dots and blanks in any order)
     if d.isascii():
         return d
     try:

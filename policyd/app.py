@@ -307,9 +307,12 @@ class App:
         if config.logging.level != old.config.logging.level:
             logging.getLogger().setLevel(config.logging.level.upper())
         cache_note = ""
-        if isinstance(old.lookups, CachedLookups) and isinstance(runtime.lookups, CachedLookups):
+        # (the directory's cache, also under the verified senders' wrapper)
+        old_cache = getattr(old.lookups, "inner", old.lookups)
+        new_cache = getattr(runtime.lookups, "inner", runtime.lookups)
+        if isinstance(old_cache, CachedLookups) and isinstance(new_cache, CachedLookups):
             same = old.config.ldap == config.ldap and old.config.addresses == config.addresses
-            runtime.lookups.take_over(old.lookups, keep_entries=same)
+            new_cache.take_over(old_cache, keep_entries=same)
             cache_note = "; cache kept" if same else "; directory changed: cache dropped"
         if self.metrics is not None:
             self.metrics.attach(runtime)

@@ -10,15 +10,22 @@ import dataclasses
 import re
 import tomllib
 import types
-import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 from policyd import limits
 from policyd.addresses import AddressRules, normalize_domain
-from policyd.replies import check_template
+from policyd.config_ldap import LdapConfig as LdapConfig
+from policyd.config_ldap import check_ldap
+from policyd.config_tables import ConfigError as ConfigError
+from policyd.config_tables import TableReader
+from policyd.listen import parse_listen
+from policyd.replies import PLACEHOLDERS, check_template
+from policyd.verification.config import VerificationConfig, first_problem
+from policyd.web.config import WebConfig as WebConfig
+from policyd.web.config import check_web
 
 #: Where the installed daemon reads its config when neither --config nor $POLICYD_CONFIG
 #: names one.
@@ -30,15 +37,6 @@ def config_path(explicit: Path | None, environ: Mapping[str, str]) -> Path:
     if explicit is not None:
         return explicit
     return Path(environ.get("POLICYD_CONFIG") or DEFAULT_CONFIG)
-
-
-class ConfigError(Exception):
-    """A config problem, always naming where: file, key (dotted) and why."""
-
-    def __init__(self, source: str, key: str, why: str) -> None:
-        self.source, self.key, self.why = source, key, why
-        where = f"{source}: {key}" if key else source
-        super().__init__(f"{where}: {why}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,56 +107,6 @@ class CacheConfig:
     max_entries: int = 100_000
     #: While the directory is down, answer from data at most this old (seconds); 0 = never.
     stale_if_error: float = 3600.0
-
-
-@dataclass(frozen=True)
-class LdapConfig:
-    servers: tuple[str, ...] = ("ldap://127.0.0.1",)
-    start_tls: bool = False
-    tls_validate: bool = True
-    ca_file: Path | None = None
-    bind_dn: str = ""
-    bind_password_file: Path | None = None
-    #: Name of a systemd credential (LoadCredential=) holding the bind password.
-    bind_password_credential: str = ""
-    connect_timeout: int = 2
-    receive_timeout: int = 2
-    user_base: str = "dc=example,dc=org"
-    user_scope: Literal["base", "one", "sub"] = "sub"
-    user_filter: str = "(&(objectClass=inetOrgPerson)(uid={login}))"
-    user_attributes: tuple[str, ...] = ("mail", "mailLocalAddress")
-    group_base: str = ""
-    group_scope: Literal["base", "one", "sub"] = "sub"
-    group_filter: str = "(&(objectClass=groupOfNames)(member={dn}))"
-    group_attributes: tuple[str, ...] = ("mailLocalAddress",)
-    owner_filter: str = (
-        "(&(objectClass=inetOrgPerson)(|(mail={address})(mailLocalAddress={address})))"
-    )
-    owner_login_attribute: str = "uid"
-
-    # The [ldap] rules that both config validation and policyd.directory.ldap apply live here,
-    # one method each, so that neither side keeps its own copy.
-
-    def filter_templates(self) -> tuple[tuple[str, str, frozenset[str]], ...]:
-        """(key, template, the placeholders it may use) of each ldap.*_filter."""
-        return (
-            ("user_filter", self.user_filter, frozenset({"login", "localpart", "domain"})),
-            ("group_filter", self.group_filter, frozenset({"dn", "login"})),
-            ("owner_filter", self.owner_filter, frozenset({"address", "localpart", "domain"})),
-        )
-
-    def servers_problem(self) -> str | None:
-        """Why ldap.servers cannot be used (None when it can)."""
-        return None if self.servers else "needs at least one server"
-
-    def bind_password_problem(self) -> str | None:
-        """Why the bind password cannot be found (None when it can, or no bind_dn is set)."""
-        if self.bind_dn and not (self.bind_password_file or self.bind_password_credential):
-            return (
-                "needs ldap.bind_password_file or ldap.bind_password_credential "
-                "(never a password in this file)"
-            )
-        return None
 
 
 @dataclass(frozen=True)
@@ -234,6 +182,8 @@ class Config:
     ldap: LdapConfig = field(default_factory=LdapConfig)
     milter: MilterConfig = field(default_factory=MilterConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    verification: VerificationConfig = field(default_factory=VerificationConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     profiles: Mapping[str, ProfileConfig] = field(
         default_factory=lambda: types.MappingProxyType(
             {
@@ -273,7 +223,7 @@ def load_config(path: str | Path) -> Config:
 
 
 def config_from_dict(data: Mapping[str, Any], source: str, base_dir: Path) -> Config:
-    ctx = _Ctx(source, base_dir)
+    ctx = TableReader(source, base_dir)
     data = dict(data)
     profiles_raw = data.pop("profiles", None)
     cfg: Config = ctx.build(Config, data, "", extra={"source": source})
@@ -295,38 +245,11 @@ def config_from_dict(data: Mapping[str, Any], source: str, base_dir: Path) -> Co
     return dataclasses.replace(cfg, profiles=types.MappingProxyType(profiles))
 
 
-_LISTEN_RE = re.compile(r"^(?:unix:(/.+)|\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+))$")
 _REPLY_RE = re.compile(r"^[45]\d\d [45]\.\d{1,3}\.\d{1,3} \S.*$")
 _ACTIONS = {"OK", "DUNNO", "PERMIT", "RELAY"}
-_PLACEHOLDERS = {
-    "null_sender": {"sender", "login", "client"},
-    "directory_unavailable": {"sender", "login", "client"},
-    "sender_not_owned": {"sender", "login", "client"},
-    "sender_not_allowed_from_network": {"sender", "login", "client", "range"},
-    "authentication_required": {"sender", "client"},
-    "sender_requires_login": {"sender", "client"},
-    "header_from_not_owned": {"address", "header", "login", "client", "sender"},
-    "header_from_display_address": {"address", "header", "login", "client", "sender"},
-    "header_from_invalid": {"login", "client", "sender"},
-}
 
 
-def parse_listen(spec: str) -> tuple[str, str | None, int | None]:
-    """ "unix:/p" -> ("unix", "/p", None); "h:p" / "[v6]:p" -> ("tcp", host, port).
-    Raises ValueError with a reason."""
-    m = _LISTEN_RE.match(spec.strip())
-    if not m:
-        raise ValueError(f"{spec!r} is not HOST:PORT, [IPV6]:PORT or unix:/ABSOLUTE/PATH")
-    if m.group(1):
-        return ("unix", m.group(1), None)
-    host = m.group(2) or m.group(4)
-    port = int(m.group(3) or m.group(5))
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{spec!r}: port must be 0..65535")
-    return ("tcp", host, port)
-
-
-def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: _Ctx) -> None:
+def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: TableReader) -> None:
     s = ctx.source
     for i, spec in enumerate(cfg.server.listen):
         try:
@@ -373,22 +296,11 @@ def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: _Ctx) -> Non
         raise ConfigError(s, "directory.file", 'is required when directory.backend = "file"')
     if any(ch.isspace() or ch == "@" for ch in cfg.addresses.extension_delimiters):
         raise ConfigError(s, "addresses.extension_delimiters", 'may not contain spaces or "@"')
-    why = cfg.ldap.bind_password_problem()
-    if why is not None:
-        raise ConfigError(s, "ldap.bind_dn", why)
-    for i, url in enumerate(cfg.ldap.servers):
-        if not re.fullmatch(r"(ldap|ldaps|ldapi)://\S*", url):
-            raise ConfigError(
-                s, f"ldap.servers[{i}]", f"{url!r} is not an ldap://, ldaps:// or ldapi:// URL"
-            )
-    why = cfg.ldap.servers_problem()
-    if why is not None:
-        raise ConfigError(s, "ldap.servers", why)
-    for name, tmpl, allowed in cfg.ldap.filter_templates():
-        key = f"ldap.{name}"
-        check_template(s, key, tmpl, set(allowed))
-        if not (tmpl.startswith("(") and tmpl.endswith(")")):
-            raise ConfigError(s, key, "an LDAP filter must be enclosed in parentheses")
+    check_ldap(cfg.ldap, s)
+    check_web(cfg.web, s)
+    bad = first_problem(cfg.verification, cfg.directory.backend)
+    if bad:
+        raise ConfigError(s, *bad)
     if cfg.policy.default_profile not in profiles:
         raise ConfigError(
             s,
@@ -433,101 +345,4 @@ def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: _Ctx) -> Non
                 )
             if "\n" in text or "\r" in text:
                 raise ConfigError(s, key, "may not contain line breaks")
-            check_template(s, key, text, _PLACEHOLDERS[f.name])
-
-
-@dataclass
-class _Ctx:
-    source: str
-    base_dir: Path
-
-    def build(
-        self,
-        cls: type[Any],
-        data: Mapping[str, Any],
-        prefix: str,
-        extra: Mapping[str, Any] | None = None,
-    ) -> Any:
-        hints = get_type_hints(cls)
-        known = {f.name for f in fields(cls)} - set(extra or {})
-        for k in data:
-            if k not in known:
-                where = f"{prefix}.{k}" if prefix else k
-                raise ConfigError(
-                    self.source,
-                    where,
-                    f"unknown key (known keys here: {', '.join(sorted(known))})",
-                )
-        kwargs: dict[str, Any] = dict(extra or {})
-        for f in fields(cls):
-            if f.name in kwargs or f.name not in data:
-                continue
-            where = f"{prefix}.{f.name}" if prefix else f.name
-            kwargs[f.name] = self.convert(hints[f.name], data[f.name], where)
-        missing = [
-            f.name
-            for f in fields(cls)
-            if f.name not in kwargs and f.default is MISSING and f.default_factory is MISSING
-        ]
-        if missing:
-            raise ConfigError(self.source, prefix or "(top)", f"missing key {missing[0]}")
-        return cls(**kwargs)
-
-    def convert(self, tp: Any, value: Any, where: str) -> Any:
-        origin = get_origin(tp)
-        if origin is Literal:
-            choices = get_args(tp)
-            if value not in choices:
-                raise ConfigError(
-                    self.source,
-                    where,
-                    f"must be one of {', '.join(map(repr, choices))}, not {value!r}",
-                )
-            return value
-        if origin in (types.UnionType, typing.Union):
-            args = [a for a in get_args(tp) if a is not type(None)]
-            if value == "" and type(None) in get_args(tp):
-                return None
-            return self.convert(args[0], value, where)
-        if origin is tuple:
-            if not isinstance(value, list):
-                raise ConfigError(self.source, where, f"must be a list, not {_tname(value)}")
-            item = get_args(tp)[0]
-            return tuple(self.convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
-        if tp is bool:
-            if not isinstance(value, bool):
-                raise ConfigError(self.source, where, f"must be true or false, not {_tname(value)}")
-            return value
-        if tp is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(self.source, where, f"must be an integer, not {_tname(value)}")
-            return value
-        if tp is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(self.source, where, f"must be a number, not {_tname(value)}")
-            return float(value)
-        if tp is str:
-            if not isinstance(value, str):
-                raise ConfigError(self.source, where, f"must be a string, not {_tname(value)}")
-            return value
-        if tp is Path:
-            if not isinstance(value, str) or not value:
-                raise ConfigError(self.source, where, f"must be a path string, not {_tname(value)}")
-            p = Path(value)
-            return p if p.is_absolute() else (self.base_dir / p)
-        if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
-            if not isinstance(value, dict):
-                raise ConfigError(self.source, where, f"must be a table, not {_tname(value)}")
-            return self.build(tp, value, where)
-        raise ConfigError(self.source, where, f"unsupported type {tp!r}")  # pragma: no cover
-
-
-def _tname(value: Any) -> str:
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
+            check_template(s, key, text, PLACEHOLDERS[f.name])

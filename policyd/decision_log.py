@@ -31,7 +31,7 @@ from policyd.decision import Decision
 logger: Final = logging.getLogger("policyd.decision")
 
 # Unsafe in a bare value: whitespace, '"', '\\', '=' and anything outside printable ASCII, i.e.
-# r'[\s"\\=]|[^\x21-\x7e]' written as one character class (same set, 3-4x faster to scan).
+# r'[\s"\\=]|[^\x21-\x7e]' written as one character class (same set, faster to scan).
 _UNSAFE: Final = re.compile(r"[^\x21\x23-\x3c\x3e-\x5b\x5d-\x7e]")
 _unsafe: Final = _UNSAFE.search
 _INFO: Final = logging.INFO

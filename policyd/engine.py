@@ -35,7 +35,7 @@ class Need(enum.Enum):
 
 class Facts(NamedTuple):
     """What the front end found out. `None` means "not looked up". (An immutable NamedTuple
-    rather than a frozen dataclass: it is built for every request, and this is 3x cheaper.)"""
+    rather than a frozen dataclass: it is built for every request, and this is cheaper.)"""
 
     network: Range | None = None
     #: addresses_of(login), when Need.ADDRESSES

@@ -31,8 +31,9 @@ DEFAULT_DRAIN_TIMEOUT: Final = 10.0
 # host (default_process_limit is 100 per service) while bounding fds and memory.
 DEFAULT_MAX_CONNECTIONS: Final = 1000
 
-# Threads that run blocking directory calls (ldap3 is synchronous). ldap3 is GIL-bound at about
-# 0.4 ms per search, so more threads only queue; a few cover one hung call per server.
+# Threads that run blocking directory calls (ldap3 is synchronous). ldap3 is GIL-bound (its
+# cost per search: bench/RESULTS.md), so more threads only queue; a few cover one hung call
+# per server.
 DEFAULT_LOOKUP_THREADS: Final = 4
 
 # Longest reply text we send: Postfix cuts the final SMTP reply at 510 characters.

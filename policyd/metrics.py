@@ -2,7 +2,7 @@
 
 Imported only when metrics are enabled. Two kinds of metrics:
 
-- per request, updated by the decision hook (cached label children, about 2 µs a request):
+- per request, updated by the decision hook (cached label children: cheap, see bench/RESULTS.md):
   ``policyd_decisions_total{verdict,reason,profile}`` and
   ``policyd_request_duration_seconds``; per directory call (LookupRunner.observer):
   ``policyd_directory_lookup_duration_seconds{result}``.
@@ -29,8 +29,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from policyd import __version__
-from policyd.config import parse_listen
 from policyd.decision import Decision, Reason, Verdict
+from policyd.listen import parse_listen
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer

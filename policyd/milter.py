@@ -141,7 +141,7 @@ class MilterService:
                 decide_headers(rt, self.profile, login, author, client=client, sender=sender)
             )
         except DirectoryUnavailable as e:  # (the lookup loop itself did not answer in time)
-            log.warning("directory unavailable: %s", e)
+            log.warning("directory unavailable: %s", str(e))  # (str: see service.py)
             return decide_header_from(
                 login.strip(),
                 author.mailboxes,

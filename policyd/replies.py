@@ -10,6 +10,19 @@ import string
 
 from policyd import limits
 
+#: The placeholders each reply template may use.
+PLACEHOLDERS = {
+    "null_sender": {"sender", "login", "client"},
+    "directory_unavailable": {"sender", "login", "client"},
+    "sender_not_owned": {"sender", "login", "client"},
+    "sender_not_allowed_from_network": {"sender", "login", "client", "range"},
+    "authentication_required": {"sender", "client"},
+    "sender_requires_login": {"sender", "client"},
+    "header_from_not_owned": {"address", "header", "login", "client", "sender"},
+    "header_from_display_address": {"address", "header", "login", "client", "sender"},
+    "header_from_invalid": {"login", "client", "sender"},
+}
+
 
 def check_template(source: str, key: str, text: str, allowed: set[str]) -> None:
     """A reply template's placeholders are all `allowed`. Raises ConfigError naming file+key."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from policyd.addresses import AddressRules
 from policyd.config import Config
@@ -12,6 +13,9 @@ from policyd.directory.cache import CachedLookups, LookupRunner
 from policyd.directory.lookups import DirectLookups
 from policyd.directory.static import StaticDirectory
 from policyd.networks import Networks
+
+if TYPE_CHECKING:
+    from policyd.verification.lookups import SourcedLookups
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +28,7 @@ class Runtime:
     directory: Directory
     #: the one way to ask for owned addresses: for a blocking (LDAP) directory the thread
     #: pool, deadline and cache; for the file directory direct calls
-    lookups: CachedLookups | DirectLookups
+    lookups: CachedLookups | DirectLookups | SourcedLookups
 
     def close(self) -> None:
         self.lookups.close()
@@ -52,10 +56,14 @@ def build_runtime(config: Config) -> Runtime:
             rng.source,
         )
     directory = make_directory(config, rules)
-    lookups: CachedLookups | DirectLookups
+    lookups: CachedLookups | DirectLookups | SourcedLookups
     if directory.blocking:
         runner = LookupRunner(directory, config.directory.threads, config.directory.lookup_deadline)
         lookups = CachedLookups(runner, config.cache)
     else:
         lookups = DirectLookups(directory)
+    if config.verification.enabled:  # verified sender addresses count as owned (issue 13)
+        from policyd.verification.lookups import with_verified_source
+
+        lookups = with_verified_source(config, lookups)
     return Runtime(config, networks, rules, directory, lookups)

@@ -98,7 +98,7 @@ class PolicyService:
         try:
             facts = _peek_facts(rt, attrs, need, network)
         except DirectoryUnavailable as e:
-            log.warning("directory unavailable: %s", e)
+            log.warning("directory unavailable: %s", str(e))  # (str: see _decide_later)
             facts = Facts(network=network, directory_unavailable=True)
         if facts is None:
             return profile, self._decide_later(rt, attrs, profile, network, need)
@@ -115,7 +115,11 @@ class PolicyService:
         try:
             facts = await gather_facts(rt, attrs, need, network)
         except DirectoryUnavailable as e:
-            log.warning("directory unavailable: %s", e)
+            # str(e), not e: a log record keeps its args, and this exception's traceback holds
+            # the frames of every request that waited on the same lookup (one exception is
+            # re-raised to all of them); from Python 3.13 those frames keep their awaiting
+            # callers' frames alive too, with their connections.
+            log.warning("directory unavailable: %s", str(e))
             facts = Facts(network=network, directory_unavailable=True)
         return decide(attrs, profile, facts, rt.rules)
 
@@ -186,7 +190,7 @@ async def decide_headers(
         try:
             facts = await header_facts(rt.lookups, who, [*boxes, *shown], rt.rules)
         except DirectoryUnavailable as e:
-            log.warning("directory unavailable: %s", e)
+            log.warning("directory unavailable: %s", str(e))  # (str: see _decide_later)
             unavailable = True
     owned, key_owned, owners = facts
     return decide_header_from(

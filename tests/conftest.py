@@ -7,6 +7,7 @@ import importlib.util
 _PLUGINS = (
     "tests.servers.slapd_fixtures",
     "tests.servers.postfix_fixtures",
+    "tests.servers.browser_fixtures",
 )
 
 pytest_plugins = [m for m in _PLUGINS if importlib.util.find_spec(m) is not None]

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from policyd import __version__
 from policyd.build import describe
-from policyd.config import DEFAULT_CONFIG, ConfigError, config_path, parse_listen
+from policyd.config import DEFAULT_CONFIG, ConfigError, config_path
+from policyd.listen import parse_listen
 
 log = logging.getLogger("policyd")
 
@@ -81,6 +82,15 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("milter", help="run the header From: milter (needs pymilter)")
     add_config(m)
+
+    w = sub.add_parser("web", help="run the self-service page for sender addresses")
+    add_config(w)
+    w.add_argument(
+        "--listen", "-l", default=None, metavar="HOST:PORT", help="instead of web.listen"
+    )
+    from policyd.cli import senders as senders_cli
+
+    senders_cli.add_parser(sub)
     return p
 
 
@@ -90,9 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd = args.command
     if cmd == "serve":
         return _serve_stdio(args) if args.stdio else _serve(args)
-    # One-shot commands die quietly on a closed pipe (`policyd check … | head -1`), as Unix
-    # tools do; the daemons keep SIGPIPE ignored (a write to a gone client is an EPIPE).
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if cmd == "web":
+        return _web(args)
     if cmd == "check":
         from policyd.cli.explain import check
 
@@ -101,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from policyd.cli.explain import config_check
 
         return _guarded(args, config_check)
+    if cmd == "senders":
+        from policyd.cli import senders as senders_cli
+
+        return senders_cli.main(args)
     if cmd == "milter":
         return _milter(args)
     return 2  # pragma: no cover
@@ -126,8 +139,16 @@ def _guarded(args: argparse.Namespace, command: object) -> int:
     logging.basicConfig(level=logging.WARNING, format="policyd: %(levelname)s %(message)s")
     try:
         rc: int = command(args)  # type: ignore[operator]
+        sys.stdout.flush()
     except LOAD_ERRORS as e:
         return load_failure(args.config, e)
+    except BrokenPipeError:
+        # `policyd check … | head -1`: the reader is gone. Quietly, as Unix tools end on
+        # SIGPIPE: no traceback, and nothing more written (Python's documented recipe: stdout
+        # to /dev/null, so the flush at exit does not fail again).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     return rc
 
 
@@ -237,3 +258,13 @@ def _milter(args: argparse.Namespace) -> int:
     except LOAD_ERRORS as e:
         return load_failure(args.config, e)
     return rc
+
+
+def _web(args: argparse.Namespace) -> int:
+    try:
+        from policyd.web.server import run_web
+    except ImportError as e:
+        if (e.name or "").split(".")[0] in ("aiohttp", "jinja2"):
+            return fail("the web page needs aiohttp and jinja2: pip install 'policyd[web]'")
+        raise
+    return run_web(args.config, args.listen)

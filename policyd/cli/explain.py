@@ -42,6 +42,8 @@ async def _check(args: argparse.Namespace, runtime: Runtime) -> int:
         else:
             listing = ", ".join(sorted(owned)) if owned else "(none: unknown login)"
             print(f"login {login}: owns {listing}")
+            for line in getattr(runtime.lookups, "explain", lambda _: [])(login):
+                print(f"login {login}: {line}")  # "owns x@...: verified <date> by code"
     return 0
 
 
@@ -141,6 +143,9 @@ def _config_check(args: argparse.Namespace, config: Config, runtime: Runtime) ->
         f"milter: listen {m.listen}, profile {mp.name} (mode {mp.mode}), "
         f"timeout {m.timeout:g}s (run with `policyd milter`)"
     )
+    from policyd.verification.build import summary
+
+    print(summary(config))
     if not args.connect:
         return 0
     if config.directory.backend != "ldap":

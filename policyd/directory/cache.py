@@ -121,7 +121,7 @@ class CachedLookups:
     def peek_addresses(self, login: str) -> frozenset[str] | None:
         return self._peek((Kind.ADDRESSES, login))
 
-    def peek_owners(self, key: str) -> frozenset[str] | None:
+    def peek_owners(self, key: str, include_verified: bool = True) -> frozenset[str] | None:
         return self._peek((Kind.OWNERS, key))
 
     def _peek(self, k: tuple[Kind, str]) -> frozenset[str] | None:
@@ -137,7 +137,7 @@ class CachedLookups:
     async def addresses_of(self, login: str) -> frozenset[str]:
         return await self._get(Kind.ADDRESSES, login, self.runner.directory.addresses_of)
 
-    async def owners_of(self, key: str) -> frozenset[str]:
+    async def owners_of(self, key: str, include_verified: bool = True) -> frozenset[str]:
         return await self._get(Kind.OWNERS, key, self.runner.directory.owners_of)
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ class Lookups(Protocol):
         """addresses_of(login) when known without blocking, else None."""
         ...
 
-    def peek_owners(self, key: str) -> frozenset[str] | None:
+    def peek_owners(self, key: str, include_verified: bool = True) -> frozenset[str] | None:
         """owners_of(key) when known without blocking, else None."""
         ...
 
@@ -33,9 +33,11 @@ class Lookups(Protocol):
         """The addresses (and "@domain" entries) the canonical login owns."""
         ...
 
-    async def owners_of(self, key: str) -> frozenset[str]:
+    async def owners_of(self, key: str, include_verified: bool = True) -> frozenset[str]:
         """The canonical logins that own exactly this key (an address, its extension-stripped
-        form or "@domain")."""
+        form or "@domain"). include_verified=False: only those the directory names, not
+        those who verified the address by mail (protect_local_senders asks that: a foreign
+        address a user verified is still mail the foreign provider may deliver to our MX)."""
         ...
 
     def close(self) -> None: ...
@@ -52,7 +54,9 @@ class DirectLookups:
     def __init__(self, directory: Directory) -> None:
         self.directory = directory
         self.peek_addresses = directory.addresses_of
-        self.peek_owners = directory.owners_of
+
+    def peek_owners(self, key: str, include_verified: bool = True) -> frozenset[str]:
+        return self.directory.owners_of(key)
 
     def __len__(self) -> int:
         return 0
@@ -60,7 +64,7 @@ class DirectLookups:
     async def addresses_of(self, login: str) -> frozenset[str]:
         return self.directory.addresses_of(login)
 
-    async def owners_of(self, key: str) -> frozenset[str]:
+    async def owners_of(self, key: str, include_verified: bool = True) -> frozenset[str]:
         return self.directory.owners_of(key)
 
     def close(self) -> None:
@@ -89,7 +93,7 @@ async def key_owners(lookups: Lookups, keys: Iterable[str]) -> dict[str, frozens
 def peek_sender_owners(lookups: Lookups, sender: str, rules: AddressRules) -> frozenset[str] | None:
     """`sender_owners` when known without blocking, else None."""
     for key in candidates(sender, rules):
-        found = lookups.peek_owners(key)
+        found = lookups.peek_owners(key, include_verified=False)
         if found is None:
             return None
         if found:
@@ -98,10 +102,11 @@ def peek_sender_owners(lookups: Lookups, sender: str, rules: AddressRules) -> fr
 
 
 async def sender_owners(lookups: Lookups, sender: str, rules: AddressRules) -> frozenset[str]:
-    """The owners of the most specific key of `sender` that has any owner (empty: nobody owns
-    it), as Postfix's smtpd_sender_login_maps search finds them."""
+    """The directory's owners of the most specific key of `sender` that has any owner (empty:
+    nobody owns it), as Postfix's smtpd_sender_login_maps search finds them: who may send as
+    it for protect_local_senders (verified senders left out, see Lookups.owners_of)."""
     for key in candidates(sender, rules):
-        found = await lookups.owners_of(key)
+        found = await lookups.owners_of(key, include_verified=False)
         if found:
             return found
     return frozenset()

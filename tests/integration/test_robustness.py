@@ -26,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import policyd
 from policyd.actions import encode_action, to_action
 from policyd.config import Config, ProfileConfig
 from policyd.connection import Connection as _Connection
@@ -163,6 +164,10 @@ def test_request_that_never_ends(tmp_path: Path, loop: str) -> None:
                     c.send(b"name=value\n" * 1000)
                     await asyncio.wait_for(c.writer.drain(), 2)
                 except (ConnectionError, TimeoutError):
+                    closed = True
+                    break
+                except RuntimeError as e:  # uvloop 0.21: writing to a transport closed under it
+                    assert "closed" in str(e), e
                     closed = True
                     break
                 sent += 11_000
@@ -742,7 +747,9 @@ def test_hung_directory_under_load(tmp_path: Path, loop: str) -> None:
 
 def _traced(snapshot: tracemalloc.Snapshot) -> int:
     filters = [
-        tracemalloc.Filter(True, "*/policyd/*"),
+        # the package's own directory: "*/policyd/*" would also count this test's files when
+        # the checkout itself is named policyd
+        tracemalloc.Filter(True, str(Path(policyd.__file__).parent / "*")),
         tracemalloc.Filter(True, "*/asyncio/*"),
         tracemalloc.Filter(True, "*/concurrent/*"),
     ]

@@ -151,6 +151,35 @@ def test_unix_socket_with_configured_mode(tmp_path: Path, loop: str) -> None:
     run(main(), loop)
 
 
+@LOOPS
+def test_a_passed_unix_socket_is_served_and_left_in_place_on_stop(
+    tmp_path: Path, loop: str
+) -> None:
+    """A socket-activated unix listener belongs to systemd's policyd.socket: stop() must not
+    unlink its path, or Postfix gets ENOENT after `systemctl restart`. (Python 3.13's asyncio
+    unlinks it by default: cleanup_socket=True.)"""
+    path = tmp_path / "policy.sock"
+    passed = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    passed.bind(str(path))
+    passed.listen(16)
+    passed.setblocking(False)
+    inode = os.stat(path).st_ino
+    config = make_config(tmp_path)
+
+    async def main() -> None:
+        async with serving(config, sockets=[passed]) as h:
+            assert h.address("unix") == f"unix:{path}"
+            action, _ = await round_trip(f"unix:{path}", CASES[0][0])
+            assert action == CASES[0][1]
+        assert path.exists(), "stop() unlinked the passed-in socket"
+        assert stat.S_ISSOCK(os.stat(path).st_mode) and os.stat(path).st_ino == inode
+
+    try:
+        run(main(), loop)
+    finally:
+        passed.close()
+
+
 def test_unix_socket_path_that_is_not_a_socket_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "not-a-socket"
     path.write_text("keep me")

@@ -29,6 +29,9 @@ REPO = Path(__file__).resolve().parents[2]
 DIRECTORY_LDIF = REPO / "tests" / "data" / "directory.ldif"
 EXAMPLE_LDIF = REPO / "conf" / "ldap" / "example.ldif"
 ACL_FILE = REPO / "conf" / "ldap" / "acl.conf"
+#: Verified sender addresses (issue 13): the shipped schema, and its ACL (ahead of ACL_FILE).
+SENDERS_SCHEMA = REPO / "conf" / "ldap" / "policyd-senders.schema"
+SENDERS_ACL = REPO / "conf" / "ldap" / "acl-senders.conf"
 
 SCHEMA_DIR = Path("/etc/ldap/schema")
 SCHEMAS = ("core", "cosine", "nis", "inetorgperson", "misc")
@@ -270,6 +273,7 @@ class Slapd:
     def _slapd_conf(self) -> str:
         w = self.workdir
         lines = [f'include "{SCHEMA_DIR / s}.schema"' for s in SCHEMAS]
+        lines.append(f'include "{SENDERS_SCHEMA}"')
         lines += [
             f'modulepath "{MODULE_DIR}"',
             "moduleload back_mdb",
@@ -293,6 +297,8 @@ class Slapd:
             f'directory "{w / "db"}"',
             "index objectClass eq",
             "index uid,mail,mailLocalAddress,member eq",
+            "index policydSenderAddress eq",
+            f'include "{SENDERS_ACL}"',
             f'include "{self.acl_file}"',
         ]
         return "\n".join(lines) + "\n"

@@ -9,8 +9,8 @@ from policyd.config import (
     ConfigError,
     config_from_dict,
     load_config,
-    parse_listen,
 )
+from policyd.listen import parse_listen
 from policyd.replies import render
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

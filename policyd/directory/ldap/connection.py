@@ -29,6 +29,7 @@ from ldap3.core.exceptions import LDAPException
 
 from policyd.config import LdapConfig
 from policyd.directory.base import DirectoryError
+from policyd.directory.ldap.tls import Tls
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def make_tls(cfg: LdapConfig) -> Any:
     if ca is not None and not os.path.exists(ca):
         raise DirectoryError(f"ldap.ca_file: {ca} does not exist")
     try:
-        return ldap3.Tls(validate=validate, ca_certs_file=ca)
+        return Tls(validate=validate, ca_certs_file=ca)  # (IP-address servers on 3.12+)
     except LDAPException as e:
         raise DirectoryError(f"ldap.ca_file: {e}") from None
 

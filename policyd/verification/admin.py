@@ -1,0 +1,155 @@
+"""The verification API, part two: revoke, the admin overrides, listings and purge (see
+service.py for the request/confirm flow; core.py for the shared machinery)."""
+
+from __future__ import annotations
+
+from policyd.addresses import owned_by
+from policyd.verification import states
+from policyd.verification.core import Core, WriterError, _Collect, log
+from policyd.verification.normalize import in_domains
+from policyd.verification.store import Row, StoreUnavailable
+from policyd.verification.views import Actor, AuditView, EntryView, Refused
+
+_SUPPRESSED = "This address does not accept confirmation requests; ask your administrator."
+
+
+class AdminOps(Core):
+    def revoke(self, login: str, address: str, *, actor: Actor) -> None:
+        """verified -> revoked: the address stops being owned (at once on this instance)."""
+        addr = self._address(address)
+        removed: list[Row] = []
+        committed = False
+        try:
+            with self._tx() as tx:
+                now = self.clock()
+                row = tx.active(login, addr)
+                if row is None or row.state != states.VERIFIED:
+                    raise Refused("not_verified", "This address is not among the verified ones.")
+                if self.writer is not None:
+                    try:
+                        if self.writer.delete(login, addr):
+                            removed.append(row)
+                    except WriterError as e:
+                        raise Refused(
+                            "store_unavailable",
+                            "The address could not be removed from the directory; it is still "
+                            "verified. Try again later.",
+                            str(e),
+                        ) from None
+                new = states.next_state(row.state, "revoke")
+                tx.update(row.id, row.state, state=new, updated=now)
+                self._audit(tx, actor, "revoke", row, row.state, new)
+            committed = True
+        finally:
+            if not committed and self.writer is not None:
+                for r in removed:
+                    try:
+                        self.writer.add(r.login, r.address)
+                    except WriterError as w:
+                        log.error(
+                            "sender verification: could not restore the directory value %s of "
+                            "%s after a failed commit: %s", r.address, r.login, w,
+                        )  # fmt: skip
+
+    def add_unverified(self, login: str, address: str, *, actor: Actor) -> EntryView:
+        """An admin's override (`senders add --no-verify`): verified without a mail, audited."""
+        addr = self._address(address)
+        if in_domains(addr, self.local_domains):
+            raise Refused(
+                "local_domain", "Addresses in our own domains are assigned in the directory."
+            )
+        if owned_by(self._owned_in_directory(login), addr, self.rules):
+            raise Refused("already_owned", "This login can already send as this address.")
+
+        def body(tx: _Collect) -> Row:
+            now = self.clock()
+            self._expire_due(tx.tx, now)
+            if tx.tx.is_suppressed(addr):
+                raise Refused("suppressed", _SUPPRESSED + " (unblock it first)")
+            row = tx.tx.active(login, addr)
+            if row is not None and row.state == states.VERIFIED:
+                raise Refused("already_owned", "This login can already send as this address.")
+            if row is None:
+                rid = tx.tx.insert(
+                    login=login, address=addr, state=states.PENDING, created=now, updated=now,
+                )  # fmt: skip
+                row = tx.tx.by_id(rid)
+                assert row is not None
+            self._verify(tx.tx, row, "admin", actor, "add_unverified", tx.added)
+            return row
+
+        return self._run_verify(body)
+
+    def block(self, address: str, *, actor: Actor) -> None:
+        """Put the address on the suppression list; requests waiting for it are cancelled."""
+        addr = self._address(address)
+        with self._tx() as tx:
+            now = self.clock()
+            if not tx.suppress(addr, now, actor.who, "blocked by an admin"):
+                raise Refused("already_blocked", "This address is already blocked.")
+            self._audit(tx, actor, "block", None, None, None, address=addr)
+            for row in tx.rows():
+                if row.address == addr and row.state == states.PENDING:
+                    tx.update(row.id, row.state, state=states.CANCELLED, updated=now)
+                    self._audit(tx, actor, "cancel", row, row.state, states.CANCELLED,
+                                detail="address blocked")  # fmt: skip
+
+    def unblock(self, address: str, *, actor: Actor) -> None:
+        addr = self._address(address)
+        with self._tx() as tx:
+            if not tx.unsuppress(addr):
+                raise Refused("not_blocked", "This address is not blocked.")
+            self._audit(tx, actor, "unblock", None, None, None, address=addr)
+
+    def blocked(self) -> list[tuple[str, float, str, str]]:
+        """(address, since, by whom, why) of the suppression list."""
+        try:
+            with self.store.reading() as tx:
+                return tx.suppressed()
+        except StoreUnavailable as e:
+            raise Refused(
+                "store_unavailable", "The list cannot be read right now.", str(e)
+            ) from None
+
+    def entries(self, login: str | None = None, state: str | None = None) -> list[EntryView]:
+        """Requests and verified addresses (expired ones are marked expired first, when the
+        store can be written; a read-only store is listed as it is)."""
+        try:
+            with self._tx() as tx:
+                self._expire_due(tx, self.clock())
+        except Refused:
+            pass
+        try:
+            with self.store.reading() as tx:
+                rows = tx.rows(login, state)
+        except StoreUnavailable as e:
+            raise Refused(
+                "store_unavailable", "The list cannot be read right now.", str(e)
+            ) from None
+        return [self._entry_view(r) for r in rows]
+
+    def audit(self, login: str | None = None) -> list[AuditView]:
+        try:
+            with self.store.reading() as tx:
+                rows = tx.audit_rows(login)
+        except StoreUnavailable as e:
+            raise Refused(
+                "store_unavailable", "The audit log cannot be read now.", str(e)
+            ) from None
+        return [
+            AuditView(
+                r.at, r.actor, r.ip, r.login, r.address, r.event, r.old_state, r.new_state, r.detail
+            )  # fmt: skip
+            for r in rows
+        ]
+
+    def purge(self, older_than_days: float, *, actor: Actor) -> int:
+        """Delete expired, cancelled and refused requests older than that (the audit log is
+        kept). Returns how many."""
+        with self._tx() as tx:
+            now = self.clock()
+            self._expire_due(tx, now)
+            n = tx.purge(now - older_than_days * 86400.0, sorted(states.PURGEABLE))
+            self._audit(tx, actor, "purge", None, None, None,
+                        detail=f"{n} request(s) older than {older_than_days:g} days")  # fmt: skip
+        return n

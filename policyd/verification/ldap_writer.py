@@ -1,0 +1,202 @@
+"""store = "ldap": verified addresses written to the user's entry by a separate writer bind.
+
+The writer bind's ACL may write only the verification attribute (conf/ldap/acl-senders.conf);
+the policy lookups keep their read-only bind and read the attribute as one of
+ldap.user_attributes, so every instance reading the directory (and its replicas) sees it.
+`MODIFY_ADD` on verify, `MODIFY_DELETE` on revoke; result 20 (value exists) on add and 16 (no
+such value) on delete mean "already so". An entry without the auxiliary class gets it in the
+same modify. One short connection per write (writes are rare). Blocking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import ssl
+from pathlib import Path
+from typing import Any
+
+import ldap3
+
+from policyd.addresses import AddressRules, split_address
+from policyd.config import LdapConfig
+from policyd.directory.ldap import render_filter
+from policyd.verification.config import VerificationLdapConfig
+from policyd.verification.core import WriterError
+
+log = logging.getLogger(__name__)
+
+_SUCCESS = 0
+_NO_SUCH_ATTRIBUTE = 16
+_VALUE_EXISTS = 20
+_SIZE_LIMIT_EXCEEDED = 4
+_OBJECT_CLASS_VIOLATION = 65
+
+
+def writer_password(wc: VerificationLdapConfig) -> str:
+    """From verification.ldap.writer_password_file, else the systemd credential. One trailing
+    newline is stripped. Raises WriterError, never showing the password."""
+    if wc.writer_password_file is not None:
+        path, what = Path(wc.writer_password_file), "verification.ldap.writer_password_file"
+    elif wc.writer_password_credential:
+        creds = os.environ.get("CREDENTIALS_DIRECTORY", "")
+        if not creds:
+            raise WriterError(
+                f"verification.ldap.writer_password_credential = "
+                f"{wc.writer_password_credential!r}, but $CREDENTIALS_DIRECTORY is not set"
+            )
+        path = Path(creds) / wc.writer_password_credential
+        what = "verification.ldap.writer_password_credential"
+    else:
+        raise WriterError("no writer password configured")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise WriterError(
+            f"{what}: cannot read {path}: {getattr(e, 'strerror', None) or e}"
+        ) from None
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text:
+        raise WriterError(f"{what}: {path} is empty")
+    return text
+
+
+def _text(result: Any) -> str:
+    if not result:
+        return "no result"
+    desc = result.get("description") or result.get("result")
+    msg = str(result.get("message") or "").strip()
+    return f"{desc} ({msg})" if msg else str(desc)
+
+
+class LdapWriter:
+    def __init__(self, cfg: LdapConfig, wc: VerificationLdapConfig, rules: AddressRules) -> None:
+        self.cfg, self.wc, self.rules = cfg, wc, rules
+
+    def _tls(self) -> Any:
+        validate = ssl.CERT_REQUIRED if self.cfg.tls_validate else ssl.CERT_NONE
+        ca = str(self.cfg.ca_file) if self.cfg.ca_file is not None else None
+        return ldap3.Tls(validate=validate, ca_certs_file=ca)
+
+    def _connect(self) -> Any:
+        password = writer_password(self.wc)
+        errors = []
+        for url in self.cfg.servers:
+            tls = self._tls() if (url.startswith("ldaps:") or self.cfg.start_tls) else None
+            server = ldap3.Server(
+                url, get_info=ldap3.NONE, connect_timeout=self.cfg.connect_timeout, tls=tls
+            )
+            conn = ldap3.Connection(
+                server,
+                user=self.wc.writer_bind_dn,
+                password=password,
+                client_strategy=ldap3.SAFE_SYNC,
+                receive_timeout=int(self.cfg.receive_timeout),
+                raise_exceptions=False,
+                auto_referrals=False,
+            )
+            try:
+                conn.open(read_server_info=False)
+                if self.cfg.start_tls and url.startswith("ldap:"):
+                    if not conn.start_tls(read_server_info=False)[0]:
+                        raise WriterError(f"StartTLS refused: {_text(conn.result)}")
+                ok, result, _, _ = conn.bind(read_server_info=False)
+                if not ok:
+                    raise WriterError(f"writer bind refused: {_text(result)}")
+                return conn
+            except Exception as e:  # noqa: BLE001 - ldap3/OSError/ssl: all mean "cannot write"
+                with contextlib.suppress(Exception):
+                    conn.unbind()
+                errors.append(f"{url}: {e}")
+        raise WriterError("; ".join(errors) or "no LDAP server configured")
+
+    def _dn(self, conn: Any, login: str) -> str:
+        localpart, domain = split_address(login)
+        filt = render_filter(self.cfg.user_filter, login=login, localpart=localpart, domain=domain)
+        scope = {"base": ldap3.BASE, "one": ldap3.LEVEL, "sub": ldap3.SUBTREE}[self.cfg.user_scope]
+        _, result, response, _ = conn.search(
+            self.cfg.user_base, filt, search_scope=scope, attributes=[], size_limit=2
+        )
+        entries = [r for r in (response or []) if r.get("type") == "searchResEntry"]
+        code = int(result.get("result", -1)) if result else -1
+        if code not in (_SUCCESS, _SIZE_LIMIT_EXCEEDED):
+            raise WriterError(f"search for {login!r} failed: {_text(result)}")
+        if len(entries) != 1:
+            raise WriterError(
+                f"login {login!r} matches {len(entries)} entries under {self.cfg.user_base}"
+            )
+        return str(entries[0]["dn"])
+
+    def _has(self, conn: Any, dn: str, address: str) -> bool:
+        filt = render_filter(f"({self.wc.attribute}={{a}})", a=address)
+        _, result, response, _ = conn.search(dn, filt, search_scope=ldap3.BASE, attributes=[])
+        code = int(result.get("result", -1)) if result else -1
+        if code != _SUCCESS:
+            raise WriterError(f"reading {self.wc.attribute} of {dn} failed: {_text(result)}")
+        return any(r.get("type") == "searchResEntry" for r in response or [])
+
+    def _modify(self, login: str, address: str, op: Any) -> int:
+        conn = self._connect()
+        sent = False
+        dn = ""
+        try:
+            dn = self._dn(conn, login)
+            attr = self.wc.attribute
+            if op == ldap3.MODIFY_ADD and self._has(conn, dn, address):
+                return _VALUE_EXISTS  # (so a lost answer below can only be about our value)
+            sent = True
+            _, result, _, _ = conn.modify(dn, {attr: [(op, [address])]})
+            code = int(result.get("result", -1)) if result else -1
+            if code == _OBJECT_CLASS_VIOLATION and op == ldap3.MODIFY_ADD:
+                # the entry lacks the auxiliary class: add it with the value, in one modify
+                _, result, _, _ = conn.modify(
+                    dn,
+                    {
+                        "objectClass": [(ldap3.MODIFY_ADD, [self.wc.object_class])],
+                        attr: [(ldap3.MODIFY_ADD, [address])],
+                    },
+                )
+                code = int(result.get("result", -1)) if result else -1
+            if code not in (_SUCCESS, _VALUE_EXISTS, _NO_SUCH_ATTRIBUTE):
+                raise WriterError(f"modify {attr} of {dn} failed: {_text(result)}")
+            return code
+        except WriterError:
+            raise
+        except Exception as e:  # noqa: BLE001 - ldap3/OSError/ssl: all mean "cannot write"
+            if sent and op == ldap3.MODIFY_ADD:
+                self._undo_unanswered_add(dn, address)
+            raise WriterError(f"LDAP write failed: {e}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                conn.unbind()
+
+    def _undo_unanswered_add(self, dn: str, address: str) -> None:
+        """An add whose answer was lost may have been applied: take the value out again (it
+        was not there before), so a request left pending never counts in the directory."""
+        try:
+            conn = self._connect()
+        except WriterError as e:
+            log.error("LDAP: could not undo an unanswered add of %s to %s: %s", address, dn, e)
+            return
+        try:
+            conn.modify(dn, {self.wc.attribute: [(ldap3.MODIFY_DELETE, [address])]})
+        except Exception as e:  # noqa: BLE001 - best effort, reported
+            log.error("LDAP: could not undo an unanswered add of %s to %s: %s", address, dn, e)
+        finally:
+            with contextlib.suppress(Exception):
+                conn.unbind()
+
+    def add(self, login: str, address: str) -> bool:
+        """True when the value was added; False when it was there already."""
+        code = self._modify(login, address, ldap3.MODIFY_ADD)
+        if code == _NO_SUCH_ATTRIBUTE:
+            raise WriterError("modify add answered noSuchAttribute")
+        return code == _SUCCESS
+
+    def delete(self, login: str, address: str) -> bool:
+        """True when the value was removed; False when it was not there."""
+        code = self._modify(login, address, ldap3.MODIFY_DELETE)
+        if code == _VALUE_EXISTS:
+            raise WriterError("modify delete answered attributeOrValueExists")
+        return code == _SUCCESS

@@ -1,0 +1,155 @@
+"""Logging in to the web page (blocking: call from a thread).
+
+LDAP: the user's entry is found with `ldap.user_filter` (every value escaped) by the service
+account's bind (or anonymously), over the configured servers and TLS settings; then a second
+connection makes a simple bind as that entry's DN with the password typed. The password goes
+nowhere else: it is never logged, stored or put in an exception. An empty password is refused
+before anything is sent (an LDAP bind with a DN and no password is an "unauthenticated bind"
+that many servers answer with success).
+
+Proxy: a reverse proxy that authenticated the user passes the login in a header; it is believed
+only when the connection comes from one of `web.trusted_proxies`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import ldap3
+from ldap3.core.exceptions import LDAPException
+
+from policyd.addresses import AddressRules, canonical_login, split_address
+from policyd.config import LdapConfig
+from policyd.directory.base import DirectoryUnavailable
+from policyd.directory.ldap import parse_server_url, read_bind_password, render_filter
+from policyd.directory.ldap.connection import make_tls
+
+log = logging.getLogger(__name__)
+
+_SCOPES = {"base": ldap3.BASE, "one": ldap3.LEVEL, "sub": ldap3.SUBTREE}
+_INVALID_CREDENTIALS = 49
+
+
+class LoginUnavailable(Exception):
+    """The login could not be checked (directory down): not the user's fault."""
+
+
+class LdapLogin:
+    """Checks a login and password by binding as the user's own directory entry."""
+
+    def __init__(self, cfg: LdapConfig, rules: AddressRules) -> None:
+        self.cfg = cfg
+        self.rules = rules
+        self._specs = [parse_server_url(u, cfg.start_tls) for u in cfg.servers]
+        self._tls_obj = make_tls(cfg)
+        self._service_password = read_bind_password(cfg)
+
+    def _connection(self, spec: Any, user: str | None, password: str | None) -> Any:
+        conn = ldap3.Connection(
+            spec.server(self.cfg, self._tls_obj),
+            user=user,
+            password=password,
+            authentication=ldap3.SIMPLE if user else ldap3.ANONYMOUS,
+            client_strategy=ldap3.SAFE_SYNC,
+            auto_bind=ldap3.AUTO_BIND_NONE,
+            receive_timeout=int(self.cfg.receive_timeout),
+            raise_exceptions=False,
+            read_only=True,
+            auto_referrals=False,
+            check_names=False,
+        )
+        conn.open(read_server_info=False)
+        if spec.start_tls and not conn.start_tls(read_server_info=False)[0]:
+            raise LDAPException("StartTLS refused")
+        return conn
+
+    def _find_dn(self, spec: Any, login: str) -> str | None:
+        local, domain = split_address(login)
+        filt = render_filter(self.cfg.user_filter, login=login, localpart=local, domain=domain)
+        conn = self._connection(spec, self.cfg.bind_dn or None, self._service_password)
+        try:
+            ok, result, _, _ = conn.bind(read_server_info=False)
+            if not ok:
+                raise LDAPException(f"service bind failed: {result.get('description')}")
+            ok, result, response, _ = conn.search(
+                self.cfg.user_base,
+                filt,
+                search_scope=_SCOPES[self.cfg.user_scope],
+                attributes=["1.1"],
+                size_limit=2,
+                time_limit=int(self.cfg.receive_timeout),
+            )
+            code = int(result.get("result", -1)) if result else -1
+            if code not in (0, 4, 32):
+                raise LDAPException(f"search failed: {result.get('description')}")
+            entries = [r for r in (response or []) if r.get("type") == "searchResEntry"]
+            if len(entries) != 1 or code == 4:
+                return None  # unknown, or ambiguous: never guess which entry
+            return str(entries[0]["dn"])
+        finally:
+            with contextlib.suppress(Exception):
+                conn.unbind()
+
+    def _bind_as(self, spec: Any, dn: str, password: str) -> bool:
+        conn = self._connection(spec, dn, password)
+        try:
+            ok, result, _, _ = conn.bind(read_server_info=False)
+            if ok:
+                return True
+            if int(result.get("result", -1)) == _INVALID_CREDENTIALS:
+                return False
+            raise LDAPException(f"bind failed: {result.get('description')}")
+        finally:
+            with contextlib.suppress(Exception):
+                conn.unbind()
+
+    def authenticate(self, login: str, password: str) -> str | None:
+        """The canonical login when the password is right; None when the login is unknown
+        or the password wrong (the caller shows the same answer for both). Raises
+        LoginUnavailable when no server could answer."""
+        if not login or not password:
+            return None
+        canonical = canonical_login(login, self.rules)
+        errors: list[str] = []
+        for spec in self._specs:
+            try:
+                dn = self._find_dn(spec, canonical)
+                if dn is None:
+                    # The same work as for a wrong password (a bind that fails), so that the
+                    # answer's timing does not tell unknown logins from known ones.
+                    with contextlib.suppress(LDAPException, OSError):
+                        self._bind_as(
+                            spec, f"cn=policyd-web-no-such-user,{self.cfg.user_base}", password
+                        )
+                    return None
+                return canonical if self._bind_as(spec, dn, password) else None
+            except (LDAPException, OSError, DirectoryUnavailable) as e:
+                # str(e) of ldap3 never holds the password; keep only the class and server.
+                errors.append(f"{spec.url}: {type(e).__name__}")
+                continue
+        log.warning("web login: no LDAP server answered (%s)", "; ".join(errors))
+        raise LoginUnavailable("no LDAP server answered")
+
+
+def parse_networks(
+    specs: Iterable[str],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(s, strict=False) for s in specs)
+
+
+def address_in(
+    address: str | None, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> bool:
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == n.version and ip in n for n in networks)

@@ -1,0 +1,229 @@
+"""Web sessions and login throttling, stored in SQLite (blocking: call from a thread).
+
+Tables of their own (`web_*`), in the same database file as the verification store, with a
+schema version of their own (`web_schema`). A session id is 256 random bits; only its SHA-256
+is stored, so a copy of the database holds no usable cookie. Each session carries its CSRF
+token. A session ends at logout, after `idle` seconds unused, or `absolute` seconds after it
+began, whichever comes first. Login failures are kept per client address and per login for
+`window` seconds; passwords are never stored or logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: The newest schema version of the web tables; migrations bring older files up to it.
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE web_sessions (
+            id_hash TEXT PRIMARY KEY,
+            login TEXT NOT NULL,
+            csrf TEXT NOT NULL,
+            created REAL NOT NULL,
+            last_seen REAL NOT NULL
+        )""",
+        "CREATE INDEX web_sessions_login ON web_sessions(login)",
+        """CREATE TABLE web_login_failures (
+            kind TEXT NOT NULL CHECK (kind IN ('ip', 'login')),
+            key TEXT NOT NULL,
+            at REAL NOT NULL
+        )""",
+        "CREATE INDEX web_login_failures_key ON web_login_failures(kind, key, at)",
+    ),
+}
+
+
+class StoreError(Exception):
+    """The session database cannot be used (locked, read-only, full, corrupt)."""
+
+
+@dataclass(frozen=True)
+class Session:
+    login: str
+    csrf: str
+    created: float
+    last_seen: float
+
+
+def _hash(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class SessionStore:
+    """Thread-safe: one SQLite connection per thread, WAL mode, a busy timeout."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        idle: float,
+        absolute: float,
+        window: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.idle, self.absolute, self.window = idle, absolute, window
+        self.clock = clock
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+        self._migrate()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+                conn.execute("PRAGMA busy_timeout = 5000")
+                conn.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.Error as e:
+                raise StoreError(f"{self.path}: {e}") from None
+            self._local.conn = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    def _run(self, fn: Callable[[sqlite3.Connection], object]) -> object:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return out
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: {e}") from None
+
+    def _migrate(self) -> None:
+        def go(conn: sqlite3.Connection) -> None:
+            conn.execute("CREATE TABLE IF NOT EXISTS web_schema (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM web_schema").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: web schema version {version} is newer than this policyd "
+                    f"({SCHEMA_VERSION})"
+                )
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                for stmt in _MIGRATIONS[v]:
+                    conn.execute(stmt)
+            if row is None:
+                conn.execute("INSERT INTO web_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif version != SCHEMA_VERSION:
+                conn.execute("UPDATE web_schema SET version = ?", (SCHEMA_VERSION,))
+
+        self._run(go)
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            c.close()
+
+    # -- sessions ----------------------------------------------------------------------
+
+    def create(self, login: str) -> tuple[str, Session]:
+        """A new session for `login`: (cookie value, session)."""
+        sid = secrets.token_urlsafe(32)
+        now = self.clock()
+        s = Session(login, secrets.token_urlsafe(32), now, now)
+
+        def go(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO web_sessions (id_hash, login, csrf, created, last_seen) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (_hash(sid), s.login, s.csrf, s.created, s.last_seen),
+            )
+            # Expired sessions of anyone go on each login: the table stays small.
+            conn.execute(
+                "DELETE FROM web_sessions WHERE last_seen < ? OR created < ?",
+                (now - self.idle, now - self.absolute),
+            )
+
+        self._run(go)
+        return sid, s
+
+    def get(self, sid: str) -> Session | None:
+        """The live session for this cookie value (and it counts as used now), else None.
+        An expired session is deleted."""
+        if not sid or len(sid) > 100:
+            return None
+        h = _hash(sid)
+        now = self.clock()
+
+        def go(conn: sqlite3.Connection) -> Session | None:
+            row = conn.execute(
+                "SELECT login, csrf, created, last_seen FROM web_sessions WHERE id_hash = ?",
+                (h,),
+            ).fetchone()
+            if row is None:
+                return None
+            login, csrf, created, last_seen = str(row[0]), str(row[1]), row[2], row[3]
+            if now - last_seen > self.idle or now - created > self.absolute:
+                conn.execute("DELETE FROM web_sessions WHERE id_hash = ?", (h,))
+                return None
+            conn.execute("UPDATE web_sessions SET last_seen = ? WHERE id_hash = ?", (now, h))
+            return Session(login, csrf, float(created), now)
+
+        out = self._run(go)
+        assert out is None or isinstance(out, Session)
+        return out
+
+    def delete(self, sid: str) -> None:
+        h = _hash(sid)
+        self._run(lambda conn: conn.execute("DELETE FROM web_sessions WHERE id_hash = ?", (h,)))
+
+    def count(self) -> int:
+        row = self._run(lambda conn: conn.execute("SELECT COUNT(*) FROM web_sessions").fetchone())
+        assert isinstance(row, tuple)
+        return int(row[0])
+
+    # -- login throttling --------------------------------------------------------------
+
+    def failures(self, ip: str, login: str) -> tuple[int, int]:
+        """Failed logins within the window: (from this client address, for this login)."""
+        since = self.clock() - self.window
+
+        def go(conn: sqlite3.Connection) -> tuple[int, int]:
+            out = []
+            for kind, key in (("ip", ip), ("login", login)):
+                row = conn.execute(
+                    "SELECT COUNT(*) FROM web_login_failures WHERE kind = ? AND key = ? "
+                    "AND at >= ?",
+                    (kind, key, since),
+                ).fetchone()
+                out.append(int(row[0]))
+            return out[0], out[1]
+
+        res = self._run(go)
+        assert isinstance(res, tuple)
+        return res
+
+    def record_failure(self, ip: str, login: str) -> None:
+        now = self.clock()
+
+        def go(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO web_login_failures (kind, key, at) VALUES (?, ?, ?)",
+                [("ip", ip, now), ("login", login, now)],
+            )
+            conn.execute("DELETE FROM web_login_failures WHERE at < ?", (now - self.window,))
+
+        self._run(go)
