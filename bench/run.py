@@ -862,6 +862,13 @@ def section_load(args: argparse.Namespace, work: Path) -> dict[str, object]:
         kinds.append(
             ("before", [PY, "-c", CONFIG_CHECK, "config-check", "--config", str(cfg)], base)
         )
+    if args.compiled:
+        src = compiled_tree(args.compiled)
+        if not build_of(src).startswith("compiled"):  # no silent fallback in the table
+            raise SystemExit(f"--compiled: {src} runs {build_of(src)!r}")
+        kinds.append(
+            ("compiled", [PY, "-c", CONFIG_CHECK, "config-check", "--config", str(cfg)], src)
+        )
     rounds: list[dict[str, dict[str, float]]] = []
     for r in range(args.rounds):
         row: dict[str, dict[str, float]] = {}
@@ -910,6 +917,15 @@ def section_load(args: argparse.Namespace, work: Path) -> dict[str, object]:
         f"| median | {wall} | **{statistics.median(ratios):.2f}** | {cpu} "
         f"| **{statistics.median(cpu_ratios):.2f}** |"
     )
+    for other in ("compiled", "before"):
+        if other in names:
+            o_ratio = statistics.median(row[other]["s"] / row["stdlib"]["s"] for row in rounds)
+            o_cpu = statistics.median(
+                row[other]["cpu_s"] / row["stdlib"]["cpu_s"] for row in rounds
+            )
+            lines.append(
+                f"{other} / stdlib (median of the rounds): wall {o_ratio:.2f}, CPU {o_cpu:.2f}"
+            )
     rss = ", ".join(f"{k} {max(row[k]['rss_mib'] for row in rounds):.0f} MiB" for k in names)
     lines += [
         "",
