@@ -68,10 +68,12 @@ def decision_line(
     else:
         q, i, c, lo, s, r, p = map(kv, values)
     would = f" would={kv(decision.would_have)}" if decision.would_have else ""
+    # (its own f-string: compiled, a format spec in the line's f-string would format every field)
+    ms = f"{elapsed * 1000:.2f}"
     return (
         f"decision queue_id={q} instance={i} client={c} login={lo} sender={s} recipient={r} "
         f"profile={p} action={kv(to_action(decision))} reason={decision.reason._value_}{would} "
-        f"ms={elapsed * 1000:.2f}"
+        f"ms={ms}"
     )
 
 
