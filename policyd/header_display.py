@@ -125,6 +125,10 @@ def _phrase(tokens: list[_Token], display: list[str]) -> None:
     with_comments = without = ""
     for t in tokens:
         sep = " " if t.space else ""
+        if t.kind == "word" and "@" in t.text:
+            # RFC 5322: a phrase is atoms and quoted strings, and "@" is no atom. Python 3.13's
+            # parsers read `a@x <a@x>` differently from 3.11's: refused on every Python.
+            raise AddressListError("an unquoted '@' in a display name (quote the name)")
         if t.kind == "comment":
             with_comments += f"{sep}({t.text})"
             display.append(t.text)

@@ -6,6 +6,10 @@ ldap.user_attributes, so every instance reading the directory (and its replicas)
 `MODIFY_ADD` on verify, `MODIFY_DELETE` on revoke; result 20 (value exists) on add and 16 (no
 such value) on delete mean "already so". An entry without the auxiliary class gets it in the
 same modify. One short connection per write (writes are rare). Blocking.
+
+Servers are tried in ldap.servers order; a read-only replica (a syncrepl consumer) answers a
+write with a referral (updateref), and then the next server is tried, so a host that reads
+its nearest replica first still writes to the provider.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import ldap3
 from policyd.addresses import AddressRules, split_address
 from policyd.config import LdapConfig
 from policyd.directory.ldap import render_filter
+from policyd.directory.ldap.tls import Tls
 from policyd.verification.config import VerificationLdapConfig
 from policyd.verification.core import WriterError
 
@@ -32,6 +37,7 @@ _NO_SUCH_ATTRIBUTE = 16
 _VALUE_EXISTS = 20
 _SIZE_LIMIT_EXCEEDED = 4
 _OBJECT_CLASS_VIOLATION = 65
+_REFERRAL = 10
 
 
 def writer_password(wc: VerificationLdapConfig) -> str:
@@ -70,6 +76,13 @@ def _text(result: Any) -> str:
     return f"{desc} ({msg})" if msg else str(desc)
 
 
+class _Referred(Exception):
+    """A server answered the write with a referral (a replica): try the next one."""
+
+    def __init__(self, index: int, url: str) -> None:
+        self.index, self.url = index, url
+
+
 class LdapWriter:
     def __init__(self, cfg: LdapConfig, wc: VerificationLdapConfig, rules: AddressRules) -> None:
         self.cfg, self.wc, self.rules = cfg, wc, rules
@@ -77,12 +90,14 @@ class LdapWriter:
     def _tls(self) -> Any:
         validate = ssl.CERT_REQUIRED if self.cfg.tls_validate else ssl.CERT_NONE
         ca = str(self.cfg.ca_file) if self.cfg.ca_file is not None else None
-        return ldap3.Tls(validate=validate, ca_certs_file=ca)
+        return Tls(validate=validate, ca_certs_file=ca)  # (IP-address servers on 3.12+)
 
-    def _connect(self) -> Any:
+    def _connect(self, first: int = 0) -> tuple[Any, int]:
+        """A bound writer connection to the first server from index `first` that takes one,
+        and that server's index."""
         password = writer_password(self.wc)
         errors = []
-        for url in self.cfg.servers:
+        for index, url in enumerate(self.cfg.servers[first:], first):
             tls = self._tls() if (url.startswith("ldaps:") or self.cfg.start_tls) else None
             server = ldap3.Server(
                 url, get_info=ldap3.NONE, connect_timeout=self.cfg.connect_timeout, tls=tls
@@ -104,12 +119,12 @@ class LdapWriter:
                 ok, result, _, _ = conn.bind(read_server_info=False)
                 if not ok:
                     raise WriterError(f"writer bind refused: {_text(result)}")
-                return conn
+                return conn, index
             except Exception as e:  # noqa: BLE001 - ldap3/OSError/ssl: all mean "cannot write"
                 with contextlib.suppress(Exception):
                     conn.unbind()
                 errors.append(f"{url}: {e}")
-        raise WriterError("; ".join(errors) or "no LDAP server configured")
+        raise WriterError("; ".join(errors) or "no LDAP server configured (or left to try)")
 
     def _dn(self, conn: Any, login: str) -> str:
         localpart, domain = split_address(login)
@@ -137,7 +152,21 @@ class LdapWriter:
         return any(r.get("type") == "searchResEntry" for r in response or [])
 
     def _modify(self, login: str, address: str, op: Any) -> int:
-        conn = self._connect()
+        first, referred = 0, []
+        while True:
+            try:
+                return self._modify_on(first, login, address, op)
+            except _Referred as r:
+                referred.append(r.url)
+                first = r.index + 1
+                if first >= len(self.cfg.servers):
+                    raise WriterError(
+                        f"every server refers writes elsewhere ({', '.join(referred)}): list "
+                        "the provider in ldap.servers"
+                    ) from None
+
+    def _modify_on(self, first: int, login: str, address: str, op: Any) -> int:
+        conn, index = self._connect(first)
         sent = False
         dn = ""
         try:
@@ -158,24 +187,26 @@ class LdapWriter:
                     },
                 )
                 code = int(result.get("result", -1)) if result else -1
+            if code == _REFERRAL:  # a read-only replica: nothing was written here
+                raise _Referred(index, self.cfg.servers[index])
             if code not in (_SUCCESS, _VALUE_EXISTS, _NO_SUCH_ATTRIBUTE):
                 raise WriterError(f"modify {attr} of {dn} failed: {_text(result)}")
             return code
-        except WriterError:
+        except (WriterError, _Referred):
             raise
         except Exception as e:  # noqa: BLE001 - ldap3/OSError/ssl: all mean "cannot write"
             if sent and op == ldap3.MODIFY_ADD:
-                self._undo_unanswered_add(dn, address)
+                self._undo_unanswered_add(index, dn, address)
             raise WriterError(f"LDAP write failed: {e}") from None
         finally:
             with contextlib.suppress(Exception):
                 conn.unbind()
 
-    def _undo_unanswered_add(self, dn: str, address: str) -> None:
+    def _undo_unanswered_add(self, index: int, dn: str, address: str) -> None:
         """An add whose answer was lost may have been applied: take the value out again (it
         was not there before), so a request left pending never counts in the directory."""
         try:
-            conn = self._connect()
+            conn, _ = self._connect(index)  # (where the write went)
         except WriterError as e:
             log.error("LDAP: could not undo an unanswered add of %s to %s: %s", address, dn, e)
             return

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,8 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with policyd installed from a copy of the source tree (no --editable);
-    its dependencies come from the test environment's site-packages through a .pth file."""
+    its dependencies, and the build backend (no build isolation: no download), come from the
+    test environment's site-packages through a .pth file."""
     base = tmp_path_factory.mktemp("install")
     src = base / "src"
     shutil.copytree(
@@ -36,7 +36,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    Path(purelib, "test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # The build backend is the test environment's (the venv's own old setuptools, which
+    # Python 3.11's venv bundles, would shadow it)
+    subprocess.run(
+        [str(py), "-m", "pip", "uninstall", "-y", "-q", "setuptools"], capture_output=True
+    )
+    sites = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+    Path(purelib, "test-deps.pth").write_text("\n".join(sites) + "\n")
     r = subprocess.run(
         [
             str(py),
@@ -45,6 +51,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "install",
             "-q",
             "--no-deps",
+            "--no-build-isolation",
             "--disable-pip-version-check",
             str(src),
         ],

@@ -1039,6 +1039,10 @@ def test_unexpected_directory_errors_defer(
                     REQUIRES_LOGIN.format(sender="bob@example.org")
                 )
             await c.aclose()
+            # a bug is counted and logged as itself, not as an unavailable directory
+            reasons = [r for _, r in h.decisions]
+            assert reasons.count("internal_error") == 6, reasons
+            assert "directory_unavailable" not in reasons
             await probe(h)
 
     run(main(), loop)

@@ -418,13 +418,13 @@ def test_full_partition_known_logins_from_stale_data_unknown_ones_451_then_fresh
 
 
 def _senders(s: Scale, *args: str) -> tuple[int, Any, str]:
-    """`policyd senders --json ARGS` on mta2 (the host that reads the provider first), with the
-    "ldap" store: the writer bind writes to the first of mta2's servers that takes it."""
-    mta2 = s.cluster.mta["mta2"]
-    cfg = mta2.workdir / "senders.toml"
+    """`policyd senders --json ARGS` on mta1 (the host that reads the consumer first), with the
+    "ldap" store: the consumer refers the write, and the writer goes on to the provider."""
+    mta1 = s.cluster.mta["mta1"]
+    cfg = mta1.workdir / "senders.toml"
     if not cfg.exists():
-        mta2.senders_config(mta2.workdir / "senders.sqlite", WRITER_DN, WRITER_PASSWORD)
-    return mta2.senders(cfg, *args)
+        mta1.senders_config(mta1.workdir / "senders.sqlite", WRITER_DN, WRITER_PASSWORD)
+    return mta1.senders(cfg, *args)
 
 
 def _state(s: Scale, pair: tuple[str, str]) -> str:

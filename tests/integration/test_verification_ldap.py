@@ -289,12 +289,12 @@ class _AnswerLost:
 class _LosesTheFirstAnswer(LdapWriter):
     lost = False
 
-    def _connect(self) -> Any:
-        conn = super()._connect()
+    def _connect(self, first: int = 0) -> Any:
+        conn, index = super()._connect(first)
         if not self.lost:
             self.lost = True
-            return _AnswerLost(conn)
-        return conn
+            return _AnswerLost(conn), index
+        return conn, index
 
 
 def test_an_add_whose_answer_is_lost_is_taken_out_again(server: Slapd, tmp_path: Path) -> None:

@@ -38,7 +38,9 @@ CHROMIUM_ARGS = [
 WHY = "browser tests need Debian's chromium (apt-get install chromium) and Playwright"
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is started it keeps an event loop
+# running in this thread, and every later test's asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     require_binaries(CHROMIUM, why=WHY)
     try:
