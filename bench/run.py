@@ -6,6 +6,7 @@
     .venv/bin/python bench/run.py --memory        # + RSS after 1,000,000 requests (~10 min)
     .venv/bin/python bench/run.py --only throughput,ranges,load,ldap,memory,profile
     .venv/bin/python bench/run.py --baseline-src DIR   # + policyd from DIR/policyd: before/after
+    .venv/bin/python bench/run.py --compiled      # + the compiled build (scripts/build-compiled)
 
 Results and how to read them: bench/RESULTS.md.
 
@@ -20,6 +21,9 @@ throughput
     and one connection-per-request row. The order of the servers rotates every round; each
     cell is the median over the rounds. Also printed: server CPU time per request (from
     /proc, robust against other load on the machine) and the load generator's CPU share.
+    With --compiled, the compiled build (the hot path compiled with mypyc, from the tree that
+    scripts/build-compiled makes, or a given DIR) runs in the same rounds as a third column;
+    each policyd's build is checked before the run (policyd.build.describe()).
 ranges
     Networks.load and Networks.lookup for 1,000 / 100,000 / 1,000,000 random mixed
     IPv4/IPv6 ranges (CIDRs, FIRST-LAST ranges, single addresses), each in a fresh process
@@ -218,6 +222,37 @@ def start_policyd(
     return Server(name, cmd, port, log, server_env(no_uvloop, src), cwd=src)
 
 
+def build_of(src: Path) -> str:
+    """Which build `policyd serve` from `src` runs (policyd.build.describe(); a tree from
+    before policyd/build.py existed is pure)."""
+    code = (
+        "try:\n from policyd.build import describe\nexcept ImportError:\n"
+        " print('pure Python')\nelse:\n print(describe())"
+    )
+    p = subprocess.run(
+        [PY, "-c", code],
+        capture_output=True,
+        text=True,
+        env=server_env(False, src),
+        cwd=src,
+        timeout=60,
+        check=True,
+    )
+    return p.stdout.strip()
+
+
+def compiled_tree(arg: str) -> Path:
+    """--compiled: the given tree, or the one scripts/build-compiled makes of this checkout."""
+    if arg != "build":
+        return Path(arg).resolve()
+    p = subprocess.run(
+        [str(REPO / "scripts" / "build-compiled")], capture_output=True, text=True, cwd=REPO
+    )
+    if p.returncode != 0:
+        raise SystemExit(f"scripts/build-compiled failed:\n{p.stderr[-2000:]}")
+    return Path(p.stdout.strip().splitlines()[-1])
+
+
 def start_bare(port: int, no_uvloop: bool, log: Path | None, parse: bool = False) -> Server:
     cmd = [PY, str(BENCH / "bare_responder.py"), "--listen", f"127.0.0.1:{port}"]
     if no_uvloop:
@@ -324,10 +359,21 @@ def section_throughput(args: argparse.Namespace, work: Path) -> dict[str, object
     cfg = write_file_config(work, wl)
     pool = write_pool(work / "pool.bin", wl.pool(args.pool))
     log = Path(args.server_log) if args.server_log else None
+    builds = {"policyd": build_of(REPO)}
+    if args.compiled:
+        src = compiled_tree(args.compiled)
+        builds["compiled"] = build_of(src)
+        if not builds["compiled"].startswith("compiled"):  # no silent fallback in the table
+            raise SystemExit(f"--compiled: {src} runs {builds['compiled']!r}")
+    if args.baseline_src:
+        builds["before"] = build_of(Path(args.baseline_src).resolve())
+    print("builds: " + "; ".join(f"{n}: {b}" for n, b in builds.items()), flush=True)
     servers = [
         start_policyd(cfg, free_port(), args.no_uvloop, log),
         start_bare(free_port(), args.no_uvloop, log),
     ]
+    if args.compiled:
+        servers.append(start_policyd(cfg, free_port(), args.no_uvloop, log, src, "compiled"))
     if args.ceiling:
         servers.append(start_bare(free_port(), args.no_uvloop, log, parse=True))
     if args.baseline_src:
@@ -428,16 +474,23 @@ def section_throughput(args: argparse.Namespace, work: Path) -> dict[str, object
             "errors": sum(int(r["errors"]) for rs in res.values() for r in rs),  # type: ignore[call-overload]
             "actions": p[-1]["actions"],
         }
-        for other in ("parse", "before"):  # the parse-only ceiling, the --baseline-src tree
+        # the parse-only ceiling, the --baseline-src tree, the compiled build
+        for other in ("parse", "before", "compiled"):
             if other in res:
                 rs = res[other]
                 row[f"{other}_rps"] = med(rs, "rps")
+                row[f"{other}_p50"] = med(rs, "p50_ms")
                 row[f"{other}_p99"] = med(rs, "p99_ms")
                 row[f"{other}_cpu_us"] = cpu_per_req(rs)
                 row[f"{other}_ratio"] = statistics.median(
                     float(x["rps"]) / float(y["rps"])
                     for x, y in zip(rs, b, strict=True)  # type: ignore[arg-type]
                 )
+        if "compiled" in res:
+            row["compiled_vs_pure"] = statistics.median(
+                float(x["rps"]) / float(y["rps"])  # type: ignore[arg-type]
+                for x, y in zip(res["compiled"], p, strict=True)
+            )
         table.append(row)
     loop = "asyncio" if args.no_uvloop or not uvloop_available() else "uvloop"
     client_loop = results[rows[0][0]]["policyd"][0]["client_loop"]
@@ -476,6 +529,28 @@ def section_throughput(args: argparse.Namespace, work: Path) -> dict[str, object
                 f"**{t['parse_ratio']:.2f}** | {t['parse_cpu_us']:.1f} | "
                 f"{float(t['policyd_rps']) / float(t['parse_rps']):.2f} |"  # type: ignore[arg-type]
             )
+    if args.compiled:
+        lines += [
+            "",
+            "Three builds in the same rounds: policyd pure Python, policyd compiled (mypyc), "
+            "the bare responder; ratios = median of the per-round ratios:",
+            "",
+            "| connections | pure req/s | p50 / p99 ms | CPU µs/req | compiled req/s "
+            "| p50 / p99 ms | CPU µs/req | bare req/s | p50 / p99 ms | CPU µs/req "
+            "| pure / bare | **compiled / bare** | compiled / pure |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for t in table:
+            lines.append(
+                f"| {t['row']} | {fmt_rps(t['policyd_rps'])} | "  # type: ignore[arg-type]
+                f"{t['policyd_p50']:.2f} / {t['policyd_p99']:.2f} | {t['policyd_cpu_us']:.1f} | "
+                f"{fmt_rps(t['compiled_rps'])} | "  # type: ignore[arg-type]
+                f"{t['compiled_p50']:.2f} / {t['compiled_p99']:.2f} | "
+                f"{t['compiled_cpu_us']:.1f} | {fmt_rps(t['bare_rps'])} | "  # type: ignore[arg-type]
+                f"{t['bare_p50']:.2f} / {t['bare_p99']:.2f} | {t['bare_cpu_us']:.1f} | "
+                f"{t['ratio']:.2f} | **{t['compiled_ratio']:.2f}** | "
+                f"{t['compiled_vs_pure']:.2f} |"
+            )
     if args.baseline_src:
         lines += [
             "",
@@ -504,6 +579,14 @@ def section_throughput(args: argparse.Namespace, work: Path) -> dict[str, object
             f"({'met' if ok_ratio else 'NOT met'}); p99 <= 2 ms: {target['policyd_p99']:.2f} ms "
             f"({'met' if ok_p99 else 'NOT met'})."
         )
+        if args.compiled:
+            c_ratio = float(target["compiled_ratio"])  # type: ignore[arg-type]
+            c_p99 = float(target["compiled_p99"])  # type: ignore[arg-type]
+            lines.append(
+                f"Compiled build at 32 connections: >= 0.6 x bare: {c_ratio:.2f} "
+                f"({'met' if c_ratio >= 0.6 else 'NOT met'}); p99 <= 1.5 ms: {c_p99:.2f} ms "
+                f"({'met' if c_p99 <= 1.5 else 'NOT met'})."
+            )
     lines.append(
         f"policyd answers (last round, {(target or table[0])['row']}): "
         f"{(target or table[0])['actions']}; client errors: {errors}; RSS after the runs: "
@@ -779,6 +862,13 @@ def section_load(args: argparse.Namespace, work: Path) -> dict[str, object]:
         kinds.append(
             ("before", [PY, "-c", CONFIG_CHECK, "config-check", "--config", str(cfg)], base)
         )
+    if args.compiled:
+        src = compiled_tree(args.compiled)
+        if not build_of(src).startswith("compiled"):  # no silent fallback in the table
+            raise SystemExit(f"--compiled: {src} runs {build_of(src)!r}")
+        kinds.append(
+            ("compiled", [PY, "-c", CONFIG_CHECK, "config-check", "--config", str(cfg)], src)
+        )
     rounds: list[dict[str, dict[str, float]]] = []
     for r in range(args.rounds):
         row: dict[str, dict[str, float]] = {}
@@ -827,6 +917,15 @@ def section_load(args: argparse.Namespace, work: Path) -> dict[str, object]:
         f"| median | {wall} | **{statistics.median(ratios):.2f}** | {cpu} "
         f"| **{statistics.median(cpu_ratios):.2f}** |"
     )
+    for other in ("compiled", "before"):
+        if other in names:
+            o_ratio = statistics.median(row[other]["s"] / row["stdlib"]["s"] for row in rounds)
+            o_cpu = statistics.median(
+                row[other]["cpu_s"] / row["stdlib"]["cpu_s"] for row in rounds
+            )
+            lines.append(
+                f"{other} / stdlib (median of the rounds): wall {o_ratio:.2f}, CPU {o_cpu:.2f}"
+            )
     rss = ", ".join(f"{k} {max(row[k]['rss_mib'] for row in rounds):.0f} MiB" for k in names)
     lines += [
         "",
@@ -1379,6 +1478,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DIR",
         help="also measure policyd from this source tree (a checkout of an older "
         "commit): before/after table",
+    )
+    p.add_argument(
+        "--compiled",
+        nargs="?",
+        const="build",
+        default="",
+        metavar="DIR",
+        help="also measure the compiled build: the tree scripts/build-compiled makes of this "
+        "checkout, or DIR (a tree with the extension modules next to the .py files)",
     )
     p.add_argument(
         "--no-ceiling",

@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Final
 
 from policyd.decision import Decision, Reason, Verdict
 
-log = logging.getLogger(__name__)
+log: Final = logging.getLogger(__name__)
 
 #: What a request gets when deciding it failed (a bug): a retry later, never a pass.
-INTERNAL_ERROR = Decision(
+INTERNAL_ERROR: Final = Decision(
     Verdict.DEFER,
     Reason.INTERNAL_ERROR,
     "451 4.3.0 Temporary policy failure, please try again later",
 )
 
 #: Encoded accept actions (OK, DUNNO, ...): a handful of constant words, encoded once.
-_PAYLOADS: dict[str, bytes] = {}
-_CONSTANT_ACTIONS = (Verdict.ACCEPT, Verdict.DUNNO)
+_PAYLOADS: Final[dict[str, bytes]] = {}
+_CONSTANT_ACTIONS: Final = (Verdict.ACCEPT, Verdict.DUNNO)
 
 
 def to_action(decision: Decision) -> str:
@@ -51,9 +52,9 @@ def encode_decision(decision: Decision) -> bytes:
     return payload
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_DIGITS = re.compile(r"[0-9]+")
-_SMTP_CODE = re.compile(r"[45][0-9][0-9]")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_DIGITS: Final = re.compile(r"[0-9]+")
+_SMTP_CODE: Final = re.compile(r"[45][0-9][0-9]")
 
 
 def encode_action(action: str) -> bytes:

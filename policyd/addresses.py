@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +21,7 @@ class AddressRules:
     case_sensitive_login: bool = False
 
 
-DEFAULT_RULES = AddressRules()
+DEFAULT_RULES: Final = AddressRules()
 
 
 def normalize_domain(domain: str) -> str:
@@ -141,7 +142,7 @@ def sender_domain(sender: str) -> str:
 
 
 # RFC 5322 atext (plus any non-ASCII character, RFC 6531): what a dot-atom local part may hold.
-_ATEXT = frozenset(
+_ATEXT: Final = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
 )
 

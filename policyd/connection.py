@@ -10,7 +10,7 @@ import logging
 import socket
 import time
 from collections.abc import Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from policyd.actions import INTERNAL_ERROR, encode_decision
 from policyd.decision import Decision
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from policyd.config import ServerConfig
     from policyd.service import PolicyService
 
-log = logging.getLogger("policyd.server")
+log: Final = logging.getLogger("policyd.server")
 
 
 class PolicyServer(Protocol):
@@ -46,7 +46,7 @@ class PolicyServer(Protocol):
 
 #: Stop reading from a client that has this many requests waiting for a directory answer
 #: (a pipelining client cannot make us queue without bound).
-MAX_PENDING_PER_CONNECTION = 64
+MAX_PENDING_PER_CONNECTION: Final = 64
 
 
 class Connection(asyncio.Protocol):

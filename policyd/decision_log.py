@@ -23,17 +23,18 @@ import sys
 from asyncio import _get_running_loop as _running_loop
 from collections.abc import Mapping
 from threading import get_ident as _get_ident
+from typing import Final
 
 from policyd.actions import to_action
 from policyd.decision import Decision
 
-logger = logging.getLogger("policyd.decision")
+logger: Final = logging.getLogger("policyd.decision")
 
 # Unsafe in a bare value: whitespace, '"', '\\', '=' and anything outside printable ASCII, i.e.
 # r'[\s"\\=]|[^\x21-\x7e]' written as one character class (same set, faster to scan).
-_UNSAFE = re.compile(r"[^\x21\x23-\x3c\x3e-\x5b\x5d-\x7e]")
-_unsafe = _UNSAFE.search
-_INFO = logging.INFO
+_UNSAFE: Final = re.compile(r"[^\x21\x23-\x3c\x3e-\x5b\x5d-\x7e]")
+_unsafe: Final = _UNSAFE.search
+_INFO: Final = logging.INFO
 
 
 def kv(value: str) -> str:
@@ -67,10 +68,12 @@ def decision_line(
     else:
         q, i, c, lo, s, r, p = map(kv, values)
     would = f" would={kv(decision.would_have)}" if decision.would_have else ""
+    # (its own f-string: compiled, a format spec in the line's f-string would format every field)
+    ms = f"{elapsed * 1000:.2f}"
     return (
         f"decision queue_id={q} instance={i} client={c} login={lo} sender={s} recipient={r} "
         f"profile={p} action={kv(to_action(decision))} reason={decision.reason._value_}{would} "
-        f"ms={elapsed * 1000:.2f}"
+        f"ms={ms}"
     )
 
 
@@ -241,8 +244,8 @@ def formats_plainly(formatter: logging.Formatter) -> bool:
 
 
 _direct: _DirectStream | None = None
-_STDERR_FORMAT = "%(levelname)s %(name)s: %(message)s"
-_PREFIX = f"{logging.getLevelName(_INFO)} {logger.name}: "
+_STDERR_FORMAT: Final = "%(levelname)s %(name)s: %(message)s"
+_PREFIX: Final = f"{logging.getLevelName(_INFO)} {logger.name}: "
 atexit.register(flush_decision_log)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from policyd.addresses import (
     AddressRules,
@@ -24,7 +24,7 @@ from policyd.decision import Decision, Reason, Verdict
 from policyd.networks import Range
 from policyd.replies import render
 
-POLICY_REQUEST = "smtpd_access_policy"
+POLICY_REQUEST: Final = "smtpd_access_policy"
 
 
 class Need(enum.Enum):
@@ -86,7 +86,7 @@ def _owned(
     return owns(login, owned, sender, facts.key_owners or _NO_OWNERS, rules)
 
 
-_NO_OWNERS: Mapping[str, frozenset[str]] = {}
+_NO_OWNERS: Final[Mapping[str, frozenset[str]]] = {}
 
 
 def decide(
@@ -235,11 +235,11 @@ def decide_header_from(
 
 
 # Decisions are immutable values: the constant ones are made once.
-_DUNNO_WRONG_REQUEST = Decision(Verdict.DUNNO, Reason.WRONG_REQUEST)
-_DUNNO_NOT_CHECKED_STATE = Decision(Verdict.DUNNO, Reason.NOT_CHECKED_STATE)
-_DUNNO_NULL_SENDER = Decision(Verdict.DUNNO, Reason.NULL_SENDER)
-_DUNNO_NOT_TRUSTED = Decision(Verdict.DUNNO, Reason.NOT_TRUSTED)
-_ACCEPTS: dict[tuple[str, Reason], Decision] = {}
+_DUNNO_WRONG_REQUEST: Final = Decision(Verdict.DUNNO, Reason.WRONG_REQUEST)
+_DUNNO_NOT_CHECKED_STATE: Final = Decision(Verdict.DUNNO, Reason.NOT_CHECKED_STATE)
+_DUNNO_NULL_SENDER: Final = Decision(Verdict.DUNNO, Reason.NULL_SENDER)
+_DUNNO_NOT_TRUSTED: Final = Decision(Verdict.DUNNO, Reason.NOT_TRUSTED)
+_ACCEPTS: Final[dict[tuple[str, Reason], Decision]] = {}
 
 
 def _accept(profile: ProfileConfig, reason: Reason) -> Decision:

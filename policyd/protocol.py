@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import ClassVar, Final
 
 from policyd.limits import MAX_ATTRIBUTES, MAX_LINE_BYTES, MAX_REQUEST_BYTES
 
@@ -49,12 +50,14 @@ __all__ = [
 class ProtocolError(Exception):
     """The peer broke the protocol. ``reason`` is a short stable code for logs and metrics."""
 
-    reason: str = "protocol_error"
+    #: The reason when the raiser gives none; each subclass sets its own.
+    default_reason: ClassVar[str] = "protocol_error"
 
     def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
-        if reason is not None:
-            self.reason = reason
+        # Set on the instance, not read from the class body: a compiled (mypyc) class does
+        # not see a subclass's class-level default for an instance attribute.
+        self.reason: str = self.default_reason if reason is None else reason
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else self.reason
@@ -66,21 +69,21 @@ class ProtocolError(Exception):
 class LineTooLong(ProtocolError):
     """A line (complete or still waiting for its LF) is longer than MAX_LINE_BYTES."""
 
-    reason = "line_too_long"
+    default_reason = "line_too_long"
 
 
 class RequestTooLarge(ProtocolError):
     """Request over MAX_REQUEST_BYTES (reason ``request_too_large``) or over MAX_ATTRIBUTES
     attribute lines (reason ``too_many_attributes``)."""
 
-    reason = "request_too_large"
+    default_reason = "request_too_large"
 
 
 class MalformedRequest(ProtocolError):
     """A line without ``=`` (``malformed_line``), an empty name (``empty_name``) or a NUL byte
     (``nul_byte``)."""
 
-    reason = "malformed_line"
+    default_reason = "malformed_line"
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,16 +153,16 @@ class PolicyRequest:
 # --------------------------------------------------------------------------------------------
 # Parser
 
-_LF = 10
-_CR = 13
+_LF: Final = 10
+_CR: Final = 13
 # bytes.translate's delete table: every byte but "=" and LF (for the fast path's check)
-_NOT_EQ_OR_LF = bytes(b for b in range(256) if b not in (0x3D, _LF))
+_NOT_EQ_OR_LF: Final = bytes(b for b in range(256) if b not in (0x3D, _LF))
 
 # The parser builds requests without going through the frozen dataclass __init__ (which sets
 # the field with object.__setattr__ anyway); this saves a noticeable share of the per-request
 # cost on the hot path.
-_new_request = PolicyRequest.__new__
-_set_attr = object.__setattr__
+_new_request: Final = PolicyRequest.__new__
+_set_attr: Final = object.__setattr__
 
 
 def _request_from(attrs: dict[str, str]) -> PolicyRequest:

@@ -15,8 +15,8 @@ import os
 import socket
 import stat
 import sys
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final, Protocol
 
 from policyd.config import ServerConfig
 from policyd.connection import Connection
@@ -25,7 +25,7 @@ from policyd.decision_log import log_decision
 from policyd.listen import parse_listen
 from policyd.service import PolicyService
 
-log = logging.getLogger(__name__)
+log: Final = logging.getLogger(__name__)
 
 #: Called after every decision: (attrs, profile name, decision, seconds).
 DecisionHook = Callable[[Mapping[str, str], str, Decision, float], None]
@@ -35,9 +35,17 @@ DecisionHook = Callable[[Mapping[str, str], str, Decision, float], None]
 #: policyd.socket: unlinking it would leave Postfix with ENOENT after `systemctl restart`.
 #: uvloop 0.21 (the first for 3.13) follows it with the same parameter; before 3.13 neither
 #: has the parameter nor unlinks.
-_KEEP_PASSED_UNIX_SOCKET: dict[str, Any] = (
+_KEEP_PASSED_UNIX_SOCKET: Final[dict[str, Any]] = (
     {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
 )
+
+
+class _Listening(Protocol):
+    """asyncio.Server as read here. uvloop's `sockets` is a list where typeshed says tuple, and
+    compiled code (mypyc) checks a tuple type at run time; a Sequence it does not check."""
+
+    @property
+    def sockets(self) -> Sequence[socket.socket]: ...
 
 
 class PolicyServer:
@@ -110,7 +118,8 @@ class PolicyServer:
                 srv = await loop.create_server(self._factory, sock=sock, backlog=backlog)
             self._servers.append(srv)
         for srv in self._servers:
-            for s in srv.sockets:
+            listening: _Listening = srv  # for the compiler: see _Listening
+            for s in listening.sockets:
                 name = s.getsockname()
                 if isinstance(name, tuple):
                     host = name[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Coroutine, Mapping
-from typing import Any
+from typing import Any, Final
 
 from policyd.addresses import canonical_login
 from policyd.config import ProfileConfig
@@ -36,10 +36,10 @@ from policyd.headers import AuthorCheck
 from policyd.networks import Range
 from policyd.runtime import Runtime
 
-log = logging.getLogger(__name__)
+log: Final = logging.getLogger(__name__)
 
 #: Distinct server_port values whose profile is remembered (per runtime).
-_PORT_CACHE_SIZE = 64
+_PORT_CACHE_SIZE: Final = 64
 
 
 class PolicyService:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from policyd import __version__
+from policyd.build import describe
 from policyd.config import DEFAULT_CONFIG, ConfigError, config_path
 from policyd.listen import parse_listen
 
@@ -31,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Postfix policy daemon: relay for allocated networks and SASL logins, "
         "and only for sender addresses the login owns.",
     )
-    p.add_argument("--version", action="version", version=f"policyd {__version__}")
+    p.add_argument("--version", action="version", version=f"policyd {__version__} ({describe()})")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add_config(sp: argparse.ArgumentParser) -> None:

@@ -14,11 +14,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from policyd.config import CacheConfig
 from policyd.directory.base import Directory, DirectoryUnavailable
 
-log = logging.getLogger(__name__)
+log: Final = logging.getLogger(__name__)
 
 
 class LookupRunner:

@@ -36,6 +36,7 @@ from policyd.directory.cache import CachedLookups
 from policyd.protocol import encode_request
 from policyd.runtime import Runtime, build_runtime
 from policyd.service import PolicyService
+from tests.compiled import replaces_methods
 from tests.integration.serverutil import (
     AUTH_REQUIRED,
     DEFER_INTERNAL,
@@ -1111,6 +1112,7 @@ def test_failing_decision_hook_does_not_break_answers(tmp_path: Path) -> None:
     run(main())
 
 
+@replaces_methods
 def test_a_bug_in_the_service_defers(tmp_path: Path) -> None:
     """Any exception while deciding (here: select_profile) becomes a 451, never a pass."""
     config: Config = make_config(tmp_path)

@@ -19,6 +19,7 @@ import pytest
 
 from policyd.connection import MAX_PENDING_PER_CONNECTION
 from policyd.protocol import encode_request
+from tests.compiled import replaces_methods
 from tests.integration.serverutil import (
     AUTH_REQUIRED,
     IN_RANGE,
@@ -368,6 +369,7 @@ def test_pipelining_beyond_the_pending_limit(tmp_path: Path, loop: str) -> None:
     run(main(), loop)
 
 
+@replaces_methods
 @LOOPS
 def test_a_bug_reading_one_client_cuts_off_that_client_only(
     tmp_path: Path, loop: str, monkeypatch: pytest.MonkeyPatch
