@@ -225,6 +225,9 @@ def start_policyd(
 def build_of(src: Path) -> str:
     """Which build `policyd serve` from `src` runs (policyd.build.describe(); a tree from
     before policyd/build.py existed is pure)."""
+    if not (src / "policyd" / "build.py").exists():
+        # (asked inside, this checkout's editable install would answer for the other tree)
+        return "pure Python"
     code = (
         "try:\n from policyd.build import describe\nexcept ImportError:\n"
         " print('pure Python')\nelse:\n print(describe())"
