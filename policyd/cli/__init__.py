@@ -267,4 +267,9 @@ def _web(args: argparse.Namespace) -> int:
         if (e.name or "").split(".")[0] in ("aiohttp", "jinja2"):
             return fail("the web page needs aiohttp and jinja2: pip install 'policyd[web]'")
         raise
-    return run_web(args.config, args.listen)
+    from policyd.app import StartupError
+
+    try:
+        return run_web(args.config, args.listen)
+    except StartupError as e:
+        return fail(str(e))

@@ -110,9 +110,9 @@ async def serve_web(st: WebState, host: str, port: int, ready: Any = None) -> No
 
 
 def run_web(config_path: Path, listen: str | None) -> int:
-    """The `policyd web` command. Returns the exit status; errors go to stderr."""
-    import sys
-
+    """The `policyd web` command. Returns the exit status; a setup error raises StartupError
+    (one line: the CLI prints it)."""
+    from policyd.app import StartupError
     from policyd.decision_log import setup_logging
     from policyd.systemd import Notifier
 
@@ -123,19 +123,16 @@ def run_web(config_path: Path, listen: str | None) -> int:
         if kind != "tcp" or host is None or port is None:
             raise ConfigError(str(config_path), "web.listen", "must be HOST:PORT")
     except (ConfigError, ValueError) as e:
-        print(f"policyd: {e}", file=sys.stderr)
-        return 1
+        raise StartupError(str(e)) from None
     lc = config.logging
     setup_logging(lc.level, lc.target, lc.syslog_address, lc.syslog_facility)
     try:
         st = build_state(config)
     except WebSetupError as e:
-        print(f"policyd: {e}", file=sys.stderr)
-        return 1
+        raise StartupError(str(e)) from None
     notify = Notifier()
     try:
         asyncio.run(serve_web(st, host, port, notify if notify.enabled else None))
     except OSError as e:
-        print(f"policyd: web.listen {spec}: {e.strerror or e}", file=sys.stderr)
-        return 1
+        raise StartupError(f"web.listen {spec}: {e.strerror or e}") from None
     return 0

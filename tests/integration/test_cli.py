@@ -273,3 +273,9 @@ def test_a_missing_default_config_says_where_it_looked_and_how_to_start(tmp_path
         f"policyd: no config file at {missing} (set the path); "
         "to start from the shipped example: --config conf/policyd.toml"
     )
+
+
+def test_web_setup_errors_are_one_line_from_the_cli(config: Path) -> None:
+    r = policyd("web", "-c", str(config), "--listen", "unix:/run/x.sock")
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"policyd: {config}: web.listen: must be HOST:PORT"
