@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from policyd import __version__
@@ -133,12 +133,12 @@ def load_failure(path: Path, e: Exception) -> int:
     return fail(str(e))
 
 
-def _guarded(args: argparse.Namespace, command: object) -> int:
+def _guarded(args: argparse.Namespace, command: Callable[[argparse.Namespace], int]) -> int:
     from policyd.app import LOAD_ERRORS
 
     logging.basicConfig(level=logging.WARNING, format="policyd: %(levelname)s %(message)s")
     try:
-        rc: int = command(args)  # type: ignore[operator]
+        rc = command(args)
         sys.stdout.flush()
     except LOAD_ERRORS as e:
         return load_failure(args.config, e)

@@ -127,5 +127,5 @@ async def header_facts(
     if not login:
         return None, None, {box: await sender_owners(lookups, box, rules) for box in boxes}
     owned = await lookups.addresses_of(login)
-    needed = [k for box in boxes for k in keys_to_resolve(owned, box, rules) if box not in owned]
+    needed = [k for box in boxes for k in keys_to_resolve(owned, box, rules)]
     return owned, await key_owners(lookups, needed), None
