@@ -53,8 +53,6 @@ def encode_decision(decision: Decision) -> bytes:
 
 
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_DIGITS: Final = re.compile(r"[0-9]+")
-_SMTP_CODE: Final = re.compile(r"[45][0-9][0-9]")
 
 
 def encode_action(action: str) -> bytes:
@@ -69,18 +67,19 @@ def encode_action(action: str) -> bytes:
     """
     if not action or action.isspace():
         raise ValueError("empty action")
-    if _CONTROL.search(action):
+    # (C0, DEL and C1 are all unprintable: the regex only for a text with something unprintable)
+    if not action.isprintable() and _CONTROL.search(action):
         raise ValueError(f"control character in action {action!r}")
     if action[0].isspace():
         raise ValueError(f"leading whitespace in action {action!r}")
     verb, _, text = action.partition(" ")
-    if _DIGITS.fullmatch(verb):
+    if verb.isascii() and verb.isdigit():  # (isascii: only 0-9, as a regex [0-9]+ would)
         if verb == action:
             raise ValueError(
                 f"all-digit action {action!r}: Postfix treats it as OK, "
                 "use '<code> <text>' such as '553 5.7.1 text'"
             )
-        if not _SMTP_CODE.fullmatch(verb):
+        if len(verb) != 3 or verb[0] not in "45":
             raise ValueError(f"numeric action {action!r} is not a 4xx or 5xx code")
         if not text.strip(" "):
             raise ValueError(f"SMTP code without text in action {action!r}")

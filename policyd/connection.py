@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from policyd.actions import INTERNAL_ERROR, encode_decision
 from policyd.decision import Decision
-from policyd.protocol import ProtocolError, RequestParser
+from policyd.protocol import DECISION_ATTRIBUTES, ProtocolError, RequestParser
 
 if TYPE_CHECKING:
     from policyd.config import ServerConfig
@@ -67,7 +67,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: PolicyServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.parser = RequestParser()
+        self.parser = RequestParser(keep=DECISION_ATTRIBUTES)
         self.tail: asyncio.Task[None] | None = None
         self.pending = 0
         self.queued = 0  # chunks in server._inbox, not yet parsed
@@ -121,13 +121,13 @@ class Connection(asyncio.Protocol):
 
     def handle_data(self, data: bytes) -> None:
         try:
-            requests = self.parser.feed(data)
+            requests = self.parser.feed_attrs(data)
         except ProtocolError as e:
             log.warning("closing connection from %s: %s (nothing answered)", self.peer, e)
             self.abort()
             return
-        for req in requests:
-            self._handle(req.attrs)
+        for attrs in requests:
+            self._handle(attrs)
 
     def eof_received(self) -> bool | None:
         return None  # close our side too once replies are written

@@ -106,17 +106,19 @@ def decide(
     sender = get("sender", "")
     login = get("sasl_username", "").strip()
     client = get("client_address", "")
-    values = {"sender": sender, "login": login, "client": client}
-
+    # (the template values built only for a reply: most requests are accepted)
     if login:
         if not sender:
             if profile.null_sender == "reject":
-                return _reject(profile, Reason.NULL_SENDER, render(replies.null_sender, **values))
+                return _reject(
+                    profile, Reason.NULL_SENDER, _say(replies.null_sender, sender, login, client)
+                )
             return _DUNNO_NULL_SENDER
         owned = facts.owned
         if facts.directory_unavailable or owned is None:
             return _defer(
-                Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values)
+                Reason.DIRECTORY_UNAVAILABLE,
+                _say(replies.directory_unavailable, sender, login, client),
             )
         # The exact address owned by the login is the common case: checked without building
         # the other keys. Otherwise the most specific key that has any owner decides.
@@ -125,11 +127,14 @@ def decide(
         is_owner = _owned(canonical_login(login, rules), sender, facts, owned, rules)
         if is_owner is None:
             return _defer(
-                Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values)
+                Reason.DIRECTORY_UNAVAILABLE,
+                _say(replies.directory_unavailable, sender, login, client),
             )
         if is_owner:
             return _accept(profile, Reason.SENDER_OWNED)
-        return _reject(profile, Reason.SENDER_NOT_OWNED, render(replies.sender_not_owned, **values))
+        return _reject(
+            profile, Reason.SENDER_NOT_OWNED, _say(replies.sender_not_owned, sender, login, client)
+        )
 
     network = facts.network
     if network is not None:
@@ -138,27 +143,31 @@ def decide(
             return _reject(
                 profile,
                 Reason.SENDER_NOT_ALLOWED_FROM_NETWORK,
-                render(replies.sender_not_allowed_from_network, range=network.label, **values),
+                render(
+                    replies.sender_not_allowed_from_network,
+                    {"sender": sender, "login": login, "client": client, "range": network.label},
+                ),
             )
         return _accept(profile, Reason.ALLOCATED_NETWORK)
 
     if profile.protect_local_senders and sender:
         if facts.directory_unavailable or facts.sender_owners is None:
             return _defer(
-                Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values)
+                Reason.DIRECTORY_UNAVAILABLE,
+                _say(replies.directory_unavailable, sender, login, client),
             )
         if facts.sender_owners:
             return _reject(
                 profile,
                 Reason.SENDER_REQUIRES_LOGIN,
-                render(replies.sender_requires_login, **values),
+                _say(replies.sender_requires_login, sender, login, client),
             )
 
     if profile.role == "submission":
         return _reject(
             profile,
             Reason.AUTHENTICATION_REQUIRED,
-            render(replies.authentication_required, **values),
+            _say(replies.authentication_required, sender, login, client),
         )
     return _DUNNO_NOT_TRUSTED
 
@@ -196,22 +205,22 @@ def decide_header_from(
             return Decision(Verdict.DUNNO, Reason.NOT_AUTHENTICATED)
         if directory_unavailable or owners is None:
             return _defer(
-                Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values)
+                Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, values)
             )
         for box in mailboxes:
             if owners.get(box):
                 return _reject(
                     profile,
                     Reason.SENDER_REQUIRES_LOGIN,
-                    render(replies.sender_requires_login, **{**values, "sender": box}),
+                    render(replies.sender_requires_login, {**values, "sender": box}),
                 )
         return Decision(Verdict.DUNNO, Reason.NOT_AUTHENTICATED)
     if not mailboxes:
         return _reject(
-            profile, Reason.HEADER_FROM_INVALID, render(replies.header_from_invalid, **values)
+            profile, Reason.HEADER_FROM_INVALID, render(replies.header_from_invalid, values)
         )
     if directory_unavailable or owned is None:
-        return _defer(Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values))
+        return _defer(Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, values))
     facts = Facts(owned=owned, key_owners=key_owners)
     who = canonical_login(login, rules)
     checks = [
@@ -227,10 +236,12 @@ def decide_header_from(
         is_owner = box in owned or _owned(who, box, facts, owned, rules)
         if is_owner is None:
             return _defer(
-                Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, **values)
+                Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, values)
             )
         if not is_owner:
-            return _reject(profile, reason, render(template, address=box, header=header, **values))
+            return _reject(
+                profile, reason, render(template, {**values, "address": box, "header": header})
+            )
     return Decision(Verdict.ACCEPT, Reason.HEADER_FROM_OWNED, reply="ACCEPT")
 
 
@@ -240,6 +251,11 @@ _DUNNO_NOT_CHECKED_STATE: Final = Decision(Verdict.DUNNO, Reason.NOT_CHECKED_STA
 _DUNNO_NULL_SENDER: Final = Decision(Verdict.DUNNO, Reason.NULL_SENDER)
 _DUNNO_NOT_TRUSTED: Final = Decision(Verdict.DUNNO, Reason.NOT_TRUSTED)
 _ACCEPTS: Final[dict[tuple[str, Reason], Decision]] = {}
+
+
+def _say(template: str, sender: str, login: str, client: str) -> str:
+    """A reply of decide(): the template filled with the request's values."""
+    return render(template, {"sender": sender, "login": login, "client": client})
 
 
 def _accept(profile: ProfileConfig, reason: Reason) -> Decision:

@@ -33,6 +33,7 @@ from typing import ClassVar, Final
 from policyd.limits import MAX_ATTRIBUTES, MAX_LINE_BYTES, MAX_REQUEST_BYTES
 
 __all__ = [
+    "DECISION_ATTRIBUTES",
     "LineTooLong",
     "MalformedRequest",
     "PolicyRequest",
@@ -92,66 +93,34 @@ class MalformedRequest(ProtocolError):
 
 @dataclass(frozen=True, slots=True)
 class PolicyRequest:
-    """One policy request. ``attrs`` holds every attribute, unknown ones included; for a
-    repeated name the first value wins. The convenience properties return "" when absent
-    (Postfix itself sends "" for unavailable values)."""
+    """One policy request. ``attrs`` holds every attribute (or those the parser keeps),
+    unknown ones included; for a repeated name the first value wins. ``get`` returns "" when
+    absent (Postfix itself sends "" for unavailable values)."""
 
     attrs: Mapping[str, str]
 
     def get(self, name: str, default: str = "") -> str:
         return self.attrs.get(name, default)
 
-    @property
-    def request(self) -> str:
-        return self.attrs.get("request", "")
-
-    @property
-    def protocol_state(self) -> str:
-        return self.attrs.get("protocol_state", "")
-
-    @property
-    def sender(self) -> str:
-        return self.attrs.get("sender", "")
-
-    @property
-    def recipient(self) -> str:
-        return self.attrs.get("recipient", "")
-
-    @property
-    def client_address(self) -> str:
-        return self.attrs.get("client_address", "")
-
-    @property
-    def client_name(self) -> str:
-        return self.attrs.get("client_name", "")
-
-    @property
-    def sasl_username(self) -> str:
-        return self.attrs.get("sasl_username", "")
-
-    @property
-    def sasl_method(self) -> str:
-        return self.attrs.get("sasl_method", "")
-
-    @property
-    def policy_context(self) -> str:
-        return self.attrs.get("policy_context", "")
-
-    @property
-    def server_port(self) -> str:
-        return self.attrs.get("server_port", "")
-
-    @property
-    def queue_id(self) -> str:
-        return self.attrs.get("queue_id", "")
-
-    @property
-    def instance(self) -> str:
-        return self.attrs.get("instance", "")
-
 
 # --------------------------------------------------------------------------------------------
 # Parser
+
+#: The attributes a policy decision and its log line read (policyd.engine, policyd.service,
+#: policyd.decision_log): all the socket server keeps of a request (RequestParser(keep=...)).
+#: tests/unit/test_protocol.py fails if one of those modules reads an attribute not named here.
+DECISION_ATTRIBUTES: Final[tuple[str, ...]] = (
+    "request",
+    "protocol_state",
+    "client_address",
+    "sasl_username",
+    "sender",
+    "recipient",
+    "queue_id",
+    "instance",
+    "server_port",
+    "policy_context",
+)
 
 _LF: Final = 10
 _CR: Final = 13
@@ -178,11 +147,11 @@ def _check_line_lengths(buf: bytes | bytearray, start: int, end: int) -> None:
             raise LineTooLong(f"line of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte limit")
 
 
-def _parse_block(block: bytes | bytearray) -> PolicyRequest:
+def _parse_block(block: bytes | bytearray) -> dict[str, str]:
     """Parse the attribute lines of one request (LF-separated, no terminating empty line)."""
-    if b"\0" in block:
+    if block.find(b"\0") >= 0:  # (find, not `in`: see RequestParser._feed)
         raise MalformedRequest("NUL byte in request", "nul_byte")
-    if b"\r" in block:
+    if block.find(b"\r") >= 0:
         # Strip one CR before each LF, and before the terminator (end of the block).
         block = block.replace(b"\r\n", b"\n")
         if block.endswith(b"\r"):
@@ -190,7 +159,7 @@ def _parse_block(block: bytes | bytearray) -> PolicyRequest:
     return _parse_lines(block.decode("utf-8", "surrogateescape").split("\n"))
 
 
-def _parse_lines(lines: list[str]) -> PolicyRequest:
+def _parse_lines(lines: list[str]) -> dict[str, str]:
     """Parse the decoded attribute lines of one request (CRs already stripped)."""
     if len(lines) > MAX_ATTRIBUTES:
         raise RequestTooLarge(
@@ -215,16 +184,21 @@ def _parse_lines(lines: list[str]) -> PolicyRequest:
         attrs = {}
         for name, value in pairs:
             attrs.setdefault(name, value)
-    return _request_from(attrs)
+    return attrs
 
 
 class RequestParser:
     """Incremental request parser. ``feed`` returns the requests completed by the new bytes;
-    any chunking of a byte stream yields the same requests."""
+    any chunking of a byte stream yields the same requests.
 
-    __slots__ = ("_buf", "_lead", "_scan", "_error")
+    With ``keep`` (attribute names), each request holds only those of its attributes: what
+    the socket server passes on is DECISION_ATTRIBUTES. The checks are the same either way
+    (a request that is a protocol error with every attribute kept is one with ``keep``).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_buf", "_lead", "_scan", "_error", "_keep", "_keys")
+
+    def __init__(self, keep: tuple[str, ...] | None = None) -> None:
         # Unconsumed bytes of the current request, starting at its first non-empty line.
         self._buf = bytearray()
         # Bytes of empty lines skipped before the current request (count toward its size).
@@ -233,6 +207,9 @@ class RequestParser:
         # the terminator search resumes just before it.
         self._scan = 0
         self._error: ProtocolError | None = None
+        self._keep = keep
+        # (name, "\nname=") for the fast path's search of a kept attribute's line
+        self._keys: tuple[tuple[str, str], ...] = tuple((n, f"\n{n}=") for n in keep or ())
 
     @property
     def pending(self) -> bool:
@@ -240,6 +217,10 @@ class RequestParser:
         return bool(self._buf)
 
     def feed(self, data: bytes) -> list[PolicyRequest]:
+        return [_request_from(attrs) for attrs in self.feed_attrs(data)]
+
+    def feed_attrs(self, data: bytes) -> list[dict[str, str]]:
+        """As feed, each request as a new dict of its (kept) attributes: the server's call."""
         if self._error is not None:
             raise self._error._clone()
         try:
@@ -250,7 +231,7 @@ class RequestParser:
             self._lead = self._scan = 0
             raise
 
-    def _feed(self, data: bytes) -> list[PolicyRequest]:
+    def _feed(self, data: bytes) -> list[dict[str, str]]:
         buf: bytes | bytearray
         n = len(data)
         if (
@@ -258,27 +239,41 @@ class RequestParser:
             # buffered and no empty lines skipped before it, every line with exactly one "=".
             # Short enough that no line or size limit can be hit (the attribute count is
             # checked). Anything else, and any doubt (a repeated or empty name), takes the
-            # general path, which gives the same result or the error.
+            # general path, which gives the same result or the error. (find, not `in`: for a
+            # bytes operand, `in` first tries it as an int and fails inside CPython.)
             n <= MAX_LINE_BYTES
             and not self._buf
             and not self._lead
             and data.endswith(b"\n\n")
-            and b"\r" not in data
-            and b"\0" not in data
+            and data.find(b"\r") < 0
+            and data.find(b"\0") < 0
         ):
-            block = data[:-1]  # the attribute lines, each with its LF
             # Only the "=" and LF bytes: "=\n" once per line exactly when every line has one
             # "=" and no line is empty (so the request ends at the last LF, not before).
-            skeleton = block.translate(None, _NOT_EQ_OR_LF)
+            skeleton = data[:-1].translate(None, _NOT_EQ_OR_LF)
             count = len(skeleton) >> 1
             if count <= MAX_ATTRIBUTES and skeleton == b"=\n" * count:
-                # "name=value\nname=value" -> [name, value, name, value]
-                it = iter(
-                    data[:-2].decode("utf-8", "surrogateescape").replace("\n", "=").split("=")
-                )
-                attrs = dict(zip(it, it, strict=True))
-                if len(attrs) == count and "" not in attrs:
-                    return [_request_from(attrs)]
+                if self._keep is not None:
+                    # Each kept attribute's line found in the text, not every line split: a
+                    # line starts after an LF, so "\nname=" is the start of that attribute's
+                    # first line (the first wins), and an empty name shows as "\n=".
+                    text = "\n" + data.decode("utf-8", "surrogateescape")
+                    if text.find("\n=") < 0:
+                        kept: dict[str, str] = {}
+                        for name, key in self._keys:
+                            at = text.find(key)
+                            if at >= 0:
+                                at += len(key)
+                                kept[name] = text[at : text.find("\n", at)]
+                        return [kept]
+                else:
+                    # "name=value\nname=value" -> [name, value, name, value]
+                    it = iter(
+                        data[:-2].decode("utf-8", "surrogateescape").replace("\n", "=").split("=")
+                    )
+                    attrs = dict(zip(it, it, strict=True))
+                    if len(attrs) == count and "" not in attrs:
+                        return [attrs]
         if self._buf:
             self._buf += data
             buf = self._buf
@@ -288,7 +283,7 @@ class RequestParser:
         pos = 0
         lead = self._lead
         scan = self._scan
-        out: list[PolicyRequest] = []
+        out: list[dict[str, str]] = []
         while pos < n:
             c = buf[pos]
             if c == _LF or c == _CR:
@@ -333,7 +328,10 @@ class RequestParser:
                     f"{MAX_REQUEST_BYTES}-byte limit",
                     "request_too_large",
                 )
-            out.append(_parse_block(buf[pos:t]))
+            attrs = _parse_block(buf[pos:t])
+            if self._keep is not None:
+                attrs = {k: attrs[k] for k in self._keep if k in attrs}
+            out.append(attrs)
             pos = end
             lead = 0
             scan = 0

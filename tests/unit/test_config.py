@@ -204,6 +204,31 @@ def test_parse_listen_rejects(spec: str) -> None:
 
 
 def test_render_sanitises_values() -> None:
-    out = render("553 5.7.1 <{sender}> {login}", sender="a\r\nb@x", login="bob\x00")
+    out = render("553 5.7.1 <{sender}> {login}", {"sender": "a\r\nb@x", "login": "bob\x00"})
     assert "\r" not in out and "\n" not in out and "\x00" not in out
     assert out == "553 5.7.1 <a??b@x> bob?"
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "553 5.7.1 <{sender}> is not owned by user {login}",
+        "{sender}",
+        "no placeholder at all",
+        "",
+        "braces {{kept}} around {login}{client} and {{{sender}}}",
+        "{range} names no value here",
+        "a spec {login:>8}|{sender!r} falls back to str.format",
+        "{login:>8}",
+    ],
+)
+def test_render_fills_a_template_as_str_format_would(template: str) -> None:
+    values = {"sender": "bob@example.org", "login": "bob", "client": "192.0.2.1"}
+
+    class Missing(dict[str, str]):
+        def __missing__(self, key: str) -> str:
+            return ""
+
+    want = template.format_map(Missing(values))[:450]
+    assert render(template, values) == want
+    assert render(template, values) == want  # (the second time from the parsed-template cache)

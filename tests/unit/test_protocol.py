@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from policyd.actions import encode_action
 from policyd.limits import MAX_ATTRIBUTES, MAX_LINE_BYTES, MAX_REQUEST_BYTES
 from policyd.protocol import (
+    DECISION_ATTRIBUTES,
     LineTooLong,
     MalformedRequest,
     PolicyRequest,
@@ -76,10 +77,10 @@ def split_at(data: bytes, cuts: Sequence[int]) -> list[bytes]:
 
 
 def outcome(
-    chunks: Iterable[bytes],
+    chunks: Iterable[bytes], keep: tuple[str, ...] | None = None
 ) -> tuple[list[dict[str, str]], type[ProtocolError] | None, bool]:
     """(requests, error class or None, pending) of feeding the chunks in order."""
-    parser = RequestParser()
+    parser = RequestParser(keep=keep)
     out: list[dict[str, str]] = []
     try:
         for chunk in chunks:
@@ -138,32 +139,66 @@ def test_real_stream_in_odd_chunks() -> None:
         assert feed_all(chunks) == EXPECTED, size
 
 
-def test_convenience_properties() -> None:
+def test_get_reads_an_attribute_and_gives_empty_when_absent() -> None:
     req = one(REQUESTS[1])
-    assert req.request == "smtpd_access_policy"
-    assert req.protocol_state == "RCPT"
-    assert req.sender == "bob@example.org"
-    assert req.recipient == "someone@external.test"
-    assert req.client_address == "127.0.0.1"
-    assert req.client_name == "unknown"
-    assert req.sasl_username == "alice@example.org"
-    assert req.sasl_method == "PLAIN"
-    assert req.policy_context == ""
-    assert req.server_port == "37965"
-    assert req.queue_id == ""
-    assert req.instance == "413f.6b0bdf9b.485b.0"
+    assert req.get("sender") == "bob@example.org"
     assert req.get("helo_name") == "client.test"
     assert req.get("no_such_attribute") == ""
     assert req.get("no_such_attribute", "x") == "x"
 
 
-def test_properties_empty_when_absent() -> None:
-    req = one(b"x=1\n\n")
-    for name in (
-        "request", "protocol_state", "sender", "recipient", "client_address", "client_name",
-        "sasl_username", "sasl_method", "policy_context", "server_port", "queue_id", "instance",
-    ):  # fmt: skip
-        assert getattr(req, name) == "", name
+def test_a_parser_with_keep_keeps_only_those_attributes_of_a_real_request() -> None:
+    full = RequestParser().feed_attrs(REQUESTS[1])[0]
+    kept = RequestParser(keep=DECISION_ATTRIBUTES).feed_attrs(REQUESTS[1])[0]
+    assert kept == {k: full[k] for k in DECISION_ATTRIBUTES}
+    assert kept["sasl_username"] == "alice@example.org" and kept["server_port"] == "37965"
+    assert "helo_name" not in kept
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"sender=first@x\nrequest=smtpd_access_policy\nsender=second@x\n\n",  # the first wins
+        b"request=smtpd_access_policy\nxsender=not@this\nsender=a@b\n\n",  # a name's suffix
+        b"client_name=sender=no\nsender=yes@x\n\n",  # "sender=" inside a value
+        b"sender=\nrecipient=r@x\n\n",  # an empty value is kept as ""
+        b"queue_id=Q\n\n",  # one attribute, at the very start
+        "sender=jos\u00e9@x\ninstance=\u00e9\n\n".encode(),  # UTF-8
+        b"sender=\xff\xfe@x\n\n",  # not UTF-8: surrogate escapes, as the full parser
+    ],
+)
+def test_a_parser_with_keep_agrees_with_the_full_parser(data: bytes) -> None:
+    full = RequestParser().feed_attrs(data)
+    kept = RequestParser(keep=DECISION_ATTRIBUTES).feed_attrs(data)
+    assert kept == [{k: a[k] for k in DECISION_ATTRIBUTES if k in a} for a in full]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"=x\nsender=a@b\n\n", b"sender=a@b\n=x\n\n", b"sender=a@b\nnoequals\n\n", b"a=\x00\n\n"],
+)
+def test_a_parser_with_keep_refuses_what_the_full_parser_refuses(data: bytes) -> None:
+    with pytest.raises(ProtocolError) as full:
+        RequestParser().feed_attrs(data)
+    with pytest.raises(ProtocolError) as kept:
+        RequestParser(keep=DECISION_ATTRIBUTES).feed_attrs(data)
+    assert kept.value.reason == full.value.reason
+
+
+def test_every_attribute_the_decision_modules_read_is_kept_by_the_server() -> None:
+    # The server keeps only DECISION_ATTRIBUTES: an attribute read anywhere else would be
+    # silently "" there. Every read of a request attribute in these modules is a string
+    # literal passed to .get (attrs.get / get / g): all of them must be kept.
+    import re
+
+    root = Path(__file__).resolve().parents[2] / "policyd"
+    read: set[str] = set()
+    for name in ("engine.py", "service.py", "decision_log.py", "connection.py", "server.py"):
+        text = (root / name).read_text()
+        read |= set(re.findall(r"\b(?:attrs\.get|get|g)\(\s*\"(\w+)\"", text))
+    assert read, "found no attribute reads: the pattern no longer matches the code"
+    assert read <= set(DECISION_ATTRIBUTES), sorted(read - set(DECISION_ATTRIBUTES))
+    assert {"sender", "sasl_username", "client_address", "queue_id"} <= read
 
 
 def test_request_is_immutable() -> None:
@@ -215,7 +250,7 @@ def test_cr_split_from_its_lf() -> None:
 
 def test_repeated_name_first_value_wins() -> None:
     req = one(b"sender=first@x\nrecipient=r@y\nsender=second@x\nsender=third@x\n\n")
-    assert req.sender == "first@x"
+    assert req.get("sender") == "first@x"
     assert dict(req.attrs) == {"sender": "first@x", "recipient": "r@y"}
 
 
@@ -316,10 +351,10 @@ def test_parser_is_dead_after_an_error() -> None:
 
 def test_non_utf8_is_kept_and_never_raises() -> None:
     req = one(b"sender=j\xf6rg@example.org\nsasl_username=\xff\xfe\n\n")
-    assert req.sender == "j\udcf6rg@example.org"
-    assert req.sender != "jörg@example.org"
-    assert req.sender.encode("utf-8", "surrogateescape") == b"j\xf6rg@example.org"
-    assert req.sasl_username == "\udcff\udcfe"
+    assert req.get("sender") == "j\udcf6rg@example.org"
+    assert req.get("sender") != "jörg@example.org"
+    assert req.get("sender").encode("utf-8", "surrogateescape") == b"j\xf6rg@example.org"
+    assert req.get("sasl_username") == "\udcff\udcfe"
 
 
 def test_utf8_split_inside_a_character() -> None:
@@ -573,6 +608,23 @@ def test_feed_raises_only_protocol_errors(data: bytes, cuts: list[int]) -> None:
         assert exc.reason
         with pytest.raises(ProtocolError):
             parser.feed(b"a=1\n\n")
+
+
+@settings(deadline=None, max_examples=400)
+@given(data=_STREAMS, cuts=st.lists(st.integers(0, 300), max_size=8))
+def test_a_parser_with_keep_gives_the_full_parsers_requests_cut_to_the_kept_names(
+    data: bytes, cuts: list[int]
+) -> None:
+    full, full_err, full_pending = outcome(split_at(data, cuts))
+    kept, kept_err, kept_pending = outcome(split_at(data, cuts), keep=_KEEP)
+    assert kept_err == full_err
+    if full_err is None:
+        assert kept == [{k: a[k] for k in _KEEP if k in a} for a in full]
+        assert kept_pending == full_pending
+
+
+# Names the property streams can make (_PIECES), and the decision attributes.
+_KEEP = ("a", "b", "sender", "request", *DECISION_ATTRIBUTES)
 
 
 @settings(deadline=None, max_examples=300)
