@@ -187,6 +187,19 @@ def _parse_lines(lines: list[str]) -> dict[str, str]:
     return attrs
 
 
+def _search_keys(keep: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """(name, "\nname=") for each kept name; made once per `keep` (a parser per connection)."""
+    keys = _SEARCH_KEYS.get(keep)
+    if keys is None:
+        keys = tuple((name, f"\n{name}=") for name in keep)
+        if len(_SEARCH_KEYS) < 16:
+            _SEARCH_KEYS[keep] = keys
+    return keys
+
+
+_SEARCH_KEYS: Final[dict[tuple[str, ...], tuple[tuple[str, str], ...]]] = {}
+
+
 class RequestParser:
     """Incremental request parser. ``feed`` returns the requests completed by the new bytes;
     any chunking of a byte stream yields the same requests.
@@ -209,7 +222,7 @@ class RequestParser:
         self._error: ProtocolError | None = None
         self._keep = keep
         # (name, "\nname=") for the fast path's search of a kept attribute's line
-        self._keys: tuple[tuple[str, str], ...] = tuple((n, f"\n{n}=") for n in keep or ())
+        self._keys = _search_keys(keep) if keep is not None else ()
 
     @property
     def pending(self) -> bool:

@@ -378,14 +378,14 @@ def test_a_bug_reading_one_client_cuts_off_that_client_only(
     # unexpected exception for one of them must not leave the others unanswered.
     from policyd import protocol
 
-    real_feed = protocol.RequestParser.feed
+    real_feed = protocol.RequestParser.feed_attrs
 
-    def feed(self: protocol.RequestParser, data: bytes) -> list[protocol.PolicyRequest]:
+    def feed(self: protocol.RequestParser, data: bytes) -> list[dict[str, str]]:
         if b"boom@" in data:
             raise RuntimeError("simulated parser bug")
         return real_feed(self, data)
 
-    monkeypatch.setattr(protocol.RequestParser, "feed", feed)
+    monkeypatch.setattr(protocol.RequestParser, "feed_attrs", feed)
     config = make_config(tmp_path)
 
     async def main() -> None:

@@ -770,7 +770,8 @@ def test_the_network_is_skipped_only_where_decide_ignores_it(row: Row) -> None:
     other = Range("other", "198.51.100.0/24", frozenset({"elsewhere.test"}), "ranges:9")
     want = decide(row.attrs, row.profile, row.facts, row.rules)
     for network in (None, CUSTOMERS, other):
-        facts = row.facts._replace(network=network)
+        f = row.facts
+        facts = Facts(network, f.owned, f.sender_owners, f.directory_unavailable, f.key_owners)
         assert decide(row.attrs, row.profile, facts, row.rules) == want
         assert needs(row.attrs, row.profile, network) is row.need
 
