@@ -5,9 +5,7 @@ from cache before an earlier one's directory lookup returns), idle timeout, flow
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 import time
 from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -61,7 +59,7 @@ class Connection(asyncio.Protocol):
         "_idle",
         "_paused",
         "_wpaused",
-        "peer",
+        "_peername",
     )
 
     def __init__(self, server: PolicyServer) -> None:
@@ -75,14 +73,22 @@ class Connection(asyncio.Protocol):
         self._idle: asyncio.TimerHandle | None = None
         self._paused = False
         self._wpaused = False  # paused by flow control: the client is not reading its replies
-        self.peer = "?"
+        self._peername: object = None
+
+    @property
+    def peer(self) -> str:
+        """The client as log lines name it: "host:port", or "unix" (formatted when a line
+        needs it, not for every connection)."""
+        name = self._peername
+        if isinstance(name, tuple):
+            return f"{name[0]}:{name[1]}"
+        return "unix" if self.transport is not None else "?"
 
     # asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        self._peername = transport.get_extra_info("peername")
         srv = self.server
         if len(srv.connections) >= srv.config.max_connections or srv.draining:
             srv.refused += 1
@@ -94,10 +100,8 @@ class Connection(asyncio.Protocol):
             transport.close()  # nothing written: Postfix retries, then its default_action
             return
         srv.connections.add(self)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # (No TCP_NODELAY here: asyncio and uvloop both set it on every TCP transport, and
+        # tests/integration/test_server.py checks that our connections have it.)
         self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -122,7 +122,7 @@ def log_decision(
 ) -> None:
     """The policy service's decision hook: one line per decision."""
     direct = _direct
-    if direct is not None and direct.batch and direct.batch_thread == _get_ident():
+    if direct is not None and direct.holding and direct.batch_thread == _get_ident():
         # A batch is open in this thread: the level and the fast path were checked when it
         # was opened, in this event-loop iteration.
         direct.take(decision_line(attrs, profile, decision, elapsed))
@@ -135,6 +135,15 @@ def log_line(line: str) -> None:
     direct = _direct
     if direct is None or not direct.take(line):
         logger.info("%s", line)
+
+
+def hold_decision_lines() -> None:
+    """Hold the decision lines of this thread until flush_decision_log(): the server calls
+    the two around the requests of one event-loop iteration, so their lines are written
+    together without a callback of their own (where the fast path applies; see
+    _DirectStream)."""
+    if _direct is not None:
+        _direct.hold()
 
 
 def flush_decision_log() -> None:
@@ -162,13 +171,15 @@ class _DirectStream:
     loop (threads, the CLI), each line is written and flushed at once.
     """
 
-    __slots__ = ("handler", "formatter", "batch", "batch_thread")
+    __slots__ = ("handler", "formatter", "batch", "batch_thread", "holding")
 
     def __init__(self, handler: logging.StreamHandler, formatter: logging.Formatter) -> None:  # type: ignore[type-arg]
         self.handler = handler
         self.formatter = formatter
-        # Lines of the current loop iteration, waiting for flush() (empty: no batch open).
+        # Lines of the current loop iteration, waiting for flush().
         self.batch: list[str] = []
+        # A batch is open (in batch_thread): its lines are held until flush().
+        self.holding = False
         self.batch_thread = 0
 
     def usable(self) -> bool:
@@ -198,22 +209,31 @@ class _DirectStream:
         if "\n" in line:  # (decision_line escapes control characters: defensive only)
             line = line.replace("\n", " | ")
         batch = self.batch
-        if batch and self.batch_thread == _get_ident():
+        if self.holding and self.batch_thread == _get_ident():
             batch.append(line)
             return True
         if not self.usable():
             return False
         loop = _running_loop()  # (the loop running in this thread, if any)
-        if loop is None or batch:
+        if loop is None or self.holding:  # (off the loop, or another thread holds a batch)
             self._emit([line])
             return True
         self.batch_thread = _get_ident()
+        self.holding = True
         batch.append(line)
         loop.call_soon(self.flush)
         return True
 
+    def hold(self) -> None:
+        """Open a batch in this thread (see hold_decision_lines), if none is open and the
+        fast path applies; flush() writes and closes it."""
+        if not self.holding and self.usable():
+            self.batch_thread = _get_ident()
+            self.holding = True
+
     def flush(self) -> None:
         batch = self.batch
+        self.holding = False
         if batch:
             self.batch = []
             self._emit(batch)

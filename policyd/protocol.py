@@ -124,8 +124,10 @@ DECISION_ATTRIBUTES: Final[tuple[str, ...]] = (
 
 _LF: Final = 10
 _CR: Final = 13
-# bytes.translate's delete table: every byte but "=" and LF (for the fast path's check)
-_NOT_EQ_OR_LF: Final = bytes(b for b in range(256) if b not in (0x3D, _LF))
+# bytes.translate's delete table: every byte but "=", LF, CR and NUL (the fast path's check)
+_FRAMING_ONLY: Final = bytes(b for b in range(256) if b not in (0x3D, _LF, _CR, 0))
+# the skeleton of a request of k lines that the fast path takes, for the usual k
+_SKELETONS: Final[tuple[bytes, ...]] = tuple(b"=\n" * k + b"\n" for k in range(64))
 
 # The parser builds requests without going through the frozen dataclass __init__ (which sets
 # the field with object.__setattr__ anyway); this saves a noticeable share of the per-request
@@ -252,20 +254,21 @@ class RequestParser:
             # buffered and no empty lines skipped before it, every line with exactly one "=".
             # Short enough that no line or size limit can be hit (the attribute count is
             # checked). Anything else, and any doubt (a repeated or empty name), takes the
-            # general path, which gives the same result or the error. (find, not `in`: for a
-            # bytes operand, `in` first tries it as an int and fails inside CPython.)
-            n <= MAX_LINE_BYTES
+            # general path, which gives the same result or the error.
+            2 <= n <= MAX_LINE_BYTES
+            and data[n - 1] == _LF
+            and data[n - 2] == _LF
             and not self._buf
             and not self._lead
-            and data.endswith(b"\n\n")
-            and data.find(b"\r") < 0
-            and data.find(b"\0") < 0
         ):
-            # Only the "=" and LF bytes: "=\n" once per line exactly when every line has one
-            # "=" and no line is empty (so the request ends at the last LF, not before).
-            skeleton = data[:-1].translate(None, _NOT_EQ_OR_LF)
+            # Only the "=", LF, CR and NUL bytes: "=\n" once per line then the empty line's
+            # LF exactly when every line has one "=", no line is empty before the last (so the
+            # request ends there) and there is no CR or NUL (those take the general path).
+            skeleton = data.translate(None, _FRAMING_ONLY)
             count = len(skeleton) >> 1
-            if count <= MAX_ATTRIBUTES and skeleton == b"=\n" * count:
+            if count <= MAX_ATTRIBUTES and skeleton == (
+                _SKELETONS[count] if count < len(_SKELETONS) else b"=\n" * count + b"\n"
+            ):
                 if self._keep is not None:
                     # Each kept attribute's line found in the text, not every line split: a
                     # line starts after an LF, so "\nname=" is the start of that attribute's

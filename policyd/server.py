@@ -21,7 +21,7 @@ from typing import Any, Final, Protocol
 from policyd.config import ServerConfig
 from policyd.connection import Connection
 from policyd.decision import Decision
-from policyd.decision_log import log_decision
+from policyd.decision_log import flush_decision_log, hold_decision_lines, log_decision
 from policyd.listen import parse_listen
 from policyd.service import PolicyService
 
@@ -55,7 +55,8 @@ class PolicyServer:
         hooks: Iterable[DecisionHook] = (),
     ) -> None:
         self.service = service
-        self.hooks: list[DecisionHook] = [log_decision, *hooks]
+        # after the decision log line (called directly: it runs for every request)
+        self.hooks: list[DecisionHook] = list(hooks)
         self.connections: set[Connection] = set()
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[str] = []
@@ -224,28 +225,36 @@ class PolicyServer:
         measured clearly faster (bench/RESULTS.md). Nothing waits longer than this
         iteration: the callback was scheduled by the first data_received of the iteration.
         """
-        while self._inbox:  # (a connection_lost below may process the rest itself)
-            inbox = self._inbox
-            self._inbox = []
-            outbox: list[tuple[asyncio.Transport, bytes]] = []
-            self._outbox = outbox
-            try:
-                for conn, data in inbox:
-                    conn.queued -= 1
-                    try:
-                        conn.handle_data(data)
-                    except Exception:  # a bug: that client is cut off, the others answered
-                        log.exception("internal error reading from %s; closing it", conn.peer)
-                        conn.abort()
-            finally:
-                self._outbox = None
-                for transport, payload in outbox:
-                    if not transport.is_closing():
-                        transport.write(payload)
+        hold_decision_lines()  # (their lines are written together, after the replies)
+        try:
+            while self._inbox:  # (a connection_lost below may process the rest itself)
+                inbox = self._inbox
+                self._inbox = []
+                outbox: list[tuple[asyncio.Transport, bytes]] = []
+                self._outbox = outbox
+                try:
+                    for conn, data in inbox:
+                        conn.queued -= 1
+                        try:
+                            conn.handle_data(data)
+                        except Exception:  # a bug: that client is cut off, the others answered
+                            log.exception("internal error reading from %s; closing it", conn.peer)
+                            conn.abort()
+                finally:
+                    self._outbox = None
+                    for transport, payload in outbox:
+                        if not transport.is_closing():
+                            transport.write(payload)
+        finally:
+            flush_decision_log()
 
     def emit(
         self, attrs: Mapping[str, str], profile: str, decision: Decision, elapsed: float
     ) -> None:
+        try:
+            log_decision(attrs, profile, decision, elapsed)
+        except Exception:  # a broken log handler must not break the answer
+            log.exception("decision log failed")
         for hook in self.hooks:
             try:
                 hook(attrs, profile, decision, elapsed)

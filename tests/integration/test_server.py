@@ -98,6 +98,26 @@ def test_many_requests_on_one_connection(tmp_path: Path, loop: str) -> None:
 
 
 @LOOPS
+def test_a_tcp_connection_is_served_with_nagle_off(tmp_path: Path, loop: str) -> None:
+    # Each reply is one small write that the client waits for: with Nagle's algorithm on, a
+    # reply could wait for the ACK of the previous one (delayed ACK, up to 40 ms on Linux).
+    # policyd relies on the event loop to set TCP_NODELAY (asyncio and uvloop both do).
+    config = make_config(tmp_path)
+
+    async def main() -> None:
+        async with serving(config) as h:
+            c = await Client.connect(h.address())
+            assert await c.ask(authed("alice", "alice@example.org")) == "OK"
+            (conn,) = h.server.connections
+            assert conn.transport is not None
+            sock = conn.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            await c.aclose()
+
+    run(main(), loop)
+
+
+@LOOPS
 def test_concurrent_clients(tmp_path: Path, loop: str) -> None:
     config = make_config(tmp_path)
     clients, per_client = 60, 8

@@ -131,6 +131,71 @@ def test_on_the_event_loop_lines_are_written_together_at_the_end_of_the_iteratio
     assert written.count("\n") == 3
 
 
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_lines_held_for_a_server_batch_are_written_with_one_write_at_its_flush(
+    restore_logging: None,
+) -> None:
+    import asyncio
+
+    slow = io.StringIO()
+    setup_logging(stream=slow)
+    decision_log._direct = None  # the logging module's own output, for comparison
+    senders = [f"user{i}@example.org" for i in range(3)]
+    for s in senders:
+        log_decision({**ATTRS, "sender": s}, "submission", REJECT, 0.001)
+
+    fast = CountingStream()
+    setup_logging(stream=fast)
+
+    async def main() -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        decision_log.hold_decision_lines()  # what the server does around one iteration
+        for s in senders:
+            log_decision({**ATTRS, "sender": s}, "submission", REJECT, 0.001)
+        held = fast.getvalue()
+        callbacks = len(getattr(loop, "_ready", ()))  # (asyncio's queue of call_soon callbacks)
+        decision_log.flush_decision_log()
+        assert fast.getvalue() == slow.getvalue() and fast.writes == 1
+        return held, callbacks
+
+    held, callbacks = asyncio.run(main())
+    assert held == ""  # nothing before the flush
+    assert callbacks == 0  # and no callback of its own was scheduled for them
+    # after the flush, a line off any batch opens one of its own again (written at the end
+    # of its iteration)
+    later = CountingStream()
+    setup_logging(stream=later)
+
+    async def after() -> tuple[str, str]:
+        decision_log.hold_decision_lines()
+        decision_log.flush_decision_log()
+        log_decision(ATTRS, "submission", REJECT, 0.001)
+        before = later.getvalue()
+        await asyncio.sleep(0)
+        return before, later.getvalue()
+
+    before, written = asyncio.run(after())
+    assert before == "" and written.count("reason=sender_not_owned") == 1
+
+
+def test_holding_lines_does_nothing_when_the_level_hides_them(restore_logging: None) -> None:
+    out = io.StringIO()
+    setup_logging(level="warning", stream=out)
+    decision_log.hold_decision_lines()
+    log_decision(ATTRS, "submission", REJECT, 0.0)
+    decision_log.flush_decision_log()
+    assert out.getvalue() == ""
+
+
 def test_lines_held_on_the_loop_are_written_when_logging_is_set_up_again(
     restore_logging: None,
 ) -> None:
