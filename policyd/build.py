@@ -20,6 +20,7 @@ import importlib.util
 #: setup.py reads this list. Not config.py: it reads dataclass field types at run time.
 COMPILED_MODULES: tuple[str, ...] = (
     "policyd.limits",
+    "policyd.request",
     "policyd.protocol",
     "policyd.addresses",
     "policyd.decision",

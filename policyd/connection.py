@@ -7,18 +7,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from policyd.actions import INTERNAL_ERROR, encode_decision
 from policyd.decision import Decision
-from policyd.protocol import DECISION_ATTRIBUTES, ProtocolError, RequestParser
+from policyd.protocol import ProtocolError, RequestParser
+from policyd.request import Request
 
 if TYPE_CHECKING:
     from policyd.config import ServerConfig
     from policyd.service import PolicyService
 
 log: Final = logging.getLogger("policyd.server")
+# (bound once: compiled, `time.perf_counter()` looks the name up in the module at every call)
+_perf_counter: Final = time.perf_counter
+_monotonic: Final = time.monotonic
 
 
 class PolicyServer(Protocol):
@@ -37,9 +41,7 @@ class PolicyServer(Protocol):
 
     def _process_inbox(self) -> None: ...
 
-    def emit(
-        self, attrs: Mapping[str, str], profile: str, decision: Decision, elapsed: float
-    ) -> None: ...
+    def emit(self, req: Request, profile: str, decision: Decision, elapsed: float) -> None: ...
 
 
 #: Stop reading from a client that has this many requests waiting for a directory answer
@@ -65,7 +67,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: PolicyServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.parser = RequestParser(keep=DECISION_ATTRIBUTES)
+        self.parser = RequestParser()
         self.tail: asyncio.Task[None] | None = None
         self.pending = 0
         self.queued = 0  # chunks in server._inbox, not yet parsed
@@ -116,7 +118,7 @@ class Connection(asyncio.Protocol):
             self.tail.cancel()
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = time.monotonic()
+        self.last_active = _monotonic()
         srv = self.server
         if not srv._inbox:
             asyncio.get_running_loop().call_soon(srv._process_inbox)
@@ -125,13 +127,13 @@ class Connection(asyncio.Protocol):
 
     def handle_data(self, data: bytes) -> None:
         try:
-            requests = self.parser.feed_attrs(data)
+            requests = self.parser.feed_requests(data)
         except ProtocolError as e:
             log.warning("closing connection from %s: %s (nothing answered)", self.peer, e)
             self.abort()
             return
-        for attrs in requests:
-            self._handle(attrs)
+        for req in requests:
+            self._handle(req)
 
     def eof_received(self) -> bool | None:
         return None  # close our side too once replies are written
@@ -150,21 +152,21 @@ class Connection(asyncio.Protocol):
 
     # requests ----------------------------------------------------------------------------
 
-    def _handle(self, attrs: Mapping[str, str]) -> None:
-        started = time.perf_counter()
+    def _handle(self, req: Request) -> None:
+        started = _perf_counter()
         try:
-            profile, result = self.server.service.decide_now(attrs)
+            profile, result = self.server.service.decide_now(req)
         except Exception:  # a bug must defer, never permit, never kill the server
             log.exception("internal error deciding a request from %s", self.peer)
             profile_name, result = "-", INTERNAL_ERROR
         else:
             profile_name = profile.name
         if isinstance(result, Decision) and self.tail is None:
-            self._reply(attrs, profile_name, result, started)
+            self._reply(req, profile_name, result, started)
             return
         self.pending += 1
         self.tail = asyncio.ensure_future(
-            self._ordered(self.tail, attrs, profile_name, result, started)
+            self._ordered(self.tail, req, profile_name, result, started)
         )
         if self.pending >= MAX_PENDING_PER_CONNECTION and not self._paused and self.transport:
             self._paused = True
@@ -173,7 +175,7 @@ class Connection(asyncio.Protocol):
     async def _ordered(
         self,
         previous: asyncio.Task[None] | None,
-        attrs: Mapping[str, str],
+        req: Request,
         profile: str,
         result: Decision | Coroutine[Any, Any, Decision],
         started: float,
@@ -191,7 +193,7 @@ class Connection(asyncio.Protocol):
                     decision = INTERNAL_ERROR
             if previous is not None and not previous.done():
                 await asyncio.shield(previous)
-            self._reply(attrs, profile, decision, started)
+            self._reply(req, profile, decision, started)
         finally:
             self.pending -= 1
             if self.tail is asyncio.current_task():
@@ -203,9 +205,7 @@ class Connection(asyncio.Protocol):
             if self.server.draining:
                 self.close_if_idle()
 
-    def _reply(
-        self, attrs: Mapping[str, str], profile: str, decision: Decision, started: float
-    ) -> None:
+    def _reply(self, req: Request, profile: str, decision: Decision, started: float) -> None:
         payload = encode_decision(decision)
         transport = self.transport
         if transport is not None and not transport.is_closing():
@@ -214,7 +214,7 @@ class Connection(asyncio.Protocol):
                 transport.write(payload)
             else:
                 outbox.append((transport, payload))
-        self.server.emit(attrs, profile, decision, time.perf_counter() - started)
+        self.server.emit(req, profile, decision, _perf_counter() - started)
         if self.server.draining:
             self.close_if_idle()
 

@@ -20,12 +20,12 @@ import sys
 # Private, but what the fast path needs: the loop running in this thread or None, without
 # the exception get_running_loop() raises off the loop (see formats_plainly).
 from asyncio import _get_running_loop as _running_loop
-from collections.abc import Mapping
 from threading import get_ident as _get_ident
 from typing import Final
 
 from policyd.actions import to_action
 from policyd.decision import Decision
+from policyd.request import Request
 
 logger: Final = logging.getLogger("policyd.decision")
 
@@ -63,17 +63,14 @@ def _ms(elapsed: float) -> str:
     return f"{hundredths // 100}.{_HUNDREDTHS[hundredths % 100]}"
 
 
-def decision_line(
-    attrs: Mapping[str, str], profile: str, decision: Decision, elapsed: float
-) -> str:
-    g = attrs.get
+def decision_line(req: Request, profile: str, decision: Decision, elapsed: float) -> str:
     values = (
-        g("queue_id", ""),
-        g("instance", ""),
-        g("client_address", ""),
-        g("sasl_username", ""),
-        g("sender", ""),
-        g("recipient", ""),
+        req.queue_id,
+        req.instance,
+        req.client_address,
+        req.sasl_username,
+        req.sender,
+        req.recipient,
         profile,
     )
     # One check over the request's values ("!" is a safe separator): usually none needs
@@ -117,17 +114,15 @@ def milter_line(
     )
 
 
-def log_decision(
-    attrs: Mapping[str, str], profile: str, decision: Decision, elapsed: float
-) -> None:
+def log_decision(req: Request, profile: str, decision: Decision, elapsed: float) -> None:
     """The policy service's decision hook: one line per decision."""
     direct = _direct
     if direct is not None and direct.holding and direct.batch_thread == _get_ident():
         # A batch is open in this thread: the level and the fast path were checked when it
         # was opened, in this event-loop iteration.
-        direct.take(decision_line(attrs, profile, decision, elapsed))
+        direct.take(decision_line(req, profile, decision, elapsed))
     elif logger.isEnabledFor(_INFO):
-        log_line(decision_line(attrs, profile, decision, elapsed))
+        log_line(decision_line(req, profile, decision, elapsed))
 
 
 def log_line(line: str) -> None:

@@ -23,6 +23,7 @@ from policyd.config import ProfileConfig
 from policyd.decision import Decision, Reason, Verdict
 from policyd.networks import Range
 from policyd.replies import render
+from policyd.request import Request
 
 POLICY_REQUEST: Final = "smtpd_access_policy"
 
@@ -70,21 +71,21 @@ class Facts:
         )
 
 
-def needs_network(attrs: Mapping[str, str]) -> bool:
+def needs_network(req: Request) -> bool:
     """Whether decide() looks at Facts.network: not for an authenticated client (the login
     rules apply wherever it connects from), so the range lookup can be skipped."""
-    return not attrs.get("sasl_username", "").strip()
+    return not req.sasl_username.strip()
 
 
-def needs(attrs: Mapping[str, str], profile: ProfileConfig, network: Range | None) -> Need:
+def needs(req: Request, profile: ProfileConfig, network: Range | None) -> Need:
     """Which directory lookup decide() will need for this request. (`network` matters only
-    when needs_network(attrs); pass None otherwise.)"""
-    if attrs.get("request", "") != POLICY_REQUEST:
+    when needs_network(req); pass None otherwise.)"""
+    if req.request != POLICY_REQUEST:
         return Need.NOTHING
-    if attrs.get("protocol_state", "").upper() != profile.check_state:
+    if req.protocol_state.upper() != profile.check_state:
         return Need.NOTHING
-    sender = attrs.get("sender", "")
-    if attrs.get("sasl_username", "").strip():
+    sender = req.sender
+    if req.sasl_username.strip():
         return Need.ADDRESSES if sender else Need.NOTHING
     if network is None and profile.protect_local_senders and sender:
         return Need.OWNERS
@@ -112,22 +113,21 @@ _NO_OWNERS: Final[Mapping[str, frozenset[str]]] = {}
 
 
 def decide(
-    attrs: Mapping[str, str],
+    req: Request,
     profile: ProfileConfig,
     facts: Facts,
     rules: AddressRules,
 ) -> Decision:
-    """The policy. `attrs` are the request attributes (missing = empty)."""
-    get = attrs.get
-    if get("request", "") != POLICY_REQUEST:
+    """The policy, for the request `req` and the facts found for it."""
+    if req.request != POLICY_REQUEST:
         return _DUNNO_WRONG_REQUEST
-    if get("protocol_state", "").upper() != profile.check_state:
+    if req.protocol_state.upper() != profile.check_state:
         return _DUNNO_NOT_CHECKED_STATE
 
     replies = profile.replies
-    sender = get("sender", "")
-    login = get("sasl_username", "").strip()
-    client = get("client_address", "")
+    sender = req.sender
+    login = req.sasl_username.strip()
+    client = req.client_address
     # (the template values built only for a reply: most requests are accepted)
     if login:
         if not sender:
@@ -272,7 +272,9 @@ _DUNNO_WRONG_REQUEST: Final = Decision(Verdict.DUNNO, Reason.WRONG_REQUEST)
 _DUNNO_NOT_CHECKED_STATE: Final = Decision(Verdict.DUNNO, Reason.NOT_CHECKED_STATE)
 _DUNNO_NULL_SENDER: Final = Decision(Verdict.DUNNO, Reason.NULL_SENDER)
 _DUNNO_NOT_TRUSTED: Final = Decision(Verdict.DUNNO, Reason.NOT_TRUSTED)
-_ACCEPTS: Final[dict[tuple[str, Reason], Decision]] = {}
+# accept action -> its Decision, one table per reason (keyed by the action alone: an enum in a
+# key would be hashed by Enum.__hash__, Python code, on every request)
+_ACCEPTS: Final[dict[Reason, dict[str, Decision]]] = {}
 
 
 def _say(template: str, sender: str, login: str, client: str) -> str:
@@ -281,13 +283,30 @@ def _say(template: str, sender: str, login: str, client: str) -> str:
 
 
 def _accept(profile: ProfileConfig, reason: Reason) -> Decision:
-    key = (profile.accept_action, reason)
-    d = _ACCEPTS.get(key)
+    if reason is Reason.SENDER_OWNED:
+        table = _ACCEPTS_OWNED
+    elif reason is Reason.ALLOCATED_NETWORK:
+        table = _ACCEPTS_NETWORK
+    else:
+        table = _accepts_for(reason)
+    action = profile.accept_action
+    d = table.get(action)
     if d is None:
-        d = Decision(Verdict.ACCEPT, reason, reply=profile.accept_action.upper())
-        if len(_ACCEPTS) < 256:  # (accept actions come from the config: a handful)
-            _ACCEPTS[key] = d
+        d = Decision(Verdict.ACCEPT, reason, reply=action.upper())
+        if len(table) < 64:  # (accept actions come from the config: a handful)
+            table[action] = d
     return d
+
+
+def _accepts_for(reason: Reason) -> dict[str, Decision]:
+    table = _ACCEPTS.get(reason)
+    if table is None:
+        table = _ACCEPTS[reason] = {}
+    return table
+
+
+_ACCEPTS_OWNED: Final = _accepts_for(Reason.SENDER_OWNED)
+_ACCEPTS_NETWORK: Final = _accepts_for(Reason.ALLOCATED_NETWORK)
 
 
 def _reject(profile: ProfileConfig, reason: Reason, reply: str) -> Decision:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -29,8 +29,9 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from policyd import __version__
-from policyd.decision import Decision, Reason, Verdict
+from policyd.decision import Decision
 from policyd.listen import parse_listen
+from policyd.request import Request
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -103,7 +104,7 @@ class Metrics:
         self._lookup_ok = self.lookup_seconds.labels("ok")
         self._lookup_error = self.lookup_seconds.labels("error")
         self._observe_request = self.request_seconds.observe
-        self._children: dict[tuple[Verdict, Reason, str], Counter] = {}
+        self._children: dict[tuple[str, str, str], Counter] = {}
         self.app: Observed | None = None
         self._collector = _AppCollector(self)
         r.register(self._collector)
@@ -116,14 +117,13 @@ class Metrics:
 
     # hot path ----------------------------------------------------------------------------
 
-    def on_decision(
-        self, attrs: Mapping[str, str], profile: str, decision: Decision, seconds: float
-    ) -> None:
+    def on_decision(self, req: Request, profile: str, decision: Decision, seconds: float) -> None:
         """PolicyServer decision hook: one call per answered request."""
-        key = (decision.verdict, decision.reason, profile)
+        # (keyed by the enums' values: an Enum member is hashed by Python code, Enum.__hash__)
+        key = (decision.verdict._value_, decision.reason._value_, profile)
         child = self._children.get(key)
         if child is None:
-            child = self.decisions.labels(decision.verdict.value, decision.reason.value, profile)
+            child = self.decisions.labels(*key)
             self._children[key] = child
         child.inc()
         self._observe_request(seconds)

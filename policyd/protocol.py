@@ -31,9 +31,9 @@ from types import MappingProxyType
 from typing import ClassVar, Final
 
 from policyd.limits import MAX_ATTRIBUTES, MAX_LINE_BYTES, MAX_REQUEST_BYTES
+from policyd.request import Request
 
 __all__ = [
-    "DECISION_ATTRIBUTES",
     "LineTooLong",
     "MalformedRequest",
     "PolicyRequest",
@@ -93,9 +93,9 @@ class MalformedRequest(ProtocolError):
 
 @dataclass(frozen=True, slots=True)
 class PolicyRequest:
-    """One policy request. ``attrs`` holds every attribute (or those the parser keeps),
-    unknown ones included; for a repeated name the first value wins. ``get`` returns "" when
-    absent (Postfix itself sends "" for unavailable values)."""
+    """One policy request. ``attrs`` holds every attribute, unknown ones included; for a
+    repeated name the first value wins. ``get`` returns "" when absent (Postfix itself sends
+    "" for unavailable values)."""
 
     attrs: Mapping[str, str]
 
@@ -106,22 +106,6 @@ class PolicyRequest:
 # --------------------------------------------------------------------------------------------
 # Parser
 
-#: The attributes a policy decision and its log line read (policyd.engine, policyd.service,
-#: policyd.decision_log): all the socket server keeps of a request (RequestParser(keep=...)).
-#: tests/unit/test_protocol.py fails if one of those modules reads an attribute not named here.
-DECISION_ATTRIBUTES: Final[tuple[str, ...]] = (
-    "request",
-    "protocol_state",
-    "client_address",
-    "sasl_username",
-    "sender",
-    "recipient",
-    "queue_id",
-    "instance",
-    "server_port",
-    "policy_context",
-)
-
 _LF: Final = 10
 _CR: Final = 13
 # bytes.translate's delete table: every byte but "=", LF, CR and NUL (the fast path's check)
@@ -129,17 +113,9 @@ _FRAMING_ONLY: Final = bytes(b for b in range(256) if b not in (0x3D, _LF, _CR, 
 # the skeleton of a request of k lines that the fast path takes, for the usual k
 _SKELETONS: Final[tuple[bytes, ...]] = tuple(b"=\n" * k + b"\n" for k in range(64))
 
-# The parser builds requests without going through the frozen dataclass __init__ (which sets
-# the field with object.__setattr__ anyway); this saves a noticeable share of the per-request
-# cost on the hot path.
-_new_request: Final = PolicyRequest.__new__
-_set_attr: Final = object.__setattr__
-
 
 def _request_from(attrs: dict[str, str]) -> PolicyRequest:
-    req = _new_request(PolicyRequest)
-    _set_attr(req, "attrs", MappingProxyType(attrs))
-    return req
+    return PolicyRequest(MappingProxyType(attrs))
 
 
 def _check_line_lengths(buf: bytes | bytearray, start: int, end: int) -> None:
@@ -189,31 +165,74 @@ def _parse_lines(lines: list[str]) -> dict[str, str]:
     return attrs
 
 
-def _search_keys(keep: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    """(name, "\nname=") for each kept name; made once per `keep` (a parser per connection)."""
-    keys = _SEARCH_KEYS.get(keep)
-    if keys is None:
-        keys = tuple((name, f"\n{name}=") for name in keep)
-        if len(_SEARCH_KEYS) < 16:
-            _SEARCH_KEYS[keep] = keys
-    return keys
+def _whole(data: bytes) -> bool:
+    """Whether `data` is exactly one whole LF-only request, every line with exactly one "=",
+    short enough that no line or size limit can be hit (the attribute count is checked): the
+    fast paths' case (with nothing buffered before it). Anything else takes the general path,
+    which gives the same result or the error."""
+    n = len(data)
+    if n < 2 or n > MAX_LINE_BYTES or data[n - 1] != _LF or data[n - 2] != _LF:
+        return False
+    # Only the "=", LF, CR and NUL bytes: "=\n" once per line then the empty line's LF exactly
+    # when every line has one "=", no line is empty before the last (so the request ends
+    # there) and there is no CR or NUL (those take the general path).
+    skeleton = data.translate(None, _FRAMING_ONLY)
+    count = len(skeleton) >> 1
+    if count > MAX_ATTRIBUTES:
+        return False
+    return skeleton == (_SKELETONS[count] if count < len(_SKELETONS) else b"=\n" * count + b"\n")
 
 
-_SEARCH_KEYS: Final[dict[tuple[str, ...], tuple[tuple[str, str], ...]]] = {}
+def _split_whole(data: bytes) -> dict[str, str] | None:
+    """Every attribute of a _whole request; None for any doubt (a repeated or empty name)."""
+    # "name=value\nname=value" -> [name, value, name, value]
+    it = iter(data[:-2].decode("utf-8", "surrogateescape").replace("\n", "=").split("="))
+    attrs = dict(zip(it, it, strict=True))
+    if "" in attrs or len(attrs) != data.count(b"\n") - 1:
+        return None
+    return attrs
+
+
+def _find_in_whole(data: bytes) -> Request | None:
+    """The Request of a _whole request, each attribute found in the text rather than every
+    line split (most of a request is not read); None when a name is empty (refused by the
+    general path). A line starts after an LF, so "\nname=" is the start of that attribute's
+    first line: the first of a repeated name wins, as in the general path."""
+    text = "\n" + data.decode("utf-8", "surrogateescape")
+    if text.find("\n=") >= 0:
+        return None
+    return Request(
+        request=_value(text, "\nrequest="),
+        protocol_state=_value(text, "\nprotocol_state="),
+        client_address=_value(text, "\nclient_address="),
+        sasl_username=_value(text, "\nsasl_username="),
+        sender=_value(text, "\nsender="),
+        recipient=_value(text, "\nrecipient="),
+        queue_id=_value(text, "\nqueue_id="),
+        instance=_value(text, "\ninstance="),
+        server_port=_value(text, "\nserver_port="),
+        policy_context=_value(text, "\npolicy_context="),
+    )
+
+
+def _value(text: str, key: str) -> str:
+    """The value on the first line that starts with `key` ("\nname="), or ""."""
+    at = text.find(key)
+    if at < 0:
+        return ""
+    at += len(key)
+    return text[at : text.find("\n", at)]
 
 
 class RequestParser:
     """Incremental request parser. ``feed`` returns the requests completed by the new bytes;
-    any chunking of a byte stream yields the same requests.
+    any chunking of a byte stream yields the same requests. ``feed_requests`` returns the same
+    requests as request.Request (only the attributes a decision reads: the server's call);
+    the checks are the same."""
 
-    With ``keep`` (attribute names), each request holds only those of its attributes: what
-    the socket server passes on is DECISION_ATTRIBUTES. The checks are the same either way
-    (a request that is a protocol error with every attribute kept is one with ``keep``).
-    """
+    __slots__ = ("_buf", "_lead", "_scan", "_error")
 
-    __slots__ = ("_buf", "_lead", "_scan", "_error", "_keep", "_keys")
-
-    def __init__(self, keep: tuple[str, ...] | None = None) -> None:
+    def __init__(self) -> None:
         # Unconsumed bytes of the current request, starting at its first non-empty line.
         self._buf = bytearray()
         # Bytes of empty lines skipped before the current request (count toward its size).
@@ -222,9 +241,6 @@ class RequestParser:
         # the terminator search resumes just before it.
         self._scan = 0
         self._error: ProtocolError | None = None
-        self._keep = keep
-        # (name, "\nname=") for the fast path's search of a kept attribute's line
-        self._keys = _search_keys(keep) if keep is not None else ()
 
     @property
     def pending(self) -> bool:
@@ -235,61 +251,41 @@ class RequestParser:
         return [_request_from(attrs) for attrs in self.feed_attrs(data)]
 
     def feed_attrs(self, data: bytes) -> list[dict[str, str]]:
-        """As feed, each request as a new dict of its (kept) attributes: the server's call."""
+        """As feed, each request as a new dict of its attributes."""
         if self._error is not None:
             raise self._error._clone()
         try:
+            if not self._buf and not self._lead and _whole(data):
+                attrs = _split_whole(data)
+                if attrs is not None:
+                    return [attrs]
             return self._feed(data)
         except ProtocolError as exc:
-            self._error = exc
-            self._buf = bytearray()
-            self._lead = self._scan = 0
+            self._fail(exc)
             raise
 
+    def feed_requests(self, data: bytes) -> list[Request]:
+        """As feed, each request as a Request."""
+        if self._error is not None:
+            raise self._error._clone()
+        try:
+            if not self._buf and not self._lead and _whole(data):
+                req = _find_in_whole(data)
+                if req is not None:
+                    return [req]
+            return [Request.from_attrs(attrs) for attrs in self._feed(data)]
+        except ProtocolError as exc:
+            self._fail(exc)
+            raise
+
+    def _fail(self, exc: ProtocolError) -> None:
+        self._error = exc
+        self._buf = bytearray()
+        self._lead = self._scan = 0
+
     def _feed(self, data: bytes) -> list[dict[str, str]]:
+        """The general path: any bytes, any chunking."""
         buf: bytes | bytearray
-        n = len(data)
-        if (
-            # Fast path for the common case: exactly one whole LF-only request, nothing
-            # buffered and no empty lines skipped before it, every line with exactly one "=".
-            # Short enough that no line or size limit can be hit (the attribute count is
-            # checked). Anything else, and any doubt (a repeated or empty name), takes the
-            # general path, which gives the same result or the error.
-            2 <= n <= MAX_LINE_BYTES
-            and data[n - 1] == _LF
-            and data[n - 2] == _LF
-            and not self._buf
-            and not self._lead
-        ):
-            # Only the "=", LF, CR and NUL bytes: "=\n" once per line then the empty line's
-            # LF exactly when every line has one "=", no line is empty before the last (so the
-            # request ends there) and there is no CR or NUL (those take the general path).
-            skeleton = data.translate(None, _FRAMING_ONLY)
-            count = len(skeleton) >> 1
-            if count <= MAX_ATTRIBUTES and skeleton == (
-                _SKELETONS[count] if count < len(_SKELETONS) else b"=\n" * count + b"\n"
-            ):
-                if self._keep is not None:
-                    # Each kept attribute's line found in the text, not every line split: a
-                    # line starts after an LF, so "\nname=" is the start of that attribute's
-                    # first line (the first wins), and an empty name shows as "\n=".
-                    text = "\n" + data.decode("utf-8", "surrogateescape")
-                    if text.find("\n=") < 0:
-                        kept: dict[str, str] = {}
-                        for name, key in self._keys:
-                            at = text.find(key)
-                            if at >= 0:
-                                at += len(key)
-                                kept[name] = text[at : text.find("\n", at)]
-                        return [kept]
-                else:
-                    # "name=value\nname=value" -> [name, value, name, value]
-                    it = iter(
-                        data[:-2].decode("utf-8", "surrogateescape").replace("\n", "=").split("=")
-                    )
-                    attrs = dict(zip(it, it, strict=True))
-                    if len(attrs) == count and "" not in attrs:
-                        return [attrs]
         if self._buf:
             self._buf += data
             buf = self._buf
@@ -344,10 +340,7 @@ class RequestParser:
                     f"{MAX_REQUEST_BYTES}-byte limit",
                     "request_too_large",
                 )
-            attrs = _parse_block(buf[pos:t])
-            if self._keep is not None:
-                attrs = {k: attrs[k] for k in self._keep if k in attrs}
-            out.append(attrs)
+            out.append(_parse_block(buf[pos:t]))
             pos = end
             lead = 0
             scan = 0

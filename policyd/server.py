@@ -15,7 +15,7 @@ import os
 import socket
 import stat
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, Protocol
 
 from policyd.config import ServerConfig
@@ -23,12 +23,13 @@ from policyd.connection import Connection
 from policyd.decision import Decision
 from policyd.decision_log import flush_decision_log, hold_decision_lines, log_decision
 from policyd.listen import parse_listen
+from policyd.request import Request
 from policyd.service import PolicyService
 
 log: Final = logging.getLogger(__name__)
 
-#: Called after every decision: (attrs, profile name, decision, seconds).
-DecisionHook = Callable[[Mapping[str, str], str, Decision, float], None]
+#: Called after every decision: (request, profile name, decision, seconds).
+DecisionHook = Callable[[Request, str, Decision, float], None]
 
 #: Python 3.13 made asyncio's create_unix_server(sock=...) unlink the socket's path when the
 #: server closes (cleanup_socket=True by default). A passed-in socket belongs to systemd's
@@ -248,16 +249,14 @@ class PolicyServer:
         finally:
             flush_decision_log()
 
-    def emit(
-        self, attrs: Mapping[str, str], profile: str, decision: Decision, elapsed: float
-    ) -> None:
+    def emit(self, req: Request, profile: str, decision: Decision, elapsed: float) -> None:
         try:
-            log_decision(attrs, profile, decision, elapsed)
+            log_decision(req, profile, decision, elapsed)
         except Exception:  # a broken log handler must not break the answer
             log.exception("decision log failed")
         for hook in self.hooks:
             try:
-                hook(attrs, profile, decision, elapsed)
+                hook(req, profile, decision, elapsed)
             except Exception:  # a broken log handler must not break the answer
                 log.exception("decision hook failed")
 

@@ -8,7 +8,7 @@ only the rest cost a task switch.
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import Any, Final
 
 from policyd.addresses import canonical_login
@@ -34,6 +34,7 @@ from policyd.engine import (
 )
 from policyd.headers import AuthorCheck
 from policyd.networks import Range
+from policyd.request import Request
 from policyd.runtime import Runtime
 
 log: Final = logging.getLogger(__name__)
@@ -49,17 +50,17 @@ class PolicyService:
         # self.runtime, and the next lookup starts a new table)
         self._by_port: tuple[Runtime | None, dict[str, ProfileConfig]] = (None, {})
 
-    def select_profile(self, attrs: Mapping[str, str], rt: Runtime | None = None) -> ProfileConfig:
+    def select_profile(self, req: Request, rt: Runtime | None = None) -> ProfileConfig:
         """policy_context names the profile; else the server_port; else the default."""
         rt = rt or self.runtime
         profiles = rt.config.profiles
-        ctx = attrs.get("policy_context", "")
+        ctx = req.policy_context
         if ctx:
             p = profiles.get(ctx)
             if p is not None:
                 return p
             log.warning("policy_context=%s names no profile; using the default", ctx[:64])
-        port = attrs.get("server_port", "")
+        port = req.server_port
         by_port = self._by_port
         if by_port[0] is rt:
             hit = by_port[1].get(port)
@@ -84,36 +85,34 @@ class PolicyService:
         return profiles[rt.config.policy.default_profile]
 
     def decide_now(
-        self, attrs: Mapping[str, str]
+        self, req: Request
     ) -> tuple[ProfileConfig, Decision | Coroutine[Any, Any, Decision]]:
         """Either the decision, or a coroutine that finishes it after a directory lookup."""
         rt = self.runtime
-        profile = self.select_profile(attrs, rt)
-        network = (
-            rt.networks.lookup(attrs.get("client_address", "")) if needs_network(attrs) else None
-        )
-        need = needs(attrs, profile, network)
+        profile = self.select_profile(req, rt)
+        network = rt.networks.lookup(req.client_address) if needs_network(req) else None
+        need = needs(req, profile, network)
         if need is Need.NOTHING:
-            return profile, decide(attrs, profile, Facts(network=network), rt.rules)
+            return profile, decide(req, profile, Facts(network=network), rt.rules)
         try:
-            facts = _peek_facts(rt, attrs, need, network)
+            facts = _peek_facts(rt, req, need, network)
         except DirectoryUnavailable as e:
             log.warning("directory unavailable: %s", str(e))  # (str: see _decide_later)
             facts = Facts(network=network, directory_unavailable=True)
         if facts is None:
-            return profile, self._decide_later(rt, attrs, profile, network, need)
-        return profile, decide(attrs, profile, facts, rt.rules)
+            return profile, self._decide_later(rt, req, profile, network, need)
+        return profile, decide(req, profile, facts, rt.rules)
 
     async def _decide_later(
         self,
         rt: Runtime,
-        attrs: Mapping[str, str],
+        req: Request,
         profile: ProfileConfig,
         network: Range | None,
         need: Need,
     ) -> Decision:
         try:
-            facts = await gather_facts(rt, attrs, need, network)
+            facts = await gather_facts(rt, req, need, network)
         except DirectoryUnavailable as e:
             # str(e), not e: a log record keeps its args, and this exception's traceback holds
             # the frames of every request that waited on the same lookup (one exception is
@@ -121,23 +120,21 @@ class PolicyService:
             # callers' frames alive too, with their connections.
             log.warning("directory unavailable: %s", str(e))
             facts = Facts(network=network, directory_unavailable=True)
-        return decide(attrs, profile, facts, rt.rules)
+        return decide(req, profile, facts, rt.rules)
 
-    async def decide(self, attrs: Mapping[str, str]) -> tuple[ProfileConfig, Decision]:
-        profile, result = self.decide_now(attrs)
+    async def decide(self, req: Request) -> tuple[ProfileConfig, Decision]:
+        profile, result = self.decide_now(req)
         if isinstance(result, Decision):
             return profile, result
         return profile, await result
 
 
-def _peek_facts(
-    rt: Runtime, attrs: Mapping[str, str], need: Need, network: Range | None
-) -> Facts | None:
+def _peek_facts(rt: Runtime, req: Request, need: Need, network: Range | None) -> Facts | None:
     """The facts `need` names, when the lookups know them without blocking; else None."""
     lookups, rules = rt.lookups, rt.rules
-    sender = attrs.get("sender", "")
+    sender = req.sender
     if need is Need.ADDRESSES:
-        owned = lookups.peek_addresses(canonical_login(attrs.get("sasl_username", ""), rules))
+        owned = lookups.peek_addresses(canonical_login(req.sasl_username, rules))
         if owned is None:
             return None
         keys = keys_needed(sender, owned, rules)
@@ -154,14 +151,12 @@ def _peek_facts(
     return Facts(network, None, owners)
 
 
-async def gather_facts(
-    rt: Runtime, attrs: Mapping[str, str], need: Need, network: Range | None
-) -> Facts:
+async def gather_facts(rt: Runtime, req: Request, need: Need, network: Range | None) -> Facts:
     """The facts `need` names, looked up. Raises DirectoryUnavailable."""
     lookups, rules = rt.lookups, rt.rules
-    sender = attrs.get("sender", "")
+    sender = req.sender
     if need is Need.ADDRESSES:
-        owned = await lookups.addresses_of(canonical_login(attrs.get("sasl_username", ""), rules))
+        owned = await lookups.addresses_of(canonical_login(req.sasl_username, rules))
         keys = keys_needed(sender, owned, rules)
         if not keys:
             return Facts(network, owned)

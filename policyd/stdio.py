@@ -12,7 +12,7 @@ import time
 
 from policyd.actions import INTERNAL_ERROR, encode_decision
 from policyd.app import App
-from policyd.protocol import DECISION_ATTRIBUTES, ProtocolError, RequestParser
+from policyd.protocol import ProtocolError, RequestParser
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ async def _stdio_socket(app: App, fd: int) -> None:
 
 
 async def _stdio_stream(app: App, rfd: int, wfd: int) -> None:
-    parser = RequestParser(keep=DECISION_ATTRIBUTES)
+    parser = RequestParser()
     service = app.service
     assert service is not None
     while True:
@@ -55,20 +55,20 @@ async def _stdio_stream(app: App, rfd: int, wfd: int) -> None:
                 log.info("stdin closed in the middle of a request")
             return
         try:
-            requests = parser.feed_attrs(data)
+            requests = parser.feed_requests(data)
         except ProtocolError as e:
             log.warning("closing stdin connection: %s (nothing answered)", e)
             return
-        for attrs in requests:
+        for req in requests:
             started = time.perf_counter()
             try:
-                profile, decision = await service.decide(attrs)
+                profile, decision = await service.decide(req)
                 pname = profile.name
             except Exception:  # a bug must defer, never permit, never kill the server
                 log.exception("internal error deciding a request on stdin")
                 pname, decision = "-", INTERNAL_ERROR
             _write_all(wfd, encode_decision(decision))
-            app.server.emit(attrs, pname, decision, time.perf_counter() - started)
+            app.server.emit(req, pname, decision, time.perf_counter() - started)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -13,6 +13,7 @@ from policyd.config import Config
 from policyd.decision import Decision
 from policyd.directory.base import DirectoryUnavailable
 from policyd.headers import author_mailboxes
+from policyd.request import Request
 from policyd.runtime import Runtime
 from policyd.service import PolicyService, decide_headers
 
@@ -48,20 +49,17 @@ async def _check(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 async def _explain_policy(args: argparse.Namespace, runtime: Runtime) -> None:
-    attrs = {
-        "request": "smtpd_access_policy",
-        "protocol_state": args.protocol_state,
-        "protocol_name": "ESMTP",
-        "client_address": args.client_address,
-        "client_name": "unknown",
-        "sasl_username": args.sasl_username,
-        "sasl_method": "PLAIN" if args.sasl_username else "",
-        "sender": args.sender.strip("<>"),
-        "recipient": args.recipient,
-        "policy_context": args.policy_context,
-        "server_port": args.server_port,
-    }
-    profile, decision = await PolicyService(runtime).decide(attrs)
+    req = Request(
+        request="smtpd_access_policy",
+        protocol_state=args.protocol_state,
+        client_address=args.client_address,
+        sasl_username=args.sasl_username,
+        sender=args.sender.strip("<>"),
+        recipient=args.recipient,
+        policy_context=args.policy_context,
+        server_port=args.server_port,
+    )
+    profile, decision = await PolicyService(runtime).decide(req)
     _print_decision("", decision)
     print(f"profile={profile.name} (role {profile.role}, mode {profile.mode})")
     rng = runtime.networks.lookup(args.client_address)

@@ -10,6 +10,7 @@ import ldap3
 import pytest
 
 from policyd.config import config_from_dict
+from policyd.request import Request
 from policyd.runtime import build_runtime
 from policyd.service import PolicyService
 from tests.servers.slapd import Slapd
@@ -62,7 +63,7 @@ def decide_all(
                 "sender": sender,
                 "recipient": "friend@external.test",
             }
-            _, decision = await service.decide(attrs)
+            _, decision = await service.decide(Request.from_attrs(attrs))
             out.append(decision.reason.value)
         return out
 

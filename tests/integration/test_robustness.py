@@ -34,6 +34,7 @@ from policyd.decision import Decision
 from policyd.directory.base import DirectoryUnavailable
 from policyd.directory.cache import CachedLookups
 from policyd.protocol import encode_request
+from policyd.request import Request
 from policyd.runtime import Runtime, build_runtime
 from policyd.service import PolicyService
 from tests.compiled import replaces_methods
@@ -350,7 +351,9 @@ GARBAGE = st.one_of(
 def expected_actions(service: PolicyService, requests: list[dict[str, str]]) -> list[str]:
     out = []
     for attrs in requests:
-        _, decision = service.decide_now(attrs)  # embedded directory: decided at once
+        _, decision = service.decide_now(
+            Request.from_attrs(attrs)
+        )  # embedded directory: decided at once
         assert isinstance(decision, Decision)
         out.append(to_action(decision))
     return out
@@ -453,7 +456,9 @@ def test_any_attributes_give_an_encodable_decision(tmp_path: Path, attrs: dict[s
     """PolicyService never raises on any attribute values (the server would turn that into a
     451 for a request that deserves an answer), and every decision encodes to a valid action."""
     service = _service(tmp_path)
-    _, decision = service.decide_now(attrs)  # embedded directory: decided at once
+    _, decision = service.decide_now(
+        Request.from_attrs(attrs)
+    )  # embedded directory: decided at once
     assert isinstance(decision, Decision)
     encode_action(to_action(decision))
     if decision.verdict.value == "defer":
@@ -905,7 +910,7 @@ def test_client_that_never_reads_cannot_grow_our_buffers(tmp_path: Path, loop: s
             assert sent * len(LONG_REPLY) < 16 << 20, sent
             assert peak < 1 << 20, f"write buffer grew to {peak} bytes"
             # now read everything: all answered, in order
-            _, decision = await h.service.decide(LONG_ATTRS)
+            _, decision = await h.service.decide(Request.from_attrs(LONG_ATTRS))
             want = to_action(decision)
             assert want.startswith(NOT_ALLOWED.format(sender="x" * 300)[:300])
             expected = ("action=" + want + "\n\n").encode()
@@ -1122,11 +1127,11 @@ def test_a_bug_in_the_service_defers(tmp_path: Path) -> None:
             calls = {"n": 0}
             original = h.service.select_profile
 
-            def flaky(attrs: Mapping[str, str], rt: Runtime | None = None) -> ProfileConfig:
+            def flaky(req: Request, rt: Runtime | None = None) -> ProfileConfig:
                 calls["n"] += 1
-                if attrs.get("sender") == "trigger@example.org":
+                if req.sender == "trigger@example.org":
                     raise ZeroDivisionError("bug")
-                return original(attrs, rt)
+                return original(req, rt)
 
             h.service.select_profile = flaky  # type: ignore[method-assign]
             c = await Client.connect(h.address())

@@ -19,6 +19,7 @@ import pytest
 
 from policyd.connection import MAX_PENDING_PER_CONNECTION
 from policyd.protocol import encode_request
+from policyd.request import Request
 from tests.compiled import replaces_methods
 from tests.integration.serverutil import (
     AUTH_REQUIRED,
@@ -398,14 +399,14 @@ def test_a_bug_reading_one_client_cuts_off_that_client_only(
     # unexpected exception for one of them must not leave the others unanswered.
     from policyd import protocol
 
-    real_feed = protocol.RequestParser.feed_attrs
+    real_feed = protocol.RequestParser.feed_requests
 
-    def feed(self: protocol.RequestParser, data: bytes) -> list[dict[str, str]]:
+    def feed(self: protocol.RequestParser, data: bytes) -> list[Request]:
         if b"boom@" in data:
             raise RuntimeError("simulated parser bug")
         return real_feed(self, data)
 
-    monkeypatch.setattr(protocol.RequestParser, "feed_attrs", feed)
+    monkeypatch.setattr(protocol.RequestParser, "feed_requests", feed)
     config = make_config(tmp_path)
 
     async def main() -> None:

@@ -21,6 +21,7 @@ import pytest
 
 from policyd.config import load_config
 from policyd.directory.base import DirectoryUnavailable
+from policyd.request import Request
 from policyd.runtime import build_runtime
 from policyd.service import PolicyService
 from policyd.verification.lookups import SourcedLookups
@@ -297,11 +298,11 @@ def test_verified_addresses_count_at_once_and_revoked_ones_stop_at_once(site: Pa
 
     async def mx(sender: str) -> str:
         attrs = {**_attrs(sender), "sasl_username": "", "sasl_method": "", "policy_context": "mx"}
-        _, d = await service.decide({**attrs, "recipient": "bob@example.org"})
+        _, d = await service.decide(Request.from_attrs({**attrs, "recipient": "bob@example.org"}))
         return d.reason.value
 
     async def action(sender: str) -> str:
-        _, d = await service.decide(_attrs(sender))
+        _, d = await service.decide(Request.from_attrs(_attrs(sender)))
         return d.reason.value
 
     async def go() -> None:
@@ -354,7 +355,7 @@ def test_a_verified_extension_address_of_another_login_is_not_covered_by_a_base_
     api.add_unverified("bob", "x+boss@elsewhere.test", actor=Actor("cli"))
 
     async def reason(login: str, sender: str) -> str:
-        _, d = await service.decide({**_attrs(sender), "sasl_username": login})
+        _, d = await service.decide(Request.from_attrs({**_attrs(sender), "sasl_username": login}))
         return d.reason.value
 
     async def go() -> list[str]:

@@ -11,15 +11,22 @@ import pytest
 from policyd import decision_log
 from policyd.decision import Decision, Reason, Verdict
 from policyd.decision_log import decision_line, kv, log_decision, setup_logging
+from policyd.request import Request
 
-ATTRS = {
-    "queue_id": "",
-    "instance": "1.2.3.0",
-    "client_address": "192.0.2.7",
-    "sasl_username": "alice",
-    "sender": "bob@example.org",
-    "recipient": "x@example.net",
-}
+ATTRS = Request(
+    queue_id="",
+    instance="1.2.3.0",
+    client_address="192.0.2.7",
+    sasl_username="alice",
+    sender="bob@example.org",
+    recipient="x@example.net",
+)
+
+
+def with_sender(sender: str) -> Request:
+    return Request.from_attrs({**ATTRS.as_dict(), "sender": sender})
+
+
 REJECT = Decision(
     Verdict.REJECT,
     Reason.SENDER_NOT_OWNED,
@@ -75,11 +82,11 @@ def test_fast_path_writes_exactly_what_logging_writes(restore_logging: None) -> 
     fast = io.StringIO()
     setup_logging(stream=fast)
     assert decision_log._direct is not None and decision_log._direct.usable()
-    log_decision({**ATTRS, "sender": "we\nird"}, "submission", REJECT, 0.001)
+    log_decision(with_sender("we\nird"), "submission", REJECT, 0.001)
     slow = io.StringIO()
     setup_logging(stream=slow)
     decision_log._direct = None  # force the logging module path
-    log_decision({**ATTRS, "sender": "we\nird"}, "submission", REJECT, 0.001)
+    log_decision(with_sender("we\nird"), "submission", REJECT, 0.001)
     assert fast.getvalue() == slow.getvalue()
     assert fast.getvalue().startswith("INFO policyd.decision: decision ")
     assert fast.getvalue().count("\n") == 1
@@ -113,14 +120,14 @@ def test_on_the_event_loop_lines_are_written_together_at_the_end_of_the_iteratio
     decision_log._direct = None  # the logging module's own output, for comparison
     senders = [f"user{i}@example.org" for i in range(3)]
     for s in senders:
-        log_decision({**ATTRS, "sender": s}, "submission", REJECT, 0.001)
+        log_decision(with_sender(s), "submission", REJECT, 0.001)
 
     fast = io.StringIO()
     setup_logging(stream=fast)
 
     async def main() -> tuple[str, str]:
         for s in senders:
-            log_decision({**ATTRS, "sender": s}, "submission", REJECT, 0.001)
+            log_decision(with_sender(s), "submission", REJECT, 0.001)
         held = fast.getvalue()  # nothing yet: the batch waits for the end of the iteration
         await asyncio.sleep(0)
         return held, fast.getvalue()
@@ -151,7 +158,7 @@ def test_lines_held_for_a_server_batch_are_written_with_one_write_at_its_flush(
     decision_log._direct = None  # the logging module's own output, for comparison
     senders = [f"user{i}@example.org" for i in range(3)]
     for s in senders:
-        log_decision({**ATTRS, "sender": s}, "submission", REJECT, 0.001)
+        log_decision(with_sender(s), "submission", REJECT, 0.001)
 
     fast = CountingStream()
     setup_logging(stream=fast)
@@ -160,7 +167,7 @@ def test_lines_held_for_a_server_batch_are_written_with_one_write_at_its_flush(
         loop = asyncio.get_running_loop()
         decision_log.hold_decision_lines()  # what the server does around one iteration
         for s in senders:
-            log_decision({**ATTRS, "sender": s}, "submission", REJECT, 0.001)
+            log_decision(with_sender(s), "submission", REJECT, 0.001)
         held = fast.getvalue()
         callbacks = len(getattr(loop, "_ready", ()))  # (asyncio's queue of call_soon callbacks)
         decision_log.flush_decision_log()

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from policyd.actions import encode_action
 from policyd.limits import MAX_ATTRIBUTES, MAX_LINE_BYTES, MAX_REQUEST_BYTES
 from policyd.protocol import (
-    DECISION_ATTRIBUTES,
     LineTooLong,
     MalformedRequest,
     PolicyRequest,
@@ -22,6 +21,7 @@ from policyd.protocol import (
     RequestTooLarge,
     encode_request,
 )
+from policyd.request import DECISION_ATTRIBUTES, Request
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "postfix-3.7-policy-requests.txt"
 
@@ -77,14 +77,18 @@ def split_at(data: bytes, cuts: Sequence[int]) -> list[bytes]:
 
 
 def outcome(
-    chunks: Iterable[bytes], keep: tuple[str, ...] | None = None
+    chunks: Iterable[bytes], requests: bool = False
 ) -> tuple[list[dict[str, str]], type[ProtocolError] | None, bool]:
-    """(requests, error class or None, pending) of feeding the chunks in order."""
-    parser = RequestParser(keep=keep)
+    """(requests, error class or None, pending) of feeding the chunks in order (with
+    `requests`, through feed_requests: each as Request.as_dict())."""
+    parser = RequestParser()
     out: list[dict[str, str]] = []
     try:
         for chunk in chunks:
-            out.extend(dict(req.attrs) for req in parser.feed(chunk))
+            if requests:
+                out.extend(r.as_dict() for r in parser.feed_requests(chunk))
+            else:
+                out.extend(dict(req.attrs) for req in parser.feed(chunk))
     except ProtocolError as exc:
         return out, type(exc), parser.pending
     return out, None, parser.pending
@@ -147,12 +151,13 @@ def test_get_reads_an_attribute_and_gives_empty_when_absent() -> None:
     assert req.get("no_such_attribute", "x") == "x"
 
 
-def test_a_parser_with_keep_keeps_only_those_attributes_of_a_real_request() -> None:
+def test_feed_requests_gives_the_decision_attributes_of_a_real_request() -> None:
     full = RequestParser().feed_attrs(REQUESTS[1])[0]
-    kept = RequestParser(keep=DECISION_ATTRIBUTES).feed_attrs(REQUESTS[1])[0]
-    assert kept == {k: full[k] for k in DECISION_ATTRIBUTES}
-    assert kept["sasl_username"] == "alice@example.org" and kept["server_port"] == "37965"
-    assert "helo_name" not in kept
+    (req,) = RequestParser().feed_requests(REQUESTS[1])
+    assert req == Request.from_attrs(full)
+    assert req.sasl_username == "alice@example.org" and req.server_port == "37965"
+    assert req.sender == "bob@example.org" and req.queue_id == ""
+    assert req.as_dict() == {k: full[k] for k in DECISION_ATTRIBUTES}
 
 
 @pytest.mark.parametrize(
@@ -161,44 +166,40 @@ def test_a_parser_with_keep_keeps_only_those_attributes_of_a_real_request() -> N
         b"sender=first@x\nrequest=smtpd_access_policy\nsender=second@x\n\n",  # the first wins
         b"request=smtpd_access_policy\nxsender=not@this\nsender=a@b\n\n",  # a name's suffix
         b"client_name=sender=no\nsender=yes@x\n\n",  # "sender=" inside a value
-        b"sender=\nrecipient=r@x\n\n",  # an empty value is kept as ""
+        b"sender=\nrecipient=r@x\n\n",  # an empty value
         b"queue_id=Q\n\n",  # one attribute, at the very start
+        b"policy_context=last\n\n",  # and the last one the fast path looks for
         "sender=jos\u00e9@x\ninstance=\u00e9\n\n".encode(),  # UTF-8
         b"sender=\xff\xfe@x\n\n",  # not UTF-8: surrogate escapes, as the full parser
+        b"a=1\n\nsender=two@x\n\n",  # two requests in one chunk (the general path)
+        b"sender=crlf@x\r\nrequest=smtpd_access_policy\r\n\r\n",  # CRs (the general path)
     ],
 )
-def test_a_parser_with_keep_agrees_with_the_full_parser(data: bytes) -> None:
+def test_feed_requests_agrees_with_the_full_parser(data: bytes) -> None:
     full = RequestParser().feed_attrs(data)
-    kept = RequestParser(keep=DECISION_ATTRIBUTES).feed_attrs(data)
-    assert kept == [{k: a[k] for k in DECISION_ATTRIBUTES if k in a} for a in full]
+    assert RequestParser().feed_requests(data) == [Request.from_attrs(a) for a in full]
 
 
 @pytest.mark.parametrize(
     "data",
     [b"=x\nsender=a@b\n\n", b"sender=a@b\n=x\n\n", b"sender=a@b\nnoequals\n\n", b"a=\x00\n\n"],
 )
-def test_a_parser_with_keep_refuses_what_the_full_parser_refuses(data: bytes) -> None:
+def test_feed_requests_refuses_what_the_full_parser_refuses(data: bytes) -> None:
     with pytest.raises(ProtocolError) as full:
         RequestParser().feed_attrs(data)
-    with pytest.raises(ProtocolError) as kept:
-        RequestParser(keep=DECISION_ATTRIBUTES).feed_attrs(data)
-    assert kept.value.reason == full.value.reason
+    with pytest.raises(ProtocolError) as fast:
+        RequestParser().feed_requests(data)
+    assert fast.value.reason == full.value.reason
 
 
-def test_every_attribute_the_decision_modules_read_is_kept_by_the_server() -> None:
-    # The server keeps only DECISION_ATTRIBUTES: an attribute read anywhere else would be
-    # silently "" there. Every read of a request attribute in these modules is a string
-    # literal passed to .get (attrs.get / get / g): all of them must be kept.
-    import re
-
-    root = Path(__file__).resolve().parents[2] / "policyd"
-    read: set[str] = set()
-    for name in ("engine.py", "service.py", "decision_log.py", "connection.py", "server.py"):
-        text = (root / name).read_text()
-        read |= set(re.findall(r"\b(?:attrs\.get|get|g)\(\s*\"(\w+)\"", text))
-    assert read, "found no attribute reads: the pattern no longer matches the code"
-    assert read <= set(DECISION_ATTRIBUTES), sorted(read - set(DECISION_ATTRIBUTES))
-    assert {"sender", "sasl_username", "client_address", "queue_id"} <= read
+def test_a_request_reads_like_a_mapping_for_decision_hooks() -> None:
+    req = Request(sender="a@b", recipient="")
+    assert req.get("sender") == "a@b"
+    assert req.get("recipient") == "" and req.get("recipient", "x") == "x"
+    assert req.get("helo_name", "-") == "-"  # not a decision attribute
+    assert req == Request.from_attrs({"sender": "a@b", "helo_name": "ignored"})
+    assert req != Request(sender="b@a") and hash(req) == hash(Request(sender="a@b"))
+    assert repr(req) == "Request(sender='a@b')"
 
 
 def test_request_is_immutable() -> None:
@@ -612,19 +613,15 @@ def test_feed_raises_only_protocol_errors(data: bytes, cuts: list[int]) -> None:
 
 @settings(deadline=None, max_examples=400)
 @given(data=_STREAMS, cuts=st.lists(st.integers(0, 300), max_size=8))
-def test_a_parser_with_keep_gives_the_full_parsers_requests_cut_to_the_kept_names(
+def test_feed_requests_gives_the_full_parsers_requests_as_requests(
     data: bytes, cuts: list[int]
 ) -> None:
     full, full_err, full_pending = outcome(split_at(data, cuts))
-    kept, kept_err, kept_pending = outcome(split_at(data, cuts), keep=_KEEP)
-    assert kept_err == full_err
+    fast, fast_err, fast_pending = outcome(split_at(data, cuts), requests=True)
+    assert fast_err == full_err
     if full_err is None:
-        assert kept == [{k: a[k] for k in _KEEP if k in a} for a in full]
-        assert kept_pending == full_pending
-
-
-# Names the property streams can make (_PIECES), and the decision attributes.
-_KEEP = ("a", "b", "sender", "request", *DECISION_ATTRIBUTES)
+        assert fast == [Request.from_attrs(a).as_dict() for a in full]
+        assert fast_pending == full_pending
 
 
 @settings(deadline=None, max_examples=300)
