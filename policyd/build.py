@@ -33,6 +33,8 @@ COMPILED_MODULES: tuple[str, ...] = (
     "policyd.actions",
     "policyd.replies",
     "policyd.decision_log",
+    "policyd.directory.base",
+    "policyd.directory.static",
     "policyd.directory.lookups",
     "policyd.directory.cache",
     "policyd.service",

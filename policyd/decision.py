@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import Final
 
 
 class Verdict(enum.Enum):
@@ -34,15 +34,44 @@ class Reason(enum.Enum):
     NOT_AUTHENTICATED = "not_authenticated"
 
 
-@dataclass(frozen=True, slots=True)
 class Decision:
-    verdict: Verdict
-    reason: Reason
-    # For ACCEPT: the accept action word (e.g. "OK", "DUNNO"). For REJECT/DEFER: the full
-    # reply "553 5.7.1 text". Empty for DUNNO.
-    reply: str = ""
-    # Set when warn mode turned a REJECT/DEFER into DUNNO: what would have been answered.
-    would_have: str = ""
+    """What the engine decided, and why. Read-only once built.
+
+    A plain class with slots, not a frozen dataclass: a dataclass's generated __init__ is
+    interpreted Python even in the compiled build, and a reply is built for every rejected
+    request; compiled, this is a native class.
+    """
+
+    __slots__ = ("verdict", "reason", "reply", "would_have")
+
+    def __init__(
+        self, verdict: Verdict, reason: Reason, reply: str = "", would_have: str = ""
+    ) -> None:
+        self.verdict: Final = verdict
+        self.reason: Final = reason
+        # For ACCEPT: the accept action word (e.g. "OK", "DUNNO"). For REJECT/DEFER: the
+        # full reply "553 5.7.1 text". Empty for DUNNO.
+        self.reply: Final = reply
+        # Set when warn mode turned a REJECT/DEFER into DUNNO: what would have been answered.
+        self.would_have: Final = would_have
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Decision)
+            and self.verdict is other.verdict
+            and self.reason is other.reason
+            and self.reply == other.reply
+            and self.would_have == other.would_have
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.verdict._value_, self.reason._value_, self.reply, self.would_have))
+
+    def __repr__(self) -> str:
+        return (
+            f"Decision(verdict={self.verdict}, reason={self.reason}, reply={self.reply!r}, "
+            f"would_have={self.would_have!r})"
+        )
 
     @property
     def code(self) -> str:
