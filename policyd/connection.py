@@ -30,6 +30,8 @@ class PolicyServer(Protocol):
     two modules do not import each other)."""
 
     service: PolicyService
+    #: the event loop it serves on (set by start())
+    loop: asyncio.AbstractEventLoop | None
     connections: set[Connection]
     draining: bool
     refused: int
@@ -121,7 +123,8 @@ class Connection(asyncio.Protocol):
         self.last_active = _monotonic()
         srv = self.server
         if not srv._inbox:
-            asyncio.get_running_loop().call_soon(srv._process_inbox)
+            # (the server's loop: asyncio.get_running_loop() makes a getpid system call)
+            (srv.loop or asyncio.get_running_loop()).call_soon(srv._process_inbox)
         srv._inbox.append((self, data))
         self.queued += 1
 
@@ -221,7 +224,7 @@ class Connection(asyncio.Protocol):
     # lifecycle ---------------------------------------------------------------------------
 
     def _arm_idle(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.server.loop or asyncio.get_running_loop()
         remaining = self.last_active + self.server.config.idle_timeout - time.monotonic()
         if remaining <= 0 and self.pending == 0:
             log.info("closing idle connection from %s (server.idle_timeout)", self.peer)

@@ -56,6 +56,7 @@ class PolicyServer:
         hooks: Iterable[DecisionHook] = (),
     ) -> None:
         self.service = service
+        self.loop: asyncio.AbstractEventLoop | None = None  # (set by start)
         # after the decision log line (called directly: it runs for every request)
         self.hooks: list[DecisionHook] = list(hooks)
         self.connections: set[Connection] = set()
@@ -84,7 +85,7 @@ class PolicyServer:
         Passed sockets (systemd socket activation) must be listening SOCK_STREAM sockets; they
         are served as they are (no chmod, and never unlinked on stop: systemd owns them).
         """
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         srv: asyncio.Server
         # asyncio's default backlog (100) overflows when many smtpd processes (re)connect at
         # once (after a restart, every one of them): the kernel then drops SYNs and each drop
