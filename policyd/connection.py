@@ -211,14 +211,15 @@ class Connection(asyncio.Protocol):
     def _reply(self, req: Request, profile: str, decision: Decision, started: float) -> None:
         payload = encode_decision(decision)
         transport = self.transport
-        if transport is not None and not transport.is_closing():
-            outbox = self.server._outbox
-            if outbox is None or self.server.draining:
+        srv = self.server
+        if transport is not None:
+            outbox = srv._outbox
+            if outbox is not None and not srv.draining:
+                outbox.append((transport, payload))  # (written then, unless closing by then)
+            elif not transport.is_closing():
                 transport.write(payload)
-            else:
-                outbox.append((transport, payload))
-        self.server.emit(req, profile, decision, _perf_counter() - started)
-        if self.server.draining:
+        srv.emit(req, profile, decision, _perf_counter() - started)
+        if srv.draining:
             self.close_if_idle()
 
     # lifecycle ---------------------------------------------------------------------------

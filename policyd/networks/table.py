@@ -15,6 +15,8 @@ from policyd.networks.patterns import MAX4, Range
 
 _AF4: Final = socket.AF_INET
 _AF6: Final = socket.AF_INET6
+# (bound once: compiled, `socket.inet_pton(...)` looks the name up in the module at every call)
+_inet_pton: Final = socket.inet_pton
 _MAX64: Final = (1 << 64) - 1
 
 #: Ranges built for lookups are kept for the next lookup of the same range, up to this many
@@ -37,8 +39,8 @@ def _client_value(address: str) -> tuple[int, int] | None:
         return None  # nothing to unwrap: lookup() already tried this exact text ("unknown")
     try:
         if ":" not in text:
-            return 4, int.from_bytes(socket.inet_pton(_AF4, text), "big")
-        value = int.from_bytes(socket.inet_pton(_AF6, text), "big")
+            return 4, int.from_bytes(_inet_pton(_AF4, text), "big")
+        value = int.from_bytes(_inet_pton(_AF6, text), "big")
     except (OSError, ValueError):
         return None
     if value >> 32 == 0xFFFF:
@@ -129,9 +131,9 @@ class Networks:
             return None
         try:
             if ":" not in address:
-                value = int.from_bytes(socket.inet_pton(_AF4, address), "big")
+                value = int.from_bytes(_inet_pton(_AF4, address), "big")
             else:
-                value = int.from_bytes(socket.inet_pton(_AF6, address), "big")
+                value = int.from_bytes(_inet_pton(_AF6, address), "big")
                 if value >> 32 != 0xFFFF:
                     return self._lookup6(value)
                 value &= MAX4
