@@ -31,6 +31,7 @@ from policyd.directory.cache import CachedLookups, LookupRunner
 from policyd.directory.lookups import DirectLookups
 from policyd.networks import Networks
 from policyd.protocol import encode_request
+from policyd.request import Request
 from policyd.runtime import Runtime
 from policyd.server import PolicyServer
 from policyd.service import PolicyService
@@ -260,7 +261,7 @@ async def serving(
     directory backend, started on these listeners and stopped at the end."""
     decisions: list[tuple[str, str]] = []
 
-    def hook(attrs: Mapping[str, str], profile: str, decision: Any, elapsed: float) -> None:
+    def hook(req: Request, profile: str, decision: Any, elapsed: float) -> None:
         decisions.append((profile, decision.reason.value))
 
     passed = list(sockets)

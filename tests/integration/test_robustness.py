@@ -19,7 +19,7 @@ import struct
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -1103,7 +1103,7 @@ def test_directory_returning_none_defers(tmp_path: Path, blocking: bool) -> None
 def test_failing_decision_hook_does_not_break_answers(tmp_path: Path) -> None:
     config = make_config(tmp_path)
 
-    def bad_hook(attrs: Mapping[str, str], profile: str, decision: object, elapsed: float) -> None:
+    def bad_hook(req: Request, profile: str, decision: object, elapsed: float) -> None:
         raise RuntimeError("broken log handler")
 
     async def main() -> None:
