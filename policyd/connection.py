@@ -234,6 +234,22 @@ class Connection(asyncio.Protocol):
             return
         self._idle = loop.call_later(max(remaining, 1.0), self._arm_idle)
 
+    def stop_reading_between_requests(self) -> None:
+        """While the server drains: read no further request once those read are answered, so
+        that the connection becomes idle (and is closed) once its reply is written. A request
+        the client sent meanwhile stays unread: the lingering close discards it, and the
+        client meets a clean end of stream."""
+        if (
+            self.transport is not None
+            and not self._paused
+            and self.pending == 0
+            and self.queued == 0
+            and self.tail is None
+            and not self.parser.pending
+        ):
+            self._paused = True
+            self.transport.pause_reading()
+
     def close_if_idle(self) -> None:
         if (
             self.pending == 0

@@ -69,6 +69,9 @@ class PolicyServer:
         # data_received): the data read in this iteration, and the replies decided from it.
         self._inbox: list[tuple[Connection, bytes]] = []
         self._outbox: list[tuple[asyncio.Transport, bytes]] | None = None
+        # While stop() drains: its deadline, and the lingering closes it started.
+        self._drain_deadline: float | None = None
+        self._lingering: set[asyncio.Task[None]] = set()
 
     @property
     def config(self) -> ServerConfig:
@@ -152,12 +155,14 @@ class PolicyServer:
         deadline = loop.time() + timeout
         for srv in self._servers:
             srv.close()
-        lingering: set[asyncio.Task[None]] = set()
+        lingering = self._lingering
+        # From now on each batch also closes the connections it has just answered (see
+        # _process_inbox): a busy client is caught between two requests there, right after
+        # its reply, where this sweep would catch it only by luck.
+        self._drain_deadline = deadline
         while self.connections:
             for conn in list(self.connections):
-                task = self._close_between_requests(conn, deadline)
-                if task is not None:
-                    lingering.add(task)
+                self._close_between_requests(conn, deadline)
             if not self.connections or loop.time() >= deadline:
                 break
             await asyncio.sleep(0.01)
@@ -187,9 +192,13 @@ class PolicyServer:
     def _close_between_requests(
         self, conn: Connection, deadline: float
     ) -> asyncio.Task[None] | None:
-        """Close `conn` if it is between requests (with a lingering FIN); else leave it."""
+        """Close `conn` if it is between requests (with a lingering FIN, its task kept in
+        _lingering); else leave it."""
         tr = conn.transport
-        if tr is None or tr.is_closing() or tr.get_write_buffer_size():
+        if tr is None or tr.is_closing():
+            return None
+        conn.stop_reading_between_requests()
+        if tr.get_write_buffer_size():  # (its reply is still being written: a later sweep)
             return None
         dup = -1
         with contextlib.suppress(OSError, AttributeError, ValueError, TypeError):
@@ -201,7 +210,9 @@ class PolicyServer:
             return None
         if dup < 0:
             return None
-        return asyncio.ensure_future(_linger(socket.socket(fileno=dup), deadline))
+        task = asyncio.ensure_future(_linger(socket.socket(fileno=dup), deadline))
+        self._lingering.add(task)
+        return task
 
     @property
     def open_connections(self) -> int:
@@ -247,6 +258,10 @@ class PolicyServer:
                     for transport, payload in outbox:
                         if not transport.is_closing():
                             transport.write(payload)
+                    if self._drain_deadline is not None:
+                        for conn, _ in inbox:
+                            if conn.pending == 0:
+                                self._close_between_requests(conn, self._drain_deadline)
         finally:
             flush_decision_log()
 
