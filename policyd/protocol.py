@@ -165,30 +165,30 @@ def _parse_lines(lines: list[str]) -> dict[str, str]:
     return attrs
 
 
-def _whole(data: bytes) -> bool:
-    """Whether `data` is exactly one whole LF-only request, every line with exactly one "=",
-    short enough that no line or size limit can be hit (the attribute count is checked): the
-    fast paths' case (with nothing buffered before it). Anything else takes the general path,
-    which gives the same result or the error."""
+def _whole(data: bytes) -> int:
+    """The line count if `data` is one whole LF-only request, each line with one "=", too short
+    for any line or size limit (the count is checked): the fast paths' case; else 0. Anything
+    else takes the general path, which gives the same result or the error."""
     n = len(data)
     if n < 2 or n > MAX_LINE_BYTES or data[n - 1] != _LF or data[n - 2] != _LF:
-        return False
+        return 0
     # Only the "=", LF, CR and NUL bytes: "=\n" once per line then the empty line's LF exactly
     # when every line has one "=", no line is empty before the last (so the request ends
     # there) and there is no CR or NUL (those take the general path).
     skeleton = data.translate(None, _FRAMING_ONLY)
     count = len(skeleton) >> 1
     if count > MAX_ATTRIBUTES:
-        return False
-    return skeleton == (_SKELETONS[count] if count < len(_SKELETONS) else b"=\n" * count + b"\n")
+        return 0
+    expected = _SKELETONS[count] if count < len(_SKELETONS) else b"=\n" * count + b"\n"
+    return count if skeleton == expected else 0
 
 
-def _split_whole(data: bytes) -> dict[str, str] | None:
-    """Every attribute of a _whole request; None for any doubt (a repeated or empty name)."""
+def _split_whole(data: bytes, lines: int) -> dict[str, str] | None:
+    """Every attribute of a _whole request (`lines` long); None for a repeated or empty name."""
     # "name=value\nname=value" -> [name, value, name, value]
     it = iter(data[:-2].decode("utf-8", "surrogateescape").replace("\n", "=").split("="))
     attrs = dict(zip(it, it, strict=True))
-    if "" in attrs or len(attrs) != data.count(b"\n") - 1:
+    if "" in attrs or len(attrs) != lines:
         return None
     return attrs
 
@@ -255,8 +255,9 @@ class RequestParser:
         if self._error is not None:
             raise self._error._clone()
         try:
-            if not self._buf and not self._lead and _whole(data):
-                attrs = _split_whole(data)
+            lines = 0 if self._buf or self._lead else _whole(data)
+            if lines:
+                attrs = _split_whole(data, lines)
                 if attrs is not None:
                     return [attrs]
             return self._feed(data)

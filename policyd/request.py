@@ -35,18 +35,7 @@ class Request:
     are read without a lookup by name; a request is built for every decision.
     """
 
-    __slots__ = (
-        "request",
-        "protocol_state",
-        "client_address",
-        "sasl_username",
-        "sender",
-        "recipient",
-        "queue_id",
-        "instance",
-        "server_port",
-        "policy_context",
-    )
+    __slots__ = DECISION_ATTRIBUTES
 
     def __init__(
         self,
