@@ -21,6 +21,7 @@ import importlib.util
 COMPILED_MODULES: tuple[str, ...] = (
     "policyd.limits",
     "policyd.request",
+    "policyd.fastpath",
     "policyd.protocol",
     "policyd.addresses",
     "policyd.decision",

@@ -24,7 +24,7 @@ from threading import get_ident as _get_ident
 from typing import Final
 
 from policyd.actions import to_action
-from policyd.decision import Decision
+from policyd.decision import Decision, Verdict
 from policyd.request import Request
 
 logger: Final = logging.getLogger("policyd.decision")
@@ -71,21 +71,50 @@ def decision_line(req: Request, profile: str, decision: Decision, elapsed: float
         req.sasl_username,
         req.sender,
         req.recipient,
-        profile,
     )
     # One check over the request's values ("!" is a safe separator): usually none needs
-    # quoting, and then only the empty ones become "". (The action is checked on its own: a
-    # reject text always needs quoting, the request's values rarely.)
-    if _bare("!".join(values)):
-        q, i, c, lo, s, r, p = [v or '""' for v in values]
+    # quoting, and then only the empty ones become "". (A request the parser found free of
+    # control characters needs no isprintable pass: the slowest part of the check.)
+    joined = "!".join(values)
+    if (
+        joined.isascii()
+        and (req.printable or joined.isprintable())
+        and " " not in joined
+        and '"' not in joined
+        and "=" not in joined
+        and "\\" not in joined
+    ):
+        q, i, c, lo, s, r = [v or '""' for v in values]
     else:
-        q, i, c, lo, s, r, p = map(kv, values)
+        q, i, c, lo, s, r = map(kv, values)
     would = f" would={kv(decision.would_have)}" if decision.would_have else ""
     return (
         f"decision queue_id={q} instance={i} client={c} login={lo} sender={s} recipient={r} "
-        f"profile={p} action={kv(to_action(decision))} reason={decision.reason._value_}{would} "
-        f"ms={_ms(elapsed)}"
+        f"profile={_kv_of_config(profile)} action={_logged_action(decision)} "
+        f"reason={decision.reason._value_}{would} ms={_ms(elapsed)}"
     )
+
+
+#: kv() of strings that come from the config (profile names, accept actions): a few.
+_CONFIG_KV: Final[dict[str, str]] = {}
+
+
+def _kv_of_config(value: str) -> str:
+    out = _CONFIG_KV.get(value)
+    if out is None:
+        out = kv(value)
+        if len(_CONFIG_KV) < 256:
+            _CONFIG_KV[value] = out
+    return out
+
+
+def _logged_action(decision: Decision) -> str:
+    """kv() of the decision's action: the accept words are the config's, a reject's text is
+    the request's (not kept)."""
+    action = to_action(decision)
+    if decision.verdict is Verdict.ACCEPT or decision.verdict is Verdict.DUNNO:
+        return _kv_of_config(action)
+    return kv(action)
 
 
 def milter_line(

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar, Final
 
+from policyd import fastpath
 from policyd.limits import MAX_ATTRIBUTES, MAX_LINE_BYTES, MAX_REQUEST_BYTES
 from policyd.request import Request
 
@@ -108,10 +109,6 @@ class PolicyRequest:
 
 _LF: Final = 10
 _CR: Final = 13
-# bytes.translate's delete table: every byte but "=", LF, CR and NUL (the fast path's check)
-_FRAMING_ONLY: Final = bytes(b for b in range(256) if b not in (0x3D, _LF, _CR, 0))
-# the skeleton of a request of k lines that the fast path takes, for the usual k
-_SKELETONS: Final[tuple[bytes, ...]] = tuple(b"=\n" * k + b"\n" for k in range(64))
 
 
 def _request_from(attrs: dict[str, str]) -> PolicyRequest:
@@ -165,65 +162,6 @@ def _parse_lines(lines: list[str]) -> dict[str, str]:
     return attrs
 
 
-def _whole(data: bytes) -> int:
-    """The line count if `data` is one whole LF-only request, each line with one "=", too short
-    for any line or size limit (the count is checked): the fast paths' case; else 0. Anything
-    else takes the general path, which gives the same result or the error."""
-    n = len(data)
-    if n < 2 or n > MAX_LINE_BYTES or data[n - 1] != _LF or data[n - 2] != _LF:
-        return 0
-    # Only the "=", LF, CR and NUL bytes: "=\n" once per line then the empty line's LF exactly
-    # when every line has one "=", no line is empty before the last (so the request ends
-    # there) and there is no CR or NUL (those take the general path).
-    skeleton = data.translate(None, _FRAMING_ONLY)
-    count = len(skeleton) >> 1
-    if count > MAX_ATTRIBUTES:
-        return 0
-    expected = _SKELETONS[count] if count < len(_SKELETONS) else b"=\n" * count + b"\n"
-    return count if skeleton == expected else 0
-
-
-def _split_whole(data: bytes, lines: int) -> dict[str, str] | None:
-    """Every attribute of a _whole request (`lines` long); None for a repeated or empty name."""
-    # "name=value\nname=value" -> [name, value, name, value]
-    it = iter(data[:-2].decode("utf-8", "surrogateescape").replace("\n", "=").split("="))
-    attrs = dict(zip(it, it, strict=True))
-    if "" in attrs or len(attrs) != lines:
-        return None
-    return attrs
-
-
-def _find_in_whole(data: bytes) -> Request | None:
-    """The Request of a _whole request, each attribute found in the text rather than every
-    line split (most of a request is not read); None when a name is empty (refused by the
-    general path). A line starts after an LF, so "\nname=" is the start of that attribute's
-    first line: the first of a repeated name wins, as in the general path."""
-    text = "\n" + data.decode("utf-8", "surrogateescape")
-    if text.find("\n=") >= 0:
-        return None
-    return Request(
-        request=_value(text, "\nrequest="),
-        protocol_state=_value(text, "\nprotocol_state="),
-        client_address=_value(text, "\nclient_address="),
-        sasl_username=_value(text, "\nsasl_username="),
-        sender=_value(text, "\nsender="),
-        recipient=_value(text, "\nrecipient="),
-        queue_id=_value(text, "\nqueue_id="),
-        instance=_value(text, "\ninstance="),
-        server_port=_value(text, "\nserver_port="),
-        policy_context=_value(text, "\npolicy_context="),
-    )
-
-
-def _value(text: str, key: str) -> str:
-    """The value on the first line that starts with `key` ("\nname="), or ""."""
-    at = text.find(key)
-    if at < 0:
-        return ""
-    at += len(key)
-    return text[at : text.find("\n", at)]
-
-
 class RequestParser:
     """Incremental request parser. ``feed`` returns the requests completed by the new bytes;
     any chunking of a byte stream yields the same requests. ``feed_requests`` returns the same
@@ -255,9 +193,8 @@ class RequestParser:
         if self._error is not None:
             raise self._error._clone()
         try:
-            lines = 0 if self._buf or self._lead else _whole(data)
-            if lines:
-                attrs = _split_whole(data, lines)
+            if not self._buf and not self._lead:
+                attrs = fastpath.split_whole(data)
                 if attrs is not None:
                     return [attrs]
             return self._feed(data)
@@ -270,8 +207,8 @@ class RequestParser:
         if self._error is not None:
             raise self._error._clone()
         try:
-            if not self._buf and not self._lead and _whole(data):
-                req = _find_in_whole(data)
+            if not self._buf and not self._lead:
+                req = fastpath.read_whole(data)
                 if req is not None:
                     return [req]
             return [Request.from_attrs(attrs) for attrs in self._feed(data)]

@@ -35,7 +35,7 @@ class Request:
     are read without a lookup by name; a request is built for every decision.
     """
 
-    __slots__ = DECISION_ATTRIBUTES
+    __slots__ = (*DECISION_ATTRIBUTES, "printable")
 
     def __init__(
         self,
@@ -49,6 +49,7 @@ class Request:
         instance: str = "",
         server_port: str = "",
         policy_context: str = "",
+        printable: bool = False,
     ) -> None:
         self.request: Final = request
         self.protocol_state: Final = protocol_state
@@ -60,6 +61,10 @@ class Request:
         self.instance: Final = instance
         self.server_port: Final = server_port
         self.policy_context: Final = policy_context
+        #: True when the parser found no control character (C0 or DEL) in any value, so the
+        #: decision log line need not look for them; False when not known. Not part of the
+        #: request's value (not compared).
+        self.printable: Final = printable
 
     @staticmethod
     def from_attrs(attrs: Mapping[str, str]) -> Request:

@@ -78,6 +78,33 @@ def test_kv_quoting(value: str, out: str) -> None:
     assert kv(value) == out
 
 
+@pytest.mark.parametrize("printable", [True, False])
+@pytest.mark.parametrize(
+    "sender", ["bob@example.org", "", "a b@x", 'q"@x', "a=b@x", "back\\@x", "j\u00f6@x"]
+)
+def test_each_value_is_quoted_alike_whether_or_not_the_parser_vouched_for_it(
+    sender: str, printable: bool
+) -> None:
+    req = Request(**{**ATTRS.as_dict(), "sender": sender}, printable=printable)
+    line = decision_line(req, "submission", REJECT, 0.0)
+    assert f" sender={kv(sender)} " in line
+    assert " instance=1.2.3.0 client=192.0.2.7 login=alice " in line
+
+
+def test_a_request_not_vouched_for_has_its_control_characters_escaped() -> None:
+    line = decision_line(with_sender("a\tb@x"), "submission", REJECT, 0.0)
+    assert ' sender="a\\x09b@x" ' in line
+
+
+def test_profile_names_and_accept_words_are_quoted_when_they_need_it() -> None:
+    accept = Decision(Verdict.ACCEPT, Reason.SENDER_OWNED, reply="PREPEND X-Ok: yes")
+    line = decision_line(ATTRS, "my profile", accept, 0.0)
+    assert ' profile="my profile" action="PREPEND X-Ok: yes" reason=sender_owned ' in line
+    assert " profile=submission action=DUNNO " in decision_line(
+        ATTRS, "submission", Decision(Verdict.DUNNO, Reason.NOT_TRUSTED), 0.0
+    )
+
+
 def test_fast_path_writes_exactly_what_logging_writes(restore_logging: None) -> None:
     fast = io.StringIO()
     setup_logging(stream=fast)
