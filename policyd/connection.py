@@ -37,6 +37,7 @@ class PolicyServer(Protocol):
     refused: int
     _inbox: list[tuple[Connection, bytes]]
     _outbox: list[tuple[asyncio.Transport, bytes]] | None
+    _decided: list[tuple[Request, str, Decision, float]] | None
 
     @property
     def config(self) -> ServerConfig: ...
@@ -212,13 +213,18 @@ class Connection(asyncio.Protocol):
         payload = encode_decision(decision)
         transport = self.transport
         srv = self.server
-        if transport is not None:
-            outbox = srv._outbox
-            if outbox is not None and not srv.draining:
+        elapsed = _perf_counter() - started
+        outbox = srv._outbox
+        decided = srv._decided
+        if outbox is not None and decided is not None and not srv.draining:
+            # In the server's batch: the reply written, then logged, with the others
+            if transport is not None:
                 outbox.append((transport, payload))  # (written then, unless closing by then)
-            elif not transport.is_closing():
-                transport.write(payload)
-        srv.emit(req, profile, decision, _perf_counter() - started)
+            decided.append((req, profile, decision, elapsed))
+            return
+        if transport is not None and not transport.is_closing():
+            transport.write(payload)
+        srv.emit(req, profile, decision, elapsed)
         if srv.draining:
             self.close_if_idle()
 

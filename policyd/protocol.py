@@ -166,7 +166,8 @@ class RequestParser:
     """Incremental request parser. ``feed`` returns the requests completed by the new bytes;
     any chunking of a byte stream yields the same requests. ``feed_requests`` returns the same
     requests as request.Request (only the attributes a decision reads: the server's call);
-    the checks are the same."""
+    the checks are the same. A whole request in one chunk, the usual case, is read by one of
+    policyd.fastpath's paths when it can; the rest here, the general path."""
 
     __slots__ = ("_buf", "_lead", "_scan", "_error")
 

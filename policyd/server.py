@@ -69,6 +69,7 @@ class PolicyServer:
         # data_received): the data read in this iteration, and the replies decided from it.
         self._inbox: list[tuple[Connection, bytes]] = []
         self._outbox: list[tuple[asyncio.Transport, bytes]] | None = None
+        self._decided: list[tuple[Request, str, Decision, float]] | None = None
         # While stop() drains: its deadline, and the lingering closes it started.
         self._drain_deadline: float | None = None
         self._lingering: set[asyncio.Task[None]] = set()
@@ -229,41 +230,47 @@ class PolicyServer:
         return sum(c.pending for c in self.connections)
 
     def _process_inbox(self) -> None:
-        """Handle the data every connection received in this loop iteration, then send the
-        replies decided from it.
+        """Handle the data every connection received in this loop iteration, send the replies
+        decided from it, then log those decisions.
 
         Under load one iteration reads from many connections. Handling each chunk as it is
         read interleaves our Python with the kernel's socket work, and each evicts the other
         from the CPU caches; handling them back to back and writing the replies afterwards
-        measured clearly faster (bench/RESULTS.md). Nothing waits longer than this
-        iteration: the callback was scheduled by the first data_received of the iteration.
+        measured clearly faster (bench/RESULTS.md). The log lines and decision hooks come
+        after the replies (the clients need not wait for them), their lines written together.
+        Nothing waits longer than this iteration: the callback was scheduled by the first
+        data_received of the iteration.
         """
-        hold_decision_lines()  # (their lines are written together, after the replies)
-        try:
-            while self._inbox:  # (a connection_lost below may process the rest itself)
-                inbox = self._inbox
-                self._inbox = []
-                outbox: list[tuple[asyncio.Transport, bytes]] = []
-                self._outbox = outbox
+        while self._inbox:  # (a connection_lost below may process the rest itself)
+            inbox = self._inbox
+            self._inbox = []
+            outbox: list[tuple[asyncio.Transport, bytes]] = []
+            decided: list[tuple[Request, str, Decision, float]] = []
+            self._outbox = outbox
+            self._decided = decided
+            try:
+                for conn, data in inbox:
+                    conn.queued -= 1
+                    try:
+                        conn.handle_data(data)
+                    except Exception:  # a bug: that client is cut off, the others answered
+                        log.exception("internal error reading from %s; closing it", conn.peer)
+                        conn.abort()
+            finally:
+                self._outbox = self._decided = None
+                for transport, payload in outbox:
+                    if not transport.is_closing():
+                        transport.write(payload)
+                hold_decision_lines()  # (their lines are written together, at the flush)
                 try:
-                    for conn, data in inbox:
-                        conn.queued -= 1
-                        try:
-                            conn.handle_data(data)
-                        except Exception:  # a bug: that client is cut off, the others answered
-                            log.exception("internal error reading from %s; closing it", conn.peer)
-                            conn.abort()
+                    for req, profile, decision, elapsed in decided:
+                        self.emit(req, profile, decision, elapsed)
                 finally:
-                    self._outbox = None
-                    for transport, payload in outbox:
-                        if not transport.is_closing():
-                            transport.write(payload)
-                    if self._drain_deadline is not None:
-                        for conn, _ in inbox:
-                            if conn.pending == 0:
-                                self._close_between_requests(conn, self._drain_deadline)
-        finally:
-            flush_decision_log()
+                    flush_decision_log()
+                if self._drain_deadline is not None:
+                    for conn, _ in inbox:
+                        if conn.pending == 0:
+                            self._close_between_requests(conn, self._drain_deadline)
 
     def emit(self, req: Request, profile: str, decision: Decision, elapsed: float) -> None:
         try:

@@ -119,6 +119,36 @@ def test_a_tcp_connection_is_served_with_nagle_off(tmp_path: Path, loop: str) ->
 
 
 @LOOPS
+def test_a_reply_is_on_its_way_before_its_decision_is_logged(tmp_path: Path, loop: str) -> None:
+    # The log line and the decision hooks come after the replies of the batch: the client
+    # does not wait for them. (On loopback a written reply is in the client's socket at once.)
+    config = make_config(tmp_path)
+
+    async def main() -> None:
+        async with serving(config) as h:
+            host, _, port = h.address().rpartition(":")
+            sock = socket.create_connection((host, int(port)))
+            sock.setblocking(False)
+            seen: list[bytes] = []
+
+            def hook(req: Request, profile: str, decision: object, elapsed: float) -> None:
+                try:
+                    seen.append(sock.recv(4096, socket.MSG_PEEK))
+                except BlockingIOError:
+                    seen.append(b"(nothing yet)")
+
+            h.server.hooks.append(hook)
+            try:
+                sock.send(encode_request(authed("alice", "alice@example.org")))
+                assert await wait_until(lambda: bool(seen))
+                assert seen == [b"action=OK\n\n"]
+            finally:
+                sock.close()
+
+    run(main(), loop)
+
+
+@LOOPS
 def test_concurrent_clients(tmp_path: Path, loop: str) -> None:
     config = make_config(tmp_path)
     clients, per_client = 60, 8
