@@ -123,11 +123,18 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_active = _monotonic()
         srv = self.server
-        if not srv._inbox:
+        batch = srv._inbox
+        batch.append((self, data))
+        self.queued += 1
+        if len(batch) > 1:
+            return
+        if len(srv.connections) == 1:
+            # The one connection: no other client's data can join this batch, so it is handled
+            # now, without the wait for the end of the loop iteration.
+            srv._process_inbox()
+        else:
             # (the server's loop: asyncio.get_running_loop() makes a getpid system call)
             (srv.loop or asyncio.get_running_loop()).call_soon(srv._process_inbox)
-        srv._inbox.append((self, data))
-        self.queued += 1
 
     def handle_data(self, data: bytes) -> None:
         try:
