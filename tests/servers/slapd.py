@@ -423,6 +423,13 @@ class Slapd:
             raise SlapdError("slapd is not running")
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGSTOP)
+        # kill() returns once the signal is queued: a slapd thread already running may still
+        # answer a request sent right after. Wait until every thread is stopped.
+        deadline = time.monotonic() + 5.0
+        while not _all_threads_stopped(self.proc.pid):
+            if time.monotonic() > deadline:
+                raise SlapdError("slapd did not stop on SIGSTOP within 5 s")
+            time.sleep(0.005)
         self.frozen = True
 
     def thaw(self) -> None:
@@ -467,3 +474,13 @@ class Slapd:
     def __repr__(self) -> str:
         state = "frozen" if self.frozen else ("running" if self.running else "stopped")
         return f"<Slapd {self.url} pid={self.pid} {state}>"
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    """Whether every thread of `pid` is in the stopped state ("T" in /proc/PID/task/*/stat)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        states = [(t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return bool(states) and all(state in ("T", "t") for state in states)
