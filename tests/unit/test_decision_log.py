@@ -137,17 +137,24 @@ def test_fast_path_steps_aside_for_other_handlers_and_levels(restore_logging: No
     assert out.getvalue() == before  # INFO is off: nothing written by either path
 
 
+def logged_by_the_logging_module(senders: list[str]) -> io.StringIO:
+    """What the logging module itself writes for a reject of each sender (the fast path
+    off): what the fast path must write too."""
+    slow = io.StringIO()
+    setup_logging(stream=slow)
+    decision_log._direct = None
+    for s in senders:
+        log_decision(with_sender(s), "submission", REJECT, 0.001)
+    return slow
+
+
 def test_on_the_event_loop_lines_are_written_together_at_the_end_of_the_iteration(
     restore_logging: None,
 ) -> None:
     import asyncio
 
-    slow = io.StringIO()
-    setup_logging(stream=slow)
-    decision_log._direct = None  # the logging module's own output, for comparison
     senders = [f"user{i}@example.org" for i in range(3)]
-    for s in senders:
-        log_decision(with_sender(s), "submission", REJECT, 0.001)
+    slow = logged_by_the_logging_module(senders)
 
     fast = io.StringIO()
     setup_logging(stream=fast)
@@ -180,12 +187,8 @@ def test_lines_held_for_a_server_batch_are_written_with_one_write_at_its_flush(
 ) -> None:
     import asyncio
 
-    slow = io.StringIO()
-    setup_logging(stream=slow)
-    decision_log._direct = None  # the logging module's own output, for comparison
     senders = [f"user{i}@example.org" for i in range(3)]
-    for s in senders:
-        log_decision(with_sender(s), "submission", REJECT, 0.001)
+    slow = logged_by_the_logging_module(senders)
 
     fast = CountingStream()
     setup_logging(stream=fast)
