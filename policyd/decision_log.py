@@ -34,12 +34,13 @@ _INFO: Final = logging.INFO
 _HUNDREDTHS: Final[tuple[str, ...]] = tuple(f"{i:02d}" for i in range(100))
 
 
-def _bare(value: str) -> bool:
+def _bare(value: str, printable: bool = False) -> bool:
     """Whether `value` may stand unquoted: printable ASCII without space, '"', '\\' or '='.
-    (String methods, not a regex: this runs over every decision line's values.)"""
+    (String methods, not a regex: this runs over every decision line's values.) `printable`:
+    the caller knows it holds no control character, so the slowest check is skipped."""
     return (
         value.isascii()
-        and value.isprintable()
+        and (printable or value.isprintable())
         and " " not in value
         and '"' not in value
         and "=" not in value
@@ -75,15 +76,7 @@ def decision_line(req: Request, profile: str, decision: Decision, elapsed: float
     # One check over the request's values ("!" is a safe separator): usually none needs
     # quoting, and then only the empty ones become "". (A request the parser found free of
     # control characters needs no isprintable pass: the slowest part of the check.)
-    joined = "!".join(values)
-    if (
-        joined.isascii()
-        and (req.printable or joined.isprintable())
-        and " " not in joined
-        and '"' not in joined
-        and "=" not in joined
-        and "\\" not in joined
-    ):
+    if _bare("!".join(values), req.printable):
         q, i, c, lo, s, r = [v or '""' for v in values]
     else:
         q, i, c, lo, s, r = map(kv, values)
