@@ -190,17 +190,15 @@ class PolicyServer:
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
-    def _close_between_requests(
-        self, conn: Connection, deadline: float
-    ) -> asyncio.Task[None] | None:
+    def _close_between_requests(self, conn: Connection, deadline: float) -> None:
         """Close `conn` if it is between requests (with a lingering FIN, its task kept in
         _lingering); else leave it."""
         tr = conn.transport
         if tr is None or tr.is_closing():
-            return None
+            return
         conn.stop_reading_between_requests()
         if tr.get_write_buffer_size():  # (its reply is still being written: a later sweep)
-            return None
+            return
         dup = -1
         with contextlib.suppress(OSError, AttributeError, ValueError, TypeError):
             dup = os.dup(tr.get_extra_info("socket").fileno())
@@ -208,12 +206,9 @@ class PolicyServer:
         if not tr.is_closing():  # a request is in flight or half received
             if dup >= 0:
                 os.close(dup)
-            return None
-        if dup < 0:
-            return None
-        task = asyncio.ensure_future(_linger(socket.socket(fileno=dup), deadline))
-        self._lingering.add(task)
-        return task
+            return
+        if dup >= 0:
+            self._lingering.add(asyncio.ensure_future(_linger(socket.socket(fileno=dup), deadline)))
 
     @property
     def open_connections(self) -> int:
