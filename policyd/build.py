@@ -1,8 +1,9 @@
 """Which build of policyd runs: the pure-Python package, or the hot path compiled with mypyc.
 
 Both builds come from the same typed source and behave identically; setup.py compiles
-COMPILED_MODULES when POLICYD_COMPILE=1 (see README, "Compiled build"). A compiled module is
-an extension module (``.so``) next to its ``.py`` file, and Python imports the extension first.
+COMPILED_MODULES (named by folder) when POLICYD_COMPILE=1 (see README, "Compiled build"). A
+compiled module is an extension module (``.so``) next to its ``.py`` file, and Python imports
+the extension first.
 
 What the compiler asks of those modules: module constants are ``Final`` (bound when built,
 not looked up in the module dict on every use); no reflection on their classes (a compiled
@@ -15,32 +16,43 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import os
 
-#: The hot path of one policy request (parse, decide, reply, log), as the profile shows it;
-#: setup.py reads this list. Not config.py: it reads dataclass field types at run time.
+#: The hot path of one policy request (parse, decide, reply, log), as the profile shows it, by
+#: folder: every module under these folders of the package (with their subfolders) ...
+COMPILED_FOLDERS: tuple[str, ...] = ("core", "networks", "directory", "policy")
+#: ... except these folders and modules, which a request does not pass through: the LDAP
+#: directory (ldap3's own code is the cost there), and the policy server's lifecycle, `--stdio`
+#: loop and metrics scrape;
+NOT_COMPILED: tuple[str, ...] = ("directory.ldap", "policy.app", "policy.stdio", "policy.metrics")
+#: ... and these top-level modules, which the policy server shares with the milter. Not
+#: config/: it reads dataclass field types at run time.
+COMPILED_TOP_LEVEL: tuple[str, ...] = ("addresses", "decision_log")
+
+
+def _package_modules(folder: str) -> list[str]:
+    """The dotted names of the modules under `folder` (a package's own name for its
+    ``__init__.py``), sorted; `folder` is relative to the policyd package."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    names = []
+    for dirpath, dirnames, filenames in os.walk(os.path.join(package, *folder.split("."))):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        parts = ["policyd", *os.path.relpath(dirpath, package).split(os.sep)]
+        for filename in sorted(filenames):
+            if filename.endswith(".py"):
+                stem = filename[: -len(".py")]
+                names.append(".".join(parts if stem == "__init__" else [*parts, stem]))
+    return names
+
+
+def _excluded(name: str) -> bool:
+    return any(name == f"policyd.{x}" or name.startswith(f"policyd.{x}.") for x in NOT_COMPILED)
+
+
+#: What setup.py compiles (it reads this file with runpy) and what ``--version`` counts.
 COMPILED_MODULES: tuple[str, ...] = (
-    "policyd.limits",
-    "policyd.request",
-    "policyd.fastpath",
-    "policyd.protocol",
-    "policyd.addresses",
-    "policyd.decision",
-    "policyd.networks",
-    "policyd.networks.table",
-    "policyd.networks.patterns",
-    "policyd.networks.sweep",
-    "policyd.networks.loader",
-    "policyd.engine",
-    "policyd.actions",
-    "policyd.replies",
-    "policyd.decision_log",
-    "policyd.directory.base",
-    "policyd.directory.static",
-    "policyd.directory.lookups",
-    "policyd.directory.cache",
-    "policyd.service",
-    "policyd.connection",
-    "policyd.server",
+    *(f"policyd.{name}" for name in COMPILED_TOP_LEVEL),
+    *(n for f in COMPILED_FOLDERS for n in _package_modules(f) if not _excluded(n)),
 )
 
 

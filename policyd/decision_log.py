@@ -23,9 +23,9 @@ from asyncio import _get_running_loop as _running_loop
 from threading import get_ident as _get_ident
 from typing import Final
 
-from policyd.actions import to_action
-from policyd.decision import Decision, Verdict
-from policyd.request import Request
+from policyd.core.decision import Decision, Verdict
+from policyd.core.request import Request
+from policyd.policy.actions import to_action
 
 logger: Final = logging.getLogger("policyd.decision")
 

@@ -10,9 +10,9 @@ from typing import Any
 
 from policyd.addresses import AddressRules
 from policyd.config import Config
+from policyd.config.verification import VerificationConfig, VerificationLimitsConfig
 from policyd.directory.static import StaticDirectory
 from policyd.verification.build import primary_of
-from policyd.verification.config import VerificationConfig, VerificationLimitsConfig
 from policyd.verification.service import Verification
 from policyd.verification.store import Store
 

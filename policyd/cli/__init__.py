@@ -18,7 +18,7 @@ from pathlib import Path
 from policyd import __version__
 from policyd.build import describe
 from policyd.config import DEFAULT_CONFIG, ConfigError, config_path
-from policyd.listen import parse_listen
+from policyd.config.listen import parse_listen
 
 log = logging.getLogger("policyd")
 
@@ -134,7 +134,7 @@ def load_failure(path: Path, e: Exception) -> int:
 
 
 def _guarded(args: argparse.Namespace, command: Callable[[argparse.Namespace], int]) -> int:
-    from policyd.app import LOAD_ERRORS
+    from policyd.policy.app import LOAD_ERRORS
 
     logging.basicConfig(level=logging.WARNING, format="policyd: %(levelname)s %(message)s")
     try:
@@ -153,7 +153,7 @@ def _guarded(args: argparse.Namespace, command: Callable[[argparse.Namespace], i
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from policyd.app import LOAD_ERRORS, App, StartupError
+    from policyd.policy.app import LOAD_ERRORS, App, StartupError
 
     for spec in args.listen or ():
         try:
@@ -176,10 +176,10 @@ def _serve_stdio(args: argparse.Namespace) -> int:
     """`serve --stdio` (Postfix spawn(8)): stdin, stdout and stderr are the Postfix socket, so
     nothing but replies may reach fds 1 and 2. Logs go to syslog when logging.target =
     "syslog", else nowhere."""
-    from policyd.app import LOAD_ERRORS, App
     from policyd.config import load_config
     from policyd.decision_log import setup_logging
-    from policyd.stdio import serve_stdio
+    from policyd.policy.app import LOAD_ERRORS, App
+    from policyd.policy.stdio import serve_stdio
 
     # Replies go to a private copy of stdout; fds 1 and 2 become /dev/null, so that a stray
     # print, warning or traceback (ours or a library's) cannot corrupt the protocol stream.
@@ -243,7 +243,7 @@ def _run(coro: object) -> None:
 
 def _milter(args: argparse.Namespace) -> int:
     try:
-        from policyd.milter import run_milter
+        from policyd.milter.libmilter import run_milter
     except ImportError as e:
         if "Milter" in str(e) or "milter" in str(e):
             return fail(
@@ -251,7 +251,7 @@ def _milter(args: argparse.Namespace) -> int:
                 "(on Debian first: apt-get install libmilter-dev)"
             )
         raise
-    from policyd.app import LOAD_ERRORS
+    from policyd.policy.app import LOAD_ERRORS
 
     try:
         rc: int = run_milter(args.config)
@@ -267,7 +267,7 @@ def _web(args: argparse.Namespace) -> int:
         if (e.name or "").split(".")[0] in ("aiohttp", "jinja2"):
             return fail("the web page needs aiohttp and jinja2: pip install 'policyd[web]'")
         raise
-    from policyd.app import StartupError
+    from policyd.policy.app import StartupError
 
     try:
         return run_web(args.config, args.listen)

@@ -6,16 +6,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from policyd.actions import to_action
 from policyd.addresses import canonical_login
-from policyd.app import load
 from policyd.config import Config
-from policyd.decision import Decision
+from policyd.core.decision import Decision
+from policyd.core.request import Request
 from policyd.directory.base import DirectoryUnavailable
-from policyd.headers import author_mailboxes
-from policyd.request import Request
+from policyd.milter.headers import author_mailboxes
+from policyd.policy.actions import to_action
+from policyd.policy.app import load
+from policyd.policy.service import PolicyService, decide_headers
 from policyd.runtime import Runtime
-from policyd.service import PolicyService, decide_headers
 
 
 def check(args: argparse.Namespace) -> int:

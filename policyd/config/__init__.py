@@ -15,17 +15,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from policyd import limits
 from policyd.addresses import AddressRules, normalize_domain
-from policyd.config_ldap import LdapConfig as LdapConfig
-from policyd.config_ldap import check_ldap
-from policyd.config_tables import ConfigError as ConfigError
-from policyd.config_tables import TableReader
-from policyd.listen import parse_listen
-from policyd.replies import PLACEHOLDERS, check_template
-from policyd.verification.config import VerificationConfig, first_problem
-from policyd.web.config import WebConfig as WebConfig
-from policyd.web.config import check_web
+from policyd.config.ldap import LdapConfig as LdapConfig
+from policyd.config.ldap import check_ldap
+from policyd.config.listen import parse_listen
+from policyd.config.tables import ConfigError as ConfigError
+from policyd.config.tables import TableReader
+from policyd.config.verification import VerificationConfig, first_problem
+from policyd.config.web import WebConfig as WebConfig
+from policyd.config.web import check_web
+from policyd.core import limits
+from policyd.core.replies import PLACEHOLDERS, check_template
 
 #: Where the installed daemon reads its config when neither --config nor $POLICYD_CONFIG
 #: names one.

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from policyd.config_tables import ConfigError
-from policyd.listen import parse_listen
+from policyd.config.listen import parse_listen
+from policyd.config.tables import ConfigError
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from policyd.addresses import (
     sender_domain,
 )
 from policyd.config import ProfileConfig
-from policyd.decision import Decision, Reason, Verdict
+from policyd.core.decision import Decision, Reason, Verdict
+from policyd.core.replies import render
+from policyd.core.request import Request
 from policyd.networks import Range
-from policyd.replies import render
-from policyd.request import Request
 
 POLICY_REQUEST: Final = "smtpd_access_policy"
 

@@ -10,7 +10,7 @@ import string
 from collections.abc import Mapping
 from typing import Final
 
-from policyd import limits
+from policyd.core import limits
 
 #: The placeholders each reply template may use.
 PLACEHOLDERS = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-#: The attributes a Request holds: every one that policyd.engine, policyd.service and
+#: The attributes a Request holds: every one that policyd.core.engine, policyd.policy.service and
 #: policyd.decision_log read (they read them as fields, so the type checker finds any other).
 DECISION_ATTRIBUTES: Final[tuple[str, ...]] = (
     "request",

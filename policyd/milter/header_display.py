@@ -1,6 +1,6 @@
 """A strict lexer for address-list header values, and the address-like text in display names.
 
-Pure, no I/O. policyd.headers uses it twice: as a third, independent reading of where each
+Pure, no I/O. policyd.milter.headers uses it twice: as a third, independent reading of where each
 mailbox's real addr-spec is (it must agree with the email parsers, or the header is ambiguous),
 and to find every `local@domain` a mail client may show that is not that addr-spec:
 

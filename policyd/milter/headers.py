@@ -1,7 +1,7 @@
 """Parsing the author headers (From:, Sender:, Resent-From:, Resent-Sender:) into the
 mailboxes the milter checks, and the addresses their display names and comments show.
 
-Pure: the standard library's `email` parsers, policyd.header_display and policyd.addresses,
+Pure: the standard library's `email` parsers, policyd.milter.header_display and policyd.addresses,
 no pymilter, no I/O.
 
     From: =?utf-8?q?J=C3=B6rg?= <joerg@example.org>, Team: bob@bücher.example;
@@ -17,7 +17,7 @@ accepted when email.utils.getaddresses, a second, independent parser, finds the 
 addresses; otherwise the header is "invalid" (the milter rejects it for logged-in users). When
 headerregistry itself raises (it has crash bugs on some garbage), getaddresses is the fallback,
 with every address it finds checked strictly. A third reading, the strict lexer in
-policyd.header_display, must find the same mailboxes too (it refuses e.g. the
+policyd.milter.header_display, must find the same mailboxes too (it refuses e.g. the
 CVE-2023-27043 forms `alice@example.org(<ceo@example.org>` that headerregistry reads as alice);
 it also tells the display text (display names, group names, comments) from the addr-specs, and
 every `local@domain` in that text, once decoded as a client would, is a display address.
@@ -35,7 +35,7 @@ from email.policy import default as default_policy
 from email.utils import getaddresses
 
 from policyd.addresses import DEFAULT_RULES, AddressRules, normalize_address
-from policyd.header_display import AddressListError, address_like, scan
+from policyd.milter.header_display import AddressListError, address_like, scan
 
 #: Longest From:/Sender: value parsed. Real ones are a few hundred characters even with long
 #: encoded display names. headerregistry's parser is superlinear (2,000 '"' took 0.3 s, 4,000
@@ -138,7 +138,7 @@ def parse_header(value: str, rules: AddressRules = DEFAULT_RULES) -> ParsedHeade
 
     Three independent readings must agree on the mailboxes: email.headerregistry,
     email.utils.getaddresses when the first reports syntax defects, and the strict lexer of
-    policyd.header_display, which also says which text is display text and which the addr-spec.
+    header_display, which also says which text is display text and which the addr-spec.
     Raises HeaderError (and nothing else).
     """
     try:

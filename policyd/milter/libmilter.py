@@ -9,7 +9,7 @@ Per message:
 
     envfrom  {auth_authen} (Postfix sends it at MAIL FROM), the envelope sender
     header   From: and Sender: values are kept
-    eoh      parse (policyd.headers), look up, decide, log one line; reply
+    eoh      parse (policyd.milter.headers), look up, decide, log one line; reply
 
 Threads: libmilter calls back from one OS thread per MTA connection, and `runmilter` blocks
 the main thread inside C. The directory cache (CachedLookups) lives on an asyncio event loop in
@@ -40,13 +40,13 @@ import Milter  # ImportError without pymilter: cli.py turns it into an install h
 import milter as _milter_c
 
 from policyd.config import Config, ProfileConfig, load_config
-from policyd.decision import Decision, Verdict
+from policyd.core.decision import Decision, Verdict
+from policyd.core.engine import decide_header_from
 from policyd.decision_log import log_line, milter_line, setup_logging
 from policyd.directory.base import DirectoryUnavailable
-from policyd.engine import decide_header_from
-from policyd.headers import AUTHOR_HEADERS, AuthorCheck, author_mailboxes, unfold
+from policyd.milter.headers import AUTHOR_HEADERS, AuthorCheck, author_mailboxes, unfold
+from policyd.policy.service import decide_headers
 from policyd.runtime import Runtime, build_runtime
-from policyd.service import decide_headers
 
 log = logging.getLogger("policyd.milter")
 

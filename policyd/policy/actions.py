@@ -11,9 +11,9 @@ import logging
 import re
 from typing import Final
 
-from policyd.decision import Decision, Reason, Verdict
+from policyd.core.decision import Decision, Reason, Verdict
 
-log: Final = logging.getLogger(__name__)
+log: Final = logging.getLogger("policyd.actions")  # (not __name__: the name admins grep)
 
 #: What a request gets when deciding it failed (a bug): a retry later, never a pass.
 INTERNAL_ERROR: Final = Decision(

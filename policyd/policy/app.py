@@ -30,15 +30,15 @@ from policyd.decision_log import setup_logging
 from policyd.directory.base import DirectoryError
 from policyd.directory.cache import CachedLookups
 from policyd.networks import NetworksError
+from policyd.policy.server import DecisionHook, PolicyServer
+from policyd.policy.service import PolicyService
 from policyd.runtime import Runtime, build_runtime
-from policyd.server import DecisionHook, PolicyServer
-from policyd.service import PolicyService
 from policyd.systemd import Notifier, listen_fds, reloading_state, watchdog_interval
 
 if TYPE_CHECKING:
-    from policyd.metrics import Metrics
+    from policyd.policy.metrics import Metrics
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("policyd.app")  # (not __name__: the name admins grep)
 
 #: What a bad config / range file / directory file raises at load time.
 LOAD_ERRORS = (ConfigError, NetworksError, DirectoryError)
@@ -367,7 +367,7 @@ def _warn_restart_only_changes(old: Config, new: Config, listen_from_config: boo
 
 def _make_metrics(config_path: Path) -> Metrics:
     try:
-        from policyd.metrics import Metrics
+        from policyd.policy.metrics import Metrics
     except ImportError as e:
         if not (e.name or "").startswith("prometheus_client"):
             raise

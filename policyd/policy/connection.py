@@ -10,14 +10,14 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from policyd.actions import INTERNAL_ERROR, encode_decision
-from policyd.decision import Decision
-from policyd.protocol import ProtocolError, RequestParser
-from policyd.request import Request
+from policyd.core.decision import Decision
+from policyd.core.request import Request
+from policyd.policy.actions import INTERNAL_ERROR, encode_decision
+from policyd.policy.protocol import ProtocolError, RequestParser
 
 if TYPE_CHECKING:
     from policyd.config import ServerConfig
-    from policyd.service import PolicyService
+    from policyd.policy.service import PolicyService
 
 log: Final = logging.getLogger("policyd.server")
 # (bound once: compiled, `time.perf_counter()` looks the name up in the module at every call)
@@ -26,7 +26,7 @@ _monotonic: Final = time.monotonic
 
 
 class PolicyServer(Protocol):
-    """What a connection uses of its server (policyd.server.PolicyServer; typed here so the
+    """What a connection uses of its server (policyd.policy.server.PolicyServer; typed here so the
     two modules do not import each other)."""
 
     service: PolicyService

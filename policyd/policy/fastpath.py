@@ -28,8 +28,8 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
-from policyd.limits import MAX_ATTRIBUTES, MAX_LINE_BYTES
-from policyd.request import DECISION_ATTRIBUTES, Request
+from policyd.core.limits import MAX_ATTRIBUTES, MAX_LINE_BYTES
+from policyd.core.request import DECISION_ATTRIBUTES, Request
 
 _LF: Final = 10
 

@@ -29,15 +29,15 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from policyd import __version__
-from policyd.decision import Decision
-from policyd.listen import parse_listen
-from policyd.request import Request
+from policyd.config.listen import parse_listen
+from policyd.core.decision import Decision
+from policyd.core.request import Request
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
+    from policyd.policy.server import PolicyServer
     from policyd.runtime import Runtime
-    from policyd.server import PolicyServer
 
 
 class Observed(Protocol):

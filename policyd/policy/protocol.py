@@ -6,7 +6,7 @@ contain ``=`` (we split at the first one). Bytes are decoded as UTF-8 with
 ``errors="surrogateescape"``, so non-UTF-8 input never raises and is kept in a form that
 cannot equal any valid string. A NUL byte anywhere in a request is a protocol error.
 
-Limits (policyd.limits) bound memory per connection:
+Limits (policyd.core.limits) bound memory per connection:
 
 - ``MAX_LINE_BYTES``: bytes of one line before its LF (a CR before the LF counts). Checked while
   the LF is still missing, so a peer streaming without LF is stopped after that many bytes of
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar, Final
 
-from policyd import fastpath
-from policyd.limits import MAX_ATTRIBUTES, MAX_LINE_BYTES, MAX_REQUEST_BYTES
-from policyd.request import Request
+from policyd.core.limits import MAX_ATTRIBUTES, MAX_LINE_BYTES, MAX_REQUEST_BYTES
+from policyd.core.request import Request
+from policyd.policy import fastpath
 
 __all__ = [
     "LineTooLong",
@@ -167,7 +167,7 @@ class RequestParser:
     any chunking of a byte stream yields the same requests. ``feed_requests`` returns the same
     requests as request.Request (only the attributes a decision reads: the server's call);
     the checks are the same. A whole request in one chunk, the usual case, is read by one of
-    policyd.fastpath's paths when it can; the rest here, the general path."""
+    policyd.policy.fastpath's paths when it can; the rest here, the general path."""
 
     __slots__ = ("_buf", "_lead", "_scan", "_error")
 

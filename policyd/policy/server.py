@@ -19,14 +19,14 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, Protocol
 
 from policyd.config import ServerConfig
-from policyd.connection import Connection
-from policyd.decision import Decision
+from policyd.config.listen import parse_listen
+from policyd.core.decision import Decision
+from policyd.core.request import Request
 from policyd.decision_log import flush_decision_log, hold_decision_lines, log_decision
-from policyd.listen import parse_listen
-from policyd.request import Request
-from policyd.service import PolicyService
+from policyd.policy.connection import Connection
+from policyd.policy.service import PolicyService
 
-log: Final = logging.getLogger(__name__)
+log: Final = logging.getLogger("policyd.server")  # (not __name__: the name admins grep)
 
 #: Called after every decision: (request, profile name, decision, seconds).
 DecisionHook = Callable[[Request, str, Decision, float], None]

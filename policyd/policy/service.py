@@ -13,7 +13,17 @@ from typing import Any, Final
 
 from policyd.addresses import canonical_login
 from policyd.config import ProfileConfig
-from policyd.decision import Decision
+from policyd.core.decision import Decision
+from policyd.core.engine import (
+    Facts,
+    Need,
+    decide,
+    decide_header_from,
+    keys_needed,
+    needs,
+    needs_network,
+)
+from policyd.core.request import Request
 from policyd.directory.base import DirectoryUnavailable
 from policyd.directory.lookups import (
     HeaderFacts,
@@ -23,21 +33,11 @@ from policyd.directory.lookups import (
     peek_sender_owners,
     sender_owners,
 )
-from policyd.engine import (
-    Facts,
-    Need,
-    decide,
-    decide_header_from,
-    keys_needed,
-    needs,
-    needs_network,
-)
-from policyd.headers import AuthorCheck
+from policyd.milter.headers import AuthorCheck
 from policyd.networks import Range
-from policyd.request import Request
 from policyd.runtime import Runtime
 
-log: Final = logging.getLogger(__name__)
+log: Final = logging.getLogger("policyd.service")  # (not __name__: the name admins grep)
 
 #: Distinct server_port values whose profile is remembered (per runtime).
 _PORT_CACHE_SIZE: Final = 64

@@ -10,11 +10,11 @@ import socket
 import stat
 import time
 
-from policyd.actions import INTERNAL_ERROR, encode_decision
-from policyd.app import App
-from policyd.protocol import ProtocolError, RequestParser
+from policyd.policy.actions import INTERNAL_ERROR, encode_decision
+from policyd.policy.app import App
+from policyd.policy.protocol import ProtocolError, RequestParser
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("policyd.stdio")  # (not __name__: the name admins grep)
 
 
 async def serve_stdio(app: App, rfd: int = 0, wfd: int = 1) -> None:

@@ -25,9 +25,9 @@ import ldap3
 
 from policyd.addresses import AddressRules, split_address
 from policyd.config import LdapConfig
+from policyd.config.verification import VerificationLdapConfig
 from policyd.directory.ldap import render_filter
 from policyd.directory.ldap.tls import Tls
-from policyd.verification.config import VerificationLdapConfig
 from policyd.verification.core import WriterError
 
 log = logging.getLogger(__name__)

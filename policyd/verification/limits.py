@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from policyd.verification.config import VerificationLimitsConfig
+from policyd.config.verification import VerificationLimitsConfig
 from policyd.verification.store import Tx
 from policyd.verification.views import Refused
 

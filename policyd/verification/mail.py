@@ -20,7 +20,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from typing import Protocol
 
-from policyd.verification.config import VerificationConfig
+from policyd.config.verification import VerificationConfig
 
 
 class MailError(Exception):

@@ -2,9 +2,8 @@
 
 Its own process (systemd/policyd-web.service), so nothing a browser does can slow down or crash
 the policy service. aiohttp.web + Jinja2 (autoescape), server-rendered forms that work with
-JavaScript off. Modules:
+JavaScript off. Its [web] section is policyd.config.web. Modules:
 
-- config:   the [web] section and its rules (pure; policyd.config includes it).
 - sessions: server-side sessions and login throttling in SQLite (own, versioned tables).
 - auth:     logging in (LDAP bind as the user's own entry; trusted proxy header).
 - security: response headers, CSRF tokens, form parsing with size limits.

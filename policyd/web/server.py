@@ -11,8 +11,8 @@ from typing import Any
 from aiohttp import web
 
 from policyd.config import Config, ConfigError, load_config
+from policyd.config.listen import parse_listen
 from policyd.directory.base import Directory, DirectoryError
-from policyd.listen import parse_listen
 from policyd.web.app import WebState, build_app
 from policyd.web.auth import LdapLogin
 from policyd.web.backend import Blocking
@@ -112,8 +112,8 @@ async def serve_web(st: WebState, host: str, port: int, ready: Any = None) -> No
 def run_web(config_path: Path, listen: str | None) -> int:
     """The `policyd web` command. Returns the exit status; a setup error raises StartupError
     (one line: the CLI prints it)."""
-    from policyd.app import StartupError
     from policyd.decision_log import setup_logging
+    from policyd.policy.app import StartupError
     from policyd.systemd import Notifier
 
     try:

@@ -24,17 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policyd.app import App
 from policyd.config import Config, config_from_dict
+from policyd.core.request import Request
 from policyd.directory.base import DirectoryUnavailable
 from policyd.directory.cache import CachedLookups, LookupRunner
 from policyd.directory.lookups import DirectLookups
 from policyd.networks import Networks
-from policyd.protocol import encode_request
-from policyd.request import Request
+from policyd.policy.app import App
+from policyd.policy.protocol import encode_request
+from policyd.policy.server import PolicyServer
+from policyd.policy.service import PolicyService
 from policyd.runtime import Runtime
-from policyd.server import PolicyServer
-from policyd.service import PolicyService
 
 # --------------------------------------------------------------------------------------------
 # Data

@@ -10,9 +10,9 @@ import ldap3
 import pytest
 
 from policyd.config import config_from_dict
-from policyd.request import Request
+from policyd.core.request import Request
+from policyd.policy.service import PolicyService
 from policyd.runtime import build_runtime
-from policyd.service import PolicyService
 from tests.servers.slapd import Slapd
 
 pytestmark = [pytest.mark.slapd, pytest.mark.timeout(60)]

@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from policyd import limits
-from policyd.protocol import encode_request
+from policyd.core import limits
+from policyd.policy.protocol import encode_request
 from tests.servers.requirements import require_binaries
 
 REPO = Path(__file__).resolve().parents[2]
@@ -530,7 +530,7 @@ def test_sd_notify_ready_watchdog_reload_stopping(tmp_path: Path, daemons: list[
 def test_watchdog_pings_stop_while_the_event_loop_is_stuck(tmp_path: Path) -> None:
     """WATCHDOG=1 is sent by the event loop itself: a blocked loop sends none, so systemd's
     watchdog restarts a hung policyd."""
-    from policyd.app import App
+    from policyd.policy.app import App
 
     cfg = write_config(tmp_path)
     sent: list[tuple[float, str]] = []
@@ -951,8 +951,8 @@ def test_metrics_lookup_latency_and_errors_from_the_cache_layer() -> None:
     from policyd.config import CacheConfig, Config
     from policyd.directory.base import DirectoryUnavailable
     from policyd.directory.cache import CachedLookups, LookupRunner
-    from policyd.metrics import Metrics
     from policyd.networks import Networks
+    from policyd.policy.metrics import Metrics
     from policyd.runtime import Runtime
 
     class SlowDirectory:
@@ -1003,7 +1003,7 @@ def test_metrics_lookup_latency_and_errors_from_the_cache_layer() -> None:
 
 
 def test_reload_is_serialised_notifies_and_applies_limits(tmp_path: Path) -> None:
-    from policyd.app import App
+    from policyd.policy.app import App
 
     cfg = write_config(tmp_path)
     sent: list[str] = []
@@ -1030,7 +1030,7 @@ def test_reload_is_serialised_notifies_and_applies_limits(tmp_path: Path) -> Non
 def test_reload_survives_an_unexpected_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import policyd.app as app_mod
+    import policyd.policy.app as app_mod
 
     cfg = write_config(tmp_path)
 
@@ -1057,7 +1057,7 @@ def test_reload_keeps_the_cache_only_for_the_same_directory(
     """With a blocking (LDAP-like) directory: a reload with the same [ldap] keeps the warm
     cache; a changed [ldap] drops it. Cache counters (metrics) carry over either way; replaced
     runtimes are closed at the end."""
-    import policyd.app as app_mod
+    import policyd.policy.app as app_mod
     from policyd.config import Config
     from policyd.directory.cache import CachedLookups, LookupRunner
     from policyd.networks import Networks

@@ -27,16 +27,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import policyd
-from policyd.actions import encode_action, to_action
 from policyd.config import Config, ProfileConfig
-from policyd.connection import Connection as _Connection
-from policyd.decision import Decision
+from policyd.core.decision import Decision
+from policyd.core.request import Request
 from policyd.directory.base import DirectoryUnavailable
 from policyd.directory.cache import CachedLookups
-from policyd.protocol import encode_request
-from policyd.request import Request
+from policyd.policy.actions import encode_action, to_action
+from policyd.policy.connection import Connection as _Connection
+from policyd.policy.protocol import encode_request
+from policyd.policy.service import PolicyService
 from policyd.runtime import Runtime, build_runtime
-from policyd.service import PolicyService
 from tests.compiled import replaces_methods
 from tests.integration.serverutil import (
     AUTH_REQUIRED,

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from policyd.protocol import encode_request
+from policyd.policy.protocol import encode_request
 from tests.integration.serverutil import authed
 from tests.servers import netns as netns_mod
 from tests.servers.ownership_load import KNOWN, OwnershipLoad, Plan, Summary, Truth

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from policyd.connection import MAX_PENDING_PER_CONNECTION
-from policyd.protocol import encode_request
-from policyd.request import Request
+from policyd.core.request import Request
+from policyd.policy.connection import MAX_PENDING_PER_CONNECTION
+from policyd.policy.protocol import encode_request
 from tests.compiled import replaces_methods
 from tests.integration.serverutil import (
     AUTH_REQUIRED,
@@ -433,7 +433,7 @@ def test_a_bug_reading_one_client_cuts_off_that_client_only(
 ) -> None:
     # Data read from many connections in one loop iteration is handled as one batch: an
     # unexpected exception for one of them must not leave the others unanswered.
-    from policyd import protocol
+    from policyd.policy import protocol
 
     real_feed = protocol.RequestParser.feed_requests
 

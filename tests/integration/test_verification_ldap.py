@@ -16,10 +16,10 @@ import pytest
 
 from policyd.addresses import AddressRules
 from policyd.config import CacheConfig, LdapConfig
+from policyd.config.verification import VerificationLdapConfig
 from policyd.directory.cache import CachedLookups, LookupRunner
 from policyd.directory.ldap import LdapDirectory
 from policyd.verification.build import primary_of
-from policyd.verification.config import VerificationLdapConfig
 from policyd.verification.core import WriterError
 from policyd.verification.ldap_writer import LdapWriter
 from policyd.verification.lookups import SourcedLookups

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from policyd.config import load_config
+from policyd.core.request import Request
 from policyd.directory.base import DirectoryUnavailable
-from policyd.request import Request
+from policyd.policy.service import PolicyService
 from policyd.runtime import build_runtime
-from policyd.service import PolicyService
 from policyd.verification.lookups import SourcedLookups
 from policyd.verification.mail import SmtpMailer
 from policyd.verification.store import Store

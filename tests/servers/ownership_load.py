@@ -39,7 +39,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from policyd.protocol import encode_request
+from policyd.policy.protocol import encode_request
 from tests.integration.serverutil import authed, request
 
 Pair = tuple[str, str]

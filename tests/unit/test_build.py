@@ -53,3 +53,34 @@ def test_is_extension_tells_an_extension_module_from_source(
 def test_every_listed_module_exists() -> None:
     for name in build.COMPILED_MODULES:
         assert importlib.util.find_spec(name) is not None, name
+
+
+def test_the_compiled_modules_are_named_by_folder() -> None:
+    # the hot path of one request, by folder: a module added to core/ is compiled without a
+    # list to update, and the LDAP directory and the server's lifecycle are not
+    compiled = set(build.COMPILED_MODULES)
+    assert len(compiled) == len(build.COMPILED_MODULES)
+    assert {
+        "policyd.addresses",
+        "policyd.decision_log",
+        "policyd.core.request",
+        "policyd.core.engine",
+        "policyd.core.decision",
+        "policyd.core.replies",
+        "policyd.core.limits",
+        "policyd.networks",
+        "policyd.networks.table",
+        "policyd.networks.loader",
+        "policyd.directory.cache",
+        "policyd.directory.static",
+        "policyd.policy.protocol",
+        "policyd.policy.fastpath",
+        "policyd.policy.actions",
+        "policyd.policy.service",
+        "policyd.policy.connection",
+        "policyd.policy.server",
+    } <= compiled
+    pure = {"policyd.policy.app", "policyd.policy.stdio", "policyd.policy.metrics"}
+    assert not compiled & pure
+    assert not [n for n in compiled if n.startswith("policyd.directory.ldap")]
+    assert not [n for n in compiled if n.startswith(("policyd.config", "policyd.milter"))]

@@ -10,8 +10,8 @@ from policyd.config import (
     config_from_dict,
     load_config,
 )
-from policyd.listen import parse_listen
-from policyd.replies import render
+from policyd.config.listen import parse_listen
+from policyd.core.replies import render
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 EXAMPLE_CONFIG = CONF / "policyd.toml"

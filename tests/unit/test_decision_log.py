@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from policyd import decision_log
-from policyd.decision import Decision, Reason, Verdict
+from policyd.core.decision import Decision, Reason, Verdict
+from policyd.core.request import Request
 from policyd.decision_log import decision_line, kv, log_decision, setup_logging
-from policyd.request import Request
 
 ATTRS = Request(
     queue_id="",

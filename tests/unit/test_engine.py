@@ -31,17 +31,17 @@ from typing import Any, Literal
 
 import pytest
 
-from policyd.actions import encode_action, to_action
 from policyd.addresses import AddressRules
 from policyd.config import ProfileConfig, config_from_dict
-from policyd.decision import Decision, Reason, Verdict
+from policyd.core.decision import Decision, Reason, Verdict
+from policyd.core.engine import Facts, Need, decide, needs, needs_network
+from policyd.core.request import Request
 from policyd.directory.base import DirectoryUnavailable
 from policyd.directory.lookups import DirectLookups
-from policyd.engine import Facts, Need, decide, needs, needs_network
 from policyd.networks import Networks, Range
-from policyd.request import Request
+from policyd.policy.actions import encode_action, to_action
+from policyd.policy.service import PolicyService
 from policyd.runtime import Runtime, build_runtime
-from policyd.service import PolicyService
 
 # The default answers, verbatim from the decision table.
 DEFER = "451 4.3.0 Temporary lookup failure, please try again later"

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policyd import fastpath
-from policyd.protocol import ProtocolError, RequestParser
-from policyd.request import Request
+from policyd.core.request import Request
+from policyd.policy import fastpath
+from policyd.policy.protocol import ProtocolError, RequestParser
 from tests.unit.test_protocol import REQUESTS, outcome, split_at
 
 CONTROL = re.compile("[\x00-\x1f\x7f]")

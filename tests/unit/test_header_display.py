@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policyd.header_display import (
+from policyd.milter.header_display import (
     AddressListError,
     Scan,
     address_like,

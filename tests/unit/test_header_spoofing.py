@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from policyd.headers import author_mailboxes
+from policyd.milter.headers import author_mailboxes
 
 A = "alice@example.org"
 CEO = "ceo@example.org"

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policyd import headers as headers_module
 from policyd.addresses import AddressRules
-from policyd.header_display import Scan
-from policyd.headers import (
+from policyd.milter import headers as headers_module
+from policyd.milter.header_display import Scan
+from policyd.milter.headers import (
     MAX_DISPLAY_ADDRESSES,
     MAX_HEADER_CHARS,
     MAX_MAILBOXES,

@@ -31,8 +31,8 @@ from policyd.directory.base import DirectoryUnavailable  # noqa: E402
 from policyd.directory.cache import CachedLookups, LookupRunner  # noqa: E402
 from policyd.directory.lookups import DirectLookups  # noqa: E402
 from policyd.directory.static import StaticDirectory  # noqa: E402
-from policyd.headers import AuthorCheck  # noqa: E402
-from policyd.milter import (  # noqa: E402
+from policyd.milter.headers import AuthorCheck  # noqa: E402
+from policyd.milter.libmilter import (  # noqa: E402
     HeaderFromMilter,
     MilterService,
     decision_line,
@@ -525,7 +525,7 @@ def test_one_decision_line_per_message(
 
 
 def test_decision_line_quotes_hostile_values() -> None:
-    from policyd.decision import Decision, Reason, Verdict
+    from policyd.core.decision import Decision, Reason, Verdict
 
     line = decision_line(
         queue_id="Q",
@@ -614,7 +614,7 @@ def test_cli_without_pymilter_says_what_to_install(
     (tmp_path / "senders.txt").write_text(DIRECTORY, encoding="utf-8")
     config.write_text('[directory]\nfile = "senders.txt"\n', encoding="utf-8")
     monkeypatch.setitem(sys.modules, "Milter", None)  # what `import Milter` sees without pymilter
-    monkeypatch.delitem(sys.modules, "policyd.milter", raising=False)
+    monkeypatch.delitem(sys.modules, "policyd.milter.libmilter", raising=False)
     assert cli.main(["milter", "--config", str(config)]) == 1
     err = capsys.readouterr().err
     assert "pip install 'policyd[milter]'" in err
@@ -626,9 +626,10 @@ def test_policy_service_never_imports_pymilter() -> None:
         "import sys\n"
         "sys.modules['Milter'] = None\n"
         "sys.modules['milter'] = None\n"
-        "import policyd.cli, policyd.app, policyd.server, policyd.service, policyd.engine\n"
-        "import policyd.headers, policyd.runtime, policyd.decision_log\n"
-        "assert 'policyd.milter' not in sys.modules\n"
+        "import policyd.cli, policyd.policy.app, policyd.policy.server, policyd.policy.service\n"
+        "import policyd.core.engine, policyd.runtime, policyd.decision_log\n"
+        "import policyd.milter, policyd.milter.headers\n"
+        "assert 'policyd.milter.libmilter' not in sys.modules\n"
         "print('ok')\n"
     )
     out = subprocess.run(

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policyd.actions import encode_action
-from policyd.limits import MAX_ATTRIBUTES, MAX_LINE_BYTES, MAX_REQUEST_BYTES
-from policyd.protocol import (
+from policyd.core.limits import MAX_ATTRIBUTES, MAX_LINE_BYTES, MAX_REQUEST_BYTES
+from policyd.core.request import DECISION_ATTRIBUTES, Request
+from policyd.policy.actions import encode_action
+from policyd.policy.protocol import (
     LineTooLong,
     MalformedRequest,
     PolicyRequest,
@@ -21,7 +22,6 @@ from policyd.protocol import (
     RequestTooLarge,
     encode_request,
 )
-from policyd.request import DECISION_ATTRIBUTES, Request
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "postfix-3.7-policy-requests.txt"
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from policyd.connection import Connection
-from policyd.protocol import encode_request
-from policyd.request import Request
+from policyd.core.request import Request
+from policyd.policy.connection import Connection
+from policyd.policy.protocol import encode_request
+from policyd.policy.server import PolicyServer
+from policyd.policy.service import PolicyService
 from policyd.runtime import build_runtime
-from policyd.server import PolicyServer
-from policyd.service import PolicyService
 from tests.integration.serverutil import authed, make_config
 
 

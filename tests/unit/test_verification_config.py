@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from policyd.config import ConfigError, load_config
-from policyd.verification import config as vconf
+from policyd.config import verification as vconf
 from policyd.verification.build import file_domains, local_domains
 
 SHIPPED = Path(__file__).resolve().parents[2] / "conf" / "policyd.toml"

@@ -336,7 +336,7 @@ def test_the_mail_carries_no_user_typed_text(tmp_path: Path) -> None:
 
 
 def test_the_bounce_address_is_the_envelope_sender(tmp_path: Path) -> None:
-    from policyd.verification.config import VerificationMailConfig
+    from policyd.config.verification import VerificationMailConfig
 
     api, outbox, _ = make_api(
         tmp_path, mail=VerificationMailConfig(bounce_address="bounces@example.org")
