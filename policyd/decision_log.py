@@ -23,9 +23,8 @@ from asyncio import _get_running_loop as _running_loop
 from threading import get_ident as _get_ident
 from typing import Final
 
-from policyd.core.decision import Decision, Verdict
+from policyd.core.decision import Decision, Verdict, to_action
 from policyd.core.request import Request
-from policyd.policy.actions import to_action
 
 logger: Final = logging.getLogger("policyd.decision")
 

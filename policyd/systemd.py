@@ -22,11 +22,22 @@ import socket
 import time
 from collections.abc import Mapping, MutableMapping
 
-__all__ = ["SD_LISTEN_FDS_START", "Notifier", "listen_fds", "watchdog_interval"]
+__all__ = [
+    "SD_LISTEN_FDS_START",
+    "Notifier",
+    "StartupError",
+    "listen_fds",
+    "watchdog_interval",
+]
 
 log = logging.getLogger(__name__)
 
 SD_LISTEN_FDS_START = 3
+
+
+class StartupError(Exception):
+    """A daemon (policy server, milter, web page) cannot start (a missing syslog socket, a
+    missing optional package, a port in use). str() is one line for the admin."""
 
 
 class Notifier:

@@ -153,7 +153,8 @@ def _guarded(args: argparse.Namespace, command: Callable[[argparse.Namespace], i
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from policyd.policy.app import LOAD_ERRORS, App, StartupError
+    from policyd.policy.app import LOAD_ERRORS, App
+    from policyd.systemd import StartupError
 
     for spec in args.listen or ():
         try:
@@ -267,7 +268,7 @@ def _web(args: argparse.Namespace) -> int:
         if (e.name or "").split(".")[0] in ("aiohttp", "jinja2"):
             return fail("the web page needs aiohttp and jinja2: pip install 'policyd[web]'")
         raise
-    from policyd.policy.app import StartupError
+    from policyd.systemd import StartupError
 
     try:
         return run_web(args.config, args.listen)

@@ -8,13 +8,13 @@ import asyncio
 
 from policyd.addresses import canonical_login
 from policyd.config import Config
-from policyd.core.decision import Decision
+from policyd.core.decision import Decision, to_action
 from policyd.core.request import Request
 from policyd.directory.base import DirectoryUnavailable
+from policyd.milter.decide import decide_headers
 from policyd.milter.headers import author_mailboxes
-from policyd.policy.actions import to_action
 from policyd.policy.app import load
-from policyd.policy.service import PolicyService, decide_headers
+from policyd.policy.service import PolicyService
 from policyd.runtime import Runtime
 
 

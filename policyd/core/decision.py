@@ -85,3 +85,10 @@ class Decision:
         if len(parts) >= 2 and parts[1][:1].isdigit() and parts[1].count(".") == 2:
             return parts[1]
         return ""
+
+
+def to_action(decision: Decision) -> str:
+    """The Postfix action string for a decision (policy reply, milter and check log lines)."""
+    if decision.verdict is Verdict.DUNNO:
+        return "DUNNO"
+    return decision.reply

@@ -44,8 +44,8 @@ from policyd.core.decision import Decision, Verdict
 from policyd.core.engine import decide_header_from
 from policyd.decision_log import log_line, milter_line, setup_logging
 from policyd.directory.base import DirectoryUnavailable
+from policyd.milter.decide import decide_headers
 from policyd.milter.headers import AUTHOR_HEADERS, AuthorCheck, author_mailboxes, unfold
-from policyd.policy.service import decide_headers
 from policyd.runtime import Runtime, build_runtime
 
 log = logging.getLogger("policyd.milter")
@@ -134,14 +134,14 @@ class MilterService:
     # -- the decision ------------------------------------------------------------------------
 
     def decide(self, login: str, author: AuthorCheck, client: str, sender: str) -> Decision:
-        """service.decide_headers on the lookup loop. `login` as Postfix sent it."""
+        """decide.decide_headers on the lookup loop. `login` as Postfix sent it."""
         rt = self.runtime
         try:
             return self._submit(
                 decide_headers(rt, self.profile, login, author, client=client, sender=sender)
             )
         except DirectoryUnavailable as e:  # (the lookup loop itself did not answer in time)
-            log.warning("directory unavailable: %s", str(e))  # (str: see service.py)
+            log.warning("directory unavailable: %s", str(e))  # (str: see policy/service.py)
             return decide_header_from(
                 login.strip(),
                 author.mailboxes,

@@ -11,7 +11,7 @@ import logging
 import re
 from typing import Final
 
-from policyd.core.decision import Decision, Reason, Verdict
+from policyd.core.decision import Decision, Reason, Verdict, to_action
 
 log: Final = logging.getLogger("policyd.actions")  # (not __name__: the name admins grep)
 
@@ -25,13 +25,6 @@ INTERNAL_ERROR: Final = Decision(
 #: Encoded accept actions (OK, DUNNO, ...): a handful of constant words, encoded once.
 _PAYLOADS: Final[dict[str, bytes]] = {}
 _CONSTANT_ACTIONS: Final = (Verdict.ACCEPT, Verdict.DUNNO)
-
-
-def to_action(decision: Decision) -> str:
-    """The Postfix action string for a decision."""
-    if decision.verdict is Verdict.DUNNO:
-        return "DUNNO"
-    return decision.reply
 
 
 def encode_decision(decision: Decision) -> bytes:

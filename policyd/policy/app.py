@@ -33,7 +33,13 @@ from policyd.networks import NetworksError
 from policyd.policy.server import DecisionHook, PolicyServer
 from policyd.policy.service import PolicyService
 from policyd.runtime import Runtime, build_runtime
-from policyd.systemd import Notifier, listen_fds, reloading_state, watchdog_interval
+from policyd.systemd import (
+    Notifier,
+    StartupError,
+    listen_fds,
+    reloading_state,
+    watchdog_interval,
+)
 
 if TYPE_CHECKING:
     from policyd.policy.metrics import Metrics
@@ -45,11 +51,6 @@ LOAD_ERRORS = (ConfigError, NetworksError, DirectoryError)
 
 #: Awaited by App.serve(); when it returns, the daemon stops.
 ShutdownTrigger = Callable[[], Awaitable[object]]
-
-
-class StartupError(Exception):
-    """The daemon cannot start (a missing syslog socket, a missing optional package, a port in
-    use). str() is one line for the admin."""
 
 
 class App:

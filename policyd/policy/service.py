@@ -1,6 +1,6 @@
 """The policy service: request attributes -> Decision, gathering the facts the engine needs.
 
-Shared by the socket server, the CLI `check` and (for its lookups) the milter. Requests that
+Shared by the socket server and the CLI `check`. Requests that
 need no slow lookup, or whose lookup is cached, are decided synchronously (`decide_now`);
 only the rest cost a task switch.
 """
@@ -18,7 +18,6 @@ from policyd.core.engine import (
     Facts,
     Need,
     decide,
-    decide_header_from,
     keys_needed,
     needs,
     needs_network,
@@ -26,14 +25,11 @@ from policyd.core.engine import (
 from policyd.core.request import Request
 from policyd.directory.base import DirectoryUnavailable
 from policyd.directory.lookups import (
-    HeaderFacts,
-    header_facts,
     key_owners,
     peek_key_owners,
     peek_sender_owners,
     sender_owners,
 )
-from policyd.milter.headers import AuthorCheck
 from policyd.networks import Range
 from policyd.runtime import Runtime
 
@@ -162,43 +158,3 @@ async def gather_facts(rt: Runtime, req: Request, need: Need, network: Range | N
             return Facts(network, owned)
         return Facts(network, owned, key_owners=await key_owners(lookups, keys))
     return Facts(network, None, await sender_owners(lookups, sender, rules))
-
-
-async def decide_headers(
-    rt: Runtime,
-    profile: ProfileConfig,
-    login: str,
-    author: AuthorCheck,
-    *,
-    client: str = "",
-    sender: str = "",
-) -> Decision:
-    """The milter's decision for a message's author headers (`login` as Postfix sent it),
-    with the lookups it needs. Used by the milter and by `policyd check --header-from`."""
-    login = login.strip()
-    boxes = author.mailboxes
-    facts: HeaderFacts = (None, None, None)
-    unavailable = False
-    if boxes and (login or profile.protect_local_senders):
-        who = canonical_login(login, rt.rules) if login else ""
-        shown = [a for _, a in author.display_addresses] if login else []
-        try:
-            facts = await header_facts(rt.lookups, who, [*boxes, *shown], rt.rules)
-        except DirectoryUnavailable as e:
-            log.warning("directory unavailable: %s", str(e))  # (str: see _decide_later)
-            unavailable = True
-    owned, key_owned, owners = facts
-    return decide_header_from(
-        login,
-        boxes,
-        profile,
-        owned,
-        rt.rules,
-        client=client,
-        sender=sender,
-        directory_unavailable=unavailable,
-        owners=owners,
-        key_owners=key_owned,
-        sources=author.sources,
-        display=author.display_addresses,
-    )

@@ -113,8 +113,7 @@ def run_web(config_path: Path, listen: str | None) -> int:
     """The `policyd web` command. Returns the exit status; a setup error raises StartupError
     (one line: the CLI prints it)."""
     from policyd.decision_log import setup_logging
-    from policyd.policy.app import StartupError
-    from policyd.systemd import Notifier
+    from policyd.systemd import Notifier, StartupError
 
     try:
         config = load_config(config_path)

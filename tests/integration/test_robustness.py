@@ -28,11 +28,11 @@ from hypothesis import strategies as st
 
 import policyd
 from policyd.config import Config, ProfileConfig
-from policyd.core.decision import Decision
+from policyd.core.decision import Decision, to_action
 from policyd.core.request import Request
 from policyd.directory.base import DirectoryUnavailable
 from policyd.directory.cache import CachedLookups
-from policyd.policy.actions import encode_action, to_action
+from policyd.policy.actions import encode_action
 from policyd.policy.connection import Connection as _Connection
 from policyd.policy.protocol import encode_request
 from policyd.policy.service import PolicyService

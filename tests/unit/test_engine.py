@@ -33,13 +33,13 @@ import pytest
 
 from policyd.addresses import AddressRules
 from policyd.config import ProfileConfig, config_from_dict
-from policyd.core.decision import Decision, Reason, Verdict
+from policyd.core.decision import Decision, Reason, Verdict, to_action
 from policyd.core.engine import Facts, Need, decide, needs, needs_network
 from policyd.core.request import Request
 from policyd.directory.base import DirectoryUnavailable
 from policyd.directory.lookups import DirectLookups
 from policyd.networks import Networks, Range
-from policyd.policy.actions import encode_action, to_action
+from policyd.policy.actions import encode_action
 from policyd.policy.service import PolicyService
 from policyd.runtime import Runtime, build_runtime
 

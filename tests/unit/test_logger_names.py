@@ -29,6 +29,7 @@ from tests.unit.test_server_batch import Transport
         ("policyd.policy.service", "log", "policyd.service"),
         ("policyd.policy.stdio", "log", "policyd.stdio"),
         ("policyd.policy.actions", "log", "policyd.actions"),
+        ("policyd.milter.decide", "log", "policyd.service"),
         ("policyd.runtime", "log", "policyd.runtime"),
         ("policyd.systemd", "log", "policyd.systemd"),
         ("policyd.directory.cache", "log", "policyd.directory.cache"),

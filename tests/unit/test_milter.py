@@ -628,7 +628,7 @@ def test_policy_service_never_imports_pymilter() -> None:
         "sys.modules['milter'] = None\n"
         "import policyd.cli, policyd.policy.app, policyd.policy.server, policyd.policy.service\n"
         "import policyd.core.engine, policyd.runtime, policyd.decision_log\n"
-        "import policyd.milter, policyd.milter.headers\n"
+        "import policyd.milter, policyd.milter.headers, policyd.milter.decide\n"
         "assert 'policyd.milter.libmilter' not in sys.modules\n"
         "print('ok')\n"
     )

@@ -1,0 +1,61 @@
+"""The milter's decision for a message's author headers: the lookups it needs, then the engine.
+
+Used by the milter (libmilter) and by `policyd check --header-from`; pure of pymilter.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from policyd.addresses import canonical_login
+from policyd.config import ProfileConfig
+from policyd.core.decision import Decision
+from policyd.core.engine import decide_header_from
+from policyd.directory.base import DirectoryUnavailable
+from policyd.directory.lookups import HeaderFacts, header_facts
+from policyd.milter.headers import AuthorCheck
+from policyd.runtime import Runtime
+
+#: (not __name__: the name admins grep; this warning was logged by the policy service's module)
+log: Final = logging.getLogger("policyd.service")
+
+
+async def decide_headers(
+    rt: Runtime,
+    profile: ProfileConfig,
+    login: str,
+    author: AuthorCheck,
+    *,
+    client: str = "",
+    sender: str = "",
+) -> Decision:
+    """The milter's decision for a message's author headers (`login` as Postfix sent it),
+    with the lookups it needs. Used by the milter and by `policyd check --header-from`."""
+    login = login.strip()
+    boxes = author.mailboxes
+    facts: HeaderFacts = (None, None, None)
+    unavailable = False
+    if boxes and (login or profile.protect_local_senders):
+        who = canonical_login(login, rt.rules) if login else ""
+        shown = [a for _, a in author.display_addresses] if login else []
+        try:
+            facts = await header_facts(rt.lookups, who, [*boxes, *shown], rt.rules)
+        except DirectoryUnavailable as e:
+            log.warning("directory unavailable: %s", str(e))  # (str: see policy/service.py)
+            unavailable = True
+    owned, key_owned, owners = facts
+    return decide_header_from(
+        login,
+        boxes,
+        profile,
+        owned,
+        rt.rules,
+        client=client,
+        sender=sender,
+        directory_unavailable=unavailable,
+        owners=owners,
+        key_owners=key_owned,
+        sources=author.sources,
+        display=author.display_addresses,
+    )
