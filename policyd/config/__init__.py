@@ -19,13 +19,13 @@ from policyd.addresses import AddressRules, normalize_domain
 from policyd.config.ldap import LdapConfig as LdapConfig
 from policyd.config.ldap import check_ldap
 from policyd.config.listen import parse_listen
+from policyd.config.replies import PLACEHOLDERS, check_template
 from policyd.config.tables import ConfigError as ConfigError
 from policyd.config.tables import TableReader
 from policyd.config.verification import VerificationConfig, first_problem
 from policyd.config.web import WebConfig as WebConfig
 from policyd.config.web import check_web
 from policyd.core import limits
-from policyd.core.replies import PLACEHOLDERS, check_template
 
 #: Where the installed daemon reads its config when neither --config nor $POLICYD_CONFIG
 #: names one.

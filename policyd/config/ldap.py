@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from policyd.config.replies import check_template
 from policyd.config.tables import ConfigError
-from policyd.core.replies import check_template
 
 
 @dataclass(frozen=True)

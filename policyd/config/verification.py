@@ -8,10 +8,11 @@ ConfigError, naming file and key).
 from __future__ import annotations
 
 import re
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from policyd.config.replies import placeholder_problem
 
 #: Placeholders the mail templates may use. None of them carries text a user typed.
 SUBJECT_PLACEHOLDERS = frozenset({"site_name"})
@@ -111,20 +112,6 @@ _ADDR_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+\.[A-Za-
 _ATTR_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
 
 
-def _placeholder_problem(text: str, allowed: frozenset[str]) -> str | None:
-    try:
-        names = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
-    except ValueError as e:
-        return f"bad template: {e}"
-    bad = names - allowed
-    if bad:
-        return (
-            f"unknown placeholder {{{sorted(bad)[0]}}} (allowed: "
-            f"{', '.join('{' + a + '}' for a in sorted(allowed))})"
-        )
-    return None
-
-
 def first_problem(vc: VerificationConfig, directory_backend: str) -> tuple[str, str] | None:
     """(dotted key, why) of the first bad value, or None."""
     p = "verification"
@@ -164,7 +151,7 @@ def first_problem(vc: VerificationConfig, directory_backend: str) -> tuple[str, 
         ("mail.subject", vc.mail.subject, SUBJECT_PLACEHOLDERS),
         ("mail.body", vc.mail.body, BODY_PLACEHOLDERS),
     ):
-        why = _placeholder_problem(text, allowed)
+        why = placeholder_problem(text, allowed)
         if why:
             return f"{p}.{key}", why
     if "{code}" not in vc.mail.body or "{link}" not in vc.mail.body:

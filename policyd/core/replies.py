@@ -1,7 +1,8 @@
-"""Reply templates: filling them (render) and checking their placeholders. Pure.
+"""Reply templates: filling them (render). Pure.
 
 The templates themselves are the profile's `replies` table (config.RepliesConfig, documented
-in conf/policyd.toml); the engine renders them with the request's values.
+in conf/policyd.toml; config/replies.py checks their placeholders when the config is loaded);
+the engine renders them with the request's values.
 """
 
 from __future__ import annotations
@@ -11,35 +12,6 @@ from collections.abc import Mapping
 from typing import Final
 
 from policyd.core import limits
-
-#: The placeholders each reply template may use.
-PLACEHOLDERS = {
-    "null_sender": {"sender", "login", "client"},
-    "directory_unavailable": {"sender", "login", "client"},
-    "sender_not_owned": {"sender", "login", "client"},
-    "sender_not_allowed_from_network": {"sender", "login", "client", "range"},
-    "authentication_required": {"sender", "client"},
-    "sender_requires_login": {"sender", "client"},
-    "header_from_not_owned": {"address", "header", "login", "client", "sender"},
-    "header_from_display_address": {"address", "header", "login", "client", "sender"},
-    "header_from_invalid": {"login", "client", "sender"},
-}
-
-
-def check_template(source: str, key: str, text: str, allowed: set[str]) -> None:
-    """A reply template's placeholders are all `allowed`. Raises ConfigError naming file+key."""
-    from policyd.config import ConfigError  # (config imports this module)
-
-    try:
-        names = {fname for _, fname, _, _ in string.Formatter().parse(text) if fname is not None}
-    except ValueError as e:
-        raise ConfigError(source, key, f"bad template: {e}") from None
-    bad = names - allowed
-    if bad:
-        known = ", ".join("{" + a + "}" for a in sorted(allowed))
-        raise ConfigError(
-            source, key, f"unknown placeholder {{{sorted(bad)[0]}}} (allowed: {known})"
-        )
 
 
 def render(template: str, values: Mapping[str, str]) -> str:
