@@ -8,6 +8,7 @@ JavaScript off. Its [web] section is policyd.config.web. Modules:
 - auth:     logging in (LDAP bind as the user's own entry; trusted proxy header).
 - security: response headers, CSRF tokens, form parsing with size limits.
 - backend:  the blocking calls (Verification API, directory) in threads with a deadline.
+- context:  what every handler uses (state, client address, render, redirect, form fields).
 - pages:    the address pages and the confirmation-link landing page.
 - app:      the aiohttp application (routes, middleware, login/logout).
 - server:   `policyd web`: config, logging, listen, run until SIGTERM.

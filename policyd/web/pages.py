@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from policyd.verification.views import Actor, Refused
-from policyd.web.app import client_ip, form_fields, message, redirect, render, state
+from policyd.web.context import client_ip, form_fields, message, redirect, render, state
 
 log = logging.getLogger(__name__)
 

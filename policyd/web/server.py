@@ -13,9 +13,10 @@ from aiohttp import web
 from policyd.config import Config, ConfigError, load_config
 from policyd.config.listen import parse_listen
 from policyd.directory.base import Directory, DirectoryError
-from policyd.web.app import WebState, build_app
+from policyd.web.app import build_app
 from policyd.web.auth import LdapLogin
 from policyd.web.backend import Blocking
+from policyd.web.context import WebState
 from policyd.web.sessions import SessionStore, StoreError
 
 log = logging.getLogger(__name__)
