@@ -1,12 +1,13 @@
-"""The shape of the policyd package: no module over 400 lines, no import cycle among its modules.
+"""The shape of the policyd package: no module over 400 lines, no import cycle among its modules,
+and the layout's rule (README, "Layout"): the pure core imports no front end, the config no
+feature package, no front end another, and the shared modules none of them.
 
-Imports are read from the source with `ast`, nothing is imported. For the cycle check only
-module-level imports count: every import statement that runs or is read when the module itself
-is imported, including those under `if TYPE_CHECKING:` (a cycle for the type checker is still a
-cycle in the design), `try:` and class bodies. Imports inside a function body do not count: they
-run later, when the call needs them. Importing `a.b.c` counts as an edge to `a.b.c` only, not to
-its parent packages (whose `__init__` re-exports from their own submodules by design); `from a.b
-import c` counts as an edge to the submodule `a.b.c` when there is one, else to `a.b`.
+Imports are read from the source with `ast`, nothing is imported. Every import statement counts:
+at module level, under `if TYPE_CHECKING:` (a cycle for the type checker is still a cycle in the
+design), `try:`, class bodies, and inside function bodies (an import deferred to the call is
+still a dependency: it only hides a cycle). Importing `a.b.c` counts as an edge to `a.b.c` only,
+not to its parent packages (whose `__init__` re-exports from their own submodules by design);
+`from a.b import c` counts as an edge to the submodule `a.b.c` when there is one, else to `a.b`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 import policyd
 
@@ -40,25 +43,19 @@ def modules() -> dict[str, Path]:
     return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def module_level_imports(tree: ast.Module) -> Iterator[ast.Import | ast.ImportFrom]:
-    """Import statements outside any function body."""
-    todo: list[ast.AST] = list(tree.body)
-    while todo:
-        node = todo.pop()
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            continue
+def all_imports(tree: ast.Module) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement of the module, function bodies included."""
+    for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node
-            continue
-        todo.extend(ast.iter_child_nodes(node))
 
 
 def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
-    """The policyd modules that `name` imports at module level."""
+    """The policyd modules that `name` imports (anywhere in its source)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out: set[str] = set()
-    for node in module_level_imports(tree):
+    for node in all_imports(tree):
         if isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names if alias.name in known)
             continue
@@ -163,7 +160,7 @@ def test_the_cycle_finder_sees_a_cycle_through_three_modules_and_a_self_import()
     assert cycles(graph) == {frozenset({"a", "b", "c"}), frozenset({"e"})}
 
 
-def test_module_level_imports_include_type_checking_blocks_but_not_function_bodies() -> None:
+def test_imports_include_type_checking_blocks_and_function_bodies() -> None:
     tree = ast.parse(
         "import policyd.a\n"
         "from typing import TYPE_CHECKING\n"
@@ -173,17 +170,109 @@ def test_module_level_imports_include_type_checking_blocks_but_not_function_bodi
         "    import policyd.c\n"
     )
     names: set[str] = set()
-    for node in module_level_imports(tree):
+    for node in all_imports(tree):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         else:
             names.update(f"{node.module}.{a.name}" for a in node.names)
-    assert names == {"policyd.a", "typing.TYPE_CHECKING", "policyd.b"}
+    assert names == {"policyd.a", "typing.TYPE_CHECKING", "policyd.b", "policyd.c"}
 
 
 def test_the_import_graph_resolves_submodules_and_relative_imports() -> None:
     graph = import_graph()
     assert "policyd.directory.ldap.connection" in graph["policyd.directory.ldap.directory"]
     assert "policyd.config" in graph["policyd.directory.ldap.directory"]
-    # cli imports the LDAP package only inside a function: no edge.
-    assert "policyd.directory.ldap" not in graph["policyd.cli"]
+    # cli imports the LDAP package only inside a function: still an edge.
+    assert "policyd.directory.ldap" in graph["policyd.cli.explain"]
+
+
+# --- the layout's rule ---------------------------------------------------------------------------
+
+#: The three front ends, each a folder: the policy server, the milter, the web page. The cli is
+#: the command above them (it starts each one) and may import them all.
+FRONT_ENDS = ("policyd.policy", "policyd.milter", "policyd.web")
+#: The feature packages the config must not import (they import the config).
+FEATURES = (
+    *FRONT_ENDS,
+    "policyd.cli",
+    "policyd.core",
+    "policyd.networks",
+    "policyd.directory",
+    "policyd.verification",
+    "policyd.runtime",
+    "policyd.decision_log",
+    "policyd.systemd",
+)
+#: What the pure core may import besides itself: the address rules, the config's dataclasses
+#: and the ranges' Range value.
+CORE_MAY_IMPORT = ("policyd.core", "policyd.addresses", "policyd.config", "policyd.networks")
+
+# Known breaks of the rule, (importer, imported). Empty: any break fails the test; a listed
+# pair that no longer breaks it fails too, so that the list is kept exact.
+BREAKS_ALLOWED: frozenset[tuple[str, str]] = frozenset()
+
+
+def within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def front_end(name: str) -> str | None:
+    return next((f for f in FRONT_ENDS if within(name, f)), None)
+
+
+def why_not(importer: str, imported: str) -> str | None:
+    """Why the layout forbids `importer` to import `imported`, or None when it may."""
+    if within(importer, "policyd.core"):
+        if not any(within(imported, p) for p in CORE_MAY_IMPORT):
+            return "the pure core imports only the core, addresses, config and networks"
+    elif within(importer, "policyd.config"):
+        if any(within(imported, f) for f in FEATURES) and imported != "policyd.core.limits":
+            return "the config imports no feature package (only core.limits)"
+    mine, theirs = front_end(importer), front_end(imported)
+    if theirs is not None and mine != theirs and not within(importer, "policyd.cli"):
+        if mine is not None:
+            return "a front end imports no other front end"
+        if importer != "policyd.__main__":
+            return "a shared module imports no front end"
+    return None
+
+
+def breaks(graph: dict[str, set[str]]) -> dict[tuple[str, str], str]:
+    out = {}
+    for importer, imported in sorted((a, b) for a, targets in graph.items() for b in targets):
+        why = why_not(importer, imported)
+        if why is not None:
+            out[(importer, imported)] = why
+    return out
+
+
+def test_the_layout_rule_holds_except_for_the_listed_breaks() -> None:
+    new = {k: v for k, v in breaks(import_graph()).items() if k not in BREAKS_ALLOWED}
+    assert not new, "layout broken:\n" + "\n".join(f"{a} -> {b}: {w}" for (a, b), w in new.items())
+
+
+def test_every_break_on_the_allowed_list_still_exists() -> None:
+    gone = BREAKS_ALLOWED - set(breaks(import_graph()))
+    assert not gone, f"no longer a break, remove from BREAKS_ALLOWED: {sorted(gone)}"
+
+
+@pytest.mark.parametrize(
+    ("importer", "imported", "allowed"),
+    [
+        ("policyd.core.engine", "policyd.config", True),
+        ("policyd.core.engine", "policyd.policy.service", False),
+        ("policyd.core.engine", "policyd.directory.base", False),
+        ("policyd.config.web", "policyd.web.auth", False),
+        ("policyd.config", "policyd.core.limits", True),
+        ("policyd.config", "policyd.core.replies", False),
+        ("policyd.milter.libmilter", "policyd.policy.service", False),
+        ("policyd.web.server", "policyd.policy.app", False),
+        ("policyd.milter.decide", "policyd.milter.headers", True),
+        ("policyd.decision_log", "policyd.policy.actions", False),
+        ("policyd.runtime", "policyd.verification.lookups", True),
+        ("policyd.cli.explain", "policyd.milter.decide", True),
+        ("policyd.__main__", "policyd.cli", True),
+    ],
+)
+def test_the_rule_refuses_what_runs_back_up(importer: str, imported: str, allowed: bool) -> None:
+    assert (why_not(importer, imported) is None) is allowed
