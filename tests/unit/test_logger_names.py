@@ -16,7 +16,7 @@ from policyd.policy.server import PolicyServer
 from policyd.policy.service import PolicyService
 from policyd.runtime import build_runtime
 from tests.integration.serverutil import authed, make_config
-from tests.unit.test_server_batch import Transport
+from tests.unit.policy.test_server_batch import Transport
 
 
 @pytest.mark.parametrize(

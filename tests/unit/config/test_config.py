@@ -13,7 +13,7 @@ from policyd.config import (
 from policyd.config.listen import parse_listen
 from policyd.core.replies import render
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[3] / "conf"
 EXAMPLE_CONFIG = CONF / "policyd.toml"
 
 

@@ -637,7 +637,7 @@ def test_policy_service_never_imports_pymilter() -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[3],
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
@@ -698,7 +698,7 @@ def test_milter_process_with_libmilter(tmp_path: Path) -> None:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
-            cwd=Path(__file__).resolve().parents[2],
+            cwd=Path(__file__).resolve().parents[3],
         )
     try:
         deadline = time.monotonic() + 15
@@ -746,7 +746,7 @@ def test_milter_process_bad_socket(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=30,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[3],
     )
     assert out.returncode == 1
     assert "failed" in out.stderr

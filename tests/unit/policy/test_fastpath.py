@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from policyd.core.request import Request
 from policyd.policy import fastpath
 from policyd.policy.protocol import ProtocolError, RequestParser
-from tests.unit.test_protocol import REQUESTS, outcome, split_at
+from tests.unit.policy.test_protocol import REQUESTS, outcome, split_at
 
 CONTROL = re.compile("[\x00-\x1f\x7f]")
 #: The names of the recorded Postfix 3.7 requests, in Postfix's order.

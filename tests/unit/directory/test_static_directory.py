@@ -8,7 +8,7 @@ from policyd.addresses import AddressRules
 from policyd.directory.base import DirectoryError
 from policyd.directory.static import StaticDirectory
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[3] / "conf"
 R = AddressRules(realms=frozenset({"example.org"}))
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from policyd.networks import Networks, NetworksError, Range, patterns
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def nets(*lines: str) -> Networks:

@@ -23,7 +23,7 @@ from policyd.policy.protocol import (
     encode_request,
 )
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "postfix-3.7-policy-requests.txt"
+DATA = Path(__file__).resolve().parents[2] / "data" / "postfix-3.7-policy-requests.txt"
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from policyd.config import ConfigError, load_config
 from policyd.config import verification as vconf
 from policyd.verification.build import file_domains, local_domains
 
-SHIPPED = Path(__file__).resolve().parents[2] / "conf" / "policyd.toml"
+SHIPPED = Path(__file__).resolve().parents[3] / "conf" / "policyd.toml"
 
 
 def test_every_verification_key_is_documented_with_its_default() -> None:

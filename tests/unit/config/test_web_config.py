@@ -10,7 +10,7 @@ import pytest
 
 from policyd.config import ConfigError, WebConfig, load_config
 
-EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "policyd.toml"
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[3] / "conf" / "policyd.toml"
 
 
 def load(tmp_path: Path, text: str) -> WebConfig:
