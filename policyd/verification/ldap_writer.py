@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import ssl
-from pathlib import Path
 from typing import Any
 
 import ldap3
@@ -26,6 +24,7 @@ import ldap3
 from policyd.addresses import AddressRules, split_address
 from policyd.config import LdapConfig
 from policyd.config.verification import VerificationLdapConfig
+from policyd.credentials import CredentialError, read_password
 from policyd.directory.ldap import render_filter
 from policyd.directory.ldap.tls import Tls
 from policyd.verification.core import WriterError
@@ -41,31 +40,19 @@ _REFERRAL = 10
 
 
 def writer_password(wc: VerificationLdapConfig) -> str:
-    """From verification.ldap.writer_password_file, else the systemd credential. One trailing
-    newline is stripped. Raises WriterError, never showing the password."""
-    if wc.writer_password_file is not None:
-        path, what = Path(wc.writer_password_file), "verification.ldap.writer_password_file"
-    elif wc.writer_password_credential:
-        creds = os.environ.get("CREDENTIALS_DIRECTORY", "")
-        if not creds:
-            raise WriterError(
-                f"verification.ldap.writer_password_credential = "
-                f"{wc.writer_password_credential!r}, but $CREDENTIALS_DIRECTORY is not set"
-            )
-        path = Path(creds) / wc.writer_password_credential
-        what = "verification.ldap.writer_password_credential"
-    else:
+    """From verification.ldap.writer_password_file, else the systemd credential (see
+    policyd.credentials). Raises WriterError, never showing the password."""
+    if wc.writer_password_file is None and not wc.writer_password_credential:
         raise WriterError("no writer password configured")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise WriterError(
-            f"{what}: cannot read {path}: {getattr(e, 'strerror', None) or e}"
-        ) from None
-    text = text.removesuffix("\n").removesuffix("\r")
-    if not text:
-        raise WriterError(f"{what}: {path} is empty")
-    return text
+        return read_password(
+            wc.writer_password_file,
+            "verification.ldap.writer_password_file",
+            wc.writer_password_credential,
+            "verification.ldap.writer_password_credential",
+        )
+    except CredentialError as e:
+        raise WriterError(str(e)) from None
 
 
 def _text(result: Any) -> str:

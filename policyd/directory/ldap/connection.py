@@ -20,7 +20,6 @@ import ssl
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
@@ -28,6 +27,7 @@ import ldap3
 from ldap3.core.exceptions import LDAPException
 
 from policyd.config import LdapConfig
+from policyd.credentials import CredentialError, read_password
 from policyd.directory.base import DirectoryError
 from policyd.directory.ldap.tls import Tls
 
@@ -133,33 +133,15 @@ def read_bind_password(cfg: LdapConfig) -> str | None:
     why = cfg.bind_password_problem()
     if why is not None:
         raise DirectoryError(f"ldap.bind_dn: {why}")
-    if cfg.bind_password_file is not None:
-        path = Path(cfg.bind_password_file)
-        what = "ldap.bind_password_file"
-    else:
-        creds = os.environ.get("CREDENTIALS_DIRECTORY", "")
-        if not creds:
-            raise DirectoryError(
-                f"ldap.bind_password_credential = {cfg.bind_password_credential!r}, but "
-                "$CREDENTIALS_DIRECTORY is not set (run under systemd with LoadCredential=)"
-            )
-        path = Path(creds) / cfg.bind_password_credential
-        what = "ldap.bind_password_credential"
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DirectoryError(f"{what}: cannot read {path}: {e.strerror or e}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DirectoryError(f"{what}: {path} is not UTF-8") from None
-    if text.endswith("\n"):
-        text = text[:-1]
-        if text.endswith("\r"):
-            text = text[:-1]
-    if not text:
-        raise DirectoryError(f"{what}: {path} is empty")
-    return text
+        return read_password(
+            cfg.bind_password_file,
+            "ldap.bind_password_file",
+            cfg.bind_password_credential,
+            "ldap.bind_password_credential",
+        )
+    except CredentialError as e:
+        raise DirectoryError(str(e)) from None
 
 
 def make_tls(cfg: LdapConfig) -> Any:
