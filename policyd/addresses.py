@@ -160,6 +160,28 @@ def strip_source_route(address: str) -> str:
     return address
 
 
+def envelope_sender(text: str) -> str:
+    """The sender as smtpd passes it to a policy service, from a MAIL FROM argument as a
+    client writes it: the angle brackets and a source route ("<@relay:user@d>") dropped, and
+    quoted strings unquoted to Postfix's internal form ('"a b"@d' -> 'a b@d',
+    '"al\\"x"@d' -> 'al"x@d'). ("<>" is the null sender "".)"""
+    t = text.strip()
+    if t.startswith("<") and t.endswith(">"):
+        t = t[1:-1].strip()
+    t = strip_source_route(t)
+    out: list[str] = []
+    escaped = False
+    for ch in t:
+        if escaped:
+            out.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch != '"':
+            out.append(ch)
+    return "".join(out)
+
+
 def route_address(address: str, rules: AddressRules = DEFAULT_RULES) -> str:
     """The address (internal, unquoted form) that Postfix's trivial-rewrite resolves `address`
     to, which is what smtpd's sender-login checks look up (resolve.c resolve_addr):
