@@ -192,56 +192,54 @@ def route_address(address: str, rules: AddressRules = DEFAULT_RULES) -> str:
     * an address without "@" (as given, or left after stripping): "site!user" becomes
       "user@site" at the first "!" (swap_bangpath), else "user%domain" becomes "user@domain"
       at the last "%" (allow_percent_hack) -- rewrite_tree;
-    * a local part that Postfix would quote (a space, an RFC 822 special) is cracked open as
-      resolve_dequoted does: its last "@", else its last "%", else its last "!" routes.
+    * a local part that Postfix quotes (quote_822_local: a space, an RFC 822 special, a
+      leading, trailing or double dot) is one quoted string there, opened as resolve_dequoted
+      does: its last "@", else its last "%", routes; else its first "!".
 
     A stripped local domain comes back when no routing form is left. Without any domain the
     address is returned as it is (Postfix appends $myhostname; no key of ours has no "@").
     Each step removes one routing character or one domain, so the loop ends."""
     a = strip_source_route(address)
+    local, at, dom = a.rpartition("@")
+    domain: str | None = dom
+    if not at:
+        local, domain = dom, None
+    quoted = needs_quoting(local)  # (quote_822_local quotes what precedes the last "@")
     saved = ""
     for _ in range(len(a) + 2):
-        local, at, domain = a.rpartition("@")
-        if at:
+        if domain is not None:
             if domain.endswith(".") and not domain.endswith("..") and len(domain) > 1:
                 domain = domain[:-1]
             if not domain or normalize_domain(domain) not in rules.mydestination:
                 return f"{local}@{domain}"
-            saved, a = domain, local
-        routed = _route_local(a, rules)
-        if routed is None:
-            return f"{a}@{saved}" if saved else a
-        a = routed
-    return a  # (not reached)
-
-
-def _route_local(local: str, rules: AddressRules) -> str | None:
-    """One routing step on a local part without its domain: "user@domain", or None when the
-    local part routes nowhere."""
-    if needs_quoting(local):
-        # resolve_dequoted: look inside the quoted string, last operator of the kind
-        at = local.rfind("@")
-        if at < 0 and rules.percent_hack:
-            at = local.rfind("%")
-        if at >= 0:
-            return f"{local[:at]}@{local[at + 1 :]}"
+            saved, domain = domain, None
+        if quoted:
+            cut = local.rfind("@")
+            if cut < 0 and rules.percent_hack:
+                cut = local.rfind("%")
+            if cut >= 0:
+                local, domain = local[:cut], local[cut + 1 :]
+                quoted = needs_quoting(local)
+                continue
+        elif rules.percent_hack and "%" in local and not (rules.swap_bangpath and "!" in local):
+            local, _, domain = local.rpartition("%")
+            continue
         if rules.swap_bangpath and "!" in local:
-            site, _, user = local.partition("!")
-            return f"{user}@{site}"
-        return None
-    if rules.swap_bangpath and "!" in local:
-        site, _, user = local.partition("!")
-        return f"{user}@{site}"
-    if rules.percent_hack and "%" in local:
-        user, _, dom = local.rpartition("%")
-        return f"{user}@{dom}"
-    return None
+            domain, _, local = local.partition("!")
+            quoted = False  # (Postfix scans the opened string into tokens again)
+            continue
+        break
+    return f"{local}@{saved}" if saved else local
 
 
 def sender_key(sender: str, rules: AddressRules = DEFAULT_RULES) -> str:
     """The most specific key of a sender (internal form, as a policy request gives it): the
     address Postfix resolves it to, normalised."""
-    return normalize_address(route_address(sender.strip(), rules), rules)
+    routed = route_address(sender, rules)
+    local, at, domain = routed.rpartition("@")
+    if not at:
+        return unquote_local(fold_local(routed, rules))
+    return f"{unquote_local(fold_local(local, rules))}@{normalize_domain(domain)}"
 
 
 #: Local parts Postfix's split_addr never splits, whatever the delimiter (compared with the
