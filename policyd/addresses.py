@@ -10,6 +10,7 @@ the address, the address without its extension (`split_extension`, Postfix's spl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -137,17 +138,16 @@ def normalize_address(address: str, rules: AddressRules = DEFAULT_RULES) -> str:
 
 # -- what Postfix's resolver makes of a sender (trivial-rewrite resolve.c, rewrite.c) ------------
 
-# RFC 822 specials that make quote_822_local quote a local part (8-bit data is left alone).
-_QUOTE_SPECIALS: Final = frozenset('()<>@,;:\\"[] ')
+# What makes quote_822_local quote a local part: a leading, trailing or double dot, a space, a
+# control character or an RFC 822 special (8-bit data is left alone).
+_NEEDS_QUOTING: Final = re.compile(r'^\.|\.$|\.\.|[()<>@,;:\\"\[\] \x00-\x1f\x7f]')
 
 
 def needs_quoting(local: str) -> bool:
     """Whether Postfix's quote_822_local would quote this (internal form) local part: it is
     not a dot-string (empty, a leading, trailing or double dot, a space, a control character
     or an RFC 822 special)."""
-    if not local or local[0] == "." or local[-1] == "." or ".." in local:
-        return True
-    return any(c in _QUOTE_SPECIALS or ord(c) < 32 or ord(c) == 127 for c in local)
+    return not local or _NEEDS_QUOTING.search(local) is not None
 
 
 def strip_source_route(address: str) -> str:
@@ -200,6 +200,8 @@ def route_address(address: str, rules: AddressRules = DEFAULT_RULES) -> str:
     address is returned as it is (Postfix appends $myhostname; no key of ours has no "@").
     Each step removes one routing character or one domain, so the loop ends."""
     a = strip_source_route(address)
+    if not rules.mydestination and "@" in a:
+        return a  # (the common case: a domain, and none is ours to route in)
     local, at, dom = a.rpartition("@")
     domain: str | None = dom
     if not at:
@@ -265,10 +267,6 @@ def split_extension(local: str, rules: AddressRules = DEFAULT_RULES) -> str:
         if ch in delims:
             return local[:i] if i > 0 else local
     return local
-
-
-# (the old name)
-strip_extension = split_extension
 
 
 def candidates(sender: str, rules: AddressRules = DEFAULT_RULES) -> tuple[str, ...]:

@@ -199,7 +199,7 @@ def _tokens(local: str) -> list[str]:
     return [t for t in re.split(r"([!%@.])", local) if t]
 
 
-def model_resolve(internal: str) -> str:
+def model_resolve(internal: str, mydest: frozenset[str] = MYDEST) -> str:
     addr = internal
     if addr.startswith("@") and ":" in addr[:-1]:
         addr = addr.split(":", 1)[1]  # "source routes are ignored"
@@ -213,7 +213,7 @@ def model_resolve(internal: str) -> str:
     while True:
         if domain is not None:
             d = domain[:-1] if domain.endswith(".") and not domain.endswith("..") else domain
-            if d.lower() not in MYDEST:
+            if d.lower() not in mydest:
                 return _text(local) + "@" + d
             saved, domain = d, None
         if local[0] == "t":
@@ -247,10 +247,10 @@ def _text(local: tuple[str, Any]) -> str:
     return str(local[1]) if local[0] == "q" else "".join(local[1])
 
 
-def model_keys(internal: str) -> tuple[str, ...]:
+def model_keys(internal: str, mydest: frozenset[str] = MYDEST) -> tuple[str, ...]:
     """The lookup keys; the domain compared as policyd compares domains (IDNA 2008: the
     README's deliberate exception, tested apart)."""
-    resolved = model_resolve(internal)
+    resolved = model_resolve(internal, mydest)
     user, at, domain = resolved.rpartition("@")
     if not at:
         return (resolved.casefold(),)
@@ -305,6 +305,16 @@ def test_keys_agree_with_the_postfix_model(local: str, domain: str | None, quote
     internal = envelope_sender(written)
     assert internal == (local if domain is None else f"{local}@{domain}")
     assert candidates(internal, RULES) == model_keys(internal)
+
+
+@settings(max_examples=300, deadline=None)
+@given(LOCAL, st.one_of(st.none(), DOMAIN))
+def test_keys_agree_with_the_postfix_model_without_mydestination(
+    local: str, domain: str | None
+) -> None:
+    internal = local if domain is None else f"{local}@{domain}"
+    rules = AddressRules(extension_delimiters=DELIMS)
+    assert candidates(internal, rules) == model_keys(internal, frozenset())
 
 
 @given(LOCAL, DOMAIN)
