@@ -534,3 +534,48 @@ def test_check_strips_the_source_route_and_unquotes(tmp_path: Path) -> None:
         assert rc == 0
         assert text.startswith("action=OK\nreason=sender_owned\n"), text
     assert "Postfix passes it as alice@example.org" in text or "resolves it to" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties of the address rules of issue 23 (IDNA 2008 deviations, "%" and "!")
+
+DEVIATIONS = {"ß": "ss", "ς": "σ", "\u200d": "", "\u200c": ""}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(st.sampled_from(list("abcxyzöü-")), min_size=1, max_size=8),
+    st.sampled_from(sorted(DEVIATIONS)),
+    st.integers(min_value=0, max_value=8),
+)
+def test_a_deviation_character_never_folds_into_another_domain(
+    base: str, dev: str, at: int
+) -> None:
+    label = base[:at] + dev + base[at:]
+    folded = label.replace(dev, DEVIATIONS[dev])  # what IDNA 2003 (transitional) made of it
+    a, b = f"x@{label}.example", f"x@{folded}.example"
+    assert candidates(a) != candidates(b)
+    try:
+        req = normalize_request(a, AddressRules())
+    except BadAddress:
+        return  # refused (a joiner, a bad hyphen, mixed scripts): never the other domain
+    if _requestable(b):
+        assert req != normalize_request(b, AddressRules())
+
+
+def _requestable(address: str) -> bool:
+    try:
+        normalize_request(address, AddressRules())
+    except BadAddress:
+        return False
+    return True
+
+
+@given(
+    st.text(st.sampled_from(list("ab.+-_")), max_size=5),
+    st.sampled_from(["%", "!"]),
+    st.text(st.sampled_from(list("ab.+-_")), max_size=5),
+)
+def test_routing_characters_are_never_requestable(pre: str, op: str, post: str) -> None:
+    with pytest.raises(BadAddress):
+        normalize_request(f"{pre}{op}{post}@example.net", AddressRules())
