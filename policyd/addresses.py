@@ -96,11 +96,6 @@ def normalize_domain(domain: str) -> str:
         return domain.strip().rstrip(". \t").lower()
 
 
-def is_unicode_domain(domain: str) -> bool:
-    """Whether the domain is written with a U-label (not only ASCII)."""
-    return not domain.isascii()
-
-
 def split_address(address: str) -> tuple[str, str]:
     """Split at the last "@" (a quoted local part may contain "@"). No "@": ("addr", "")."""
     local, at, domain = address.rpartition("@")
