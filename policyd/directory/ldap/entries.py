@@ -4,7 +4,8 @@ them, the logins among them.
 Decisions worth knowing:
 
 * Values are normalised with normalize_address; "@domain" values mean the whole domain; a
-  value that is neither an address nor an "@domain" is ignored.
+  value that is neither an address nor an "@domain" is ignored, and so is one whose domain
+  IDNA 2008 refuses (it owns nothing: no sender's key can be that domain).
 * Active Directory's proxyAddresses are understood: "SMTP:"/"smtp:" prefixes are removed, other
   address types ("X500:", "sip:") are not mail addresses.
 * Values that are not valid UTF-8 are kept as surrogateescape'd text, never dropped or raised.
@@ -17,7 +18,14 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from policyd.addresses import AddressRules, canonical_login, normalize_address, split_address
+from policyd.addresses import (
+    AddressRules,
+    InvalidDomain,
+    canonical_login,
+    idna_domain,
+    normalize_address,
+    split_address,
+)
 
 #: An address-type prefix as in Active Directory's proxyAddresses ("smtp:", "X500:", "sip:").
 _ADDRESS_TYPE = re.compile(r"^([A-Za-z][A-Za-z0-9]{1,7}):")
@@ -54,6 +62,10 @@ def entry_addresses(
         local, domain = split_address(a)
         if not domain or "@" not in a:
             continue  # not an address nor an @domain
+        try:
+            idna_domain(split_address(v)[1])
+        except InvalidDomain:
+            continue
         out.append(a)
     return out
 
