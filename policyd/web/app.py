@@ -7,6 +7,7 @@ security.py; every POST is checked for its CSRF token and Origin before anything
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +20,17 @@ from aiohttp import web
 from policyd.addresses import AddressRules, canonical_login
 from policyd.config import Config
 from policyd.web import security
-from policyd.web.auth import LdapLogin, LoginUnavailable, address_in, parse_networks
+from policyd.web.auth import (
+    LdapLogin,
+    LoginUnavailable,
+    Throttled,
+    address_in,
+    folded,
+    parse_networks,
+    untrusted_loopback_proxy,
+)
 from policyd.web.backend import Blocking, Overloaded
-from policyd.web.sessions import Session, SessionStore, StoreError
+from policyd.web.sessions import Attempt, Session, SessionStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +72,8 @@ class WebState:
         # set or overwrite them).
         self.session_cookie = "__Host-policyd-session" if secure else "policyd-session"
         self.csrf_cookie = "__Host-policyd-csrf" if secure else "policyd-csrf"
+        #: when the unconfigured-proxy error was last logged (monotonic; 0 = never)
+        self.proxy_warned = 0.0
 
 
 STATE: web.AppKey[WebState] = web.AppKey("policyd_web", WebState)
@@ -258,10 +269,29 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     user = form["user"].strip()
     password = form["password"]
     ip = client_ip(request)
-    key = canonical_login(user, st.rules) if user else ""
     wc = st.config.web
-    n_ip, n_login = await st.session_calls.run(st.sessions.failures, ip, key)
-    if n_ip >= wc.login_max_failures_per_ip or n_login >= wc.login_max_failures_per_login:
+    if untrusted_loopback_proxy(request.remote, request.headers, st.proxies):
+        now = time.monotonic()
+        if not st.proxy_warned or now - st.proxy_warned >= 60:
+            st.proxy_warned = now
+            log.error(
+                "web: login refused: %s forwards clients (X-Forwarded-For) but "
+                "web.trusted_proxies is empty; set it to the proxy's address, or one client's "
+                "failed logins lock out everyone",
+                request.remote,
+            )
+        return render(
+            request,
+            "login.html",
+            status=503,
+            user=user,
+            error="Logging in is not possible right now. Please try again later.",
+        )
+    typed = canonical_login(user, st.rules) if user else ""
+    # The throttle's key: what the directory may match it with (fullwidth or not, one bucket).
+    key = folded(typed)
+
+    def throttled() -> web.Response:
         log.warning("web: login throttled (client %s)", ip)
         minutes = max(1, round(wc.login_window / 60))
         return render(
@@ -271,8 +301,38 @@ async def login_post(request: web.Request) -> web.StreamResponse:
             user=user,
             error=f"Too many failed logins. Please wait {minutes} minutes and try again.",
         )
+
+    # Counted as a failure before the password is checked (and in the same transaction as the
+    # check of the limits): parallel attempts cannot get past the limit.
+    attempt = await st.session_calls.run(
+        st.sessions.begin_attempt,
+        ip,
+        key,
+        wc.login_max_failures_per_ip,
+        wc.login_max_failures_per_login,
+    )
+    if attempt is None:
+        return throttled()
+    counted: list[Attempt] = [attempt]
+
+    def gate(entry_login: str) -> bool:
+        # (in the LDAP thread) the directory's own login is counted as well, if it differs
+        if entry_login == key:
+            return True
+        more = st.sessions.also_login(attempt, entry_login, wc.login_max_failures_per_login)
+        if more is None:
+            return False
+        counted.append(more)
+        return True
+
     try:
-        ok = await st.blocking.run(st.ldap_login.authenticate, key, password) if key else None
+        ok = (
+            await st.blocking.run(st.ldap_login.authenticate, typed, password, gate)
+            if typed
+            else None
+        )
+    except Throttled:
+        return throttled()
     except LoginUnavailable:
         return render(
             request,
@@ -282,11 +342,11 @@ async def login_post(request: web.Request) -> web.StreamResponse:
             error="Logging in is not possible right now. Please try again later.",
         )
     if ok is None:
-        await st.session_calls.run(st.sessions.record_failure, ip, key)
         log.info("web: login failed (client %s)", ip)
         return render(
             request, "login.html", status=401, user=user, error="Wrong login or password."
         )
+    await st.session_calls.run(st.sessions.succeeded, counted[-1])
     if request["sid"]:
         await st.session_calls.run(st.sessions.delete, request["sid"])
     sid, session = await st.session_calls.run(st.sessions.create, ok)

@@ -33,9 +33,14 @@ def resolve_auth(config: Config) -> str:
 
 
 def database_path(config: Config) -> Path:
-    if config.web.database is not None:
-        return config.web.database
-    return config.verification.database
+    db = config.web.database
+    if db.resolve() == config.verification.database.resolve():
+        raise WebSetupError(
+            f"{config.source}: web.database must not be verification.database ({db}): every "
+            "page view writes to it, and each write makes the policy service and the milter "
+            "re-read the verified addresses"
+        )
+    return db
 
 
 def make_verification(config: Config, directory: Directory) -> Any:
@@ -59,6 +64,18 @@ def build_state(config: Config) -> WebState:
     if auth == "ldap" and config.directory.backend != "ldap":
         raise WebSetupError(f'{config.source}: web.auth = "ldap" needs directory.backend = "ldap"')
     wc = config.web
+    if auth == "ldap" and not wc.trusted_proxies:
+        log.warning(
+            "web: web.trusted_proxies is empty: every client is counted under the address it "
+            "connects from; behind a reverse proxy set web.trusted_proxies to the proxy's "
+            "address (logins that a loopback peer forwards with X-Forwarded-For are refused "
+            "until then)"
+        )
+    if auth == "ldap" and not wc.login_decoy_dn:
+        log.warning(
+            "web: web.login_decoy_dn is not set: an unknown login is answered without a "
+            "password hash being computed, sooner than a known one"
+        )
     try:
         sessions = SessionStore(
             database_path(config),
@@ -70,7 +87,7 @@ def build_state(config: Config) -> WebState:
         raise WebSetupError(f"web.database: {e}") from None
     try:
         directory = make_directory(config, rules)
-        ldap_login = LdapLogin(config.ldap, rules) if auth == "ldap" else None
+        ldap_login = LdapLogin(config.ldap, rules, wc.login_decoy_dn) if auth == "ldap" else None
     except DirectoryError as e:
         raise WebSetupError(str(e)) from None
     return WebState(
