@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,33 @@ def database_path(config: Config) -> Path:
     return db
 
 
+def no_new_privileges() -> bool:
+    """The kernel's no_new_privs flag (systemd's NoNewPrivileges=yes, which the shipped
+    policyd-web.service sets): set-user/group-ID bits of programs we run are ignored."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            return any(line.split() == ["NoNewPrivs:", "1"] for line in f)
+    except OSError:
+        return False
+
+
+def check_submission(config: Config) -> None:
+    """submission = "sendmail" cannot work in the hardened unit: Postfix's sendmail hands the
+    mail to postdrop, which is set-group-ID postdrop to write the maildrop queue, and
+    NoNewPrivileges=yes (RestrictSUIDSGID=yes, ProtectSystem=strict) takes that away; every
+    confirmation mail would fail. Refuse to start instead, naming the way that works."""
+    vc = config.verification
+    if not vc.enabled or vc.mail.submission != "sendmail":
+        return
+    if os.geteuid() != 0 and no_new_privileges():
+        raise WebSetupError(
+            f'{config.source}: verification.mail.submission = "sendmail" cannot work here: '
+            "this process runs with no_new_privs (NoNewPrivileges=yes in "
+            "policyd-web.service), so postdrop loses its set-group-ID and cannot queue the "
+            'mail; use submission = "smtp" with conf/postfix/senders-confirm.cf'
+        )
+
+
 def make_verification(config: Config, directory: Directory) -> Any:
     """The Verification service when [verification] is enabled, else None."""
     if not config.verification.enabled:
@@ -59,6 +87,7 @@ def make_verification(config: Config, directory: Directory) -> Any:
 def build_state(config: Config) -> WebState:
     from policyd.runtime import make_directory
 
+    check_submission(config)
     rules = config.addresses.rules()
     auth = resolve_auth(config)
     if auth == "ldap" and config.directory.backend != "ldap":
