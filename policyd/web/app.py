@@ -334,6 +334,8 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     except Throttled:
         return throttled()
     except LoginUnavailable:
+        # No server answered: no password was checked, so the attempt does not count.
+        await st.session_calls.run(st.sessions.succeeded, counted[-1])
         return render(
             request,
             "login.html",

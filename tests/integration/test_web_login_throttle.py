@@ -157,6 +157,14 @@ def test_behind_the_readmes_proxy_one_clients_failures_lock_out_no_one_else(
     assert login(Client(w.url), "alice", "alice-pw", headers=other).status == 303
 
 
+def test_a_directory_that_does_not_answer_counts_no_failure(start: Start) -> None:
+    dead = f"ldap://127.0.0.1:{free_port()}"  # nothing listens there
+    w = start("login_max_failures_per_login = 2\nlogin_max_failures_per_ip = 2\n", server=dead)
+    for _ in range(4):
+        r = login(Client(w.url), "alice", "alice-pw")
+        assert r.status == 503 and "not possible right now" in r.text
+
+
 # -- the decoy bind ----------------------------------------------------------------------------
 
 SLOW_ROUNDS = 300000
