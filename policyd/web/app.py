@@ -317,7 +317,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
 
     def gate(entry_login: str) -> bool:
         # (in the LDAP thread) the directory's own login is counted as well, if it differs
-        if entry_login == key:
+        if entry_login == key or len(counted) > 1:  # (once: the next server, same entry)
             return True
         more = st.sessions.also_login(attempt, entry_login, wc.login_max_failures_per_login)
         if more is None:
