@@ -4,7 +4,7 @@ service.py for the request/confirm flow; core.py for the shared machinery)."""
 from __future__ import annotations
 
 from policyd.addresses import owned_by
-from policyd.verification import states
+from policyd.verification import limits, states
 from policyd.verification.core import Core, WriterError, _Collect
 from policyd.verification.normalize import in_domains
 from policyd.verification.store import Row, StoreUnavailable
@@ -57,7 +57,7 @@ class AdminOps(Core):
         def body(tx: _Collect) -> Row:
             now = self.clock()
             self._expire_due(tx.tx, now)
-            if tx.tx.is_suppressed(addr):
+            if limits.is_suppressed(tx.tx, addr):
                 raise Refused("suppressed", _SUPPRESSED + " (unblock it first)")
             row = tx.tx.active(login, addr)
             if row is not None and row.state == states.VERIFIED:
@@ -74,15 +74,16 @@ class AdminOps(Core):
         return self._run_verify(body)
 
     def block(self, address: str, *, actor: Actor) -> None:
-        """Put the address on the suppression list; requests waiting for it are cancelled."""
-        addr = self._address(address)
+        """Put the address (without its + extension: all its variants) on the suppression
+        list; requests waiting for it are cancelled."""
+        addr = limits.address_key(self._address(address))
         with self._tx() as tx:
             now = self.clock()
             if not tx.suppress(addr, now, actor.who, "blocked by an admin"):
                 raise Refused("already_blocked", "This address is already blocked.")
             self._audit(tx, actor, "block", None, None, None, address=addr)
-            for row in tx.rows():
-                if row.address == addr and row.state == states.PENDING:
+            for row in tx.rows(state=states.PENDING):
+                if limits.address_key(row.address) == addr:
                     tx.update(row.id, row.state, state=states.CANCELLED, updated=now)
                     self._audit(tx, actor, "cancel", row, row.state, states.CANCELLED,
                                 detail="address blocked")  # fmt: skip
@@ -90,7 +91,8 @@ class AdminOps(Core):
     def unblock(self, address: str, *, actor: Actor) -> None:
         addr = self._address(address)
         with self._tx() as tx:
-            if not tx.unsuppress(addr):
+            key = limits.address_key(addr)
+            if not (tx.unsuppress(key) | (key != addr and tx.unsuppress(addr))):
                 raise Refused("not_blocked", "This address is not blocked.")
             self._audit(tx, actor, "unblock", None, None, None, address=addr)
 

@@ -12,6 +12,7 @@ still-cached directory value must stop counting at once.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -22,6 +23,8 @@ from pathlib import Path
 from policyd.directory.base import DirectoryUnavailable
 from policyd.verification import states
 from policyd.verification.store import Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 _EMPTY: frozenset[str] = frozenset()
 
@@ -127,6 +130,8 @@ class VerifiedSource:
             self._how = how
             self._revoked_until = until
             self._version = version if version is not None else -1
+        # (bench/run.py --only webload counts these: each one is a full re-read)
+        log.debug("verified senders: re-read %d addresses", len(rows))
 
     def explain(self, login: str, address: str) -> str | None:
         """ "verified 2026-12-01 by code" for a verified address of the login, else None."""

@@ -8,13 +8,14 @@ Origin before anything else happens.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from aiohttp import web
 
 from policyd.addresses import canonical_login
 from policyd.web import pages, security
-from policyd.web.auth import LoginUnavailable, address_in
+from policyd.web.auth import LoginUnavailable, Throttled, address_in, folded, untrusted_loopback_proxy
 from policyd.web.backend import Overloaded
 from policyd.web.context import (
     FORM_FIELDS,
@@ -29,7 +30,7 @@ from policyd.web.context import (
     set_cookie,
     state,
 )
-from policyd.web.sessions import Session, StoreError
+from policyd.web.sessions import Attempt, Session, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +161,29 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     user = form["user"].strip()
     password = form["password"]
     ip = client_ip(request)
-    key = canonical_login(user, st.rules) if user else ""
     wc = st.config.web
-    n_ip, n_login = await st.session_calls.run(st.sessions.failures, ip, key)
-    if n_ip >= wc.login_max_failures_per_ip or n_login >= wc.login_max_failures_per_login:
+    if untrusted_loopback_proxy(request.remote, request.headers, st.proxies):
+        now = time.monotonic()
+        if not st.proxy_warned or now - st.proxy_warned >= 60:
+            st.proxy_warned = now
+            log.error(
+                "web: login refused: %s forwards clients (X-Forwarded-For) but "
+                "web.trusted_proxies is empty; set it to the proxy's address, or one client's "
+                "failed logins lock out everyone",
+                request.remote,
+            )
+        return render(
+            request,
+            "login.html",
+            status=503,
+            user=user,
+            error="Logging in is not possible right now. Please try again later.",
+        )
+    typed = canonical_login(user, st.rules) if user else ""
+    # The throttle's key: what the directory may match it with (fullwidth or not, one bucket).
+    key = folded(typed)
+
+    def throttled() -> web.Response:
         log.warning("web: login throttled (client %s)", ip)
         minutes = max(1, round(wc.login_window / 60))
         return render(
@@ -173,9 +193,41 @@ async def login_post(request: web.Request) -> web.StreamResponse:
             user=user,
             error=f"Too many failed logins. Please wait {minutes} minutes and try again.",
         )
+
+    # Counted as a failure before the password is checked (and in the same transaction as the
+    # check of the limits): parallel attempts cannot get past the limit.
+    attempt = await st.session_calls.run(
+        st.sessions.begin_attempt,
+        ip,
+        key,
+        wc.login_max_failures_per_ip,
+        wc.login_max_failures_per_login,
+    )
+    if attempt is None:
+        return throttled()
+    counted: list[Attempt] = [attempt]
+
+    def gate(entry_login: str) -> bool:
+        # (in the LDAP thread) the directory's own login is counted as well, if it differs
+        if entry_login == key or len(counted) > 1:  # (once: the next server, same entry)
+            return True
+        more = st.sessions.also_login(attempt, entry_login, wc.login_max_failures_per_login)
+        if more is None:
+            return False
+        counted.append(more)
+        return True
+
     try:
-        ok = await st.blocking.run(st.ldap_login.authenticate, key, password) if key else None
+        ok = (
+            await st.blocking.run(st.ldap_login.authenticate, typed, password, gate)
+            if typed
+            else None
+        )
+    except Throttled:
+        return throttled()
     except LoginUnavailable:
+        # No server answered: no password was checked, so the attempt does not count.
+        await st.session_calls.run(st.sessions.succeeded, counted[-1])
         return render(
             request,
             "login.html",
@@ -184,11 +236,11 @@ async def login_post(request: web.Request) -> web.StreamResponse:
             error="Logging in is not possible right now. Please try again later.",
         )
     if ok is None:
-        await st.session_calls.run(st.sessions.record_failure, ip, key)
         log.info("web: login failed (client %s)", ip)
         return render(
             request, "login.html", status=401, user=user, error="Wrong login or password."
         )
+    await st.session_calls.run(st.sessions.succeeded, counted[-1])
     if request["sid"]:
         await st.session_calls.run(st.sessions.delete, request["sid"])
     sid, session = await st.session_calls.run(st.sessions.create, ok)

@@ -58,6 +58,8 @@ class WebState:
         # set or overwrite them).
         self.session_cookie = "__Host-policyd-session" if secure else "policyd-session"
         self.csrf_cookie = "__Host-policyd-csrf" if secure else "policyd-csrf"
+        #: when the unconfigured-proxy error was last logged (monotonic; 0 = never)
+        self.proxy_warned = 0.0
 
 
 STATE: web.AppKey[WebState] = web.AppKey("policyd_web", WebState)

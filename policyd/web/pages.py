@@ -30,7 +30,9 @@ DONE = {
 }
 
 _STATUS_FOR = {
+    # (the same status: a page must not tell a suppressed address from a rate-limited one)
     "rate_limited": 429,
+    "suppressed": 429,
     "too_many_tries": 429,
     "store_unavailable": 503,
     "mail_failed": 503,

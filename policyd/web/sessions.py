@@ -1,11 +1,16 @@
 """Web sessions and login throttling, stored in SQLite (blocking: call from a thread).
 
-Tables of their own (`web_*`), in the same database file as the verification store, with a
-schema version of their own (`web_schema`). A session id is 256 random bits; only its SHA-256
+Tables of their own (`web_*`) in a file of their own (`web.database`, by default
+/var/lib/policyd/web.sqlite: every page view writes a session's last use, and a write to the
+verification database would make the policy service and the milter re-read the verified set),
+with a schema version of their own (`web_schema`). A session id is 256 random bits; only its SHA-256
 is stored, so a copy of the database holds no usable cookie. Each session carries its CSRF
 token. A session ends at logout, after `idle` seconds unused, or `absolute` seconds after it
 began, whichever comes first. Login failures are kept per client address and per login for
-`window` seconds; passwords are never stored or logged.
+`window` seconds; passwords are never stored or logged. A login attempt is counted as a
+failure *before* the password is checked, in the same transaction that checks the limits
+(`begin_attempt`), and taken back when the password was right (`succeeded`): parallel attempts
+cannot pass the limit between the check and the count.
 """
 
 from __future__ import annotations
@@ -55,6 +60,15 @@ class Session:
     csrf: str
     created: float
     last_seen: float
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A login attempt counted as a failure until `succeeded` takes it back."""
+
+    ip: str
+    #: rowids of the web_login_failures rows this attempt added
+    rows: tuple[int, ...]
 
 
 def _hash(session_id: str) -> str:
@@ -215,6 +229,82 @@ class SessionStore:
         res = self._run(go)
         assert isinstance(res, tuple)
         return res
+
+    def begin_attempt(
+        self, ip: str, login: str, max_per_ip: int, max_per_login: int
+    ) -> Attempt | None:
+        """Counts a login attempt as a failure, unless the client address or the login has
+        reached its limit within the window (then None, and nothing is counted). One
+        transaction (BEGIN IMMEDIATE): of any number of parallel attempts at most the limit
+        get through."""
+        now = self.clock()
+
+        def go(conn: sqlite3.Connection) -> Attempt | None:
+            n_ip, n_login = self._counts(conn, ip, login, now - self.window)
+            if n_ip >= max_per_ip or n_login >= max_per_login:
+                return None
+            rows = tuple(
+                int(
+                    conn.execute(
+                        "INSERT INTO web_login_failures (kind, key, at) VALUES (?, ?, ?)",
+                        (kind, key, now),
+                    ).lastrowid
+                    or 0
+                )
+                for kind, key in (("ip", ip), ("login", login))
+            )
+            conn.execute("DELETE FROM web_login_failures WHERE at < ?", (now - self.window,))
+            return Attempt(ip, rows)
+
+        out = self._run(go)
+        assert out is None or isinstance(out, Attempt)
+        return out
+
+    def also_login(self, attempt: Attempt, login: str, max_per_login: int) -> Attempt | None:
+        """Counts the attempt against another key of the same login as well (the directory's
+        own login, once the entry is found): None (and nothing counted) when that login has
+        reached its limit."""
+        now = self.clock()
+
+        def go(conn: sqlite3.Connection) -> Attempt | None:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM web_login_failures WHERE kind = 'login' AND key = ? "
+                "AND at >= ?",
+                (login, now - self.window),
+            ).fetchone()
+            if int(row[0]) >= max_per_login:
+                return None
+            rid = conn.execute(
+                "INSERT INTO web_login_failures (kind, key, at) VALUES ('login', ?, ?)",
+                (login, now),
+            ).lastrowid
+            return Attempt(attempt.ip, (*attempt.rows, int(rid or 0)))
+
+        out = self._run(go)
+        assert out is None or isinstance(out, Attempt)
+        return out
+
+    def succeeded(self, attempt: Attempt) -> None:
+        """The password was right: the attempt does not count as a failure."""
+
+        def go(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "DELETE FROM web_login_failures WHERE rowid = ?", [(r,) for r in attempt.rows]
+            )
+
+        self._run(go)
+
+    def _counts(
+        self, conn: sqlite3.Connection, ip: str, login: str, since: float
+    ) -> tuple[int, int]:
+        out = []
+        for kind, key in (("ip", ip), ("login", login)):
+            row = conn.execute(
+                "SELECT COUNT(*) FROM web_login_failures WHERE kind = ? AND key = ? AND at >= ?",
+                (kind, key, since),
+            ).fetchone()
+            out.append(int(row[0]))
+        return out[0], out[1]
 
     def record_failure(self, ip: str, login: str) -> None:
         now = self.clock()

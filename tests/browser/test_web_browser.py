@@ -210,3 +210,33 @@ def test_opening_the_link_verifies_nothing(env: Env) -> None:
     pending = page.get_by_role("region", name="Waiting for confirmation")
     assert address in pending.inner_text()
     ctx.close()
+
+
+def test_this_was_not_me_ends_every_logins_request_and_not_now_tells_nothing(env: Env) -> None:
+    carol = env.context()
+    page = carol.new_page()
+    log_in(env, page, "carol", "carol-pw")
+    _code, link = request_address(env, page, "target+c@elsewhere.test")
+    dave = env.context()
+    other = dave.new_page()
+    log_in(env, other, "dave", "dave-pw")
+    request_address(env, other, "target@elsewhere.test")
+    # the mailbox's owner presses "This was not me" on carol's mail
+    owner = env.context()
+    landing = owner.new_page()
+    landing.goto(link)
+    landing.get_by_role("button", name="This was not me").click()
+    assert "will not be asked again" in landing.inner_text("main")
+    owner.close()
+    # dave's request for the same mailbox is gone too ...
+    other.goto(env.web.url + "/addresses")
+    assert "target@elsewhere.test" not in other.inner_text("main")
+    # ... and asking again, for any + variant, gets the one neutral answer
+    other.get_by_label("Address", exact=True).fill("target+d@elsewhere.test")
+    other.get_by_role("button", name="Send confirmation mail").click()
+    alert = other.get_by_role("alert").inner_text()
+    assert "No confirmation mail can be sent to this address now" in alert
+    assert "suppress" not in alert.lower() and "not me" not in alert.lower()
+    env.shot(other, "08-not-now")
+    dave.close()
+    carol.close()
