@@ -15,7 +15,13 @@ from aiohttp import web
 
 from policyd.addresses import canonical_login
 from policyd.web import pages, security
-from policyd.web.auth import LoginUnavailable, Throttled, address_in, folded, untrusted_loopback_proxy
+from policyd.web.auth import (
+    LoginUnavailable,
+    Throttled,
+    address_in,
+    folded,
+    untrusted_loopback_proxy,
+)
 from policyd.web.backend import Overloaded
 from policyd.web.context import (
     FORM_FIELDS,
