@@ -21,6 +21,7 @@ from policyd.addresses import (
 )
 from policyd.config import ProfileConfig
 from policyd.decision import Decision, Reason, Verdict
+from policyd.directory.lookups import for_wider_keys
 from policyd.networks import Range
 from policyd.replies import render
 from policyd.request import Request
@@ -99,14 +100,18 @@ def keys_needed(sender: str, owned: frozenset[str], rules: AddressRules) -> tupl
     # Postfix usually passes the sender as it is stored)
     if sender in owned or normalize_address(sender, rules) in owned:
         return ()
-    return keys_to_resolve(owned, sender, rules)
+    return keys_to_resolve(for_wider_keys(owned), sender, rules)
 
 
 def _owned(
     login: str, sender: str, facts: Facts, owned: frozenset[str], rules: AddressRules
 ) -> bool | None:
-    """Whether `login` owns `sender` (None: a needed key's owners were not looked up)."""
-    return owns(login, owned, sender, facts.key_owners or _NO_OWNERS, rules)
+    """Whether `login` owns `sender` (None: a needed key's owners were not looked up). An
+    exact-only address (verified by mail) counts for itself, never for the wider keys."""
+    wide = for_wider_keys(owned)
+    if wide is not owned and normalize_address(sender, rules) in owned:
+        return True
+    return owns(login, wide, sender, facts.key_owners or _NO_OWNERS, rules)
 
 
 _NO_OWNERS: Final[Mapping[str, frozenset[str]]] = {}

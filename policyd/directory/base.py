@@ -37,6 +37,14 @@ class Directory(Protocol):
         DirectoryUnavailable."""
         ...
 
+    def identity_of(self, login: str) -> frozenset[str]:
+        """The stable identity of the login's entry, as one string in the set (LDAP: its
+        entryUUID, else its DN; the file: the line that first names the login); empty when
+        the login is unknown (or ambiguous). A verified address, and a web session, belong to
+        that identity: a new entry under the same login is someone else. Raises
+        DirectoryUnavailable."""
+        ...
+
     def close(self) -> None:
         """Release connections. Called on shutdown and when a reload replaces the backend."""
         ...

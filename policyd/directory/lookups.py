@@ -40,7 +40,40 @@ class Lookups(Protocol):
         address a user verified is still mail the foreign provider may deliver to our MX)."""
         ...
 
+    def peek_identity(self, login: str) -> frozenset[str] | None:
+        """identity_of(login) when known without blocking, else None."""
+        ...
+
+    async def identity_of(self, login: str) -> frozenset[str]:
+        """The directory's identity of the login's entry ({one string}; empty: unknown)."""
+        ...
+
     def close(self) -> None: ...
+
+
+class Owned(frozenset[str]):
+    """A login's addresses where some count for their exact key only (`exact_only`: the
+    addresses a user verified by mail, see policyd.verification.lookups): a verified
+    x@elsewhere.example is not x+tag@elsewhere.example, whose domain may give that to
+    someone else."""
+
+    __slots__ = ("exact_only",)
+    exact_only: frozenset[str]
+
+
+def with_exact_only(addresses: frozenset[str], exact_only: frozenset[str]) -> frozenset[str]:
+    if not exact_only:
+        return addresses
+    out = Owned(addresses)
+    out.exact_only = exact_only
+    return out
+
+
+def for_wider_keys(owned: frozenset[str]) -> frozenset[str]:
+    """The addresses that may match a sender's extension-stripped or "@domain" key (all of
+    them but the exact-only ones)."""
+    exact = getattr(owned, "exact_only", None)
+    return frozenset(owned - exact) if exact else owned
 
 
 class DirectLookups:
@@ -58,6 +91,9 @@ class DirectLookups:
     def peek_owners(self, key: str, include_verified: bool = True) -> frozenset[str]:
         return self.directory.owners_of(key)
 
+    def peek_identity(self, login: str) -> frozenset[str]:
+        return self.directory.identity_of(login)
+
     def __len__(self) -> int:
         return 0
 
@@ -66,6 +102,9 @@ class DirectLookups:
 
     async def owners_of(self, key: str, include_verified: bool = True) -> frozenset[str]:
         return self.directory.owners_of(key)
+
+    async def identity_of(self, login: str) -> frozenset[str]:
+        return self.directory.identity_of(login)
 
     def close(self) -> None:
         self.directory.close()
@@ -127,5 +166,6 @@ async def header_facts(
     if not login:
         return None, None, {box: await sender_owners(lookups, box, rules) for box in boxes}
     owned = await lookups.addresses_of(login)
-    needed = [k for box in boxes for k in keys_to_resolve(owned, box, rules)]
+    wide = for_wider_keys(owned)
+    needed = [k for box in boxes for k in keys_to_resolve(wide, box, rules)]
     return owned, await key_owners(lookups, needed), None

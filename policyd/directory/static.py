@@ -33,8 +33,11 @@ class StaticDirectory:
         owned: dict[str, frozenset[str]],
         source: str = "<memory>",
         rules: AddressRules | None = None,
+        lines: dict[str, str] | None = None,
     ) -> None:
         self._owned = owned
+        #: login -> the first line naming it (whitespace folded, comment dropped): its identity
+        self._lines = lines if lines is not None else {login: login for login in owned}
         self._rules = rules or AddressRules()
         owners: dict[str, set[str]] = {}
         for login, addrs in owned.items():
@@ -59,6 +62,7 @@ class StaticDirectory:
         cls, lines: Iterable[str], rules: AddressRules, source: str = "<string>"
     ) -> StaticDirectory:
         owned: dict[str, set[str]] = {}
+        first: dict[str, str] = {}
         for n, raw in enumerate(lines, 1):
             line = raw.split("#", 1)[0].strip()
             if not line:
@@ -81,9 +85,12 @@ class StaticDirectory:
                         f"{where}: {a!r} is not an address (user@domain) or a domain (@domain)"
                     )
             norm = {normalize_address(a, rules) for a in addrs}
+            text = " ".join(line.split())
             for login in logins:
-                owned.setdefault(canonical_login(login, rules), set()).update(norm)
-        return cls({k: frozenset(v) for k, v in owned.items()}, source, rules)
+                canon = canonical_login(login, rules)
+                owned.setdefault(canon, set()).update(norm)
+                first.setdefault(canon, text)
+        return cls({k: frozenset(v) for k, v in owned.items()}, source, rules, first)
 
     # Directory protocol ---------------------------------------------------------------
 
@@ -92,6 +99,10 @@ class StaticDirectory:
 
     def owners_of(self, address: str) -> frozenset[str]:
         return self._owners.get(address, _NONE)
+
+    def identity_of(self, login: str) -> frozenset[str]:
+        line = self._lines.get(login)
+        return frozenset() if line is None else frozenset({f"line={line}"})
 
     def close(self) -> None:
         pass

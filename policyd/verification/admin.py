@@ -27,7 +27,7 @@ class AdminOps(Core):
                     raise Refused("not_verified", "This address is not among the verified ones.")
                 if self.writer is not None:
                     try:
-                        if self.writer.delete(login, addr):
+                        if self.writer.delete(login, addr, row.identity):
                             removed.append(row)
                     except WriterError as e:
                         raise Refused(
@@ -53,6 +53,8 @@ class AdminOps(Core):
             )
         if owned_by(self._owned_in_directory(login), addr, self.rules):
             raise Refused("already_owned", "This login can already send as this address.")
+        self._check_foreign(login, addr)
+        identity = self._identity(login)  # (a login the directory does not know: refused)
 
         def body(tx: _Collect) -> Row:
             now = self.clock()
@@ -65,9 +67,13 @@ class AdminOps(Core):
             if row is None:
                 rid = tx.tx.insert(
                     login=login, address=addr, state=states.PENDING, created=now, updated=now,
+                    identity=identity,
                 )  # fmt: skip
-                row = tx.tx.by_id(rid)
-                assert row is not None
+            else:
+                rid = row.id
+                tx.tx.update(rid, row.state, identity=identity)
+            row = tx.tx.by_id(rid)
+            assert row is not None
             self._verify(tx.tx, row, "admin", actor, "add_unverified", tx.added)
             return row
 

@@ -11,6 +11,15 @@ verified addresses are always foreign (our own domains cannot be verified), so c
 x@gmail.example as "one of our logins' addresses" would refuse the mail Gmail itself delivers
 from it at the MX.
 
+A verified address counts only while (checked each time the set is read, with the lookups'
+cache, so a directory or config change takes effect within the cache's TTL, without a command):
+the directory still gives its login the identity it had when it verified (a new entry under the
+same login is someone else); nobody else in the directory owns the address, its
+extension-stripped key or its "@domain" (the directory wins); it is not in
+`verification.local_domains` or a subdomain. And it counts for its exact key only: addresses_of
+hands it out in directory.lookups.Owned's `exact_only`, which the engine keeps away from the
+wider keys (x+tag@elsewhere.example may be another mailbox there).
+
 Before answering, a stale source is refreshed (`refresh()` in a thread, bounded by the lookup
 deadline, one refresh at a time); if that fails the answer is DirectoryUnavailable (the 451),
 never "owned" and never silently "not owned". `peek_*` never block: a stale source makes them
@@ -22,20 +31,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from policyd.addresses import DEFAULT_RULES, AddressRules, candidates
 from policyd.directory.base import DirectoryError, DirectoryUnavailable
-from policyd.directory.lookups import Lookups
+from policyd.directory.lookups import Lookups, with_exact_only
+from policyd.verification.normalize import in_domains
 
 log = logging.getLogger(__name__)
+
+#: (owners of a key as the directory has them; None: not known without blocking)
+KeyOwners = Callable[[str], frozenset[str] | None]
 
 
 class Source(Protocol):
     def addresses_of(self, login: str) -> frozenset[str]: ...
     def owners_of(self, key: str) -> frozenset[str]: ...
     def revoked_of(self, login: str) -> frozenset[str]: ...
+    def identity(self, login: str, address: str) -> str | None: ...
     def stale(self) -> bool: ...
     def refresh(self) -> None: ...
     def explain(self, login: str, address: str) -> str | None: ...
@@ -43,10 +58,24 @@ class Source(Protocol):
 
 
 class SourcedLookups:
-    def __init__(self, inner: Any, sources: Sequence[Source], deadline: float) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        sources: Sequence[Source],
+        deadline: float,
+        *,
+        local_domains: frozenset[str] = frozenset(),
+        rules: AddressRules = DEFAULT_RULES,
+        directory_holds_verified: bool = False,
+    ) -> None:
         self.inner: Lookups = inner
         self.sources = tuple(sources)
         self.deadline = deadline
+        self.local_domains = local_domains
+        self.rules = rules
+        #: store = "ldap": the directory's own answer holds the verified addresses too, so one
+        #: that no longer counts is taken out of it as well
+        self.directory_holds_verified = directory_holds_verified
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="policyd-sources")
         self._refreshing: asyncio.Future[None] | None = None
 
@@ -68,39 +97,127 @@ class SourcedLookups:
             s.close()
         self._pool.shutdown(wait=False)
 
-    # merging
+    # -- whether a verified address still counts ------------------------------------------
+
+    def _counts(
+        self,
+        s: Source,
+        login: str,
+        address: str,
+        identity: frozenset[str] | None,
+        owners: KeyOwners,
+    ) -> bool | None:
+        """Whether the login's verified address still counts (None: a directory answer it
+        needs is not known without blocking)."""
+        if identity is None:
+            return None
+        recorded = s.identity(login, address)
+        if not identity or (recorded is not None and recorded not in identity):
+            return False  # the entry is gone, or the login is another entry now
+        if in_domains(address, self.local_domains):
+            return False
+        for key in candidates(address, self.rules):
+            found = owners(key)
+            if found is None:
+                return None
+            if found - {login}:
+                return False  # superseded: the directory gives it to someone
+        return True
+
+    def _peek_directory_owners(self, key: str) -> frozenset[str] | None:
+        return self.inner.peek_owners(key, include_verified=False)
+
+    async def _directory_owners(self, addresses: frozenset[str]) -> dict[str, frozenset[str]]:
+        keys = dict.fromkeys(k for a in sorted(addresses) for k in candidates(a, self.rules))
+        return {k: await self.inner.owners_of(k, include_verified=False) for k in keys}
+
+    def _peek_counting(self, s: Source, login: str, verified: frozenset[str]) -> set[str] | None:
+        """Those of the login's verified addresses that count, or None."""
+        identity = self.inner.peek_identity(login)
+        out = set()
+        for address in verified:
+            ok = self._counts(s, login, address, identity, self._peek_directory_owners)
+            if ok is None:
+                return None
+            if ok:
+                out.add(address)
+        return out
+
+    async def _counting(self, s: Source, login: str, verified: frozenset[str]) -> set[str]:
+        identity = await self.inner.identity_of(login)
+        known = await self._directory_owners(verified)
+        return {a for a in verified if self._counts(s, login, a, identity, known.get)}
+
+    # -- merging ----------------------------------------------------------------------------
+
     def _stale(self) -> bool:
         return any(s.stale() for s in self.sources)
 
-    def _addresses(self, login: str, found: frozenset[str]) -> frozenset[str]:
-        for s in self.sources:
+    def _addresses(
+        self, login: str, found: frozenset[str], counting: Sequence[set[str]]
+    ) -> frozenset[str]:
+        exact: frozenset[str] = frozenset()
+        for s, good in zip(self.sources, counting, strict=True):
             gone = s.revoked_of(login)
             if gone:
                 found = found - gone
-            extra = s.addresses_of(login)
-            if extra:
-                found = found | extra
-        return found
+            verified = s.addresses_of(login)
+            if self.directory_holds_verified and len(good) < len(verified):
+                found = found - (verified - good)
+            if good:
+                found = found | good
+                exact = exact | good
+        return with_exact_only(found, exact)
 
-    def _owners(self, key: str, found: frozenset[str], include_verified: bool) -> frozenset[str]:
-        for s in self.sources:
+    def _owners(
+        self, key: str, found: frozenset[str], verified: Sequence[set[str]]
+    ) -> frozenset[str]:
+        """`verified`: per source, the logins whose verified `key` counts."""
+        for s, extra in zip(self.sources, verified, strict=True):
             if found:
                 found = frozenset(login for login in found if key not in s.revoked_of(login))
-            if include_verified:
-                found = found | s.owners_of(key)
+            if extra:
+                found = found | extra
         return found
 
     def peek_addresses(self, login: str) -> frozenset[str] | None:
         if self._stale():
             return None
         found = self.inner.peek_addresses(login)
-        return None if found is None else self._addresses(login, found)
+        if found is None:
+            return None
+        counting = []
+        for s in self.sources:
+            verified = s.addresses_of(login)
+            good = self._peek_counting(s, login, verified) if verified else set()
+            if good is None:
+                return None
+            counting.append(good)
+        return self._addresses(login, found, counting)
 
     def peek_owners(self, key: str, include_verified: bool = True) -> frozenset[str] | None:
         if self._stale():
             return None
         found = self.inner.peek_owners(key)
-        return None if found is None else self._owners(key, found, include_verified)
+        if found is None:
+            return None
+        verified: list[set[str]] = []
+        for s in self.sources:
+            logins = set()
+            for login in s.owners_of(key) if include_verified else ():
+                good = self._peek_counting(s, login, frozenset({key}))
+                if good is None:
+                    return None
+                if good:
+                    logins.add(login)
+            verified.append(logins)
+        return self._owners(key, found, verified)
+
+    def peek_identity(self, login: str) -> frozenset[str] | None:
+        return self.inner.peek_identity(login)
+
+    async def identity_of(self, login: str) -> frozenset[str]:
+        return await self.inner.identity_of(login)
 
     async def _fresh(self) -> None:
         if not self._stale():
@@ -136,11 +253,24 @@ class SourcedLookups:
 
     async def addresses_of(self, login: str) -> frozenset[str]:
         await self._fresh()
-        return self._addresses(login, await self.inner.addresses_of(login))
+        found = await self.inner.addresses_of(login)
+        counting = []
+        for s in self.sources:
+            verified = s.addresses_of(login)
+            counting.append(await self._counting(s, login, verified) if verified else set())
+        return self._addresses(login, found, counting)
 
     async def owners_of(self, key: str, include_verified: bool = True) -> frozenset[str]:
         await self._fresh()
-        return self._owners(key, await self.inner.owners_of(key), include_verified)
+        found = await self.inner.owners_of(key)
+        verified: list[set[str]] = []
+        for s in self.sources:
+            logins = set()
+            for login in s.owners_of(key) if include_verified else ():
+                if await self._counting(s, login, frozenset({key})):
+                    logins.add(login)
+            verified.append(logins)
+        return self._owners(key, found, verified)
 
     def explain(self, login: str) -> list[str]:
         """For `policyd check`: "owns x@...: verified 2026-12-01 by code" per verified address."""
@@ -163,10 +293,19 @@ def with_verified_source(config: Any, inner: Any) -> SourcedLookups:
     # With store = "ldap" a revocation must beat the LDAP cache of this instance (its values
     # are reused up to positive_ttl, and up to stale_if_error while the directory is down).
     window = config.cache.positive_ttl + config.cache.stale_if_error if vc.store == "ldap" else 0.0
+    from policyd.verification.build import local_domains
+
     source = VerifiedSource(vc.database, busy_timeout=vc.busy_timeout, revoke_window=window)
     try:
         source.refresh()  # at load: a database that cannot be opened is a setup error
     except DirectoryUnavailable as e:
         source.close()
         raise DirectoryError(f"verification.database: {e}") from None
-    return SourcedLookups(inner, [source], config.directory.lookup_deadline)
+    return SourcedLookups(
+        inner,
+        [source],
+        config.directory.lookup_deadline,
+        local_domains=local_domains(config),
+        rules=config.addresses.rules(),
+        directory_holds_verified=vc.store == "ldap",
+    )

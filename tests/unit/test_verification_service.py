@@ -65,13 +65,19 @@ def test_the_answer_does_not_tell_whether_another_login_has_or_requested_the_add
     tmp_path: Path,
 ) -> None:
     api, outbox, _ = make_api(
-        tmp_path, directory="alice: alice@example.org\nbob: bob@example.org, x@elsewhere.test\n"
+        tmp_path,
+        directory="alice: alice@example.org\nbob: bob@example.org, x@elsewhere.test\n"
+        "carol: @corp.test\n",
     )
-    first = api.request("alice", X, actor=ALICE)  # bob owns it in the directory: no hint
-    assert first.state == "pending"
+    # The directory's addresses are refused (the directory wins), with one sentence that
+    # names no login, whether a login holds the address itself or its whole domain.
+    exact = refused(api.request, "alice", X, actor=ALICE)
+    domain = refused(api.request, "alice", "y@corp.test", actor=ALICE)
+    assert exact.code == domain.code == "directory_owned"
+    assert exact.message == domain.message and "bob" not in exact.message
     api.request("alice", "y@elsewhere.test", actor=ALICE)
     other = api.request("bob", "y@elsewhere.test", actor=Actor("bob"))  # alice asked first
-    assert other.state == "pending" and len(outbox.sent) == 3
+    assert other.state == "pending" and len(outbox.sent) == 2
 
 
 def test_a_suppressed_address_is_refused_until_an_admin_unblocks_it(tmp_path: Path) -> None:

@@ -60,3 +60,13 @@ def entry_addresses(
 
 def entry_logins(entry: Mapping[str, Any], attr: str, rules: AddressRules) -> list[str]:
     return [canonical_login(v, rules) for v in entry_values(entry, [attr]) if v.strip()]
+
+
+def entry_identity(entry: Mapping[str, Any]) -> str:
+    """An entry's stable identity: "entryUUID=<uuid>" (it survives a rename, and a new entry
+    under the same DN gets a new one), else "dn=<dn>" (lowercased) when entryUUID cannot be
+    read (the bind may not read it, or the server has none)."""
+    uuids = [v.strip().lower() for v in entry_values(entry, ["entryUUID"]) if v.strip()]
+    if uuids:
+        return f"entryUUID={uuids[0]}"
+    return f"dn={str(entry.get('dn', '')).lower()}"
