@@ -11,7 +11,7 @@ from typing import Protocol
 
 from policyd.addresses import AddressRules, candidates
 from policyd.config import Config
-from policyd.directory.base import Directory, DirectoryUnavailable
+from policyd.directory.base import Directory, DirectoryUnavailable, entry_id
 from policyd.verification import states, tokens
 from policyd.verification.mail import Confirmation, Mailer, MailError, build_message, envelope_from
 from policyd.verification.normalize import BadAddress, in_domains, normalize_request
@@ -105,9 +105,10 @@ class Core:
             found = self.directory.identity_of(login)
         except DirectoryUnavailable as e:
             raise Refused("directory_unavailable", _DIRECTORY_DOWN, str(e)) from None
-        if len(found) != 1:
+        entry = entry_id(found)
+        if entry is None:
             raise Refused("unknown_login", "This login is not in the user directory.")
-        return next(iter(found))
+        return entry
 
     def _check_foreign(self, login: str, addr: str) -> None:
         """The directory wins: refuse an address in our own domains, or one whose exact key,

@@ -171,8 +171,12 @@ class LdapWriter:
         entries = [r for r in (response or []) if r.get("type") == "searchResEntry"]
         if len(entries) > 1:
             raise WriterError(f"the identity {identity!r} matches {len(entries)} entries")
-        if not entries or entry_identity(entries[0]) != identity:
-            return None  # (a DN that now names a new entry: its entryUUID differs)
+        if not entries:
+            return None
+        if kind == "entryUUID" and identity not in entry_identity(entries[0]):
+            return None
+        # (a "dn=" identity, recorded where entryUUID could not be read, cannot tell a new
+        # entry under the same DN from the old one)
         return str(entries[0]["dn"])
 
     def _has(self, conn: Any, dn: str, address: str) -> bool:

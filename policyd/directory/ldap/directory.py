@@ -175,9 +175,9 @@ class LdapDirectory:
         return frozenset(out)
 
     def identity_of(self, login: str) -> frozenset[str]:
-        """{"entryUUID=<uuid>"} (else {"dn=<dn>"}, see entries.entry_identity), or empty."""
-        e = self._user_entry(login, ["entryUUID"])
-        return frozenset() if e is None else frozenset({ent.entry_identity(e)})
+        """{"entryUUID=<uuid>", maybe "pwdChangedTime=<t>"}: see entries.entry_identity."""
+        e = self._user_entry(login, ["entryUUID", "pwdChangedTime"])
+        return frozenset() if e is None else ent.entry_identity(e)
 
     def owners_of(self, address: str) -> frozenset[str]:
         key = normalize_address(address, self.rules)
