@@ -273,13 +273,21 @@ class SourcedLookups:
         return self._owners(key, found, verified)
 
     def explain(self, login: str) -> list[str]:
-        """For `policyd check`: "owns x@...: verified 2026-12-01 by code" per verified address."""
+        """For `policyd check`: "owns x@...: verified 2026-12-01 by code" per verified address
+        that counts ("superseded: x@...: ..., does not count" for one that does not)."""
         out = []
+        owned = self.peek_addresses(login)  # (answered from the cache after addresses_of)
+        counting = getattr(owned, "exact_only", frozenset())
         for s in self.sources:
             for address in sorted(s.addresses_of(login)):
                 why = s.explain(login, address)
-                if why:
+                if not why:
+                    continue
+                if address in counting:
                     out.append(f"owns {address}: {why}")
+                else:
+                    state = "superseded" if owned is not None else "not checked"
+                    out.append(f"{state}: {address}: {why}, does not count")
         return out
 
 
