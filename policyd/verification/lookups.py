@@ -277,7 +277,7 @@ class SourcedLookups:
         that counts ("superseded: x@...: ..., does not count" for one that does not)."""
         out = []
         owned = self.peek_addresses(login)  # (answered from the cache after addresses_of)
-        counting = getattr(owned, "exact_only", frozenset())
+        counting: frozenset[str] = getattr(owned, "exact_only", frozenset())
         for s in self.sources:
             for address in sorted(s.addresses_of(login)):
                 why = s.explain(login, address)

@@ -108,9 +108,7 @@ class Site:
         return {(e["login"], e["address"]): e for e in out["entries"]}
 
     def check(self, login: str, sender: str) -> str:
-        r = self.run(
-            "check", "-c", str(self.config), "--sasl-username", login, "--sender", sender
-        )
+        r = self.run("check", "-c", str(self.config), "--sasl-username", login, "--sender", sender)
         assert r.returncode == 0, r.stderr
         return r.stdout
 
@@ -221,9 +219,9 @@ def test_a_new_entry_under_the_same_login_does_not_inherit_verified_addresses(
     assert entry["state"] == "superseded" and "entry" in entry["why"]
     new_alice(site.server)  # another person gets uid=alice
     assert "action=OK" in site.check("alice", "alice@example.org")  # her own address
-    out = site.check("alice", X)
-    assert "action=553" in out and f"owns {X}" not in out
-    assert f"superseded: {X}: verified " in out and "does not count" in out
+    text = site.check("alice", X)
+    assert "action=553" in text and f"owns {X}" not in text
+    assert f"superseded: {X}: verified " in text and "does not count" in text
     assert site.listed()[("alice", X)]["state"] == "superseded"
     # the admin can still revoke it, and the newcomer may verify it herself
     rc, out = site.senders("revoke", "alice", X)

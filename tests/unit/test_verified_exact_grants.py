@@ -1,0 +1,116 @@
+"""Verifying grants exactly the address verified (issue 23, section 1), as a property: for any
+foreign address a login verified, the policy service (file directory, verification database,
+the real lookups) accepts that address in any case, and refuses every extension variant of it
+(`+` or `-`, both our delimiters here): the foreign domain may give those to someone else. Our
+own domains keep the delimiter rules."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from policyd.config import load_config
+from policyd.directory.static import StaticDirectory
+from policyd.request import Request
+from policyd.runtime import build_runtime
+from policyd.service import PolicyService
+from policyd.verification.build import build
+from policyd.verification.views import Actor, Refused
+
+CONFIG = """
+[directory]
+file = "senders.txt"
+[addresses]
+extension_delimiters = "+-"
+[profiles.submission]
+role = "submission"
+[verification]
+enabled = true
+database = "{db}"
+[verification.mail]
+smtp_host = "127.0.0.1"
+smtp_port = 9
+"""
+
+
+class World:
+    def __init__(self, d: Path) -> None:
+        (d / "senders.txt").write_text("alice: alice@example.org\nbob: bob@example.org\n")
+        cfg_path = d / "policyd.toml"
+        cfg_path.write_text(CONFIG.format(db=d / "senders.sqlite"))
+        config = load_config(cfg_path)
+        self.directory = StaticDirectory.load(d / "senders.txt", config.addresses.rules())
+        self.api = build(config, self.directory)
+        self.runtime = build_runtime(config)
+        self.service = PolicyService(self.runtime)
+
+    def verify(self, login: str, address: str) -> None:
+        try:
+            self.api.add_unverified(login, address, actor=Actor("cli"))
+        except Refused as e:
+            assert e.code == "already_owned", e.code
+
+    def reason(self, login: str, sender: str) -> str:
+        attrs = {
+            "request": "smtpd_access_policy",
+            "protocol_state": "RCPT",
+            "client_address": "192.0.2.50",
+            "sasl_username": login,
+            "sasl_method": "PLAIN",
+            "sender": sender,
+            "recipient": "friend@external.test",
+        }
+        _, d = asyncio.run(self.service.decide(Request.from_attrs(attrs)))
+        return str(d.reason.value)
+
+    def close(self) -> None:
+        self.runtime.close()
+        self.api.store.close()
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    d = Path(tempfile.mkdtemp(prefix="policyd-exact-"))
+    w = World(d)
+    try:
+        yield w
+    finally:
+        w.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+LOCAL = st.from_regex(r"[a-z0-9]{1,8}(\.[a-z0-9]{1,8})?", fullmatch=True)
+EXT = st.from_regex(r"[a-z0-9][a-z0-9+-]{0,7}", fullmatch=True)
+DOMAIN = st.sampled_from(["elsewhere.test", "mail.gmail.example", "partner.example"])
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(local=LOCAL, ext=EXT, delimiter=st.sampled_from("+-"), domain=DOMAIN)
+def test_a_verified_address_grants_itself_and_none_of_its_extensions(
+    world: World, local: str, ext: str, delimiter: str, domain: str
+) -> None:
+    address = f"{local}@{domain}"
+    world.verify("alice", address)
+    assert world.reason("alice", address) == "sender_owned"
+    assert world.reason("alice", address.upper()) == "sender_owned"
+    variant = f"{local}{delimiter}{ext}@{domain}"
+    assert world.reason("alice", variant) == "sender_not_owned", variant
+    assert world.reason("bob", address) == "sender_not_owned"
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ext=EXT, delimiter=st.sampled_from("+-"))
+def test_our_own_domains_keep_the_delimiter_rules(world: World, ext: str, delimiter: str) -> None:
+    assert world.reason("alice", f"alice{delimiter}{ext}@example.org") == "sender_owned"
+    assert world.reason("bob", f"alice{delimiter}{ext}@example.org") == "sender_not_owned"
