@@ -256,6 +256,15 @@ def test_with_store_ldap_revoke_works_when_the_entry_is_gone_or_replaced(site: S
         rc, out = site.senders("add", "alice", address, "--no-verify")
         assert rc == 0, out
     assert _values(site.server) == {X, "y@elsewhere.test"}
+    assert "action=OK" in site.check("alice", X)
+    give(site.server, f"uid=dave,{PEOPLE}", "@elsewhere.test")  # the directory wins here too
+    assert "action=553" in site.check("alice", X)  # (though her entry still holds the value)
+    assert "action=OK" in site.check("dave", X)
+    change(
+        site.server,
+        f"uid=dave,{PEOPLE}",
+        {"mailLocalAddress": [(ldap3.MODIFY_DELETE, ["@elsewhere.test"])]},
+    )
     delete_alice(site.server)
     rc, out = site.senders("revoke", "alice", X)  # the entry is gone: nothing left to remove
     assert rc == 0, out
