@@ -137,29 +137,35 @@ class AdminOps(Core):
             ) from None
         identities: dict[str, frozenset[str]] = {}
         out = []
+        checking = True
         for r in rows:
             view = self._entry_view(r)
-            why = self._superseded(r, identities) if r.state == states.VERIFIED else None
+            why = None
+            if r.state == states.VERIFIED and checking:
+                try:
+                    why = self._superseded(r, identities)
+                except DirectoryUnavailable as e:
+                    log.warning(
+                        "sender verification: list: directory unavailable, verified addresses "
+                        "not checked: %s", e,
+                    )  # fmt: skip
+                    checking = False
             out.append(replace(view, state=SUPERSEDED, why=why) if why else view)
         return out
 
     def _superseded(self, row: Row, identities: dict[str, frozenset[str]]) -> str | None:
         """Why a verified row no longer counts (the same rules as the verified source's, see
-        verification/lookups.py), or None while it does."""
-        try:
-            if row.login not in identities:
-                identities[row.login] = self.directory.identity_of(row.login)
-            identity = identities[row.login]
-            if not identity or (row.identity is not None and row.identity not in identity):
-                return "the login's directory entry is gone, or is another entry now"
-            if in_domains(row.address, self.local_domains):
-                return "in verification.local_domains"
-            for key in candidates(row.address, self.rules):
-                if self.directory.owners_of(key) - {row.login}:
-                    return f"the directory owns {key}"
-        except DirectoryUnavailable as e:
-            log.warning("sender verification: list: directory unavailable: %s", e)
-            return None
+        verification/lookups.py), or None while it does. Raises DirectoryUnavailable."""
+        if row.login not in identities:
+            identities[row.login] = self.directory.identity_of(row.login)
+        identity = identities[row.login]
+        if not identity or (row.identity is not None and row.identity not in identity):
+            return "the login's directory entry is gone, or is another entry now"
+        if in_domains(row.address, self.local_domains):
+            return "in verification.local_domains"
+        for key in candidates(row.address, self.rules):
+            if self.directory.owners_of(key) - {row.login}:
+                return f"the directory owns {key}"
         return None
 
     def audit(self, login: str | None = None) -> list[AuditView]:

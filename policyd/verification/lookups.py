@@ -295,14 +295,13 @@ def with_verified_source(config: Any, inner: Any) -> SourcedLookups:
     """The runtime's lookups with the verified-senders source behind them, loaded once.
     Raises DirectoryError (a load error: startup or reload fails, saying why) when the
     database cannot be opened; later failures are the lookups' 451."""
+    from policyd.verification.build import local_domains
     from policyd.verification.source import VerifiedSource
 
     vc = config.verification
     # With store = "ldap" a revocation must beat the LDAP cache of this instance (its values
     # are reused up to positive_ttl, and up to stale_if_error while the directory is down).
     window = config.cache.positive_ttl + config.cache.stale_if_error if vc.store == "ldap" else 0.0
-    from policyd.verification.build import local_domains
-
     source = VerifiedSource(vc.database, busy_timeout=vc.busy_timeout, revoke_window=window)
     try:
         source.refresh()  # at load: a database that cannot be opened is a setup error
