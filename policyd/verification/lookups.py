@@ -31,16 +31,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from policyd.addresses import DEFAULT_RULES, AddressRules, candidates
+from policyd.addresses import DEFAULT_RULES, AddressRules, candidates, normalize_domain
 from policyd.directory.base import DirectoryError, DirectoryUnavailable
 from policyd.directory.lookups import Lookups, with_exact_only
-from policyd.verification.normalize import in_domains
 
 log = logging.getLogger(__name__)
+
+#: How long the answer "which of a login's verified addresses count" is reused without asking
+#: the lookups again (a decision per message would otherwise ask them again and again).
+MEMO_SECONDS = 1.0
 
 #: (owners of a key as the directory has them; None: not known without blocking)
 KeyOwners = Callable[[str], frozenset[str] | None]
@@ -72,7 +76,11 @@ class SourcedLookups:
         self.sources = tuple(sources)
         self.deadline = deadline
         self.local_domains = local_domains
+        self._local = tuple(sorted({normalize_domain(d) for d in local_domains}))
         self.rules = rules
+        self._keys: dict[str, tuple[bool, tuple[str, ...]]] = {}
+        #: (source, login) -> (its verified set, until when, those that count)
+        self._memo: dict[tuple[int, str], tuple[frozenset[str], float, frozenset[str]]] = {}
         #: store = "ldap": the directory's own answer holds the verified addresses too, so one
         #: that no longer counts is taken out of it as well
         self.directory_holds_verified = directory_holds_verified
@@ -114,9 +122,10 @@ class SourcedLookups:
         recorded = s.identity(login, address)
         if not identity or (recorded is not None and recorded not in identity):
             return False  # the entry is gone, or the login is another entry now
-        if in_domains(address, self.local_domains):
+        local, keys = self._facts(address)
+        if local:
             return False
-        for key in candidates(address, self.rules):
+        for key in keys:
             found = owners(key)
             if found is None:
                 return None
@@ -124,15 +133,49 @@ class SourcedLookups:
                 return False  # superseded: the directory gives it to someone
         return True
 
+    def _facts(self, address: str) -> tuple[bool, tuple[str, ...]]:
+        """(in local_domains or a subdomain, its keys) of a verified address, computed once
+        (the check runs on every decision for a login with verified addresses)."""
+        facts = self._keys.get(address)
+        if facts is None:
+            if len(self._keys) > 100_000:
+                self._keys.clear()
+            domain = address.rpartition("@")[2]
+            local = any(domain == d or domain.endswith("." + d) for d in self._local)
+            facts = self._keys[address] = (local, candidates(address, self.rules))
+        return facts
+
     def _peek_directory_owners(self, key: str) -> frozenset[str] | None:
         return self.inner.peek_owners(key, include_verified=False)
 
     async def _directory_owners(self, addresses: frozenset[str]) -> dict[str, frozenset[str]]:
-        keys = dict.fromkeys(k for a in sorted(addresses) for k in candidates(a, self.rules))
+        keys = dict.fromkeys(k for a in sorted(addresses) for k in self._facts(a)[1])
         return {k: await self.inner.owners_of(k, include_verified=False) for k in keys}
 
-    def _peek_counting(self, s: Source, login: str, verified: frozenset[str]) -> set[str] | None:
-        """Those of the login's verified addresses that count, or None."""
+    def _remembered(self, s: Source, login: str, verified: frozenset[str]) -> frozenset[str] | None:
+        """The answer of _counting for this set (the same object: the source was not
+        re-read) found less than MEMO_SECONDS ago."""
+        memo = self._memo.get((id(s), login))
+        if memo is not None and memo[0] is verified and memo[1] > time.monotonic():
+            return memo[2]
+        return None
+
+    def _remember(
+        self, s: Source, login: str, verified: frozenset[str], good: frozenset[str]
+    ) -> frozenset[str]:
+        if len(self._memo) > 100_000:
+            self._memo.clear()
+        self._memo[(id(s), login)] = (verified, time.monotonic() + MEMO_SECONDS, good)
+        return good
+
+    def _peek_counting(
+        self, s: Source, login: str, verified: frozenset[str], remember: bool = True
+    ) -> frozenset[str] | None:
+        """Those of the login's verified addresses that count, or None. (remember=False:
+        `verified` is not the login's whole set.)"""
+        hit = self._remembered(s, login, verified) if remember else None
+        if hit is not None:
+            return hit
         identity = self.inner.peek_identity(login)
         out = set()
         for address in verified:
@@ -141,12 +184,19 @@ class SourcedLookups:
                 return None
             if ok:
                 out.add(address)
-        return out
+        good = frozenset(out)
+        return self._remember(s, login, verified, good) if remember else good
 
-    async def _counting(self, s: Source, login: str, verified: frozenset[str]) -> set[str]:
+    async def _counting(
+        self, s: Source, login: str, verified: frozenset[str], remember: bool = True
+    ) -> frozenset[str]:
+        hit = self._remembered(s, login, verified) if remember else None
+        if hit is not None:
+            return hit
         identity = await self.inner.identity_of(login)
         known = await self._directory_owners(verified)
-        return {a for a in verified if self._counts(s, login, a, identity, known.get)}
+        good = frozenset(a for a in verified if self._counts(s, login, a, identity, known.get))
+        return self._remember(s, login, verified, good) if remember else good
 
     # -- merging ----------------------------------------------------------------------------
 
@@ -154,7 +204,7 @@ class SourcedLookups:
         return any(s.stale() for s in self.sources)
 
     def _addresses(
-        self, login: str, found: frozenset[str], counting: Sequence[set[str]]
+        self, login: str, found: frozenset[str], counting: Sequence[frozenset[str]]
     ) -> frozenset[str]:
         exact: frozenset[str] = frozenset()
         for s, good in zip(self.sources, counting, strict=True):
@@ -189,7 +239,7 @@ class SourcedLookups:
         counting = []
         for s in self.sources:
             verified = s.addresses_of(login)
-            good = self._peek_counting(s, login, verified) if verified else set()
+            good = self._peek_counting(s, login, verified) if verified else verified
             if good is None:
                 return None
             counting.append(good)
@@ -205,7 +255,7 @@ class SourcedLookups:
         for s in self.sources:
             logins = set()
             for login in s.owners_of(key) if include_verified else ():
-                good = self._peek_counting(s, login, frozenset({key}))
+                good = self._peek_counting(s, login, frozenset({key}), remember=False)
                 if good is None:
                     return None
                 if good:
@@ -257,7 +307,7 @@ class SourcedLookups:
         counting = []
         for s in self.sources:
             verified = s.addresses_of(login)
-            counting.append(await self._counting(s, login, verified) if verified else set())
+            counting.append(await self._counting(s, login, verified) if verified else verified)
         return self._addresses(login, found, counting)
 
     async def owners_of(self, key: str, include_verified: bool = True) -> frozenset[str]:
@@ -267,7 +317,7 @@ class SourcedLookups:
         for s in self.sources:
             logins = set()
             for login in s.owners_of(key) if include_verified else ():
-                if await self._counting(s, login, frozenset({key})):
+                if await self._counting(s, login, frozenset({key}), remember=False):
                     logins.add(login)
             verified.append(logins)
         return self._owners(key, found, verified)

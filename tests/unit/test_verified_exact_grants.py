@@ -114,3 +114,80 @@ def test_a_verified_address_grants_itself_and_none_of_its_extensions(
 def test_our_own_domains_keep_the_delimiter_rules(world: World, ext: str, delimiter: str) -> None:
     assert world.reason("alice", f"alice{delimiter}{ext}@example.org") == "sender_owned"
     assert world.reason("bob", f"alice{delimiter}{ext}@example.org") == "sender_not_owned"
+
+
+# -- a running service sees a directory change through its cache (no command) ----------------
+
+
+class _Swappable:
+    """A directory the test replaces underneath the cache (as an admin edits LDAP)."""
+
+    blocking = False
+
+    def __init__(self, text: str) -> None:
+        self.set(text)
+
+    def set(self, text: str) -> None:
+        from policyd.addresses import AddressRules
+
+        self.d = StaticDirectory.from_lines(text.splitlines(), AddressRules())
+
+    def addresses_of(self, login: str) -> frozenset[str]:
+        return self.d.addresses_of(login)
+
+    def owners_of(self, address: str) -> frozenset[str]:
+        return self.d.owners_of(address)
+
+    def identity_of(self, login: str) -> frozenset[str]:
+        return self.d.identity_of(login)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_running_service_applies_a_directory_change_after_the_cache_ttl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from policyd.config import CacheConfig
+    from policyd.directory.cache import CachedLookups, LookupRunner
+    from policyd.verification import lookups as sourced
+    from policyd.verification.source import VerifiedSource
+    from tests.verification_helpers import DIRECTORY, make_api
+
+    monkeypatch.setattr(sourced, "MEMO_SECONDS", 0.0)  # (the cache's TTL is what is tested)
+    api, _, _ = make_api(tmp_path)
+    api.add_unverified("alice", "y@corp.test", actor=Actor("cli"))
+    directory = _Swappable(DIRECTORY)
+    now = [1000.0]
+    cache = CachedLookups(
+        LookupRunner(directory, 1, 1.0),
+        CacheConfig(positive_ttl=30.0, negative_ttl=10.0),
+        clock=lambda: now[0],
+    )
+    lookups = sourced.SourcedLookups(
+        cache, [VerifiedSource(api.store.path)], 1.0, local_domains=frozenset({"example.org"})
+    )
+
+    async def alice_counts() -> bool:
+        owned = await lookups.addresses_of("alice")
+        owners = await lookups.owners_of("y@corp.test")
+        assert ("y@corp.test" in owned) == ("alice" in owners)
+        return "y@corp.test" in getattr(owned, "exact_only", ())
+
+    try:
+        assert asyncio.run(alice_counts())
+        directory.set(DIRECTORY + "dave: @corp.test\n")  # the admin gives dave the domain
+        assert asyncio.run(alice_counts())  # (the cached "nobody owns @corp.test", for now)
+        now[0] += 11  # past negative_ttl
+        assert not asyncio.run(alice_counts())
+        assert asyncio.run(lookups.owners_of("@corp.test")) == {"dave"}
+        directory.set(DIRECTORY)  # taken back
+        now[0] += 31
+        assert asyncio.run(alice_counts())
+        # alice's line replaced: another account under the same login
+        directory.set(DIRECTORY.replace("alice: alice@example.org", "alice: a@example.org"))
+        now[0] += 31
+        assert not asyncio.run(alice_counts())
+    finally:
+        lookups.close()
+        api.store.close()
