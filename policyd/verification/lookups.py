@@ -12,7 +12,8 @@ x@gmail.example as "one of our logins' addresses" would refuse the mail Gmail it
 from it at the MX.
 
 A verified address counts only while (checked each time the set is read, with the lookups'
-cache, so a directory or config change takes effect within the cache's TTL, without a command):
+cache, so a directory change takes effect within the cache's TTL and MEMO_SECONDS, without a
+command):
 the directory still gives its login the identity it had when it verified (a new entry under the
 same login is someone else); nobody else in the directory owns the address, its
 extension-stripped key or its "@domain" (the directory wins); it is not in
