@@ -287,6 +287,14 @@ def test_verifying_grants_exactly_the_address_not_its_extensions(site: Site) -> 
         assert "action=553" in site.check("alice", other), other
     # our own domains keep the delimiter rules
     assert "action=OK" in site.check("alice", "alice+tag@example.org")
+    # the milter's From: check, the same
+    for header, ok in ((X, True), ("x+anything@elsewhere.test", False)):
+        r = site.run(
+            "check", "-c", str(site.config), "--sasl-username", "alice", "--sender", X,
+            "--header-from", header,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert ("milter_reason=header_from_owned" in r.stdout) == ok, r.stdout
 
 
 # -- the web page -----------------------------------------------------------------------------
