@@ -14,6 +14,7 @@ from typing import Final
 from policyd.addresses import (
     AddressRules,
     canonical_login,
+    for_wider_keys,
     keys_to_resolve,
     owns,
     sender_domain,
@@ -97,7 +98,7 @@ def keys_needed(sender: str, owned: frozenset[str], rules: AddressRules) -> tupl
     Facts.key_owners). Empty in the common case, a login sending as an address it owns."""
     if _owned_exactly(sender, owned, rules):
         return ()
-    return keys_to_resolve(owned, sender, rules)
+    return keys_to_resolve(for_wider_keys(owned), sender, rules)
 
 
 def _owned_exactly(sender: str, owned: frozenset[str], rules: AddressRules) -> bool:
@@ -112,8 +113,12 @@ def _owned_exactly(sender: str, owned: frozenset[str], rules: AddressRules) -> b
 def _owned(
     login: str, sender: str, facts: Facts, owned: frozenset[str], rules: AddressRules
 ) -> bool | None:
-    """Whether `login` owns `sender` (None: a needed key's owners were not looked up)."""
-    return owns(login, owned, sender, facts.key_owners or _NO_OWNERS, rules)
+    """Whether `login` owns `sender` (None: a needed key's owners were not looked up). An
+    exact-only address (verified by mail) counts for itself, never for the wider keys."""
+    wide = for_wider_keys(owned)
+    if wide is not owned and sender_key(sender, rules) in owned:
+        return True
+    return owns(login, wide, sender, facts.key_owners or _NO_OWNERS, rules)
 
 
 _NO_OWNERS: Final[Mapping[str, frozenset[str]]] = {}

@@ -36,8 +36,11 @@ class StaticDirectory:
         owned: dict[str, frozenset[str]],
         source: str = "<memory>",
         rules: AddressRules | None = None,
+        lines: dict[str, str] | None = None,
     ) -> None:
         self._owned = owned
+        #: login -> the first line naming it (whitespace folded, comment dropped): its identity
+        self._lines = lines if lines is not None else {login: login for login in owned}
         self._rules = rules or AddressRules()
         owners: dict[str, set[str]] = {}
         for login, addrs in owned.items():
@@ -66,6 +69,7 @@ class StaticDirectory:
         # of one address are one key here (one domain, one owner), so they must name the same
         # logins (Postfix would keep them apart).
         forms: dict[str, dict[bool, tuple[str, set[str]]]] = {}
+        first: dict[str, str] = {}
         for n, raw in enumerate(lines, 1):
             line = raw.split("#", 1)[0].strip()
             if not line:
@@ -94,12 +98,17 @@ class StaticDirectory:
                         f"{where}: {a!r}: the domain is not valid under IDNA 2008 ({e})"
                     ) from None
             canon = {canonical_login(login, rules) for login in logins}
+            text = " ".join(line.split())
+            for login in canon:
+                first.setdefault(login, text)
             norm = set()
             for a in addrs:
                 key = normalize_address(a, rules)
                 norm.add(key)
                 unicode_form = not split_address(a)[1].isascii()
-                first, names = forms.setdefault(key, {}).setdefault(unicode_form, (where, set()))
+                _first_line, names = forms.setdefault(key, {}).setdefault(
+                    unicode_form, (where, set())
+                )
                 names.update(canon)
             for login in canon:
                 owned.setdefault(login, set()).update(norm)
@@ -112,7 +121,7 @@ class StaticDirectory:
                     f"{', '.join(sorted(a_logins))}); policyd treats both forms as one address: "
                     "give both to the same logins, or keep one form"
                 )
-        return cls({k: frozenset(v) for k, v in owned.items()}, source, rules)
+        return cls({k: frozenset(v) for k, v in owned.items()}, source, rules, first)
 
     # Directory protocol ---------------------------------------------------------------
 
@@ -121,6 +130,10 @@ class StaticDirectory:
 
     def owners_of(self, address: str) -> frozenset[str]:
         return self._owners.get(address, _NONE)
+
+    def identity_of(self, login: str) -> frozenset[str]:
+        line = self._lines.get(login)
+        return frozenset() if line is None else frozenset({f"line={line}"})
 
     def close(self) -> None:
         pass

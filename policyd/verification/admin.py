@@ -3,12 +3,22 @@ service.py for the request/confirm flow; core.py for the shared machinery)."""
 
 from __future__ import annotations
 
-from policyd.addresses import owned_by
+import logging
+from dataclasses import replace
+
+from policyd.addresses import candidates, owned_by
+from policyd.directory.base import DirectoryUnavailable
 from policyd.verification import limits, states
 from policyd.verification.core import Core, WriterError, _Collect
 from policyd.verification.normalize import in_domains
 from policyd.verification.store import Row, StoreUnavailable
 from policyd.verification.views import Actor, AuditView, EntryView, Refused
+
+log = logging.getLogger("policyd.verification")
+
+#: How `entries` lists a verified row that no longer counts (not a stored state: the row is
+#: still "verified", and counts again if the directory changes back).
+SUPERSEDED = "superseded"
 
 _SUPPRESSED = "This address does not accept confirmation requests; ask your administrator."
 
@@ -27,7 +37,7 @@ class AdminOps(Core):
                     raise Refused("not_verified", "This address is not among the verified ones.")
                 if self.writer is not None:
                     try:
-                        if self.writer.delete(login, addr):
+                        if self.writer.delete(login, addr, row.identity):
                             removed.append(row)
                     except WriterError as e:
                         raise Refused(
@@ -53,6 +63,8 @@ class AdminOps(Core):
             )
         if owned_by(self._owned_in_directory(login), addr, self.rules):
             raise Refused("already_owned", "This login can already send as this address.")
+        self._check_foreign(login, addr)
+        identity = self._identity(login)  # (a login the directory does not know: refused)
 
         def body(tx: _Collect) -> Row:
             now = self.clock()
@@ -65,9 +77,13 @@ class AdminOps(Core):
             if row is None:
                 rid = tx.tx.insert(
                     login=login, address=addr, state=states.PENDING, created=now, updated=now,
+                    identity=identity,
                 )  # fmt: skip
-                row = tx.tx.by_id(rid)
-                assert row is not None
+            else:
+                rid = row.id
+                tx.tx.update(rid, row.state, identity=identity)
+            row = tx.tx.by_id(rid)
+            assert row is not None
             self._verify(tx.tx, row, "admin", actor, "add_unverified", tx.added)
             return row
 
@@ -121,7 +137,38 @@ class AdminOps(Core):
             raise Refused(
                 "store_unavailable", "The list cannot be read right now.", str(e)
             ) from None
-        return [self._entry_view(r) for r in rows]
+        identities: dict[str, frozenset[str]] = {}
+        out = []
+        checking = True
+        for r in rows:
+            view = self._entry_view(r)
+            why = None
+            if r.state == states.VERIFIED and checking:
+                try:
+                    why = self._superseded(r, identities)
+                except DirectoryUnavailable as e:
+                    log.warning(
+                        "sender verification: list: directory unavailable, verified addresses "
+                        "not checked: %s", e,
+                    )  # fmt: skip
+                    checking = False
+            out.append(replace(view, state=SUPERSEDED, why=why) if why else view)
+        return out
+
+    def _superseded(self, row: Row, identities: dict[str, frozenset[str]]) -> str | None:
+        """Why a verified row no longer counts (the same rules as the verified source's, see
+        verification/lookups.py), or None while it does. Raises DirectoryUnavailable."""
+        if row.login not in identities:
+            identities[row.login] = self.directory.identity_of(row.login)
+        identity = identities[row.login]
+        if not identity or (row.identity is not None and row.identity not in identity):
+            return "the login's directory entry is gone, or is another entry now"
+        if in_domains(row.address, self.local_domains):
+            return "in verification.local_domains"
+        for key in candidates(row.address, self.rules):
+            if self.directory.owners_of(key) - {row.login}:
+                return f"the directory owns {key}"
+        return None
 
     def audit(self, login: str | None = None) -> list[AuditView]:
         try:

@@ -38,6 +38,8 @@ class Verification(AdminOps):
             )
         if owned_by(self._owned_in_directory(login), addr, self.rules):
             raise Refused("already_owned", "You can already send as this address.")
+        self._check_foreign(login, addr)
+        identity = self._identity(login)
         primary = self._primary(login)
         now = self.clock()
         token, code, secret_values = self._fresh_secrets(now)
@@ -52,19 +54,21 @@ class Verification(AdminOps):
             if row is None:
                 rid = tx.insert(
                     login=login, address=addr, state=states.next_state(None, "request"),
-                    created=now, last_error=None, **secret_values,
+                    created=now, last_error=None, identity=identity, **secret_values,
                 )  # fmt: skip
                 new = tx.by_id(rid)
                 self._audit(tx, actor, "request", new, None, states.PENDING)
             else:
                 rid = row.id
-                tx.update(rid, states.PENDING, **secret_values)
+                tx.update(rid, states.PENDING, identity=identity, **secret_values)
                 self._audit(tx, actor, "resend", row, states.PENDING, states.PENDING)
             limits.count(tx, login, addr, now, request=True)
         return self._pending_view(self._send(rid, addr, primary, code, token))
 
     def resend(self, login: str, address: str, *, actor: Actor) -> PendingView:
         addr = self._address(address)
+        self._check_foreign(login, addr)
+        identity = self._identity(login)
         primary = self._primary(login)
         now = self.clock()
         token, code, secret_values = self._fresh_secrets(now)
@@ -76,7 +80,7 @@ class Verification(AdminOps):
             limits.check_suppressed(tx, addr)
             limits.check_mail(tx, self.vc.limits, addr, now)
             states.next_state(row.state, "resend")
-            tx.update(row.id, states.PENDING, **secret_values)
+            tx.update(row.id, states.PENDING, identity=identity, **secret_values)
             self._audit(tx, actor, "resend", row, states.PENDING, states.PENDING)
             limits.count(tx, login, addr, now, request=False)
         return self._pending_view(self._send(row.id, addr, primary, code, token))

@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from policyd.addresses import canonical_login
+from policyd.directory.base import DirectoryUnavailable
 from policyd.web import pages, security
 from policyd.web.auth import (
     LoginUnavailable,
@@ -36,7 +37,7 @@ from policyd.web.context import (
     set_cookie,
     state,
 )
-from policyd.web.sessions import Attempt, Session, StoreError
+from policyd.web.sessions import Attempt, Session, StoreError, identity_text
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,30 @@ async def _load_session(request: web.Request) -> None:
         elif session is None or session.login != proxied:
             if sid:
                 await st.session_calls.run(st.sessions.delete, sid)
-            sid, session = await st.session_calls.run(st.sessions.create, proxied)
+            identity = await _identity(st, proxied)
+            sid, session = await st.session_calls.run(st.sessions.create, proxied, identity)
             request["new_sid"] = sid
+    if session is not None and st.directory_identity is not None:
+        now = await _identity(st, session.login)
+        if now is None or now != session.identity:
+            await _end(st, session, sid, request)
+            session = None
     request["session"], request["sid"] = session, sid
+
+
+async def _end(st: WebState, session: Session, sid: str, request: web.Request) -> None:
+    """The entry that logged in is gone, was replaced (another person under the same login)
+    or its password changed: the session is over."""
+    await st.session_calls.run(st.sessions.delete, sid)
+    log.info("web: session of %s ended: its directory entry changed", session.login)
+    request["session_ended"] = True
+
+
+async def _identity(st: WebState, login: str) -> str | None:
+    """What identifies the login's directory entry now (one string; None: unknown)."""
+    if st.directory_identity is None:
+        return None
+    return identity_text(await st.blocking.run(st.directory_identity, login))
 
 
 @web.middleware
@@ -90,6 +112,11 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = message(
             request, 503, "Try again later", "The service cannot store data right now."
         )
+    except DirectoryUnavailable as e:
+        log.warning("web: directory unavailable: %s", e)
+        response = message(
+            request, 503, "Try again later", "The user directory cannot be reached right now."
+        )
     if request.get("new_sid"):
         set_cookie(request, response, state(request).session_cookie, request["new_sid"])
     if request.get("set_anon_csrf"):
@@ -103,6 +130,10 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
     if request.path.startswith("/static/"):
         return await handler(request)
     await _load_session(request)
+    if request.get("session_ended") and request.method == "POST":
+        return message(
+            request, 403, "Session ended", "Your session has ended. Please log in again."
+        )
     anon = request.cookies.get(st.csrf_cookie, "")
     if not (20 <= len(anon) <= 100):
         anon = security.new_token()
@@ -247,9 +278,19 @@ async def login_post(request: web.Request) -> web.StreamResponse:
             request, "login.html", status=401, user=user, error="Wrong login or password."
         )
     await st.session_calls.run(st.sessions.succeeded, counted[-1])
+    identity = await _identity(st, ok)
+    if identity is None and st.directory_identity is not None:
+        # (the bind found the entry a moment ago: it is gone, or the directory is failing)
+        return render(
+            request,
+            "login.html",
+            status=503,
+            user=user,
+            error="Logging in is not possible right now. Please try again later.",
+        )
     if request["sid"]:
         await st.session_calls.run(st.sessions.delete, request["sid"])
-    sid, session = await st.session_calls.run(st.sessions.create, ok)
+    sid, session = await st.session_calls.run(st.sessions.create, ok, identity)
     log.info("web: %s logged in (client %s)", ok, ip)
     request["new_sid"] = sid
     return redirect(request, "/addresses")

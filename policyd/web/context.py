@@ -37,6 +37,9 @@ class WebState:
     verification: Any
     #: login -> the addresses the directory gives it (blocking)
     directory_addresses: Callable[[str], frozenset[str]]
+    #: login -> what identifies its directory entry now (Directory.identity_of; blocking):
+    #: a session belongs to the entry that logged in
+    directory_identity: Callable[[str], frozenset[str]] | None = None
     templates: jinja2.Environment = field(init=False)
     #: the session store's own threads: a hung directory cannot hold up every page
     session_calls: Blocking = field(init=False)

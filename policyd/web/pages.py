@@ -86,8 +86,9 @@ async def _render_list(
     entries = await st.blocking.run(v.entries, login=login)
     verified = [e for e in entries if str(e.state) == "verified"]
     pending = [e for e in entries if str(e.state) == "pending"]
-    # With verification.store = "ldap" the directory also returns the verified ones.
-    mine = {str(e.address) for e in verified}
+    # With verification.store = "ldap" the directory also returns the verified ones (also
+    # those that no longer count: listed as neither).
+    mine = {str(e.address) for e in entries if str(e.state) in ("verified", "superseded")}
     directory = [a for a in directory if a not in mine]
     done = DONE.get(request.query.get("done", ""), None) if status == 200 else None
     return render(

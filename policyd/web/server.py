@@ -129,6 +129,7 @@ def build_state(config: Config) -> WebState:
         ldap_login=ldap_login,
         verification=make_verification(config, directory),
         directory_addresses=directory.addresses_of,
+        directory_identity=directory.identity_of,
     )
 
 

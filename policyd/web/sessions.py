@@ -28,7 +28,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 #: The newest schema version of the web tables; migrations bring older files up to it.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -47,6 +47,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX web_login_failures_key ON web_login_failures(kind, key, at)",
     ),
+    # the directory identity of the entry that logged in (see Directory.identity_of): the
+    # session is that entry's, and ends when the entry is gone, replaced or its password
+    # changed. NULL (a session from before): ends at its next request.
+    2: ("ALTER TABLE web_sessions ADD COLUMN identity TEXT",),
 }
 
 
@@ -60,6 +64,13 @@ class Session:
     csrf: str
     created: float
     last_seen: float
+    #: the directory's identity_of(login) at login, as one string (see identity_text)
+    identity: str | None = None
+
+
+def identity_text(identity: frozenset[str]) -> str | None:
+    """identity_of's answer as the one string a session keeps (None: an unknown login)."""
+    return "\n".join(sorted(identity)) if identity else None
 
 
 @dataclass(frozen=True)
@@ -153,17 +164,18 @@ class SessionStore:
 
     # -- sessions ----------------------------------------------------------------------
 
-    def create(self, login: str) -> tuple[str, Session]:
-        """A new session for `login`: (cookie value, session)."""
+    def create(self, login: str, identity: str | None = None) -> tuple[str, Session]:
+        """A new session for `login` (whose directory entry is `identity`): (cookie value,
+        session)."""
         sid = secrets.token_urlsafe(32)
         now = self.clock()
-        s = Session(login, secrets.token_urlsafe(32), now, now)
+        s = Session(login, secrets.token_urlsafe(32), now, now, identity)
 
         def go(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO web_sessions (id_hash, login, csrf, created, last_seen) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (_hash(sid), s.login, s.csrf, s.created, s.last_seen),
+                "INSERT INTO web_sessions (id_hash, login, csrf, created, last_seen, identity) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (_hash(sid), s.login, s.csrf, s.created, s.last_seen, s.identity),
             )
             # Expired sessions of anyone go on each login: the table stays small.
             conn.execute(
@@ -184,17 +196,19 @@ class SessionStore:
 
         def go(conn: sqlite3.Connection) -> Session | None:
             row = conn.execute(
-                "SELECT login, csrf, created, last_seen FROM web_sessions WHERE id_hash = ?",
+                "SELECT login, csrf, created, last_seen, identity FROM web_sessions "
+                "WHERE id_hash = ?",
                 (h,),
             ).fetchone()
             if row is None:
                 return None
             login, csrf, created, last_seen = str(row[0]), str(row[1]), row[2], row[3]
+            identity = None if row[4] is None else str(row[4])
             if now - last_seen > self.idle or now - created > self.absolute:
                 conn.execute("DELETE FROM web_sessions WHERE id_hash = ?", (h,))
                 return None
             conn.execute("UPDATE web_sessions SET last_seen = ? WHERE id_hash = ?", (now, h))
-            return Session(login, csrf, float(created), now)
+            return Session(login, csrf, float(created), now, identity)
 
         out = self._run(go)
         assert out is None or isinstance(out, Session)

@@ -208,7 +208,10 @@ class Slapd:
         port: int | None = None,
         ldaps_port: int | None = None,
         _ldif_text: bytes | None = None,
+        ppolicy: bool = False,
     ) -> None:
+        #: load the ppolicy overlay (it keeps pwdChangedTime), readable by the policyd account
+        self.ppolicy = ppolicy
         self.workdir = Path(workdir)
         self.base_dn = base_dn
         self.pki = pki
@@ -277,6 +280,7 @@ class Slapd:
         lines += [
             f'modulepath "{MODULE_DIR}"',
             "moduleload back_mdb",
+            *(["moduleload ppolicy"] if self.ppolicy else []),
             f'pidfile "{w / "run" / "slapd.pid"}"',
             f'argsfile "{w / "run" / "slapd.args"}"',
             "loglevel none",
@@ -298,6 +302,13 @@ class Slapd:
             "index objectClass eq",
             "index uid,mail,mailLocalAddress,member eq",
             "index policydSenderAddress eq",
+        ]
+        if self.ppolicy:
+            lines += [
+                "overlay ppolicy",
+                f'access to attrs=pwdChangedTime by dn.exact="{self.bind_dn}" read by * none',
+            ]
+        lines += [
             f'include "{SENDERS_ACL}"',
             f'include "{self.acl_file}"',
             # cn=Monitor (static in Debian's slapd), readable by the admin only: operations()

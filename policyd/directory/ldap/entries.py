@@ -72,3 +72,14 @@ def entry_addresses(
 
 def entry_logins(entry: Mapping[str, Any], attr: str, rules: AddressRules) -> list[str]:
     return [canonical_login(v, rules) for v in entry_values(entry, [attr]) if v.strip()]
+
+
+def entry_identity(entry: Mapping[str, Any]) -> frozenset[str]:
+    """What identifies an entry (see Directory.identity_of): "entryUUID=<uuid>" (it survives a
+    rename, and a new entry under the same DN gets a new one), else "dn=<dn>" (lowercased)
+    where entryUUID cannot be read; plus "pwdChangedTime=<t>" when the entry has one (the
+    ppolicy overlay keeps it: a web session ends when the password changes)."""
+    uuids = [v.strip().lower() for v in entry_values(entry, ["entryUUID"]) if v.strip()]
+    out = {f"entryUUID={uuids[0]}" if uuids else f"dn={str(entry.get('dn', '')).lower()}"}
+    out.update(f"pwdChangedTime={v.strip()}" for v in entry_values(entry, ["pwdChangedTime"]))
+    return frozenset(out)

@@ -147,3 +147,34 @@ def test_an_attempt_counts_until_it_succeeded_and_the_entrys_login_shares_it(
     assert s.begin_attempt("192.0.2.1", "bob", 1, 10) is None
     assert s.failures("192.0.2.1", "bob") == (1, 0)
     s.close()
+
+
+def test_a_session_keeps_the_identity_of_the_entry_that_logged_in(tmp_path: Path) -> None:
+    from policyd.web.sessions import _MIGRATIONS, identity_text
+
+    ident = identity_text(frozenset({"pwdChangedTime=20261207193000Z", "entryUUID=1234"}))
+    assert ident == "entryUUID=1234\npwdChangedTime=20261207193000Z"
+    assert identity_text(frozenset()) is None
+    # a file from schema 1 (sessions without identity) is migrated; its sessions have none,
+    # so `policyd web` ends them at their next request
+    db = sqlite3.connect(tmp_path / "s.sqlite")
+    db.execute("CREATE TABLE web_schema (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO web_schema (version) VALUES (1)")
+    for stmt in _MIGRATIONS[1]:
+        db.execute(stmt)
+    db.execute(
+        "INSERT INTO web_sessions (id_hash, login, csrf, created, last_seen) "
+        "VALUES ('h', 'bob', 'c', 999999, 999999)"
+    )
+    db.commit()
+    db.close()
+    clock = Clock()
+    s = store(tmp_path, clock)
+    sid, _ = s.create("alice", ident)
+    got = s.get(sid)
+    assert got is not None and got.identity == ident
+    with sqlite3.connect(tmp_path / "s.sqlite") as db:
+        assert db.execute("SELECT identity FROM web_sessions WHERE login = 'bob'").fetchall() == [
+            (None,)
+        ]
+        assert db.execute("SELECT version FROM web_schema").fetchone() == (SCHEMA_VERSION,)
