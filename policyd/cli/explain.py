@@ -108,7 +108,9 @@ def _print_decision(prefix: str, decision: Decision) -> None:
 
 
 def config_check(args: argparse.Namespace) -> int:
-    config, runtime = load(args.config)
+    # without --connect, no password is needed (the bind password is read by --connect's own
+    # check_connection): an admin can check a config whose credential only the unit can read
+    config, runtime = load(args.config, read_secrets=False)
     try:
         return _config_check(args, config, runtime)
     finally:

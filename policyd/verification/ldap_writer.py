@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import ssl
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import ldap3
 
 from policyd.addresses import AddressRules, split_address
 from policyd.config import LdapConfig
+from policyd.credentials import CredentialError, read_credential
 from policyd.directory.ldap import render_filter
 from policyd.directory.ldap.tls import Tls
 from policyd.verification.config import VerificationLdapConfig
@@ -41,30 +41,32 @@ _REFERRAL = 10
 
 
 def writer_password(wc: VerificationLdapConfig) -> str:
-    """From verification.ldap.writer_password_file, else the systemd credential. One trailing
-    newline is stripped. Raises WriterError, never showing the password."""
+    """From verification.ldap.writer_password_file, else the credential (found as systemd finds
+    it: policyd.credentials). One trailing newline is stripped. Raises WriterError, never
+    showing the password."""
     if wc.writer_password_file is not None:
         path, what = Path(wc.writer_password_file), "verification.ldap.writer_password_file"
-    elif wc.writer_password_credential:
-        creds = os.environ.get("CREDENTIALS_DIRECTORY", "")
-        if not creds:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
             raise WriterError(
-                f"verification.ldap.writer_password_credential = "
-                f"{wc.writer_password_credential!r}, but $CREDENTIALS_DIRECTORY is not set"
-            )
-        path = Path(creds) / wc.writer_password_credential
+                f"{what}: cannot read {path}: {getattr(e, 'strerror', None) or e}"
+            ) from None
+        where = str(path)
+    elif wc.writer_password_credential:
         what = "verification.ldap.writer_password_credential"
+        where = f"credential {wc.writer_password_credential!r}"
+        try:
+            text = read_credential(wc.writer_password_credential).decode("utf-8")
+        except CredentialError as e:
+            raise WriterError(f"{what}: {e}") from None
+        except UnicodeDecodeError:
+            raise WriterError(f"{what}: {where} is not UTF-8") from None
     else:
         raise WriterError("no writer password configured")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise WriterError(
-            f"{what}: cannot read {path}: {getattr(e, 'strerror', None) or e}"
-        ) from None
     text = text.removesuffix("\n").removesuffix("\r")
     if not text:
-        raise WriterError(f"{what}: {path} is empty")
+        raise WriterError(f"{what}: {where} is empty")
     return text
 
 

@@ -28,6 +28,7 @@ import ldap3
 from ldap3.core.exceptions import LDAPException
 
 from policyd.config import LdapConfig
+from policyd.credentials import CredentialError, read_credential
 from policyd.directory.base import DirectoryError
 from policyd.directory.ldap.tls import Tls
 
@@ -125,9 +126,11 @@ def warn_insecure_transport(cfg: LdapConfig, specs: Sequence[ServerSpec]) -> Non
 
 
 def read_bind_password(cfg: LdapConfig) -> str | None:
-    """The bind password: ldap.bind_password_file if set, else the systemd credential
-    $CREDENTIALS_DIRECTORY/<ldap.bind_password_credential>. One trailing newline is stripped.
-    None without a bind DN (anonymous). Raises DirectoryError, never showing the password."""
+    """The bind password: ldap.bind_password_file if set, else the credential named by
+    ldap.bind_password_credential, found as systemd finds it ($CREDENTIALS_DIRECTORY under the
+    unit, else /etc/credstore/, /run/credstore/, ... from a shell: policyd.credentials). One
+    trailing newline is stripped. None without a bind DN (anonymous). Raises DirectoryError,
+    never showing the password."""
     if not cfg.bind_dn:
         return None
     why = cfg.bind_password_problem()
@@ -135,30 +138,28 @@ def read_bind_password(cfg: LdapConfig) -> str | None:
         raise DirectoryError(f"ldap.bind_dn: {why}")
     if cfg.bind_password_file is not None:
         path = Path(cfg.bind_password_file)
-        what = "ldap.bind_password_file"
+        what, where = "ldap.bind_password_file", str(path)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise DirectoryError(f"{what}: cannot read {path}: {e.strerror or e}") from None
     else:
-        creds = os.environ.get("CREDENTIALS_DIRECTORY", "")
-        if not creds:
-            raise DirectoryError(
-                f"ldap.bind_password_credential = {cfg.bind_password_credential!r}, but "
-                "$CREDENTIALS_DIRECTORY is not set (run under systemd with LoadCredential=)"
-            )
-        path = Path(creds) / cfg.bind_password_credential
         what = "ldap.bind_password_credential"
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DirectoryError(f"{what}: cannot read {path}: {e.strerror or e}") from None
+        where = f"credential {cfg.bind_password_credential!r}"
+        try:
+            data = read_credential(cfg.bind_password_credential)
+        except CredentialError as e:
+            raise DirectoryError(f"{what}: {e}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise DirectoryError(f"{what}: {path} is not UTF-8") from None
+        raise DirectoryError(f"{what}: {where} is not UTF-8") from None
     if text.endswith("\n"):
         text = text[:-1]
         if text.endswith("\r"):
             text = text[:-1]
     if not text:
-        raise DirectoryError(f"{what}: {path} is empty")
+        raise DirectoryError(f"{what}: {where} is empty")
     return text
 
 

@@ -7,10 +7,8 @@ entry `user_filter` finds under `user_base`, plus `group_attributes` of every gr
 
 Decisions worth knowing:
 
-* Matching is the directory's: with uid's caseIgnoreMatch slapd ignores insignificant spaces
-  and folds compatibility forms (the login "ａｌｉｃｅ", fullwidth, finds uid=alice). Logins
-  arrive from SASL, already authenticated, so this only matters if the SASL backend holds
-  such look-alike accounts separately from LDAP.
+* Matching is the directory's (uid's caseIgnoreMatch: the fullwidth login "ａｌｉｃｅ" finds
+  uid=alice); logins arrive authenticated by SASL, so only look-alike SASL accounts matter.
 * A login that matches more than one entry is ambiguous: logged as a warning and treated as
   unknown (empty). The user search uses size_limit=2 to detect that cheaply.
 * owners_of(key) answers for exactly one key (an address, its extension-stripped form or
@@ -106,12 +104,12 @@ class _Found:
 
 class LdapDirectory:
     """Directory backend over LDAP. Thread-safe; each calling thread gets its own connection.
-    Connecting is lazy (the first lookup); construction only validates and reads the password.
-    Raises DirectoryError on a bad setup (unreadable password, bad filter, bad URL)."""
+    Connecting is lazy (the first lookup); construction only validates and reads the password
+    (read_password=False: at the first connection). Raises DirectoryError on a bad setup."""
 
     blocking = True
 
-    def __init__(self, cfg: LdapConfig, rules: AddressRules) -> None:
+    def __init__(self, cfg: LdapConfig, rules: AddressRules, *, read_password: bool = True) -> None:
         self.cfg = cfg
         self.rules = rules
         why = cfg.servers_problem()
@@ -119,7 +117,8 @@ class LdapDirectory:
             raise DirectoryError(f"ldap.servers: {why}")
         self._specs = [parse_server_url(u, cfg.start_tls) for u in cfg.servers]
         self._tls = make_tls(cfg)
-        self._password = read_bind_password(cfg)
+        self._password = read_bind_password(cfg) if read_password else None
+        self._password_read = read_password
         for key, tmpl, names in cfg.filter_templates():
             check_filter(key, tmpl, names)
         self._scope_user = _SCOPES[cfg.user_scope]
@@ -297,6 +296,8 @@ class LdapDirectory:
             with self._lock:
                 epoch = self._epoch[i]
             try:
+                if not self._password_read:
+                    self._password, self._password_read = read_bind_password(self.cfg), True
                 conn = open_connection(spec, self.cfg, self._tls, self._password)
             except StepFailed as e:
                 errors.append(f"{spec.url}: {e.reason}")
