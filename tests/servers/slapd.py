@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 DIRECTORY_LDIF = REPO / "tests" / "data" / "directory.ldif"
 EXAMPLE_LDIF = REPO / "conf" / "ldap" / "example.ldif"
 ACL_FILE = REPO / "conf" / "ldap" / "acl.conf"
+#: The rules a site already has, after ACL_FILE (which only adds: `by * break`).
+SITE_ACL = REPO / "tests" / "data" / "acl-site.conf"
 #: Verified sender addresses (issue 13): the shipped schema, and its ACL (ahead of ACL_FILE).
 SENDERS_SCHEMA = REPO / "conf" / "ldap" / "policyd-senders.schema"
 SENDERS_ACL = REPO / "conf" / "ldap" / "acl-senders.conf"
@@ -205,6 +207,7 @@ class Slapd:
         base_dn: str = BASE_DN,
         pki: Pki | None = None,
         acl_file: Path = ACL_FILE,
+        site_acl: Path | None = SITE_ACL,
         port: int | None = None,
         ldaps_port: int | None = None,
         _ldif_text: bytes | None = None,
@@ -213,6 +216,7 @@ class Slapd:
         self.base_dn = base_dn
         self.pki = pki
         self.acl_file = acl_file
+        self.site_acl = site_acl
         self.port = port or free_port()
         self.ldaps_port = (ldaps_port or free_port()) if pki else None
         self._ports_chosen = port is None and ldaps_port is None
@@ -301,6 +305,8 @@ class Slapd:
             f'include "{SENDERS_ACL}"',
             f'include "{self.acl_file}"',
         ]
+        if self.site_acl is not None:
+            lines.append(f'include "{self.site_acl}"')
         return "\n".join(lines) + "\n"
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -446,6 +452,7 @@ class Slapd:
             base_dn=self.base_dn,
             pki=self.pki,
             acl_file=self.acl_file,
+            site_acl=self.site_acl,
             _ldif_text=data,
         )
         if start:
