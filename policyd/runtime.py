@@ -57,6 +57,16 @@ def build_runtime(config: Config, *, read_secrets: bool = True) -> Runtime:
             rng.source,
         )
     directory = make_directory(config, rules, read_secrets=read_secrets)
+    if config.directory.backend == "ldap" and read_secrets and len(rules.realms) > 1:
+        from policyd.directory.ldap import LdapDirectory
+        from policyd.directory.ldap.realms import check_realms
+
+        assert isinstance(directory, LdapDirectory)
+        try:  # (the file directory checks this itself, at load)
+            check_realms(directory)
+        except Exception:
+            directory.close()
+            raise
     lookups: CachedLookups | DirectLookups | SourcedLookups
     if directory.blocking:
         runner = LookupRunner(directory, config.directory.threads, config.directory.lookup_deadline)

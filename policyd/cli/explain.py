@@ -156,4 +156,16 @@ def _config_check(args: argparse.Namespace, config: Config, runtime: Runtime) ->
     ok, lines = check_connection(config.ldap)
     for line in lines:
         print(line)
+    if ok and len(runtime.rules.realms) > 1:
+        from policyd.directory.base import DirectoryError
+        from policyd.directory.ldap import LdapDirectory
+        from policyd.directory.ldap.realms import check_realms
+
+        assert isinstance(d, LdapDirectory)
+        try:
+            check_realms(d)
+        except DirectoryError as e:
+            print(f"realms: FAILED: {e}")
+            return 1
+        print("realms: ok (no local part is held by different entries under two realms)")
     return 0 if ok else 1

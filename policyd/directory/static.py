@@ -21,6 +21,7 @@ from policyd.addresses import (
     normalize_address,
 )
 from policyd.directory.base import DirectoryError
+from policyd.directory.realms import merge_problems, refuse_merges
 
 _NONE: frozenset[str] = frozenset()
 
@@ -59,6 +60,7 @@ class StaticDirectory:
         cls, lines: Iterable[str], rules: AddressRules, source: str = "<string>"
     ) -> StaticDirectory:
         owned: dict[str, set[str]] = {}
+        realm_logins: dict[str, dict[str, str]] = {}  # canonical login -> realm -> where
         for n, raw in enumerate(lines, 1):
             line = raw.split("#", 1)[0].strip()
             if not line:
@@ -82,7 +84,19 @@ class StaticDirectory:
                     )
             norm = {normalize_address(a, rules) for a in addrs}
             for login in logins:
-                owned.setdefault(canonical_login(login, rules), set()).update(norm)
+                canonical = canonical_login(login, rules)
+                owned.setdefault(canonical, set()).update(norm)
+                if canonical != login.lower() and "@" in login:
+                    seen = realm_logins.setdefault(canonical, {})
+                    seen.setdefault(login.rpartition("@")[2].lower(), f"{login} ({where})")
+        problems = [
+            f"{' and '.join(sorted(seen.values()))} are different logins, but addresses.realms "
+            f"makes both {canonical!r}"
+            for canonical, seen in sorted(realm_logins.items())
+            if len(seen) > 1
+        ]
+        problems += merge_problems(owned.items(), rules)
+        refuse_merges(problems, source)
         return cls({k: frozenset(v) for k, v in owned.items()}, source, rules)
 
     # Directory protocol ---------------------------------------------------------------
