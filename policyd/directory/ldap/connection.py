@@ -311,3 +311,15 @@ def result_text(result: Mapping[str, Any] | None) -> str:
     }.get(desc, "")
     extra = "; ".join(x for x in (msg, hint) if x)
     return f"{desc} ({extra})" if extra else desc
+
+
+#: The simple paged results control (RFC 2696).
+_PAGED_RESULTS: Final = "1.2.840.113556.1.4.319"
+
+
+def page_cookie(result: Mapping[str, Any] | None) -> bytes | None:
+    """The cookie for the next page of a paged search; None (or b"") after the last page."""
+    controls = (result or {}).get("controls") or {}
+    value = (controls.get(_PAGED_RESULTS) or {}).get("value") or {}
+    cookie = value.get("cookie")
+    return cookie if isinstance(cookie, bytes) else None

@@ -60,3 +60,12 @@ def entry_addresses(
 
 def entry_logins(entry: Mapping[str, Any], attr: str, rules: AddressRules) -> list[str]:
     return [canonical_login(v, rules) for v in entry_values(entry, [attr]) if v.strip()]
+
+
+class Found:
+    """One search's result (all pages of it)."""
+
+    __slots__ = ("entries", "truncated")
+
+    def __init__(self, entries: list[dict[str, Any]], truncated: bool) -> None:
+        self.entries, self.truncated = entries, truncated
