@@ -208,6 +208,7 @@ class Slapd:
         pki: Pki | None = None,
         acl_file: Path = ACL_FILE,
         site_acl: Path | None = SITE_ACL,
+        extra_schemas: tuple[Path, ...] = (),
         port: int | None = None,
         ldaps_port: int | None = None,
         _ldif_text: bytes | None = None,
@@ -217,6 +218,7 @@ class Slapd:
         self.pki = pki
         self.acl_file = acl_file
         self.site_acl = site_acl
+        self.more_schemas = extra_schemas
         self.port = port or free_port()
         self.ldaps_port = (ldaps_port or free_port()) if pki else None
         self._ports_chosen = port is None and ldaps_port is None
@@ -278,6 +280,7 @@ class Slapd:
         w = self.workdir
         lines = [f'include "{SCHEMA_DIR / s}.schema"' for s in SCHEMAS]
         lines.append(f'include "{SENDERS_SCHEMA}"')
+        lines += [f'include "{p}"' for p in self.more_schemas]
         lines += [
             f'modulepath "{MODULE_DIR}"',
             "moduleload back_mdb",
@@ -453,6 +456,7 @@ class Slapd:
             pki=self.pki,
             acl_file=self.acl_file,
             site_acl=self.site_acl,
+            extra_schemas=self.more_schemas,
             _ldif_text=data,
         )
         if start:
