@@ -5,6 +5,10 @@ front of those rules as without it; and the policyd account reads only what it n
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,16 @@ import pytest
 from policyd.addresses import AddressRules
 from policyd.config import LdapConfig
 from policyd.directory.ldap import LdapDirectory
-from tests.servers.slapd import BIND_DN, BIND_PASSWORD, DIRECTORY_LDIF, REPO, Slapd
+from tests.servers.slapd import (
+    _LIVE,
+    BIND_DN,
+    BIND_PASSWORD,
+    DIRECTORY_LDIF,
+    REPO,
+    Slapd,
+    _run,
+    binary,
+)
 from tests.servers.slapd_fixtures import SlapdFactory
 
 pytestmark = [pytest.mark.slapd, pytest.mark.timeout(120)]
@@ -210,3 +223,92 @@ def test_shipped_acl_is_the_tested_one() -> None:
     for i, j in zip(starts, [*starts[1:], len(lines)], strict=True):
         assert lines[j - 1] == "by * break", lines[i:j]
     _ = SlapdFactory  # (fixtures module imported for its registration)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cn=config variant: the LDIF in acl.conf's comment, applied with ldapmodify -Y EXTERNAL to a
+# running slapd.d whose database already has the site's rules as olcAccess values.
+
+
+class ConfigSlapd(Slapd):
+    """A slapd run from cn=config (slapd.d), with ldapi:// for root's SASL EXTERNAL."""
+
+    def __init__(self, workdir: Path, ldif: bytes) -> None:
+        empty = workdir.parent / f"{workdir.name}-no-acl.conf"
+        empty.write_text("")
+        self.sock_dir = Path(tempfile.mkdtemp(prefix="pdacl"))  # short: sun_path is 108 bytes
+        super().__init__(workdir, ldif=None, acl_file=empty, site_acl=SITE_ACL, _ldif_text=ldif)
+        self.slapd_d = self.workdir / "slapd.d"
+        self.slapd_d.mkdir()
+        _run([binary("slaptest"), "-f", str(self.conf), "-F", str(self.slapd_d)])
+
+    @property
+    def ldapi(self) -> str:
+        return "ldapi://" + urllib.parse.quote(str(self.sock_dir / "ldapi"), safe="")
+
+    def _slapd_conf(self) -> str:
+        lines = [
+            line
+            for line in super()._slapd_conf().splitlines()
+            if "acl-senders.conf" not in line  # (only the site's rules: the test's subject)
+        ]
+        i = lines.index("database mdb")
+        root = "gidNumber=0+uidNumber=0,cn=peercred,cn=external,cn=auth"
+        lines[i:i] = ["database config", f'access to * by dn.exact="{root}" manage by * none']
+        return "\n".join(lines) + "\n"
+
+    def _start(self, timeout: float) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [binary("slapd"), "-d", "0", "-F", str(self.slapd_d), "-h",
+                 f"{self.url}/ {self.ldapi}"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            )  # fmt: skip
+        _LIVE[self.proc.pid] = self.proc
+        self._wait_ready(timeout)
+
+
+def shipped_cn_config_ldif() -> str:
+    """The ldapmodify LDIF in conf/ldap/acl.conf's comment, as an admin would copy it."""
+    out: list[str] = []
+    for line in (REPO / "conf" / "ldap" / "acl.conf").read_text().splitlines():
+        if line.startswith("#   dn: olcDatabase="):
+            out = [line[4:]]
+        elif out and line.startswith("#   ") and line.strip() != "#":
+            out.append(line[4:])
+        elif out:
+            break
+    assert out and out[0].startswith("dn: olcDatabase={1}mdb,cn=config"), out
+    return "\n".join(out) + "\n"
+
+
+def test_cn_config_variant_only_adds(servers: dict[str, Slapd], tmp_path: Path) -> None:
+    server = ConfigSlapd(tmp_path / "cnconfig", DIRECTORY_LDIF.read_bytes() + EXTRA.encode())
+    try:
+        server.start()
+        r = subprocess.run(
+            [binary("ldapmodify"), "-Q", "-Y", "EXTERNAL", "-H", server.ldapi],
+            input=shipped_cn_config_ldif(), capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = subprocess.run(
+            [binary("ldapsearch"), "-Q", "-LLL", "-Y", "EXTERNAL", "-H", server.ldapi, "-b",
+             "olcDatabase={1}mdb,cn=config", "-o", "ldif-wrap=no", "olcAccess"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        access = [ln for ln in r.stdout.splitlines() if ln.startswith("olcAccess:")]
+        # ours first ({0}..{2}), the site's two rules renumbered after them
+        assert len(access) == 5, r.stdout
+        assert "policyd" in access[0] and "policyd" in access[2], access
+        assert "dovecot" in access[3] and "postfix" in access[4], access
+        for who, base, flt, attrs in SITE_READS:
+            assert read(server, who, base, flt, attrs) == read(
+                servers["before"], who, base, flt, attrs
+            ), (who, flt)
+        policyd = (BIND_DN, BIND_PASSWORD)
+        entries = read(server, policyd, BASE, "(objectClass=*)", ["*", "+"])
+        seen = set().union(*(a.keys() for _, a in entries))
+        assert entries and seen <= POLICYD_ATTRS, seen
+    finally:
+        server.stop()
+        shutil.rmtree(server.sock_dir, ignore_errors=True)
