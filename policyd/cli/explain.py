@@ -147,6 +147,8 @@ def _config_check(args: argparse.Namespace, config: Config, runtime: Runtime) ->
 
     print(summary(config))
     if not args.connect:
+        if config.directory.backend == "ldap" and len(runtime.rules.realms) > 1:
+            print("realms: checked against the directory by --connect (and at start)")
         return 0
     if config.directory.backend != "ldap":
         print('--connect: nothing to connect to (directory.backend is "file")')

@@ -116,6 +116,12 @@ def test_realms_refuse_to_merge_two_alices(server: Slapd, tmp_path: Path) -> Non
     r = policyd("config-check", "-c", str(cfg), "--connect")
     assert r.returncode == 1
     assert "realms: FAILED" in r.stdout and OTHER_DN in r.stdout and ALICE_DN in r.stdout
+    r = policyd("config-check", "-c", str(cfg))
+    assert r.returncode == 0 and "realms: checked against the directory by --connect" in r.stdout
+    # start: `policyd serve` refuses before it listens
+    r = policyd("serve", "-c", str(cfg))
+    assert r.returncode != 0
+    assert "would merge different people" in r.stderr and OTHER_DN in r.stderr, r.stderr
     # one realm (Cyrus' smtpd_sasl_local_domain) merges nobody
     cfg1 = write_config(tmp_path, server, "", ["example.org"])
     build_runtime(load_config(cfg1)).close()
