@@ -194,3 +194,16 @@ def test_referrals_are_not_followed(dc: SambaDC, tmp_path: Path) -> None:
     [got] = probe(dc, cfg, [("addresses_of", "alice")])
     assert "error" in got, got
     assert "referral" in got["error"] or "does not exist" in got["error"], got
+
+
+def test_realms_refuse_to_merge_two_alices(dc: SambaDC, tmp_path: Path) -> None:
+    # alice@example.com (alice) and alice@example.net (alice.o, only in proxyAddresses)
+    cfg = ad_config(dc, tmp_path)
+    cfg.write_text(cfg.read_text() + '\n[addresses]\nrealms = ["example.com", "example.net"]\n')
+    r = dc.run([sys.executable, "-m", "policyd", "config-check", "-c", str(cfg), "--connect"])
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "realms: FAILED" in r.stdout
+    assert "CN=Alice Smith,OU=Staff" in r.stdout and "CN=Alice Other,OU=Staff" in r.stdout
+    cfg.write_text(cfg.read_text().replace('"example.net"]', '"corp.example"]'))
+    r = dc.run([sys.executable, "-m", "policyd", "config-check", "-c", str(cfg), "--connect"])
+    assert r.returncode == 0 and "realms: ok" in r.stdout, r.stdout + r.stderr
