@@ -20,7 +20,7 @@ def realm_holders(d: LdapDirectory) -> list[tuple[str, list[str]]]:
         terms = "".join(f"({a}={value})" for a in attrs)
         if any(a.lower() == "proxyaddresses" for a in attrs):
             terms += f"(proxyAddresses=smtp:{value})"
-        found = d._search(d.cfg.user_base, d._scope_user, f"(|{terms})", attrs, 0)
+        found = d._search(d.cfg.user_base, d._scope_user, f"(|{terms})", attrs, 0, paged=True)
         if found.truncated:
             raise DirectoryError(
                 f"addresses.realms: the entries holding addresses @{domain} exceed the "
