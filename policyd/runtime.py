@@ -34,17 +34,18 @@ class Runtime:
         self.lookups.close()
 
 
-def make_directory(config: Config, rules: AddressRules) -> Directory:
-    """The configured backend. Raises DirectoryError (or ConfigError) on a bad setup."""
+def make_directory(config: Config, rules: AddressRules, *, read_secrets: bool = True) -> Directory:
+    """The configured backend. Raises DirectoryError (or ConfigError) on a bad setup.
+    read_secrets=False: the LDAP bind password is read at the first connection, not now."""
     if config.directory.backend == "ldap":
         from policyd.directory.ldap import LdapDirectory
 
-        return LdapDirectory(config.ldap, rules)
+        return LdapDirectory(config.ldap, rules, read_password=read_secrets)
     assert config.directory.file is not None  # checked by config validation
     return StaticDirectory.load(config.directory.file, rules)
 
 
-def build_runtime(config: Config) -> Runtime:
+def build_runtime(config: Config, *, read_secrets: bool = True) -> Runtime:
     """Load ranges and the directory. Raises NetworksError / DirectoryError with file and line."""
     rules = config.addresses.rules()
     networks = Networks.load(config.networks.files) if config.networks.files else Networks.empty()
@@ -55,7 +56,17 @@ def build_runtime(config: Config) -> Runtime:
             rng.pattern,
             rng.source,
         )
-    directory = make_directory(config, rules)
+    directory = make_directory(config, rules, read_secrets=read_secrets)
+    if config.directory.backend == "ldap" and read_secrets and len(rules.realms) > 1:
+        from policyd.directory.ldap import LdapDirectory
+        from policyd.directory.ldap.realms import check_realms
+
+        assert isinstance(directory, LdapDirectory)
+        try:  # (the file directory checks this itself, at load)
+            check_realms(directory)
+        except Exception:
+            directory.close()
+            raise
     lookups: CachedLookups | DirectLookups | SourcedLookups
     if directory.blocking:
         runner = LookupRunner(directory, config.directory.threads, config.directory.lookup_deadline)

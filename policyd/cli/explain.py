@@ -114,7 +114,9 @@ def _print_decision(prefix: str, decision: Decision) -> None:
 
 
 def config_check(args: argparse.Namespace) -> int:
-    config, runtime = load(args.config)
+    # without --connect, no password is needed (the bind password is read by --connect's own
+    # check_connection): an admin can check a config whose credential only the unit can read
+    config, runtime = load(args.config, read_secrets=False)
     try:
         return _config_check(args, config, runtime)
     finally:
@@ -151,6 +153,8 @@ def _config_check(args: argparse.Namespace, config: Config, runtime: Runtime) ->
 
     print(summary(config))
     if not args.connect:
+        if config.directory.backend == "ldap" and len(runtime.rules.realms) > 1:
+            print("realms: checked against the directory by --connect (and at start)")
         return 0
     if config.directory.backend != "ldap":
         print('--connect: nothing to connect to (directory.backend is "file")')
@@ -160,4 +164,16 @@ def _config_check(args: argparse.Namespace, config: Config, runtime: Runtime) ->
     ok, lines = check_connection(config.ldap)
     for line in lines:
         print(line)
+    if ok and len(runtime.rules.realms) > 1:
+        from policyd.directory.base import DirectoryError
+        from policyd.directory.ldap import LdapDirectory
+        from policyd.directory.ldap.realms import check_realms
+
+        assert isinstance(d, LdapDirectory)
+        try:
+            check_realms(d)
+        except DirectoryError as e:
+            print(f"realms: FAILED: {e}")
+            return 1
+        print("realms: ok (no local part is held by different entries under two realms)")
     return 0 if ok else 1

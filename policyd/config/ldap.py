@@ -36,6 +36,10 @@ class LdapConfig:
         "(&(objectClass=inetOrgPerson)(|(mail={address})(mailLocalAddress={address})))"
     )
     owner_login_attribute: str = "uid"
+    #: The groups holding an address, for owners_of ("" = derived from group_filter).
+    group_address_filter: str = ""
+    #: The owners of one of those groups, under user_base ("" = the group's member values).
+    group_member_filter: str = ""
 
     # The [ldap] rules that both config validation and policyd.directory.ldap apply live here,
     # one method each, so that neither side keeps its own copy.
@@ -46,6 +50,17 @@ class LdapConfig:
             ("user_filter", self.user_filter, frozenset({"login", "localpart", "domain"})),
             ("group_filter", self.group_filter, frozenset({"dn", "login"})),
             ("owner_filter", self.owner_filter, frozenset({"address", "localpart", "domain"})),
+        ) + tuple(
+            (key, tmpl, names)
+            for key, tmpl, names in (
+                (
+                    "group_address_filter",
+                    self.group_address_filter,
+                    frozenset({"address", "localpart", "domain"}),
+                ),
+                ("group_member_filter", self.group_member_filter, frozenset({"group"})),
+            )
+            if tmpl
         )
 
     def servers_problem(self) -> str | None:

@@ -24,6 +24,7 @@ from policyd.addresses import (
     split_address,
 )
 from policyd.directory.base import DirectoryError
+from policyd.directory.realms import merge_problems, refuse_merges
 
 _NONE: frozenset[str] = frozenset()
 
@@ -70,6 +71,7 @@ class StaticDirectory:
         # logins (Postfix would keep them apart).
         forms: dict[str, dict[bool, tuple[str, set[str]]]] = {}
         first: dict[str, str] = {}
+        realm_logins: dict[str, dict[str, str]] = {}  # canonical login -> realm -> where
         for n, raw in enumerate(lines, 1):
             line = raw.split("#", 1)[0].strip()
             if not line:
@@ -112,6 +114,11 @@ class StaticDirectory:
                 names.update(canon)
             for login in canon:
                 owned.setdefault(login, set()).update(norm)
+            for login in logins:
+                canonical = canonical_login(login, rules)
+                if canonical != login.lower() and "@" in login:
+                    seen = realm_logins.setdefault(canonical, {})
+                    seen.setdefault(login.rpartition("@")[2].lower(), f"{login} ({where})")
         for key, by_form in forms.items():
             if len(by_form) == 2 and by_form[True][1] != by_form[False][1]:
                 (u_line, u_logins), (a_line, a_logins) = by_form[True], by_form[False]
@@ -121,6 +128,14 @@ class StaticDirectory:
                     f"{', '.join(sorted(a_logins))}); policyd treats both forms as one address: "
                     "give both to the same logins, or keep one form"
                 )
+        problems = [
+            f"{' and '.join(sorted(seen.values()))} are different logins, but addresses.realms "
+            f"makes both {canonical!r}"
+            for canonical, seen in sorted(realm_logins.items())
+            if len(seen) > 1
+        ]
+        problems += merge_problems(owned.items(), rules)
+        refuse_merges(problems, source)
         return cls({k: frozenset(v) for k, v in owned.items()}, source, rules, first)
 
     # Directory protocol ---------------------------------------------------------------

@@ -343,10 +343,11 @@ class App:
                 return
 
 
-def load(config_path: Path) -> tuple[Config, Runtime]:
-    """Config and runtime, for the one-shot commands (check, config-check)."""
+def load(config_path: Path, *, read_secrets: bool = True) -> tuple[Config, Runtime]:
+    """Config and runtime, for the one-shot commands (check, config-check; config-check without
+    --connect reads no password: read_secrets=False)."""
     config = load_config(config_path)
-    return config, build_runtime(config)
+    return config, build_runtime(config, read_secrets=read_secrets)
 
 
 def _warn_restart_only_changes(old: Config, new: Config, listen_from_config: bool) -> None:

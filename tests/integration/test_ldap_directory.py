@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from policyd import credentials
 from policyd.addresses import AddressRules, candidates, canonical_login, owned_by
 from policyd.config import LdapConfig, load_config
 from policyd.directory.base import DirectoryError, DirectoryUnavailable
@@ -168,7 +169,9 @@ def test_bind_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     (creds / "ldap-bind-password").write_text("from-systemd\n")
     cfg = dataclasses.replace(base, bind_password_credential="ldap-bind-password")
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
-    with pytest.raises(DirectoryError, match="CREDENTIALS_DIRECTORY"):
+    monkeypatch.setattr(credentials, "CREDSTORE_DIRS", (tmp_path / "credstore",))
+    monkeypatch.setattr(credentials, "CREDSTORE_ENCRYPTED_DIRS", ())
+    with pytest.raises(DirectoryError, match="not set.*credstore"):
         read_bind_password(cfg)
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     assert read_bind_password(cfg) == "from-systemd"

@@ -49,6 +49,7 @@ from tests.servers.slapd import (
     REPO,
     SCHEMA_DIR,
     SCHEMAS,
+    SITE_ACL,
     Pki,
     Slapd,
     SlapdError,
@@ -250,7 +251,7 @@ class ReplSlapd(Slapd):
                 "by self read by * none"
             )
         lines += [f'include "{p}"' for p in shipped_acls()]
-        lines.append(f'include "{ACL_FILE}"')
+        lines += [f'include "{ACL_FILE}"', f'include "{SITE_ACL}"']
         if self.role == "provider":
             lines += ["overlay syncprov", "syncprov-checkpoint 100 1", "syncprov-sessionlog 1000"]
         else:

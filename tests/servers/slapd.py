@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 DIRECTORY_LDIF = REPO / "tests" / "data" / "directory.ldif"
 EXAMPLE_LDIF = REPO / "conf" / "ldap" / "example.ldif"
 ACL_FILE = REPO / "conf" / "ldap" / "acl.conf"
+#: The rules a site already has, after ACL_FILE (which only adds: `by * break`).
+SITE_ACL = REPO / "tests" / "data" / "acl-site.conf"
 #: Verified sender addresses (issue 13): the shipped schema, and its ACL (ahead of ACL_FILE).
 SENDERS_SCHEMA = REPO / "conf" / "ldap" / "policyd-senders.schema"
 SENDERS_ACL = REPO / "conf" / "ldap" / "acl-senders.conf"
@@ -205,6 +207,8 @@ class Slapd:
         base_dn: str = BASE_DN,
         pki: Pki | None = None,
         acl_file: Path = ACL_FILE,
+        site_acl: Path | None = SITE_ACL,
+        extra_schemas: tuple[Path, ...] = (),
         port: int | None = None,
         ldaps_port: int | None = None,
         _ldif_text: bytes | None = None,
@@ -216,6 +220,8 @@ class Slapd:
         self.base_dn = base_dn
         self.pki = pki
         self.acl_file = acl_file
+        self.site_acl = site_acl
+        self.more_schemas = extra_schemas
         self.port = port or free_port()
         self.ldaps_port = (ldaps_port or free_port()) if pki else None
         self._ports_chosen = port is None and ldaps_port is None
@@ -277,6 +283,7 @@ class Slapd:
         w = self.workdir
         lines = [f'include "{SCHEMA_DIR / s}.schema"' for s in SCHEMAS]
         lines.append(f'include "{SENDERS_SCHEMA}"')
+        lines += [f'include "{p}"' for p in self.more_schemas]
         lines += [
             f'modulepath "{MODULE_DIR}"',
             "moduleload back_mdb",
@@ -315,6 +322,8 @@ class Slapd:
             "database monitor",
             f'access to * by dn.exact="{self.admin_dn}" read by * none',
         ]
+        if self.site_acl is not None:
+            lines.append(f'include "{self.site_acl}"')
         return "\n".join(lines) + "\n"
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -494,6 +503,8 @@ class Slapd:
             base_dn=self.base_dn,
             pki=self.pki,
             acl_file=self.acl_file,
+            site_acl=self.site_acl,
+            extra_schemas=self.more_schemas,
             _ldif_text=data,
         )
         if start:

@@ -50,8 +50,13 @@ def test_a_credential_without_credentials_directory_names_the_key(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
-    with pytest.raises(CredentialError, match=r"^x.password_credential = 'cred', but \$CRED"):
-        read(None, "cred")
+    name = "policyd-test-no-such-credential"
+    with pytest.raises(
+        CredentialError,
+        match=rf"^x\.password_credential: credential '{name}' not found in \$CREDENTIALS_DIRECTORY "
+        r"\(not set\), /etc/credstore",
+    ):
+        read(None, name)
 
 
 @pytest.mark.parametrize(

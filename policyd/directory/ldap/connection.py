@@ -125,9 +125,11 @@ def warn_insecure_transport(cfg: LdapConfig, specs: Sequence[ServerSpec]) -> Non
 
 
 def read_bind_password(cfg: LdapConfig) -> str | None:
-    """The bind password: ldap.bind_password_file if set, else the systemd credential
-    $CREDENTIALS_DIRECTORY/<ldap.bind_password_credential>. One trailing newline is stripped.
-    None without a bind DN (anonymous). Raises DirectoryError, never showing the password."""
+    """The bind password: ldap.bind_password_file if set, else the credential named by
+    ldap.bind_password_credential, found as systemd finds it ($CREDENTIALS_DIRECTORY under the
+    unit, else /etc/credstore/, /run/credstore/, ... from a shell: policyd.credentials). One
+    trailing newline is stripped. None without a bind DN (anonymous). Raises DirectoryError,
+    never showing the password."""
     if not cfg.bind_dn:
         return None
     why = cfg.bind_password_problem()
@@ -292,3 +294,15 @@ def result_text(result: Mapping[str, Any] | None) -> str:
     }.get(desc, "")
     extra = "; ".join(x for x in (msg, hint) if x)
     return f"{desc} ({extra})" if extra else desc
+
+
+#: The simple paged results control (RFC 2696).
+_PAGED_RESULTS: Final = "1.2.840.113556.1.4.319"
+
+
+def page_cookie(result: Mapping[str, Any] | None) -> bytes | None:
+    """The cookie for the next page of a paged search; None (or b"") after the last page."""
+    controls = (result or {}).get("controls") or {}
+    value = (controls.get(_PAGED_RESULTS) or {}).get("value") or {}
+    cookie = value.get("cookie")
+    return cookie if isinstance(cookie, bytes) else None

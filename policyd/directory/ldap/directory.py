@@ -6,20 +6,17 @@ entry `user_filter` finds under `user_base`, plus `group_attributes` of every gr
 
 Decisions worth knowing:
 
-* Matching is the directory's: with uid's caseIgnoreMatch slapd ignores insignificant spaces
-  and folds compatibility forms (the login "ａｌｉｃｅ", fullwidth, finds uid=alice). Logins
-  arrive from SASL, already authenticated, so this only matters if the SASL backend holds
-  such look-alike accounts separately from LDAP.
+* Matching is the directory's (uid's caseIgnoreMatch: the fullwidth login "ａｌｉｃｅ" finds
+  uid=alice); logins arrive authenticated by SASL, so only look-alike SASL accounts matter.
 * A login that matches more than one entry is ambiguous: logged as a warning and treated as
   unknown (empty). The user search uses size_limit=2 to detect that cheaply.
 * owners_of(key) answers for exactly one key (an address, its extension-stripped form or
   "@domain"; the caller applies Postfix's most-specific-key rule): `owner_filter` with
   {address} = the key, keeping only entries that hold the key among `user_attributes`, then
-  the groups holding the key: the group filter is `group_filter` with its membership assertion
-  ("(member={dn})" or "(memberUid={login})") replaced by the address test on
-  `group_attributes`. Members are reported by `owner_login_attribute`: read from the member DN
-  when its first RDN is that attribute (uid=alice,...), otherwise read from the member's entry
-  (at most _MAX_MEMBER_READS reads per call). All logins go through canonical_login.
+  the groups holding the key (groups.py). All logins go through canonical_login.
+* Searches that may return many entries (the reverse group lookup) are paged (RFC 2696), so a
+  server's page size (Active Directory: 1000) does not cut them short. Referrals are never
+  followed (a continuation reference is skipped; a referral answer is an error).
 * Servers are tried in the configured order by our own loop (not ldap3's ServerPool: its
   state is per Connection and `active=True` retries forever). A server that failed is tried
   last for _DOWN_FOR seconds, and connections other threads hold to it are replaced at their
@@ -45,7 +42,7 @@ from typing import Any, Final
 
 import ldap3
 
-from policyd.addresses import AddressRules, canonical_login, normalize_address, split_address
+from policyd.addresses import AddressRules, normalize_address, split_address
 from policyd.config import LdapConfig
 from policyd.directory.base import DirectoryError, DirectoryUnavailable
 from policyd.directory.ldap import entries as ent
@@ -60,19 +57,20 @@ from policyd.directory.ldap.connection import (
     is_timeout,
     make_tls,
     open_connection,
+    page_cookie,
     parse_server_url,
     read_bind_password,
     result_text,
     warn_insecure_transport,
 )
+from policyd.directory.ldap.entries import Found
 from policyd.directory.ldap.filters import (
     check_filter,
     default_group_base,
-    escape_value,
-    first_rdn,
     render_filter,
     reverse_groups,
 )
+from policyd.directory.ldap.groups import GroupOwners
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +78,8 @@ log = logging.getLogger(__name__)
 _DOWN_FOR: Final = 30.0
 #: A connection to a lower-priority server tries the preferred one again after this (seconds).
 _FAILBACK_AFTER: Final = 60.0
-#: owners_of reads at most this many group-member entries per call.
-_MAX_MEMBER_READS: Final = 100
+#: Page size of paged searches (at most Active Directory's default MaxPageSize).
+_PAGE: Final = 500
 _SCOPES: Final = {"base": ldap3.BASE, "one": ldap3.LEVEL, "sub": ldap3.SUBTREE}
 
 
@@ -94,23 +92,14 @@ class _Conn:
     next_failback: float
 
 
-class _Found:
-    """One search's result."""
-
-    __slots__ = ("entries", "truncated")
-
-    def __init__(self, entries: list[dict[str, Any]], truncated: bool) -> None:
-        self.entries, self.truncated = entries, truncated
-
-
-class LdapDirectory:
+class LdapDirectory(GroupOwners):
     """Directory backend over LDAP. Thread-safe; each calling thread gets its own connection.
-    Connecting is lazy (the first lookup); construction only validates and reads the password.
-    Raises DirectoryError on a bad setup (unreadable password, bad filter, bad URL)."""
+    Connecting is lazy (the first lookup); construction only validates and reads the password
+    (read_password=False: at the first connection). Raises DirectoryError on a bad setup."""
 
     blocking = True
 
-    def __init__(self, cfg: LdapConfig, rules: AddressRules) -> None:
+    def __init__(self, cfg: LdapConfig, rules: AddressRules, *, read_password: bool = True) -> None:
         self.cfg = cfg
         self.rules = rules
         why = cfg.servers_problem()
@@ -118,7 +107,8 @@ class LdapDirectory:
             raise DirectoryError(f"ldap.servers: {why}")
         self._specs = [parse_server_url(u, cfg.start_tls) for u in cfg.servers]
         self._tls = make_tls(cfg)
-        self._password = read_bind_password(cfg)
+        self._password = read_bind_password(cfg) if read_password else None
+        self._password_read = read_password
         for key, tmpl, names in cfg.filter_templates():
             check_filter(key, tmpl, names)
         self._scope_user = _SCOPES[cfg.user_scope]
@@ -127,7 +117,7 @@ class LdapDirectory:
         self._user_attrs = list(cfg.user_attributes)
         self._group_attrs = list(cfg.group_attributes)
         self._reverse = reverse_groups(cfg.group_filter) if self._group_attrs else None
-        if self._group_attrs and self._reverse is None:
+        if self._group_attrs and self._reverse is None and not cfg.group_address_filter:
             log.warning(
                 "ldap.group_filter %r has no single (ATTR={dn}) or (ATTR={login}) term: "
                 "owners_of will not report owners through groups",
@@ -196,8 +186,8 @@ class LdapDirectory:
             # kept: a false owner refuses a sender, a missed one could let a spoofer through.
             if key in held or not held:
                 owners.update(ent.entry_logins(e, login_attr, self.rules))
-        if self._reverse is not None:
-            owners.update(self._group_owners([key]))
+        if self._reverse is not None or self.cfg.group_address_filter:
+            owners.update(self._group_owners(key))
         return frozenset(owners)
 
     def close(self) -> None:
@@ -212,48 +202,6 @@ class LdapDirectory:
 
     def _addresses(self, entry: Mapping[str, Any], attrs: Sequence[str]) -> list[str]:
         return ent.entry_addresses(entry, attrs, self.rules)
-
-    def _group_owners(self, keys: list[str]) -> set[str]:
-        rev = self._reverse
-        assert rev is not None
-        tests = "".join(
-            f"({a}={escape_value(k)})" for a in self._group_attrs for k in dict.fromkeys(keys)
-        )
-        filt = f"{rev.prefix}(|{tests}){rev.suffix}"
-        found = self._search(self.group_base, self._scope_group, filt, [rev.member_attribute], 0)
-        owners: set[str] = set()
-        login_attr = self.cfg.owner_login_attribute.lower()
-        to_read: list[str] = []
-        for g in found.entries:
-            for member in ent.entry_values(g, [rev.member_attribute]):
-                if not rev.members_are_dns:
-                    if member.strip():
-                        owners.add(canonical_login(member, self.rules))
-                    continue
-                rdn = first_rdn(member)
-                if rdn is not None and rdn[0].lower() == login_attr:
-                    owners.add(canonical_login(rdn[1], self.rules))
-                else:
-                    to_read.append(member)
-        if len(to_read) > _MAX_MEMBER_READS:
-            log.warning(
-                "LDAP: owners_of(%s): %d group members need an entry read; reading the first %d",
-                keys[0],
-                len(to_read),
-                _MAX_MEMBER_READS,
-            )
-        for dn in to_read[:_MAX_MEMBER_READS]:
-            read = self._search(
-                dn,
-                ldap3.BASE,
-                "(objectClass=*)",
-                [self.cfg.owner_login_attribute],
-                0,
-                missing_ok=True,  # a dangling member
-            )
-            for e in read.entries:
-                owners.update(ent.entry_logins(e, self.cfg.owner_login_attribute, self.rules))
-        return owners
 
     # -- connections -------------------------------------------------------------------
 
@@ -298,6 +246,8 @@ class LdapDirectory:
             with self._lock:
                 epoch = self._epoch[i]
             try:
+                if not self._password_read:
+                    self._password, self._password_read = read_bind_password(self.cfg), True
                 conn = open_connection(spec, self.cfg, self._tls, self._password)
             except StepFailed as e:
                 errors.append(f"{spec.url}: {e.reason}")
@@ -357,19 +307,29 @@ class LdapDirectory:
         attrs: list[str],
         size_limit: int,
         missing_ok: bool = False,
-    ) -> _Found:
+        paged: bool = False,
+    ) -> Found:
         for attempt in (0, 1):
             c, fresh = self._acquire()
             url = self._specs[c.index].url
+            entries: list[dict[str, Any]] = []
+            cookie: Any = None
             try:
-                _ok, result, response, _ = c.conn.search(
-                    base,
-                    filt,
-                    search_scope=scope,
-                    attributes=attrs,
-                    size_limit=size_limit,
-                    time_limit=int(self.cfg.receive_timeout),
-                )
+                while True:
+                    _ok, result, response, _ = c.conn.search(
+                        base,
+                        filt,
+                        search_scope=scope,
+                        attributes=attrs,
+                        size_limit=size_limit,
+                        time_limit=int(self.cfg.receive_timeout),
+                        paged_size=_PAGE if paged else None,
+                        paged_cookie=cookie,
+                    )
+                    entries += [r for r in (response or []) if r.get("type") == "searchResEntry"]
+                    cookie = page_cookie(result) if paged else None
+                    if not cookie or int(result.get("result", -1)) != SUCCESS:
+                        break
             except Exception as e:  # noqa: BLE001 - LDAPException, or OSError/ssl/pyasn1 errors ldap3 lets through; callers must only ever see DirectoryUnavailable
                 self._drop(c)
                 timed_out = is_timeout(e)
@@ -385,11 +345,10 @@ class LdapDirectory:
                 ) from None
             code = int(result.get("result", -1)) if result else -1
             if code in (SUCCESS, SIZE_LIMIT_EXCEEDED):
-                entries = [r for r in (response or []) if r.get("type") == "searchResEntry"]
-                return _Found(entries, code == SIZE_LIMIT_EXCEEDED)
+                return Found(entries, code == SIZE_LIMIT_EXCEEDED)
             if code == NO_SUCH_OBJECT:
                 if missing_ok:
-                    return _Found([], False)
+                    return Found([], False)
                 raise DirectoryUnavailable(
                     f"{url}: search base {base!r} does not exist (or the bind DN may not read it)"
                 )

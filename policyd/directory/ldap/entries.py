@@ -83,3 +83,12 @@ def entry_identity(entry: Mapping[str, Any]) -> frozenset[str]:
     out = {f"entryUUID={uuids[0]}" if uuids else f"dn={str(entry.get('dn', '')).lower()}"}
     out.update(f"pwdChangedTime={v.strip()}" for v in entry_values(entry, ["pwdChangedTime"]))
     return frozenset(out)
+
+
+class Found:
+    """One search's result (all pages of it)."""
+
+    __slots__ = ("entries", "truncated")
+
+    def __init__(self, entries: list[dict[str, Any]], truncated: bool) -> None:
+        self.entries, self.truncated = entries, truncated

@@ -58,3 +58,43 @@ def test_unreadable_and_non_utf8(tmp_path: Path) -> None:
     p.write_bytes(b"alice: \xff@example.org\n")
     with pytest.raises(DirectoryError, match="not UTF-8"):
         StaticDirectory.load(p, R)
+
+
+# addresses.realms must not merge people (issue 27 item 1)
+TWO_REALMS = AddressRules(realms=frozenset({"example.org", "example.net"}))
+
+
+def test_realms_refuse_two_people_with_one_local_part() -> None:
+    lines = ["alice: alice@example.org", "asmith: alice@example.net"]
+    with pytest.raises(DirectoryError) as ei:
+        StaticDirectory.from_lines(lines, TWO_REALMS, source="senders.txt")
+    msg = str(ei.value)
+    assert msg.startswith("senders.txt: addresses.realms would merge different people")
+    assert "alice@example.net (asmith)" in msg and "alice@example.org (alice)" in msg
+    assert "smtpd_sasl_local_domain" in msg
+    # one realm merges nobody; nor do two realms when one person holds both addresses
+    StaticDirectory.from_lines(lines, R)
+    StaticDirectory.from_lines(["alice: alice@example.org, alice@example.net"], TWO_REALMS)
+
+
+def test_realms_refuse_two_full_address_logins_with_one_user() -> None:
+    lines = ["alice@example.org: a@example.org", "alice@example.net: b@example.net"]
+    with pytest.raises(DirectoryError) as ei:
+        StaticDirectory.from_lines(lines, TWO_REALMS, source="senders.txt")
+    msg = str(ei.value)
+    assert "alice@example.net (senders.txt:2)" in msg and "alice@example.org (senders.txt:1)" in msg
+    # the Cyrus case realms is for: "alice" and "alice@example.org" are one login
+    d = StaticDirectory.from_lines(["alice: a@example.org", "alice@example.org: b@example.org"], R)
+    assert d.addresses_of("alice") == {"a@example.org", "b@example.org"}
+
+
+def test_full_address_logins_without_realms() -> None:
+    # Dovecot's %Lu: the login is the address; two alices at two domains stay two people
+    d = StaticDirectory.from_lines(
+        ["alice@example.org: alice@example.org", "alice@example.net: alice@example.net"],
+        AddressRules(),
+    )
+    assert d.addresses_of("alice@example.org") == {"alice@example.org"}
+    assert d.addresses_of("alice@example.net") == {"alice@example.net"}
+    assert d.owners_of("alice@example.org") == {"alice@example.org"}
+    assert d.addresses_of("alice") == frozenset()
