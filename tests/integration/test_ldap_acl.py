@@ -39,7 +39,7 @@ POSTFIX = (f"cn=postfix,ou=services,{BASE}", "postfix-secret")
 DOVECOT = (f"cn=dovecot,ou=services,{BASE}", "dovecot-secret")
 SAM = (f"uid=sam,ou=people,{BASE}", "sam-secret")
 #: what acl.conf grants the policyd account, and nothing more
-POLICYD_ATTRS = {"objectclass", "uid", "cn", "mail", "maillocaladdress", "member"}
+POLICYD_ATTRS = {"objectclass", "uid", "cn", "mail", "maillocaladdress", "member", "entryuuid"}
 
 EXTRA = f"""
 dn: {POSTFIX[0]}
@@ -183,6 +183,7 @@ def test_policyd_reads_only_what_it_needs(servers: dict[str, Slapd]) -> None:
     assert seen <= POLICYD_ATTRS, seen - POLICYD_ATTRS
     assert "userpassword" not in seen
     by_dn = dict(entries)
+    assert by_dn[SAM[0]].pop("entryuuid")  # (the entry's identity: see Directory.identity_of)
     assert by_dn[SAM[0]] == {
         "objectclass": ["inetLocalMailRecipient", "inetOrgPerson"],
         "uid": ["sam"],

@@ -313,17 +313,20 @@ class Slapd:
         if self.ppolicy:
             lines += [
                 "overlay ppolicy",
-                f'access to attrs=pwdChangedTime by dn.exact="{self.bind_dn}" read by * none',
+                f'access to attrs=pwdChangedTime by dn.exact="{self.bind_dn}" read by * break',
             ]
         lines += [
             f'include "{SENDERS_ACL}"',
             f'include "{self.acl_file}"',
-            # cn=Monitor (static in Debian's slapd), readable by the admin only: operations()
-            "database monitor",
-            f'access to * by dn.exact="{self.admin_dn}" read by * none',
         ]
         if self.site_acl is not None:
             lines.append(f'include "{self.site_acl}"')
+        lines += [
+            # cn=Monitor (static in Debian's slapd), readable by the admin only: operations()
+            # (after every rule of the data's database: a rule belongs to the database above it)
+            "database monitor",
+            f'access to * by dn.exact="{self.admin_dn}" read by * none',
+        ]
         return "\n".join(lines) + "\n"
 
     # -- lifecycle ------------------------------------------------------------------------
