@@ -61,7 +61,11 @@ async def _explain_policy(args: argparse.Namespace, runtime: Runtime) -> None:
     )
     profile, decision = await PolicyService(runtime).decide(req)
     _print_decision("", decision)
-    print(f"profile={profile.name} (role {profile.role}, mode {profile.mode})")
+    if profile.name in runtime.config.profiles:
+        print(f"profile={profile.name} (role {profile.role}, mode {profile.mode})")
+    else:
+        have = ", ".join(runtime.config.profiles)
+        print(f"profile=- (policy_context={args.policy_context} names no profile; have: {have})")
     rng = runtime.networks.lookup(args.client_address)
     if rng is None:
         print(f"client {args.client_address}: in no allocated range")

@@ -46,6 +46,10 @@ DENY = (
 )
 
 
+#: What a policy_context naming no profile gets (issue 26).
+UNKNOWN_CONTEXT = "451 4.3.5 Server configuration problem: policy_context names no profile"
+
+
 def request(client: str = CLIENT, **extra: str) -> dict[str, str]:
     return {
         "request": "smtpd_access_policy",
@@ -602,7 +606,7 @@ def test_stdio_through_a_pipe(tmp_path: Path) -> None:
         p.stdin.write(batch)
         p.stdin.flush()
         assert _read_exactly_replies(fd, 3) == [
-            f"action={OK}",
+            f"action={UNKNOWN_CONTEXT}",
             "action=" + DENY.replace(CLIENT, "203.0.113.1"),
             f"action={OK}",
         ]
@@ -633,7 +637,7 @@ def test_stdio_on_a_socket_like_spawn(tmp_path: Path) -> None:
         c = Client.__new__(Client)
         c.sock, c.buf = ours, b""
         assert c.ask() == OK
-        assert c.ask(request(policy_context="no-such-profile")) == OK
+        assert c.ask(request(policy_context="no-such-profile")) == UNKNOWN_CONTEXT
         assert c.ask(request(client="203.0.113.1")) == DENY.replace(CLIENT, "203.0.113.1")
         ours.shutdown(socket.SHUT_WR)  # EOF
         assert p.wait(10) == 0
