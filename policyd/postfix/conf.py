@@ -97,10 +97,10 @@ class Postfix:
         return [s for s in self.services if s.is_smtpd]
 
     def port25(self) -> Service | None:
-        """The smtpd that handles port 25: postscreen's `smtpd pass` service, else the smtpd
-        listening on smtp/25."""
+        """The smtpd that handles port 25: postscreen's `smtpd pass` service (postscreen only
+        ever guards port 25), else the smtpd listening on smtp/25."""
         if any(
-            s.command.split()[0] == "postscreen" and s.port in ("smtp", "25")
+            s.command.split()[0] == "postscreen"
             for s in self.services
             if s.type == "inet" and s.command
         ):
@@ -114,10 +114,14 @@ class Postfix:
         return None
 
     def submission_services(self) -> list[Service]:
+        """smtpd services on 587 or 465: by port, or by Debian's syslog_name for them."""
+        names = SUBMISSION_NAMES + SUBMISSIONS_NAMES
         return [
             s
             for s in self.services
-            if s.type == "inet" and s.is_smtpd and s.port in SUBMISSION_NAMES + SUBMISSIONS_NAMES
+            if s.type == "inet"
+            and s.is_smtpd
+            and (s.port in names or s.overrides.get("syslog_name", "").rpartition("/")[2] in names)
         ]
 
     @property

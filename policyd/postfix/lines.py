@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from policyd.config import Config
 from policyd.postfix.conf import (
@@ -179,7 +179,7 @@ def postfix_lines(config: Config, pf: Postfix, *, relay_on_25: bool = False) -> 
         if config.milter.listen.startswith("unix:")
         else None
     )
-    if rel is not None:
+    if rel is not None and not Path(config.milter.listen[5:]).parent.is_dir():
         d = str(PurePosixPath(config.milter.listen[5:]).parent)
         out.commands.append(
             "# the milter's socket directory, inside Postfix's queue directory (reachable "
