@@ -4,7 +4,8 @@ temp dir on loopback, for the tier that integrates policyd into it:
 - Postfix with postscreen on "port 25" (its `smtpd pass` service), a `check_client_access`
   rule and an RBL-style reject there; submission ("587", STARTTLS) and submissions ("465",
   TLS on connect) with the $mua_relay_restrictions list, named by Debian's syslog_name;
-- Dovecot as the SASL backend (tests/servers/dovecot.py), logins user@domain;
+- Dovecot as the SASL backend (tests/servers/dovecot.py), logins user@domain, its passdb in
+  LDAP (a real slapd; Dovecot binds with its own account and compares userPassword);
 - OpenDKIM signing what is submitted (smtpd_milters, milter_default_action = accept);
 - a content filter on its own port (a small stand-in that adds a header and re-injects into
   Postfix's re-injection smtpd, the amavis 10024/10025 loop);
@@ -30,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.servers.dovecot import Dovecot
+from tests.servers.dovecot import Dovecot, LdapPassdb
 from tests.servers.postfix import INTERNAL_SERVICES, _children_of, _pid_alive, free_port
 from tests.servers.requirements import require_binaries
+from tests.servers.slapd import REQUIRED_BINARIES, Slapd, binary
 from tests.servers.smtp_sink import SmtpSink
 
 #: The people: login (= address) -> password. Two different alices.
@@ -54,12 +56,38 @@ DSL_RANGE = "127.0.0.64/26"
 
 WHY = (
     "the existing-server tier needs Postfix, Dovecot and OpenDKIM "
-    "(apt-get install postfix dovecot-core opendkim opendkim-tools)"
+    "(apt-get install postfix dovecot-core dovecot-ldap opendkim opendkim-tools slapd)"
 )
 
 
 def require_existing_server() -> None:
-    require_binaries("postfix", "postconf", "dovecot", "opendkim", "opendkim-genkey", why=WHY)
+    require_binaries(
+        "postfix",
+        "postconf",
+        "dovecot",
+        "opendkim",
+        "opendkim-genkey",
+        *(binary(n) for n in REQUIRED_BINARIES),
+        why=WHY,
+    )
+
+
+def users_ldif() -> bytes:
+    """The people in LDAP: each alice her own entry (uid differs, mail is the login)."""
+    out = [
+        "dn: dc=example,dc=org\nobjectClass: dcObject\nobjectClass: organization\ndc: example\n"
+        "o: Example\n",
+        "dn: ou=people,dc=example,dc=org\nobjectClass: organizationalUnit\nou: people\n",
+    ]
+    for login, password in USERS.items():
+        local, _, domain = login.partition("@")
+        uid = f"{local}.{domain.split('.')[-1]}"
+        out.append(
+            f"dn: uid={uid},ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\n"
+            f"uid: {uid}\ncn: {local} ({domain})\nsn: {local}\nmail: {login}\n"
+            f"userPassword: {password}\n"
+        )
+    return "\n".join(out).encode()
 
 
 class OpenDkim:
@@ -161,9 +189,8 @@ class ExistingServer:
         self.sink = SmtpSink()
         self.filter = ContentFilter(self.ports["reinject"])
         self.dkim = OpenDkim(self.workdir / "dkim")
-        self.dovecot = Dovecot(
-            self.workdir / "dovecot", self.queue / "private" / "auth", users=USERS
-        )
+        self.slapd: Slapd | None = None
+        self.dovecot: Dovecot | None = None
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -311,6 +338,15 @@ smtp-amavis unix -      -       n       -       2       smtp
         private = self.queue / "private"
         private.mkdir(mode=0o700)
         shutil.chown(private, "postfix", "root")
+        self.slapd = Slapd(self.workdir / "slapd", _ldif_text=users_ldif())
+        self.slapd.start()
+        self.dovecot = Dovecot(
+            self.workdir / "dovecot",
+            private / "auth",
+            ldap=LdapPassdb(
+                self.slapd.url, "dc=example,dc=org", self.slapd.admin_dn, self.slapd.admin_password
+            ),
+        )
         self.dovecot.start()
         r = self.postfix("start")
         if r.returncode != 0:
@@ -345,7 +381,9 @@ smtp-amavis unix -      -       n       -       2       smtp
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(p, signal.SIGKILL)
             self.master_pid = None
-        for part in (self.dovecot, self.dkim, self.filter, self.sink):
+        for part in (self.dovecot, self.slapd, self.dkim, self.filter, self.sink):
+            if part is None:
+                continue
             with contextlib.suppress(Exception):
                 part.stop()
 

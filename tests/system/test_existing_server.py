@@ -2,9 +2,10 @@
 commands the README gives (`policyd postfix-lines`, then the lines it prints), breaks nothing.
 
 The server (tests/servers/existing_server.py): Postfix with postscreen on "25", Dovecot SASL
-(passwd-file passdb, logins user@domain), OpenDKIM signing submission, a content filter loop,
-a check_client_access rule and an RBL-style reject on 25, DSL customers relaying on 25 (in
-mynetworks), example.org and example.net each with its own alice, delivery to an SMTP sink.
+(LDAP passdb on a real slapd, logins user@domain), OpenDKIM signing submission, a content
+filter loop, a check_client_access rule and an RBL-style reject on 25, DSL customers relaying
+on 25 (in mynetworks), example.org and example.net each with its own alice, delivery to an
+SMTP sink.
 Every behaviour is recorded before policyd is integrated and asserted again after, then the
 policy cases are checked.
 """
@@ -40,7 +41,7 @@ from tests.servers.existing_server import (
 )
 from tests.servers.postfix import REPO, PolicydProcess, free_port
 
-pytestmark = [pytest.mark.postfix, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.postfix, pytest.mark.existing_server, pytest.mark.timeout(300)]
 
 pytest.importorskip("Milter", reason="pymilter is not installed (pip install 'policyd[milter]')")
 pytest.importorskip("aiosmtpd", reason="the SMTP sink needs aiosmtpd")
