@@ -71,7 +71,7 @@ class RelayingPostfix(PostfixServer):
     def master_cf(self) -> str:
         # The shipped lines (conf/postfix/senders-confirm.cf), on this test's port.
         shipped = parse_master_cf(CONFIRM_CF.read_text(encoding="utf-8"))
-        assert [e.columns[0] for e in shipped] == ["127.0.0.1:10025"]
+        assert [e.columns[0] for e in shipped] == ["127.0.0.1:10046"]
         local = shipped[0]
         local.columns[0] = f"127.0.0.1:{self.local_port}"
         client = "smtp      unix  -       -       n       -       -       smtp\n"
