@@ -53,6 +53,19 @@ def insert_before_unauth(value: str, block: str) -> str | None:
     return None
 
 
+def _hidden_unauth(value: str, pf: Postfix) -> str:
+    """The $parameter a list takes its reject/defer_unauth_destination from ("": it is in the
+    list itself, or nowhere): policyd must go after it, inside that parameter."""
+    if any(e.text in UNAUTH_DESTINATION for e in elements(value)):
+        return ""
+    for e in elements(value):
+        if e.text.startswith("$") and any(
+            x.text in UNAUTH_DESTINATION for x in elements(pf.expand(e.text))
+        ):
+            return e.text
+    return ""
+
+
 def _command(*args: str) -> str:
     return shlex.join(["postconf", *args])
 
@@ -118,7 +131,13 @@ def postfix_lines(config: Config, pf: Postfix, *, relay_on_25: bool = False) -> 
                 )
         else:
             rcpt = pf.value(p25, "smtpd_recipient_restrictions")
-            if not relay_on_25 and not has_ours(pf.expand(rcpt), policy):
+            hidden = _hidden_unauth(rcpt, pf)
+            if hidden:
+                out.problems.append(
+                    f"{p25.key}: smtpd_recipient_restrictions takes reject_unauth_destination "
+                    f"from {hidden}: insert {block} right after it there yourself"
+                )
+            elif not relay_on_25 and not has_ours(pf.expand(rcpt), policy):
                 new = insert_after_unauth(rcpt, block)
                 comment = (
                     "port 25: inbound mail is asked with the mx profile, after "

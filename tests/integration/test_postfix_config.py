@@ -258,6 +258,20 @@ def test_postfix_lines_refuses_a_socket_a_chrooted_smtpd_cannot_reach(tmp_path: 
     assert r.stdout == ""
 
 
+def test_postfix_lines_will_not_guess_inside_a_parameter(tmp_path: Path) -> None:
+    """reject_unauth_destination inside a $parameter: policyd's place is in there, which
+    postfix-lines does not rewrite; it says so instead of putting policyd before it."""
+    main = EXISTING_MAIN.replace(
+        "smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination,",
+        "site_rcpt = permit_mynetworks, reject_unauth_destination\n"
+        "smtpd_recipient_restrictions = $site_rcpt,",
+    )
+    etc = write_postfix(tmp_path, main, EXISTING_MASTER)
+    r = lines(write_policyd(tmp_path), etc)
+    assert r.returncode == 1 and r.stdout == ""
+    assert "takes reject_unauth_destination from $site_rcpt" in r.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # config-check --postfix: one test per mistake
 
