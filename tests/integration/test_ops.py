@@ -858,7 +858,16 @@ def test_metrics_endpoint_counts_decisions(tmp_path: Path, daemons: list[Daemon]
         assert c.ask() == OK
     for _ in range(2):
         assert c.ask(request(client="203.0.113.1")) is not None
+    # a policy_context naming no profile (issue 26): counted, with the profile "-"
+    for _ in range(4):
+        assert c.ask(request(policy_context="nope")) == UNKNOWN_CONTEXT
     fams = _scrape(mport)
+    assert (
+        _value(
+            fams, "policyd_decisions_total", verdict="defer", reason="unknown_context", profile="-"
+        )
+        == 4
+    )
     labels = {"profile": "submission"}
     assert (
         _value(
@@ -876,7 +885,7 @@ def test_metrics_endpoint_counts_decisions(tmp_path: Path, daemons: list[Daemon]
         )
         == 2
     )
-    assert _value(fams, "policyd_request_duration_seconds_count") == 5
+    assert _value(fams, "policyd_request_duration_seconds_count") == 9
     assert _value(fams, "policyd_connections_open") == 1
     assert _value(fams, "policyd_requests_in_flight") == 0
     for name in (
