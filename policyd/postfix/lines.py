@@ -115,19 +115,19 @@ def postfix_lines(config: Config, pf: Postfix, *, relay_on_25: bool = False) -> 
     else:
         block = policy_block(policy, "mx")
         relay = pf.value(p25, "smtpd_relay_restrictions")
-        if relay_on_25 and not has_ours(pf.expand(relay), policy):
-            new = insert_before_unauth(relay, block)
-            if new is None:
-                out.problems.append(
-                    f"{p25.key}: smtpd_relay_restrictions has no reject_unauth_destination: "
-                    "cannot place the relay for the allocated ranges"
-                )
-            else:
+        if relay_on_25:
+            new = None if has_ours(pf.expand(relay), policy) else insert_before_unauth(relay, block)
+            if new is not None:
                 out.add(
                     f"port 25 ({p25.key}): clients in policyd's allocated ranges relay, "
                     "checked by the mx profile; inserted before your reject_unauth_destination "
                     "(everything your list permitted before still passes first)",
                     *_service_setting(p25, "smtpd_relay_restrictions", new),
+                )
+            elif not has_ours(pf.expand(relay), policy):
+                out.problems.append(
+                    f"{p25.key}: smtpd_relay_restrictions has no reject_unauth_destination: "
+                    "cannot place the relay for the allocated ranges"
                 )
         else:
             rcpt = pf.value(p25, "smtpd_recipient_restrictions")
@@ -137,7 +137,7 @@ def postfix_lines(config: Config, pf: Postfix, *, relay_on_25: bool = False) -> 
                     f"{p25.key}: smtpd_recipient_restrictions takes reject_unauth_destination "
                     f"from {hidden}: insert {block} right after it there yourself"
                 )
-            elif not relay_on_25 and not has_ours(pf.expand(rcpt), policy):
+            elif not has_ours(pf.expand(rcpt), policy):
                 new = insert_after_unauth(rcpt, block)
                 comment = (
                     "port 25: inbound mail is asked with the mx profile, after "

@@ -222,6 +222,10 @@ def test_postfix_lines_relay_on_25_inserts_before_reject_unauth_destination(
         "permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination"
     )
     assert "check_policy_service" not in postconf(etc, "-h", "smtpd_recipient_restrictions")
+    # run again: nothing more to add
+    again = lines(cfg, etc, "--relay-on-25")
+    assert again.returncode == 0, again.stderr
+    assert [ln for ln in again.stdout.splitlines() if ln.startswith("postconf ")] == []
 
 
 def test_postfix_lines_without_postscreen_uses_the_smtp_service(tmp_path: Path) -> None:
