@@ -1,7 +1,8 @@
 """An existing mail server, the shape of the popular guides (issue 26), built from real parts in a
 temp dir on loopback, for the tier that integrates policyd into it:
 
-- Postfix with postscreen on "port 25" (its `smtpd pass` service), a `check_client_access`
+- Postfix with postscreen on "port 25" (its `smtpd pass` service), the smtpd services chrooted
+  in the queue directory as Debian's master.cf has them, a `check_client_access`
   rule and an RBL-style reject there; submission ("587", STARTTLS) and submissions ("465",
   TLS on connect) with the $mua_relay_restrictions list, named by Debian's syslog_name;
 - Dovecot as the SASL backend (tests/servers/dovecot.py), logins user@domain, its passdb in
@@ -257,17 +258,17 @@ postscreen_dnsbl_sites =
         p = self.ports
         return f"""\
 127.0.0.1:{p["mx"]} inet n - n - 1 postscreen
-smtpd     pass  -       -       n       -       -       smtpd
+smtpd     pass  -       -       y       -       -       smtpd
 dnsblog   unix  -       -       n       -       0       dnsblog
 tlsproxy  unix  -       -       n       -       0       tlsproxy
-127.0.0.1:{p["submission"]} inet n - n - - smtpd
+127.0.0.1:{p["submission"]} inet n - y - - smtpd
   -o syslog_name=postfix/submission
   -o smtpd_tls_security_level=encrypt
   -o smtpd_sasl_auth_enable=yes
   -o smtpd_reject_unlisted_recipient=no
   -o smtpd_relay_restrictions=$mua_relay_restrictions
   -o milter_macro_daemon_name=ORIGINATING
-127.0.0.1:{p["submissions"]} inet n - n - - smtpd
+127.0.0.1:{p["submissions"]} inet n - y - - smtpd
   -o syslog_name=postfix/submissions
   -o smtpd_tls_wrappermode=yes
   -o smtpd_sasl_auth_enable=yes
