@@ -53,6 +53,38 @@ def insert_before_unauth(value: str, block: str) -> str | None:
     return None
 
 
+def ours_before_unauth(value: str, endpoint: str) -> bool | None:
+    """Whether our policy call comes before the list's first reject/defer_unauth_destination
+    (None: the list lacks one of the two)."""
+    els = elements(value)
+    unauth = next((i for i, e in enumerate(els) if e.text in UNAUTH_DESTINATION), None)
+    ours = next(
+        (
+            i
+            for i, e in enumerate(els[:-1])
+            if e.text == "check_policy_service"
+            and has_ours(f"{e.text} {els[i + 1].text}", endpoint)
+        ),
+        None,
+    )
+    if unauth is None or ours is None:
+        return None
+    return ours < unauth
+
+
+def without_ours(value: str, endpoint: str) -> str:
+    """The list without our check_policy_service (to put it elsewhere)."""
+    els = elements(value)
+    for i, e in enumerate(els[:-1]):
+        if e.text == "check_policy_service" and has_ours(f"{e.text} {els[i + 1].text}", endpoint):
+            end = els[i + 2].start if i + 2 < len(els) else len(value)
+            start = e.start
+            if i + 2 >= len(els):  # the last entry: drop the separator before it instead
+                start = els[i - 1].end if i else 0
+            return value[:start] + value[end:]
+    return value
+
+
 def _hidden_unauth(value: str, pf: Postfix) -> str:
     """The $parameter a list takes its reject/defer_unauth_destination from ("": it is in the
     list itself, or nowhere): policyd must go after it, inside that parameter."""
@@ -124,6 +156,21 @@ def postfix_lines(config: Config, pf: Postfix, *, relay_on_25: bool = False) -> 
                     "(everything your list permitted before still passes first)",
                     *_service_setting(p25, "smtpd_relay_restrictions", new),
                 )
+            rcpt = pf.value(p25, "smtpd_recipient_restrictions")
+            if ours_before_unauth(pf.expand(rcpt), policy) is not True and any(
+                e.text in UNAUTH_DESTINATION for e in elements(rcpt)
+            ):
+                moved = insert_before_unauth(without_ours(rcpt, policy), block)
+                assert moved is not None
+                comment = (
+                    f"port 25 ({p25.key}): the same before your recipient list's "
+                    "reject_unauth_destination, which would refuse that relayed mail (only "
+                    "permit_mynetworks/permit_sasl_authenticated let mail past it)"
+                )
+                if "smtpd_recipient_restrictions" in p25.overrides:
+                    out.add(comment, *_service_setting(p25, "smtpd_recipient_restrictions", moved))
+                else:
+                    out.add(comment, _command("-e", f"smtpd_recipient_restrictions = {moved}"))
             elif not has_ours(pf.expand(relay), policy):
                 out.problems.append(
                     f"{p25.key}: smtpd_relay_restrictions has no reject_unauth_destination: "

@@ -217,15 +217,39 @@ def test_postfix_lines_relay_on_25_inserts_before_reject_unauth_destination(
     assert relay.startswith("permit_mynetworks, permit_sasl_authenticated, check_policy_service {")
     assert relay.endswith("}, defer_unauth_destination")
     assert "policy_context=mx" in relay
-    # the global lists are untouched
+    # main.cf's relay list is untouched
     assert postconf(etc, "-h", "smtpd_relay_restrictions").strip() == (
         "permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination"
     )
-    assert "check_policy_service" not in postconf(etc, "-h", "smtpd_recipient_restrictions")
+    # the recipient list's reject_unauth_destination would refuse the relayed mail: policyd
+    # comes before it there (once), the rest of the list as it was
+    rcpt = postconf(etc, "-h", "smtpd_recipient_restrictions").strip()
+    assert rcpt.startswith("permit_mynetworks, check_policy_service {"), rcpt
+    assert rcpt.count("check_policy_service") == 1
+    assert " ".join(rcpt.split()).endswith(
+        "}, reject_unauth_destination, check_client_access cidr:/etc/postfix/access.cidr, "
+        "reject_rbl_client rbl.example, permit"
+    ), rcpt
     # run again: nothing more to add
     again = lines(cfg, etc, "--relay-on-25")
     assert again.returncode == 0, again.stderr
     assert [ln for ln in again.stdout.splitlines() if ln.startswith("postconf ")] == []
+
+
+def test_relay_on_25_after_the_plain_integration_moves_policyd_before_the_reject(
+    tmp_path: Path,
+) -> None:
+    etc = write_postfix(tmp_path, EXISTING_MAIN, EXISTING_MASTER)
+    cfg = write_policyd(tmp_path)
+    apply(etc, lines(cfg, etc).stdout)
+    rcpt = postconf(etc, "-h", "smtpd_recipient_restrictions")
+    assert rcpt.index("reject_unauth_destination") < rcpt.index("check_policy_service")
+    apply(etc, lines(cfg, etc, "--relay-on-25").stdout)
+    rcpt = postconf(etc, "-h", "smtpd_recipient_restrictions")
+    assert rcpt.count("check_policy_service") == 1
+    assert rcpt.index("check_policy_service") < rcpt.index("reject_unauth_destination")
+    assert rcpt.rstrip().endswith("reject_rbl_client rbl.example, permit")
+    assert problems(check(cfg, etc)) == []
 
 
 def test_postfix_lines_without_postscreen_uses_the_smtp_service(tmp_path: Path) -> None:

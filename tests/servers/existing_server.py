@@ -54,6 +54,10 @@ RBL_LISTED = "127.0.0.7"  # refused as if listed in an RBL
 ROAMING = "127.0.0.9"  # one of our users away from home, without AUTH
 DSL = "127.0.0.66"  # a DSL customer in our allocated range 127.0.0.64/26
 DSL_RANGE = "127.0.0.64/26"
+#: Allocated to customers too, but only in policyd's ranges (not in mynetworks): they relay on
+#: port 25 only once policyd decides that relay (`policyd postfix-lines --relay-on-25`).
+NEW_DSL = "127.0.0.130"
+NEW_DSL_RANGE = "127.0.0.128/26"
 
 WHY = (
     "the existing-server tier needs Postfix, Dovecot and OpenDKIM "

@@ -29,6 +29,8 @@ from tests.servers.existing_server import (
     DSL_RANGE,
     HOST,
     INTERNET,
+    NEW_DSL,
+    NEW_DSL_RANGE,
     POSTSCREEN_LISTED,
     RBL_LISTED,
     ROAMING,
@@ -112,7 +114,9 @@ def site() -> Iterator[Site]:
         w = s.policy.workdir
         w.mkdir(parents=True)
         (w / "senders.txt").write_text(SENDERS)
-        (w / "ranges.txt").write_text(f"{DSL_RANGE} dsl\n")
+        (w / "ranges.txt").write_text(
+            f"{DSL_RANGE} dsl\n{NEW_DSL_RANGE} new-dsl domains=new-dsl.example\n"
+        )
         milter_dir = s.server.queue / "policyd"
         config = policyd_config(w, s.policy.port, milter_dir / "milter.sock")
         s.policy.start(config)
@@ -305,3 +309,40 @@ def test_existing_server_keeps_every_behaviour_and_gets_the_policy(site: Site) -
     log = site.policy.log_text()
     assert re.search(r"profile=submission action=OK reason=sender_owned", log)
     assert re.search(r"profile=mx action=DUNNO reason=not_trusted", log)
+
+
+def test_relay_on_25_lets_policyds_ranges_relay_and_nobody_else(site: Site) -> None:
+    """`policyd postfix-lines --relay-on-25`: a customer range known only to policyd relays on
+    port 25, with its sender domains; everything the server did before still holds."""
+    integrate(site)  # (idempotent: the integration of the test above, or this one's own)
+    before = behaviours(site)
+    assert before == EXPECTED_BEFORE, before
+
+    def relay(sender: str) -> Outcome:
+        return site.send("mx", source=NEW_DSL, sender=sender, recipient=EXTERNAL)
+
+    r = relay("customer@new-dsl.example")
+    assert (r.step, r.code) == ("rcpt", 454), str(r)  # not in mynetworks: no relay yet
+
+    pl = subprocess.run(
+        [
+            sys.executable, "-m", "policyd", "postfix-lines", "--relay-on-25",
+            "-c", str(site.policy.config_file), "--postfix-config", str(site.server.etc),
+        ],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert pl.returncode == 0, pl.stderr
+    script = site.server.workdir / "policyd-relay-on-25.sh"
+    script.write_text(pl.stdout)
+    done = subprocess.run(["sh", "-e", str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{pl.stdout}\n{done.stderr}"
+    time.sleep(1.0)
+
+    r = relay("customer@new-dsl.example")
+    assert r.sent, str(r)
+    site.delivered(site.last_subject())
+    r = relay("customer@elsewhere.example")  # the range's sender domains still hold
+    assert (r.step, r.code) == ("rcpt", 553), str(r)
+    assert "is not allowed from network new-dsl" in r.text
+    after = behaviours(site)
+    assert after == before, {k: (before[k], after[k]) for k in before if after[k] != before[k]}
