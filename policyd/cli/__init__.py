@@ -105,8 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument(
         "--relay-on-25",
         action="store_true",
-        help="let clients in the allocated ranges relay on port 25 (policyd in that "
-        "service's smtpd_relay_restrictions, before reject_unauth_destination)",
+        help="let clients in the allocated ranges relay on port 25 (policyd before "
+        "reject_unauth_destination in that service's relay and recipient lists)",
     )
 
     m = sub.add_parser("milter", help="run the header From: milter (needs pymilter)")
