@@ -79,6 +79,35 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument(
         "--connect", action="store_true", help="also connect and bind to the LDAP servers"
     )
+    k.add_argument(
+        "--postfix",
+        action="store_true",
+        help="also check how the live Postfix uses policyd (postconf -n, -M, -P)",
+    )
+    k.add_argument(
+        "--postfix-config",
+        default=None,
+        metavar="DIR",
+        help="the Postfix config directory postconf reads (default: Postfix's own)",
+    )
+
+    pl = sub.add_parser(
+        "postfix-lines",
+        help="print the postconf commands that add policyd to the live Postfix",
+    )
+    add_config(pl)
+    pl.add_argument(
+        "--postfix-config",
+        default=None,
+        metavar="DIR",
+        help="the Postfix config directory postconf reads (default: Postfix's own)",
+    )
+    pl.add_argument(
+        "--relay-on-25",
+        action="store_true",
+        help="let clients in the allocated ranges relay on port 25 (policyd before "
+        "reject_unauth_destination in that service's relay and recipient lists)",
+    )
 
     m = sub.add_parser("milter", help="run the header From: milter (needs pymilter)")
     add_config(m)
@@ -110,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from policyd.cli.explain import config_check
 
         return _guarded(args, config_check)
+    if cmd == "postfix-lines":
+        from policyd.cli.explain import postfix_lines
+
+        return _guarded(args, postfix_lines)
     if cmd == "senders":
         from policyd.cli import senders as senders_cli
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 from policyd.addresses import candidates, canonical_login, envelope_sender, normalize_address
 from policyd.config import Config
@@ -61,7 +62,11 @@ async def _explain_policy(args: argparse.Namespace, runtime: Runtime) -> None:
     )
     profile, decision = await PolicyService(runtime).decide(req)
     _print_decision("", decision)
-    print(f"profile={profile.name} (role {profile.role}, mode {profile.mode})")
+    if profile.name in runtime.config.profiles:
+        print(f"profile={profile.name} (role {profile.role}, mode {profile.mode})")
+    else:
+        have = ", ".join(runtime.config.profiles)
+        print(f"profile=- (policy_context={args.policy_context} names no profile; have: {have})")
     if req.sender != args.sender.strip() and f"<{req.sender}>" != args.sender.strip():
         print(f"sender {args.sender}: Postfix passes it as {req.sender}")
     keys = candidates(req.sender, runtime.rules)
@@ -152,10 +157,13 @@ def _config_check(args: argparse.Namespace, config: Config, runtime: Runtime) ->
     from policyd.verification.build import summary
 
     print(summary(config))
+    rc = 0
+    if getattr(args, "postfix", False):
+        rc = _postfix_check(args, config)
     if not args.connect:
         if config.directory.backend == "ldap" and len(runtime.rules.realms) > 1:
             print("realms: checked against the directory by --connect (and at start)")
-        return 0
+        return rc
     if config.directory.backend != "ldap":
         print('--connect: nothing to connect to (directory.backend is "file")')
         return 0
@@ -176,4 +184,52 @@ def _config_check(args: argparse.Namespace, config: Config, runtime: Runtime) ->
             print(f"realms: FAILED: {e}")
             return 1
         print("realms: ok (no local part is held by different entries under two realms)")
-    return 0 if ok else 1
+    return rc if ok else 1
+
+
+def _postfix_check(args: argparse.Namespace, config: Config) -> int:
+    """config-check --postfix: each mistake one line with its fix; 1 if there is one."""
+    from policyd.postfix.check import postfix_problems
+    from policyd.postfix.conf import PostconfError, read_postfix
+
+    try:
+        pf = read_postfix(args.postfix_config)
+    except PostconfError as e:
+        print(f"postfix: cannot read the configuration: {e}")
+        return 1
+    problems = postfix_problems(config, pf)
+    for line in problems:
+        print(f"postfix: {line}")
+    if not problems:
+        print(
+            f"postfix: OK ({len(pf.smtpd_services())} smtpd services; policy service and "
+            "milter where they belong)"
+        )
+    return 1 if problems else 0
+
+
+def postfix_lines(args: argparse.Namespace) -> int:
+    """The postconf commands that add policyd to the live Postfix (printed, not run)."""
+    from policyd.config import load_config
+    from policyd.postfix.conf import PostconfError, read_postfix
+    from policyd.postfix.lines import postfix_lines as lines_for
+
+    config = load_config(args.config)
+    try:
+        pf = read_postfix(args.postfix_config)
+    except PostconfError as e:
+        print(f"policyd: cannot read the Postfix configuration: {e}", file=sys.stderr)
+        return 1
+    out = lines_for(config, pf, relay_on_25=args.relay_on_25)
+    for line in out.problems:
+        print(f"policyd: {line}", file=sys.stderr)
+    if out.problems:
+        return 1
+    where = f" -c {args.postfix_config}" if args.postfix_config else ""
+    print(f"# policyd: commands that add policyd to this Postfix{where}; review, then run them")
+    for line in out.commands:
+        print(f"postconf{where} {line[9:]}" if line.startswith("postconf ") else line)
+    if not out.commands:
+        print("# nothing to add: policyd is already in place")
+    print("postfix reload" if not where else f"postfix -c {args.postfix_config} reload")
+    return 0

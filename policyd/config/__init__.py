@@ -13,7 +13,7 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from policyd.addresses import AddressRules, InvalidDomain, idna_domain, normalize_domain
 from policyd.config.ldap import LdapConfig as LdapConfig
@@ -180,6 +180,22 @@ class PolicyConfig:
     default_profile: str = "submission"
 
 
+#: The built-in profiles: always there. A [profiles.NAME] table of one of these names changes
+#: only the keys it sets (the others keep these values); another name starts from
+#: ProfileConfig's defaults (role submission, no ports).
+BUILTIN_PROFILES: Final[Mapping[str, ProfileConfig]] = types.MappingProxyType(
+    {
+        "submission": ProfileConfig(name="submission", role="submission", ports=(587,)),
+        "mx": ProfileConfig(name="mx", role="mx", ports=(25,), protect_local_senders=True),
+    }
+)
+
+#: The defaults of directory.file and networks.files, next to the config file. A ranges file
+#: that is only there by default may be missing (no allocated ranges); a listed one may not.
+DEFAULT_DIRECTORY_FILE: Final = "senders.txt"
+DEFAULT_RANGES_FILE: Final = "ranges.txt"
+
+
 @dataclass(frozen=True)
 class Config:
     source: str = "<defaults>"
@@ -196,12 +212,7 @@ class Config:
     verification: VerificationConfig = field(default_factory=VerificationConfig)
     web: WebConfig = field(default_factory=WebConfig)
     profiles: Mapping[str, ProfileConfig] = field(
-        default_factory=lambda: types.MappingProxyType(
-            {
-                "submission": ProfileConfig(name="submission", role="submission", ports=(587,)),
-                "mx": ProfileConfig(name="mx", role="mx", ports=(25,)),
-            }
-        )
+        default_factory=lambda: types.MappingProxyType(dict(BUILTIN_PROFILES))
     )
 
     def profile(self, name: str) -> ProfileConfig:
@@ -238,22 +249,38 @@ def config_from_dict(data: Mapping[str, Any], source: str, base_dir: Path) -> Co
     data = dict(data)
     profiles_raw = data.pop("profiles", None)
     cfg: Config = ctx.build(Config, data, "", extra={"source": source})
-    profiles: dict[str, ProfileConfig]
-    if profiles_raw is None:
-        profiles = dict(cfg.profiles)
-    else:
-        if not isinstance(profiles_raw, dict) or not profiles_raw:
-            raise ConfigError(source, "profiles", "must be a table of at least one [profiles.NAME]")
-        profiles = {}
+    cfg = _default_files(cfg, data, base_dir)
+    # The built-in profiles are always there; a table of their name changes only its keys.
+    profiles: dict[str, ProfileConfig] = dict(BUILTIN_PROFILES)
+    if profiles_raw is not None:
+        if not isinstance(profiles_raw, dict):
+            raise ConfigError(source, "profiles", "must be a table of [profiles.NAME] tables")
         for name, body in profiles_raw.items():
             key = f"profiles.{name}"
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
                 raise ConfigError(source, key, "profile names may use letters, digits, _ . -")
             if not isinstance(body, dict):
                 raise ConfigError(source, key, "must be a table")
-            profiles[name] = ctx.build(ProfileConfig, body, key, extra={"name": name})
+            built: ProfileConfig = ctx.build(ProfileConfig, body, key, extra={"name": name})
+            base = BUILTIN_PROFILES.get(name)
+            if base is not None:  # keys the table leaves out keep the built-in's values
+                built = dataclasses.replace(base, **{k: getattr(built, k) for k in body})
+            profiles[name] = built
     _check(cfg, profiles, ctx)
     return dataclasses.replace(cfg, profiles=types.MappingProxyType(profiles))
+
+
+def _default_files(cfg: Config, data: Mapping[str, Any], base_dir: Path) -> Config:
+    """directory.file and networks.files left out: the files next to the config."""
+    directory, networks = data.get("directory") or {}, data.get("networks") or {}
+    if isinstance(directory, dict) and "file" not in directory:
+        d = dataclasses.replace(cfg.directory, file=base_dir / DEFAULT_DIRECTORY_FILE)
+        cfg = dataclasses.replace(cfg, directory=d)
+    if isinstance(networks, dict) and "files" not in networks:
+        ranges = base_dir / DEFAULT_RANGES_FILE
+        n = dataclasses.replace(cfg.networks, files=(ranges,) if ranges.exists() else ())
+        cfg = dataclasses.replace(cfg, networks=n)
+    return cfg
 
 
 _REPLY_RE = re.compile(r"^[45]\d\d [45]\.\d{1,3}\.\d{1,3} \S.*$")

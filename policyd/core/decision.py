@@ -19,6 +19,7 @@ class Reason(enum.Enum):
     NULL_SENDER = "null_sender"
     DIRECTORY_UNAVAILABLE = "directory_unavailable"
     INTERNAL_ERROR = "internal_error"  # a bug while deciding: still a 451, never a pass
+    UNKNOWN_CONTEXT = "unknown_context"  # policy_context names no profile: 451, Postfix's config
     SENDER_OWNED = "sender_owned"
     SENDER_NOT_OWNED = "sender_not_owned"
     ALLOCATED_NETWORK = "allocated_network"

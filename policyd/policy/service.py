@@ -8,12 +8,13 @@ only the rest cost a task switch.
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
 from policyd.addresses import canonical_login
 from policyd.config import ProfileConfig
-from policyd.core.decision import Decision
+from policyd.core.decision import Decision, Reason, Verdict
 from policyd.core.engine import (
     Facts,
     Need,
@@ -38,6 +39,19 @@ log: Final = logging.getLogger("policyd.service")  # (not __name__: the name adm
 #: Distinct server_port values whose profile is remembered (per runtime).
 _PORT_CACHE_SIZE: Final = 64
 
+#: A policy_context that names no profile is a mistake in Postfix's configuration: deciding
+#: with another profile could let mail through (or bounce it) under the wrong role, so the
+#: request is deferred (Postfix's own code for a configuration problem) until it is fixed.
+UNKNOWN_CONTEXT: Final = Decision(
+    Verdict.DEFER,
+    Reason.UNKNOWN_CONTEXT,
+    "451 4.3.5 Server configuration problem: policy_context names no profile",
+)
+#: The profile reported (log line, metrics label) with UNKNOWN_CONTEXT.
+NO_PROFILE: Final = ProfileConfig(name="-")
+#: Seconds between two warnings about unknown policy_context values (not one per request).
+UNKNOWN_CONTEXT_LOG_INTERVAL: Final = 60.0
+
 
 class PolicyService:
     def __init__(self, runtime: Runtime) -> None:
@@ -45,17 +59,23 @@ class PolicyService:
         # server_port -> profile, for the runtime it was computed with (a reload swaps
         # self.runtime, and the next lookup starts a new table)
         self._by_port: tuple[Runtime | None, dict[str, ProfileConfig]] = (None, {})
+        #: the clock of the unknown-context warning's interval (a test sets its own)
+        self.clock: Callable[[], float] = time.monotonic
+        # the unknown-context warning: when it was last written, and requests since
+        self._unknown_logged_at = -UNKNOWN_CONTEXT_LOG_INTERVAL
+        self._unknown_since = 0
 
-    def select_profile(self, req: Request, rt: Runtime | None = None) -> ProfileConfig:
-        """policy_context names the profile; else the server_port; else the default."""
+    def select_profile(self, req: Request, rt: Runtime | None = None) -> ProfileConfig | None:
+        """policy_context names the profile (None: it names none); else the server_port;
+        else the default."""
         rt = rt or self.runtime
         profiles = rt.config.profiles
         ctx = req.policy_context
         if ctx:
             p = profiles.get(ctx)
-            if p is not None:
-                return p
-            log.warning("policy_context=%s names no profile; using the default", ctx[:64])
+            if p is None:
+                self._warn_unknown_context(ctx, rt)
+            return p
         port = req.server_port
         by_port = self._by_port
         if by_port[0] is rt:
@@ -68,6 +88,22 @@ class PolicyService:
         if len(by_port[1]) < _PORT_CACHE_SIZE:  # (Postfix sends a few ports; a client may lie)
             by_port[1][port] = profile
         return profile
+
+    def _warn_unknown_context(self, ctx: str, rt: Runtime) -> None:
+        """At most one warning a minute, counting the requests it stands for."""
+        self._unknown_since += 1
+        now = self.clock()
+        if now - self._unknown_logged_at < UNKNOWN_CONTEXT_LOG_INTERVAL:
+            return
+        log.warning(
+            "policy_context=%s names no profile (have: %s); deferring with 451 4.3.5: fix "
+            "check_policy_service in Postfix (policyd config-check --postfix); "
+            "requests=%d since the last such warning",
+            ctx[:64].encode("unicode_escape").decode("ascii"),
+            ", ".join(rt.config.profiles),
+            self._unknown_since,
+        )
+        self._unknown_logged_at, self._unknown_since = now, 0
 
     @staticmethod
     def _profile_for_port(port: str, rt: Runtime) -> ProfileConfig:
@@ -86,6 +122,8 @@ class PolicyService:
         """Either the decision, or a coroutine that finishes it after a directory lookup."""
         rt = self.runtime
         profile = self.select_profile(req, rt)
+        if profile is None:
+            return NO_PROFILE, UNKNOWN_CONTEXT
         network = rt.networks.lookup(req.client_address) if needs_network(req) else None
         need = needs(req, profile, network)
         if need is Need.NOTHING:

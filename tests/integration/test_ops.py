@@ -45,6 +45,10 @@ DENY = (
 )
 
 
+#: What a policy_context naming no profile gets (issue 26).
+UNKNOWN_CONTEXT = "451 4.3.5 Server configuration problem: policy_context names no profile"
+
+
 def request(client: str = CLIENT, **extra: str) -> dict[str, str]:
     return {
         "request": "smtpd_access_policy",
@@ -553,7 +557,7 @@ def test_stdio_through_a_pipe(tmp_path: Path) -> None:
         p.stdin.write(batch)
         p.stdin.flush()
         assert _read_exactly_replies(fd, 3) == [
-            f"action={OK}",
+            f"action={UNKNOWN_CONTEXT}",
             "action=" + DENY.replace(CLIENT, "203.0.113.1"),
             f"action={OK}",
         ]
@@ -584,7 +588,7 @@ def test_stdio_on_a_socket_like_spawn(tmp_path: Path) -> None:
         c = Client.__new__(Client)
         c.sock, c.buf = ours, b""
         assert c.ask() == OK
-        assert c.ask(request(policy_context="no-such-profile")) == OK
+        assert c.ask(request(policy_context="no-such-profile")) == UNKNOWN_CONTEXT
         assert c.ask(request(client="203.0.113.1")) == DENY.replace(CLIENT, "203.0.113.1")
         ours.shutdown(socket.SHUT_WR)  # EOF
         assert p.wait(10) == 0
@@ -805,7 +809,16 @@ def test_metrics_endpoint_counts_decisions(tmp_path: Path, daemons: list[Daemon]
         assert c.ask() == OK
     for _ in range(2):
         assert c.ask(request(client="203.0.113.1")) is not None
+    # a policy_context naming no profile (issue 26): counted, with the profile "-"
+    for _ in range(4):
+        assert c.ask(request(policy_context="nope")) == UNKNOWN_CONTEXT
     fams = _scrape(mport)
+    assert (
+        _value(
+            fams, "policyd_decisions_total", verdict="defer", reason="unknown_context", profile="-"
+        )
+        == 4
+    )
     labels = {"profile": "submission"}
     assert (
         _value(
@@ -823,7 +836,7 @@ def test_metrics_endpoint_counts_decisions(tmp_path: Path, daemons: list[Daemon]
         )
         == 2
     )
-    assert _value(fams, "policyd_request_duration_seconds_count") == 5
+    assert _value(fams, "policyd_request_duration_seconds_count") == 9
     assert _value(fams, "policyd_connections_open") == 1
     assert _value(fams, "policyd_requests_in_flight") == 0
     for name in (

@@ -462,6 +462,11 @@ def test_any_attributes_give_an_encodable_decision(tmp_path: Path, attrs: dict[s
     assert isinstance(decision, Decision)
     encode_action(to_action(decision))
     if decision.verdict.value == "defer":
+        # the one deferral without a directory: a policy_context naming no profile (issue 26)
+        known = service.runtime.config.profiles
+        if decision.reason.value == "unknown_context" and attrs.get("policy_context") not in known:
+            assert attrs.get("policy_context")
+            return
         raise AssertionError(f"embedded directory cannot be unavailable: {attrs!r} -> {decision}")
 
 
@@ -1127,7 +1132,7 @@ def test_a_bug_in_the_service_defers(tmp_path: Path) -> None:
             calls = {"n": 0}
             original = h.service.select_profile
 
-            def flaky(req: Request, rt: Runtime | None = None) -> ProfileConfig:
+            def flaky(req: Request, rt: Runtime | None = None) -> ProfileConfig | None:
                 calls["n"] += 1
                 if req.sender == "trigger@example.org":
                     raise ZeroDivisionError("bug")

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
+import tomllib
+import typing
 from pathlib import Path
 
 import pytest
@@ -7,10 +10,10 @@ import pytest
 from policyd.config import (
     Config,
     ConfigError,
-    config_from_dict,
     load_config,
 )
 from policyd.config.listen import parse_listen
+from policyd.config.tables import TableReader
 from policyd.core.replies import render
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
@@ -23,26 +26,70 @@ def load(tmp_path: Path, text: str) -> Config:
     return load_config(p)
 
 
-def test_shipped_default_config_loads_with_documented_defaults() -> None:
+def test_shipped_default_config_loads_with_documented_defaults(tmp_path: Path) -> None:
+    """Every key of conf/policyd.toml shows its true default: an empty config next to the
+    same range and directory files loads to exactly what the documented file loads to."""
     cfg = load_config(EXAMPLE_CONFIG)
-    # The file documents every default: loading it must equal the built-in defaults.
-    builtin = config_from_dict(
-        {
-            "networks": {"files": ["ranges.txt"]},
-            "directory": {"file": "senders.txt"},
-            "profiles": {
-                "submission": {"role": "submission", "ports": [587]},
-                "mx": {"role": "mx", "ports": [25], "protect_local_senders": True},
-            },
-        },
-        source=str(EXAMPLE_CONFIG),
-        base_dir=EXAMPLE_CONFIG.parent,
-    )
-    assert cfg == builtin
+    site = tmp_path / "site"
+    site.mkdir()
+    for name in ("ranges.txt", "senders.txt"):
+        (site / name).write_bytes((CONF / name).read_bytes())
+    (site / "policyd.toml").write_bytes(EXAMPLE_CONFIG.read_bytes())
+    documented = load_config(site / "policyd.toml")
+    (site / "empty.toml").write_text("")
+    empty = load_config(site / "empty.toml")
+    assert dataclasses.replace(empty, source="") == dataclasses.replace(documented, source="")
     assert cfg.server.listen == ("127.0.0.1:10040",)
     assert cfg.directory.backend == "file"
     assert cfg.directory.file == CONF / "senders.txt"
+    assert cfg.networks.files == (CONF / "ranges.txt",)
     assert set(cfg.profiles) == {"submission", "mx"}
+    assert cfg.profile("mx").protect_local_senders is True
+    assert cfg.profile("submission").ports == (587,) and cfg.profile("mx").ports == (25,)
+
+
+def test_every_documented_key_compared_one_by_one(tmp_path: Path) -> None:
+    """Key by key (so a failure names the key): each value written in conf/policyd.toml equals
+    the value an empty config gets."""
+    doc = tomllib.loads(EXAMPLE_CONFIG.read_text())
+    (tmp_path / "senders.txt").write_text("")
+    (tmp_path / "ranges.txt").write_text("")
+    (tmp_path / "policyd.toml").write_text("")
+    empty = load_config(tmp_path / "policyd.toml")
+    reader = TableReader(str(EXAMPLE_CONFIG), tmp_path)
+    compared = 0
+
+    def walk(table: dict[str, object], obj: object, where: str) -> None:
+        nonlocal compared
+        hints = typing.get_type_hints(type(obj))
+        for key, value in table.items():
+            actual = getattr(obj, key)
+            if isinstance(value, dict):
+                walk(value, actual, f"{where}{key}.")
+                continue
+            documented = reader.convert(hints[key], value, where + key)
+            assert actual == documented, f"{where}{key}: default {actual!r}, file {documented!r}"
+            compared += 1
+
+    for section, table in doc.items():
+        if section == "profiles":
+            for name, body in table.items():
+                walk(body, empty.profile(name), f"profiles.{name}.")
+        else:
+            walk(table, getattr(empty, section), f"{section}.")
+
+    def leaves(t: dict[str, object]) -> int:
+        return sum(leaves(v) if isinstance(v, dict) else 1 for v in t.values())
+
+    assert compared == leaves(doc) > 100
+
+
+def test_a_new_profile_starts_as_documented(tmp_path: Path) -> None:
+    """A profile of another name: [profiles.submission]'s values, except no ports."""
+    cfg = load(tmp_path, '[directory]\nfile = "s"\n[profiles.relay]\n')
+    new, submission = cfg.profile("relay"), cfg.profile("submission")
+    assert new.ports == ()
+    assert dataclasses.replace(new, name="submission", ports=(587,)) == submission
 
 
 def test_every_dataclass_key_is_documented_in_the_shipped_config() -> None:
@@ -164,16 +211,39 @@ def test_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     assert cfg.networks.files == (tmp_path / "r.txt", Path("/abs/r2"))
 
 
-def test_profiles_replace_the_default_set_and_get_replies_defaults(tmp_path: Path) -> None:
+def test_defining_a_profile_keeps_the_built_in_ones(tmp_path: Path) -> None:
+    """Issue 26: a profile you define never removes another: [profiles.submission] in warn
+    mode leaves mx (role mx, port 25, protect_local_senders) as it was."""
+    cfg = load(tmp_path, '[directory]\nfile = "s"\n[profiles.submission]\nmode = "warn"\n')
+    assert list(cfg.profiles) == ["submission", "mx"]
+    sub, mx = cfg.profile("submission"), cfg.profile("mx")
+    assert sub.mode == "warn" and sub.role == "submission" and sub.ports == (587,)
+    assert mx.role == "mx" and mx.mode == "enforce" and mx.ports == (25,)
+    assert mx.protect_local_senders is True
+    # a table of a built-in name changes only its keys
+    cfg = load(tmp_path, '[directory]\nfile = "s"\n[profiles.mx]\nprotect_local_senders = false\n')
+    assert cfg.profile("mx").role == "mx" and cfg.profile("mx").ports == (25,)
+    assert cfg.profile("mx").protect_local_senders is False
+
+
+def test_a_new_profile_is_added_and_gets_replies_defaults(tmp_path: Path) -> None:
     cfg = load(
         tmp_path,
         '[directory]\nfile = "s"\n[policy]\ndefault_profile = "in"\n'
         '[profiles.in]\nrole = "mx"\nmode = "warn"\n',
     )
-    assert list(cfg.profiles) == ["in"]
+    assert list(cfg.profiles) == ["submission", "mx", "in"]
     p = cfg.profile("in")
     assert p.name == "in" and p.role == "mx" and p.mode == "warn"
     assert p.replies.sender_not_owned.startswith("553 5.7.1")
+
+
+def test_default_files_are_next_to_the_config(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "")
+    assert cfg.directory.file == tmp_path / "senders.txt"
+    assert cfg.networks.files == ()  # the default ranges file may be missing
+    (tmp_path / "ranges.txt").write_text("")
+    assert load(tmp_path, "").networks.files == (tmp_path / "ranges.txt",)
 
 
 def test_config_is_immutable(tmp_path: Path) -> None:

@@ -853,6 +853,9 @@ RANGES = """\
 """
 
 
+UNKNOWN_CONTEXT_REPLY = "451 4.3.5 Server configuration problem: policy_context names no profile"
+
+
 def service_for(tmp_path: Path, extra: Mapping[str, Any] | None = None) -> PolicyService:
     (tmp_path / "senders.txt").write_text(SENDERS)
     (tmp_path / "ranges.txt").write_text(RANGES)
@@ -1087,15 +1090,21 @@ SERVICE_ROWS: list[tuple[str, dict[str, str], tuple[str, str, str]]] = [
         req(policy_context="submission", server_port="25"),
         ("submission", AUTH_REQUIRED.format(client=OUTSIDE), "authentication_required"),
     ),
+    # a context naming no profile is never decided with another role (issue 26): 451 4.3.5
     (
-        "unknown_context_falls_back_to_port",
+        "unknown_context_on_port_25",
         req(policy_context="nope", server_port="25"),
-        ("mx", "DUNNO", "not_trusted"),
+        ("-", UNKNOWN_CONTEXT_REPLY, "unknown_context"),
     ),
     (
-        "unknown_context_no_port_default",
+        "unknown_context_no_port",
         req(policy_context="nope", server_port=""),
-        ("submission", AUTH_REQUIRED.format(client=OUTSIDE), "authentication_required"),
+        ("-", UNKNOWN_CONTEXT_REPLY, "unknown_context"),
+    ),
+    (
+        "unknown_context_authenticated_owner",
+        p587(policy_context="Submission", sasl_username="alice", sender="alice@example.org"),
+        ("-", UNKNOWN_CONTEXT_REPLY, "unknown_context"),
     ),
     (
         "unlisted_port_default",
@@ -1135,6 +1144,37 @@ SERVICE_ROWS: list[tuple[str, dict[str, str], tuple[str, str, str]]] = [
 )
 def test_service_table(tmp_path: Path, attrs: dict[str, str], want: tuple[str, str, str]) -> None:
     assert ask(service_for(tmp_path), attrs) == want
+
+
+def test_unknown_context_warns_once_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One warning a minute, however many requests name no profile; the next one counts
+    them. (Issue 26: a warning per request cost more than half the server's CPU.)"""
+    now = [1000.0]
+    service = service_for(tmp_path)
+    service.clock = lambda: now[0]
+    with caplog.at_level("WARNING", logger="policyd.service"):
+        for _ in range(500):
+            assert ask(service, req(policy_context="mx2"))[1:] == (
+                UNKNOWN_CONTEXT_REPLY,
+                "unknown_context",
+            )
+        assert len(caplog.records) == 1
+        assert "policy_context=mx2 names no profile" in caplog.records[0].getMessage()
+        now[0] += 59.0
+        ask(service, req(policy_context="mx2"))
+        assert len(caplog.records) == 1
+        now[0] += 1.0
+        ask(service, req(policy_context="mx2"))
+        assert len(caplog.records) == 2
+        assert "requests=501 since" in caplog.records[1].getMessage()
+
+
+def test_unknown_context_is_never_softened_by_warn_mode(tmp_path: Path) -> None:
+    every_warn = {"profiles": {"submission": {"mode": "warn"}, "mx": {"mode": "warn"}}}
+    service = service_for(tmp_path, every_warn)
+    assert ask(service, req(policy_context="nope", server_port="25"))[1] == UNKNOWN_CONTEXT_REPLY
 
 
 def test_service_default_profile(tmp_path: Path) -> None:
