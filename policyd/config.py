@@ -22,6 +22,7 @@ from policyd.config_ldap import check_ldap
 from policyd.config_tables import ConfigError as ConfigError
 from policyd.config_tables import TableReader
 from policyd.listen import parse_listen
+from policyd.quotas.config import QuotasConfig, read_quotas
 from policyd.replies import PLACEHOLDERS, check_template
 from policyd.verification.config import VerificationConfig, first_problem
 from policyd.web.config import WebConfig as WebConfig
@@ -184,6 +185,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     verification: VerificationConfig = field(default_factory=VerificationConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    quotas: QuotasConfig = field(default_factory=QuotasConfig)
     profiles: Mapping[str, ProfileConfig] = field(
         default_factory=lambda: types.MappingProxyType(
             {
@@ -226,7 +228,8 @@ def config_from_dict(data: Mapping[str, Any], source: str, base_dir: Path) -> Co
     ctx = TableReader(source, base_dir)
     data = dict(data)
     profiles_raw = data.pop("profiles", None)
-    cfg: Config = ctx.build(Config, data, "", extra={"source": source})
+    quotas = read_quotas(ctx, data.pop("quotas", None))
+    cfg: Config = ctx.build(Config, data, "", extra={"source": source, "quotas": quotas})
     profiles: dict[str, ProfileConfig]
     if profiles_raw is None:
         profiles = dict(cfg.profiles)

@@ -34,6 +34,7 @@ from policyd.engine import (
 )
 from policyd.headers import AuthorCheck
 from policyd.networks import Range
+from policyd.quotas.service import Quotas
 from policyd.request import Request
 from policyd.runtime import Runtime
 
@@ -49,6 +50,8 @@ class PolicyService:
         # server_port -> profile, for the runtime it was computed with (a reload swaps
         # self.runtime, and the next lookup starts a new table)
         self._by_port: tuple[Runtime | None, dict[str, ProfileConfig]] = (None, {})
+        #: per-login quotas ([quotas]): kept across reloads, with their counters
+        self.quotas = Quotas()
 
     def select_profile(self, req: Request, rt: Runtime | None = None) -> ProfileConfig:
         """policy_context names the profile; else the server_port; else the default."""
@@ -87,8 +90,18 @@ class PolicyService:
     def decide_now(
         self, req: Request
     ) -> tuple[ProfileConfig, Decision | Coroutine[Any, Any, Decision]]:
-        """Either the decision, or a coroutine that finishes it after a directory lookup."""
+        """Either the decision, or a coroutine that finishes it after a directory lookup
+        (or a quota check)."""
         rt = self.runtime
+        quotas = self.quotas.current(rt.config.quotas, rt.rules)
+        if quotas is None:
+            return self._decide_now(rt, req)
+        profile, result = self._decide_now(rt, req)
+        return profile, quotas.hook(req, profile, result)
+
+    def _decide_now(
+        self, rt: Runtime, req: Request
+    ) -> tuple[ProfileConfig, Decision | Coroutine[Any, Any, Decision]]:
         profile = self.select_profile(req, rt)
         network = rt.networks.lookup(req.client_address) if needs_network(req) else None
         need = needs(req, profile, network)

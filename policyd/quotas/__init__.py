@@ -1,0 +1,13 @@
+"""Per-login sending quotas and compromised-login detection (issue 28).
+
+    config.py    the [quotas] section (limits, overrides, exemptions, replies, store)
+    store.py     the counters' one interface (QuotaStore), the algorithm (GCRA), the in-memory
+                 store, and `create_store`: the one place a backend is chosen
+    redis_store.py  the same algorithm as one Lua script on a Valkey/Redis server
+    guard.py     the store behind a timeout and a circuit breaker, falling back to memory
+    service.py   the front end's hooks: RCPT (recipient cap, early answer), END-OF-MESSAGE
+                 (count once, or refuse), suspensions, the decision and its numbers
+
+Kept import-light: policyd.config imports quotas.config; redis is imported only when a shared
+store is configured.
+"""

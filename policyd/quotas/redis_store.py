@@ -1,0 +1,168 @@
+"""The quota counters on a Valkey/Redis server shared by every policyd instance.
+
+One Lua script checks every limit of a login and updates them only if all pass (store.gcra,
+step for step), with the server's clock (TIME): the MX hosts' clocks do not matter, and no
+other instance sees half an update. Keys: `policyd:{LOGIN}:q:NAME` (the TAT, in ms, expiring
+when it has drained) and `policyd:{LOGIN}:suspended` (the reason; no expiry); the hash tag
+keeps one login's keys in one Cluster slot. Only commands Redis 7.0 and Valkey 8 both have.
+
+Every call has a deadline (`timeout`); a failure raises QuotaStoreError (guard.py decides).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from policyd.quotas.store import Charge, Outcome, QuotaStoreError, Usage, key_prefix, used_of
+
+CHARGE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local reason = redis.call('GET', KEYS[1])
+if reason then return {2, reason} end
+local eps = 0.001
+local n = #KEYS - 1
+local news = {}
+for i = 1, n do
+  local period = tonumber(ARGV[i * 3 - 1])
+  local limit = tonumber(ARGV[i * 3])
+  local cost = tonumber(ARGV[i * 3 + 1])
+  local interval = period / limit
+  local tat = tonumber(redis.call('GET', KEYS[i + 1]))
+  if tat == nil or tat < now then tat = now end
+  local new = tat + cost * interval
+  if new - now > period + eps then
+    local used = 0
+    if tat > now then used = math.ceil((tat - now) / interval - 1e-9) end
+    return {1, i, used, string.format('%.3f', new - now - period)}
+  end
+  news[i] = new
+end
+if ARGV[1] == '1' then
+  for i = 1, n do
+    local ttl = math.ceil(news[i] - now)
+    if ttl > 0 then
+      redis.call('SET', KEYS[i + 1], string.format('%.3f', news[i]), 'PX', ttl)
+    end
+  end
+end
+return {0}
+"""
+
+USAGE_LUA = """
+local t = redis.call('TIME')
+local out = {string.format('%.3f', tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000)}
+for i = 1, #KEYS do
+  out[i + 1] = redis.call('GET', KEYS[i]) or ''
+end
+return out
+"""
+
+
+class RedisStore:
+    """QuotaStore on a Valkey/Redis server (redis.asyncio from redis-py)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        try:
+            import redis.asyncio as aioredis
+            from redis.exceptions import RedisError
+        except ImportError as e:  # pragma: no cover - the package is a dependency
+            raise QuotaStoreError(
+                "quotas.store names a Valkey/Redis server: install python3-redis "
+                "(pip install 'policyd[quotas]')"
+            ) from e
+        self.url = url
+        self.name = _safe_url(url)
+        self.timeout = timeout
+        self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError, RedisError)
+        self.client: Any = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry_on_timeout=False,
+            decode_responses=True,
+        )
+        self._charge = self.client.register_script(CHARGE_LUA)
+        self._usage = self.client.register_script(USAGE_LUA)
+
+    async def _call(self, what: str, coro: Any) -> Any:
+        try:
+            return await asyncio.wait_for(coro, self.timeout)
+        except self._errors as e:
+            raise QuotaStoreError(f"{self.name}: {what}: {type(e).__name__}: {e}") from None
+
+    @staticmethod
+    def _keys(login: str, charges: Sequence[Charge]) -> list[str]:
+        p = key_prefix(login)
+        return [p + "suspended", *(p + "q:" + c.name for c in charges)]
+
+    async def charge(self, login: str, charges: Sequence[Charge], commit: bool) -> Outcome:
+        args: list[Any] = ["1" if commit else "0"]
+        for c in charges:
+            args += [c.period * 1000, c.limit, c.cost]
+        r = await self._call("charge", self._charge(keys=self._keys(login, charges), args=args))
+        if not isinstance(r, list) or not r:
+            raise QuotaStoreError(f"{self.name}: charge: unexpected answer {r!r:.80}")
+        if r[0] == 0:
+            return Outcome(True)
+        if r[0] == 2:
+            return Outcome(False, suspended=str(r[1]))
+        c = charges[int(r[1]) - 1]
+        return Outcome(
+            False,
+            hit=c.name,
+            used=int(r[2]),
+            limit=c.limit,
+            cost=c.cost,
+            retry_after=float(r[3]) / 1000.0,
+        )
+
+    async def usage(self, login: str, charges: Sequence[Charge]) -> list[Usage]:
+        keys = self._keys(login, charges)[1:]
+        r = await self._call("usage", self._usage(keys=keys, args=[]))
+        now = float(r[0])
+        out = []
+        for c, raw in zip(charges, r[1:], strict=True):
+            tat = float(raw) if raw else now
+            out.append(
+                Usage(
+                    c.name,
+                    c.limit,
+                    used_of(tat, now, c.period * 1000 / c.limit),
+                    max(0.0, tat - now) / 1000,
+                )
+            )
+        return out
+
+    async def reset(self, login: str) -> None:
+        from policyd.quotas.config import LIMITS
+
+        p = key_prefix(login)
+        await self._call("reset", self.client.delete(*(p + "q:" + n for n in LIMITS)))
+
+    async def suspend(self, login: str, reason: str) -> None:
+        await self._call("suspend", self.client.set(key_prefix(login) + "suspended", reason))
+
+    async def unsuspend(self, login: str) -> None:
+        await self._call("unsuspend", self.client.delete(key_prefix(login) + "suspended"))
+
+    async def suspension(self, login: str) -> str | None:
+        r = await self._call("suspension", self.client.get(key_prefix(login) + "suspended"))
+        return None if r is None else str(r)
+
+    async def close(self) -> None:
+        close = getattr(self.client, "aclose", None) or self.client.close
+        try:
+            await asyncio.wait_for(close(), self.timeout)
+        except Exception:  # noqa: BLE001 - closing a dead connection: nothing to do
+            return
+
+
+def _safe_url(url: str) -> str:
+    """The URL without a password (never logged)."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest.split("/", 1)[0]:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest

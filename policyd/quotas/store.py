@@ -1,0 +1,216 @@
+"""The quota counters: one interface (QuotaStore), one algorithm, two backends.
+
+The algorithm is GCRA (the generic cell rate algorithm, a leaky bucket kept as one number per
+limit): a limit of L per period P lets a login send L at once, then one every P/L; it never
+lets more than L through in any window of length P plus what has drained in it. One number
+per login and limit (the "theoretical arrival time", TAT, in milliseconds), stored with an
+expiry of TAT - now: a login that stopped sending leaves nothing behind.
+
+A check covers every limit of the login at once: all are checked, and all are updated only
+if all pass (a refused message changes no counter). `commit=False` checks without updating
+(the read-only early answer at RCPT). A suspended login is refused before any limit.
+
+`MemoryStore` runs it in this process; `policyd.quotas.redis_store.RedisStore` runs the same
+steps as one Lua script on a Valkey/Redis server, with the server's clock. `create_store` is
+the one place a backend is chosen.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from policyd.quotas.config import QuotasConfig
+
+#: Tolerance (ms) for the float arithmetic of the comparison (identical in the Lua script).
+EPSILON_MS = 0.001
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One limit of a check: its name, L, P (seconds) and what this message costs."""
+
+    name: str
+    limit: int
+    period: float
+    cost: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A check's result. Refused: `hit` names the first limit that did not pass, with its
+    usage before this message, and how long until the message would fit."""
+
+    allowed: bool
+    suspended: str | None = None
+    hit: str = ""
+    used: int = 0
+    limit: int = 0
+    cost: int = 0
+    retry_after: float = 0.0
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One limit's state, for `policyd quota show`."""
+
+    name: str
+    limit: int
+    used: int
+    #: seconds until the counter is back to zero
+    resets_in: float
+
+
+class QuotaStoreError(Exception):
+    """The store did not answer (down, timeout, protocol error). str() is one line."""
+
+
+class QuotaStore(Protocol):
+    """What the quota service asks of a counter store. Logins are canonical (lowercased)."""
+
+    #: "memory" or the server's address, for logs
+    name: str
+
+    async def charge(self, login: str, charges: Sequence[Charge], commit: bool) -> Outcome: ...
+
+    async def usage(self, login: str, charges: Sequence[Charge]) -> list[Usage]: ...
+
+    async def reset(self, login: str) -> None: ...
+
+    async def suspend(self, login: str, reason: str) -> None: ...
+
+    async def unsuspend(self, login: str) -> None: ...
+
+    async def suspension(self, login: str) -> str | None: ...
+
+    async def close(self) -> None: ...
+
+
+def gcra(
+    tat: float | None, now: float, period_ms: float, limit: int, cost: int
+) -> tuple[bool, float, int, float]:
+    """One limit's step: (passes, the new TAT if it passes else the old, usage before this
+    message, ms until it would fit). The Lua script of redis_store does exactly this."""
+    interval = period_ms / limit
+    start = now if tat is None or tat < now else tat
+    new = start + cost * interval
+    used = used_of(start, now, interval)
+    if new - now > period_ms + EPSILON_MS:
+        return False, start, used, new - now - period_ms
+    return True, round(new, 3), used, 0.0
+
+
+def used_of(tat: float, now: float, interval: float) -> int:
+    """The usage a TAT stands for: the costs not yet drained, rounded up."""
+    if tat <= now:
+        return 0
+    return math.ceil((tat - now) / interval - 1e-9)
+
+
+def key_prefix(login: str) -> str:
+    """Every key of one login: its hash tag keeps them in one Cluster slot."""
+    return f"policyd:{{{login}}}:"
+
+
+class MemoryStore:
+    """The counters in this process: the embedded default (one instance), and the fallback
+    while a shared store is unavailable. `clock` returns Unix time in seconds."""
+
+    name = "memory"
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._tat: dict[tuple[str, str], float] = {}
+        self._suspended: dict[str, str] = {}
+        self._sweep_at = 1024
+
+    def _now(self) -> float:
+        return self.clock() * 1000.0
+
+    def charge_now(self, login: str, charges: Sequence[Charge], commit: bool) -> Outcome:
+        """charge(), synchronously (the memory store never waits)."""
+        reason = self._suspended.get(login)
+        if reason is not None:
+            return Outcome(False, suspended=reason)
+        now = self._now()
+        tats = self._tat
+        new: list[float] = []
+        for c in charges:
+            ok, tat, used, retry = gcra(
+                tats.get((login, c.name)), now, c.period * 1000, c.limit, c.cost
+            )
+            if not ok:
+                return Outcome(
+                    False,
+                    hit=c.name,
+                    used=used,
+                    limit=c.limit,
+                    cost=c.cost,
+                    retry_after=retry / 1000.0,
+                )
+            new.append(tat)
+        if commit:
+            for c, tat in zip(charges, new, strict=True):
+                tats[(login, c.name)] = tat
+            if len(tats) > self._sweep_at:
+                self._sweep(now)
+        return Outcome(True)
+
+    def _sweep(self, now: float) -> None:
+        """Forget drained counters (the expiry a Redis key has)."""
+        for key in [k for k, tat in self._tat.items() if tat <= now]:
+            del self._tat[key]
+        self._sweep_at = max(1024, 2 * len(self._tat))
+
+    async def charge(self, login: str, charges: Sequence[Charge], commit: bool) -> Outcome:
+        return self.charge_now(login, charges, commit)
+
+    async def usage(self, login: str, charges: Sequence[Charge]) -> list[Usage]:
+        now = self._now()
+        out = []
+        for c in charges:
+            tat = self._tat.get((login, c.name), now)
+            out.append(
+                Usage(
+                    c.name,
+                    c.limit,
+                    used_of(tat, now, c.period * 1000 / c.limit),
+                    max(0.0, tat - now) / 1000,
+                )
+            )
+        return out
+
+    async def reset(self, login: str) -> None:
+        for key in [k for k in self._tat if k[0] == login]:
+            del self._tat[key]
+
+    async def suspend(self, login: str, reason: str) -> None:
+        self._suspended[login] = reason
+
+    async def unsuspend(self, login: str) -> None:
+        self._suspended.pop(login, None)
+
+    async def suspension(self, login: str) -> str | None:
+        return self._suspended.get(login)
+
+    def suspended_logins(self) -> dict[str, str]:
+        return dict(self._suspended)
+
+    async def close(self) -> None:
+        return None
+
+
+def create_store(config: QuotasConfig) -> QuotaStore:
+    """The configured store: "none" -> MemoryStore; a Valkey/Redis URL -> RedisStore behind
+    the guard (timeout, circuit breaker, per-instance fallback). The one place a backend is
+    chosen."""
+    if config.store == "none":
+        return MemoryStore()
+    from policyd.quotas.guard import GuardedStore
+    from policyd.quotas.redis_store import RedisStore
+
+    return GuardedStore(RedisStore(config.store, config.store_timeout), config)

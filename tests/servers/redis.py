@@ -1,0 +1,127 @@
+"""A private Valkey/Redis server for tests: temp dir, a free loopback port, foreground process.
+
+    with RedisServer(tmp / "redis") as r:     # starts redis-server (or valkey-server)
+        r.url                                 # redis://127.0.0.1:PORT/0
+        r.kill(); r.start()                   # SIGKILL, then again on the same port (empty)
+
+The Popen PID is the daemon itself (`--daemonize no`); its log goes to `<workdir>/redis.log`.
+No persistence (`--save ''`, no AOF): a restart starts empty, as a replaced server would.
+Every started process is killed by PID at interpreter exit, whatever happened to the test.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.servers.slapd import free_port
+
+_LIVE: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _reap_all() -> None:
+    for pid, proc in list(_LIVE.items()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=5)
+        _LIVE.pop(pid, None)
+
+
+atexit.register(_reap_all)
+
+
+def server_binary() -> str:
+    """$POLICYD_TEST_REDIS, else redis-server, else valkey-server (the name when none is
+    installed: require_binaries then reports it missing)."""
+    wanted = os.environ.get("POLICYD_TEST_REDIS")
+    if wanted:
+        return shutil.which(wanted) or wanted
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name) or shutil.which(name, path="/usr/bin:/usr/sbin")
+        if found:
+            return found
+    return "redis-server"
+
+
+class RedisServer:
+    def __init__(self, workdir: Path, binary: str | None = None) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.binary = binary or server_binary()
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        log = open(self.workdir / "redis.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--daemonize",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        _LIVE[self.proc.pid] = self.proc
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.binary} exited: {(self.workdir / 'redis.log').read_text()[-2000:]}"
+                )
+            if self._pong():
+                return self
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"{self.binary} did not answer on 127.0.0.1:{self.port}")
+
+    def _pong(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL by PID: the server is gone at once, its data with it."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        _LIVE.pop(self.proc.pid, None)
+        self.proc = None
+
+    stop = kill
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
