@@ -6,6 +6,10 @@ while the store was away written back when it returns."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_ops import (
+    REPO,
     Client,
     Daemon,
     _scrape,
@@ -150,3 +155,72 @@ def test_on_store_error_defer(
     redis_server.kill()
     assert c.ask(eom("alice")) == "451 4.3.0 Temporary quota lookup failure, please try again"
     c.close()
+
+
+def quota_cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "policyd", "quota", "--config", str(cfg), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        env={**os.environ, "SUDO_USER": "admin-ann"},
+    )
+
+
+def test_quota_cli_show_reset_suspend_unsuspend_audited(
+    tmp_path: Path, redis_server: RedisServer, daemons: list[Daemon]
+) -> None:
+    import redis
+
+    cfg = with_quotas(write_config(tmp_path), redis_server.url)
+    port = free_port()
+    d = start(daemons, tmp_path, cfg, port)
+    c = Client(("127.0.0.1", port))
+    assert [c.ask(eom("alice")) for _ in range(2)] == ["DUNNO", "DUNNO"]
+
+    shown = quota_cli(cfg, "show", "ALICE")
+    assert shown.returncode == 0, shown.stderr
+    assert "messages_per_hour: 2 of 3 used, 1 left, back to 0 in 40m" in shown.stdout
+    assert "suspended: no" in shown.stdout
+    as_json = json.loads(quota_cli(cfg, "--json", "show", "alice").stdout)
+    assert as_json["limits"][0] | {"resets_in_seconds": 0} == {
+        "limit": "messages_per_hour",
+        "used": 2,
+        "max": 3,
+        "remaining": 1,
+        "resets_in_seconds": 0,
+    }
+
+    r = quota_cli(cfg, "suspend", "alice", "--reason", "phished, ticket 4711")
+    assert r.returncode == 0 and "suspend: alice: done" in r.stdout, r.stderr
+    assert "quota suspend login=alice by=admin-ann" in r.stderr  # the audit line (stderr log)
+    assert c.ask(eom("alice")) == "HOLD login suspended by policyd"  # the daemon honours it
+    assert "phished, ticket 4711 (admin-ann)" in quota_cli(cfg, "show", "alice").stdout
+
+    assert quota_cli(cfg, "unsuspend", "alice").returncode == 0
+    assert c.ask(eom("alice")) == "DUNNO"
+    assert c.ask(eom("alice")).startswith("452 4.7.1")  # type: ignore[union-attr]
+    assert quota_cli(cfg, "reset", "alice").returncode == 0
+    assert c.ask(eom("alice")) == "DUNNO"
+
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    audit = [json.loads(e) for e in client.lrange("policyd:audit:quota", 0, -1)]
+    client.close()
+    assert [(e["action"], e["login"], e["by"]) for e in audit] == [
+        ("reset", "alice", "admin-ann"),
+        ("unsuspend", "alice", "admin-ann"),
+        ("suspend", "alice", "admin-ann"),
+    ]
+    redis_server.kill()
+    failed = quota_cli(cfg, "show", "alice")
+    assert failed.returncode == 1 and "policyd quota: redis://127.0.0.1" in failed.stderr
+    c.close()
+    assert "Traceback" not in d.log()
+
+
+def test_quota_cli_needs_a_shared_store(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    cfg.write_text(cfg.read_text() + "\n[quotas]\nenabled = true\n")
+    r = quota_cli(cfg, "show", "alice")
+    assert r.returncode == 1 and "needs a shared store" in r.stderr
