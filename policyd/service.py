@@ -93,7 +93,7 @@ class PolicyService:
         """Either the decision, or a coroutine that finishes it after a directory lookup
         (or a quota check)."""
         rt = self.runtime
-        quotas = self.quotas.current(rt.config.quotas, rt.rules)
+        quotas = self.quotas.current(rt.config, rt.rules)
         if quotas is None:
             return self._decide_now(rt, req)
         profile, result = self._decide_now(rt, req)

@@ -95,6 +95,8 @@ class QuotasConfig:
     store_unavailable_reply: str = "451 4.3.0 Temporary quota lookup failure, please try again"
     #: notifications (suspension, first quota hit in a period) go to this address ("" = none)
     notify: str = ""
+    #: at most one notification per login and cause (suspended, each limit) in this many s
+    notify_period: float = 86400.0
     limits: QuotaLimits = field(default_factory=QuotaLimits)
     compromise: CompromiseConfig = field(default_factory=CompromiseConfig)
     #: "example.org" -> limits for every login of that domain (keys not set: from [quotas.limits])
@@ -220,6 +222,8 @@ def _check(cfg: QuotasConfig, s: str) -> None:
     hold = cfg.suspended_hold_text
     if not hold.strip() or not hold.isprintable():
         raise ConfigError(s, "quotas.suspended_hold_text", "must be printable text on one line")
+    if cfg.notify_period <= 0:
+        raise ConfigError(s, "quotas.notify_period", "must be greater than 0")
     if cfg.notify and "@" not in cfg.notify:
         raise ConfigError(s, "quotas.notify", "must be a mail address (or empty)")
     c = cfg.compromise

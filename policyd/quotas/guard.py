@@ -183,5 +183,29 @@ class GuardedStore:
             return self._pending[login]
         return self._stale_suspension(login)
 
+    async def observe(
+        self, login: str, events: Sequence[tuple[str, str]], window: float
+    ) -> dict[str, int]:
+        if self._closed():
+            try:
+                out = await self.primary.observe(login, events, window)
+            except QuotaStoreError as e:
+                await self._failed(e)
+            else:
+                await self._succeeded()
+                return out
+        return self.fallback.observe_now(login, events, window)
+
+    async def once(self, login: str, tag: str, period: float) -> bool:
+        if self._closed():
+            try:
+                out = await self.primary.once(login, tag, period)
+            except QuotaStoreError as e:
+                await self._failed(e)
+            else:
+                await self._succeeded()
+                return out
+        return await self.fallback.once(login, tag, period)
+
     async def close(self) -> None:
         await self.primary.close()

@@ -15,7 +15,16 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from policyd.quotas.store import Charge, Outcome, QuotaStoreError, Usage, key_prefix, used_of
+from policyd.quotas.store import (
+    MAX_SIGNAL_MEMBERS,
+    SIGNALS,
+    Charge,
+    Outcome,
+    QuotaStoreError,
+    Usage,
+    key_prefix,
+    used_of,
+)
 
 CHARGE_LUA = """
 local t = redis.call('TIME')
@@ -49,6 +58,24 @@ if ARGV[1] == '1' then
   end
 end
 return {0}
+"""
+
+OBSERVE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local window = tonumber(ARGV[1])
+local keep = tonumber(ARGV[2])
+for i = 3, #ARGV, 2 do
+  redis.call('ZADD', KEYS[tonumber(ARGV[i])], now, ARGV[i + 1])
+end
+local out = {}
+for k = 1, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', now - window)
+  redis.call('ZREMRANGEBYRANK', KEYS[k], 0, -keep - 1)
+  out[k] = redis.call('ZCARD', KEYS[k])
+  if out[k] > 0 then redis.call('PEXPIRE', KEYS[k], math.ceil(window)) end
+end
+return out
 """
 
 USAGE_LUA = """
@@ -86,6 +113,7 @@ class RedisStore:
         )
         self._charge = self.client.register_script(CHARGE_LUA)
         self._usage = self.client.register_script(USAGE_LUA)
+        self._observe = self.client.register_script(OBSERVE_LUA)
 
     async def _call(self, what: str, coro: Any) -> Any:
         try:
@@ -146,11 +174,33 @@ class RedisStore:
         await self._call("suspend", self.client.set(key_prefix(login) + "suspended", reason))
 
     async def unsuspend(self, login: str) -> None:
-        await self._call("unsuspend", self.client.delete(key_prefix(login) + "suspended"))
+        """Also forgets the login's compromise signals (or it would be suspended again at
+        once) and its suspension notice (a new suspension is notified again)."""
+        p = key_prefix(login)
+        keys = [p + "suspended", p + "once:suspended", *(p + "sig:" + k for k in SIGNALS)]
+        await self._call("unsuspend", self.client.delete(*keys))
 
     async def suspension(self, login: str) -> str | None:
         r = await self._call("suspension", self.client.get(key_prefix(login) + "suspended"))
         return None if r is None else str(r)
+
+    async def observe(
+        self, login: str, events: Sequence[tuple[str, str]], window: float
+    ) -> dict[str, int]:
+        p = key_prefix(login)
+        keys = [p + "sig:" + kind for kind in SIGNALS]
+        args: list[Any] = [window * 1000, MAX_SIGNAL_MEMBERS]
+        for kind, member in events:
+            args += [SIGNALS.index(kind) + 1, member]
+        r = await self._call("observe", self._observe(keys=keys, args=args))
+        return {kind: int(n) for kind, n in zip(SIGNALS, r, strict=True)}
+
+    async def once(self, login: str, tag: str, period: float) -> bool:
+        key = key_prefix(login) + "once:" + tag
+        r = await self._call(
+            "once", self.client.set(key, "1", px=max(1, int(period * 1000)), nx=True)
+        )
+        return bool(r)
 
     async def close(self) -> None:
         close = getattr(self.client, "aclose", None) or self.client.close

@@ -17,6 +17,7 @@ answered `HOLD` (or the DEFER reply). Counters per (limit, result) are read at s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Coroutine
@@ -37,8 +38,8 @@ from policyd.replies import render
 from policyd.request import Request
 
 if TYPE_CHECKING:
-    from policyd.config import ProfileConfig
-    from policyd.quotas.compromise import Detector
+    from policyd.config import Config, ProfileConfig
+    from policyd.quotas.compromise import Detector, Notify
 
 log: Final = logging.getLogger("policyd.quotas")
 
@@ -95,12 +96,16 @@ class QuotaService:
         store: QuotaStore,
         rules: AddressRules,
         detector: Detector | None = None,
+        notify: Notify | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.rules = rules
         self.stats = QuotaStats()
         self.detector = detector
+        self.notify = notify
+        #: notifications under way (kept referenced until done)
+        self._tasks: set[asyncio.Task[None]] = set()
         #: instance -> recipients accepted at RCPT so far (the per-message cap)
         self._rcpts: OrderedDict[str, int] = OrderedDict()
         # the memory store answers without waiting: no coroutine, no task switch
@@ -246,6 +251,8 @@ class QuotaService:
             reply = render(self.config.suspended_defer_reply, {"login": login})
             return Decision(Verdict.DEFER, Reason.LOGIN_SUSPENDED, reply=reply)
         self.stats.add(out.hit, refused)
+        if refused == "refused" and self.notify is not None:
+            self._spawn(self._notify_over(login, out))
         values = {
             "login": login,
             "limit": out.hit,
@@ -256,7 +263,37 @@ class QuotaService:
         }
         return _refuse(profile, Reason.QUOTA_EXCEEDED, render(self.config.over_quota_reply, values))
 
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # (no loop: a one-shot decision outside the daemon)
+            coro.close()
+            return
+        task = loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _notify_over(self, login: str, out: Outcome) -> None:
+        """A mail the first time in notify_period that `login` goes over this limit."""
+        assert self.notify is not None
+        try:
+            first = await self.store.once(login, "over:" + out.hit, self.config.notify_period)
+        except QuotaStoreError as e:
+            log.warning("notification about %s skipped: %s", login, str(e))
+            return
+        if first:
+            await self.notify(
+                login,
+                f"policyd: {login} went over its quota {out.hit}",
+                f"The login {login} went over its quota {out.hit} ({out.used} of {out.limit} "
+                f"used; the refused message: {out.cost}). Its messages are deferred until "
+                f"the counter drains (in {format_duration(out.retry_after)}).\n\n"
+                f"Usage: policyd quota show {login}\n",
+            )
+
     async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=15)
         await self.store.close()
 
 
@@ -276,20 +313,27 @@ class Quotas:
         self._config: QuotasConfig | None = None
         self._retired: list[QuotaService] = []
 
-    def current(self, config: QuotasConfig, rules: AddressRules) -> QuotaService | None:
+    def current(self, full: Config, rules: AddressRules) -> QuotaService | None:
+        config = full.quotas
         if config is self._config:
             return self.service
         old = self.service
         self._config = config
+        notify = _notifier(full)
         if not config.enabled:
             self.service = None
         elif old is not None and old.config.store == config.store:
-            self.service = QuotaService(config, old.store, rules, _detector(config, old))
+            self.service = QuotaService(config, old.store, rules, _detector(config, notify), notify)
             self.service.stats = old.stats
             self.service._rcpts = old._rcpts
+            self.service._tasks = old._tasks
+            if old.detector is not None and self.service.detector is not None:
+                self.service.detector.suspended = old.detector.suspended
             return self.service
         else:
-            self.service = QuotaService(config, create_store(config), rules, _detector(config))
+            self.service = QuotaService(
+                config, create_store(config), rules, _detector(config, notify), notify
+            )
         if old is not None:
             self._retired.append(old)
         return self.service
@@ -302,12 +346,17 @@ class Quotas:
         self._config = None
 
 
-def _detector(config: QuotasConfig, old: QuotaService | None = None) -> Detector | None:
+def _detector(config: QuotasConfig, notify: Notify | None) -> Detector | None:
     if not config.compromise.enabled:
         return None
     from policyd.quotas.compromise import Detector
 
-    if old is not None and old.detector is not None:
-        old.detector.config = config
-        return old.detector
-    return Detector(config)
+    return Detector(config, notify)
+
+
+def _notifier(full: Config) -> Notify | None:
+    if not full.quotas.enabled or not full.quotas.notify:
+        return None
+    from policyd.quotas.notify import Notifier
+
+    return Notifier(full)

@@ -87,7 +87,25 @@ class QuotaStore(Protocol):
 
     async def suspension(self, login: str) -> str | None: ...
 
+    async def observe(
+        self, login: str, events: Sequence[tuple[str, str]], window: float
+    ) -> dict[str, int]:
+        """Add compromise signals (kind, member) at the store's time; the distinct members
+        of each kind of SIGNALS within the last `window` seconds."""
+        ...
+
+    async def once(self, login: str, tag: str, period: float) -> bool:
+        """True the first time (login, tag) is asked within `period` seconds (on every
+        instance sharing the store): for notifications once per period."""
+        ...
+
     async def close(self) -> None: ...
+
+
+#: The kinds of compromise signals a store keeps per login (compromise.py).
+SIGNALS = ("net", "msg", "not_owned", "null")
+#: Members kept per login and kind (the newest): bounds a burst's memory.
+MAX_SIGNAL_MEMBERS = 10_000
 
 
 def gcra(
@@ -127,6 +145,10 @@ class MemoryStore:
         self._tat: dict[tuple[str, str], float] = {}
         self._suspended: dict[str, str] = {}
         self._sweep_at = 1024
+        #: (login, kind) -> member -> time (ms) it was last seen
+        self._signals: dict[tuple[str, str], dict[str, float]] = {}
+        #: (login, tag) -> until (ms)
+        self._once: dict[tuple[str, str], float] = {}
 
     def _now(self) -> float:
         return self.clock() * 1000.0
@@ -192,13 +214,60 @@ class MemoryStore:
         self._suspended[login] = reason
 
     async def unsuspend(self, login: str) -> None:
+        """Also forgets the login's compromise signals and its suspension notice."""
         self._suspended.pop(login, None)
+        self._once.pop((login, "suspended"), None)
+        for kind in SIGNALS:
+            self._signals.pop((login, kind), None)
 
     async def suspension(self, login: str) -> str | None:
         return self._suspended.get(login)
 
     def suspended_logins(self) -> dict[str, str]:
         return dict(self._suspended)
+
+    async def observe(
+        self, login: str, events: Sequence[tuple[str, str]], window: float
+    ) -> dict[str, int]:
+        return self.observe_now(login, events, window)
+
+    def observe_now(
+        self, login: str, events: Sequence[tuple[str, str]], window: float
+    ) -> dict[str, int]:
+        now = self._now()
+        for kind, member in events:
+            seen = self._signals.setdefault((login, kind), {})
+            seen.pop(member, None)
+            seen[member] = now  # (newest last)
+            if len(seen) > MAX_SIGNAL_MEMBERS:
+                del seen[next(iter(seen))]
+        out = {}
+        oldest = now - window * 1000
+        for kind in SIGNALS:
+            kept = self._signals.get((login, kind))
+            if kept is None:
+                out[kind] = 0
+                continue
+            for member in [m for m, at in kept.items() if at <= oldest]:
+                del kept[member]
+            if not kept:
+                del self._signals[(login, kind)]
+            out[kind] = len(kept)
+        if len(self._signals) > self._sweep_at:
+            for key in [k for k, seen in self._signals.items() if max(seen.values()) <= oldest]:
+                del self._signals[key]
+        return out
+
+    async def once(self, login: str, tag: str, period: float) -> bool:
+        now = self._now()
+        until = self._once.get((login, tag))
+        if until is not None and until > now:
+            return False
+        if len(self._once) > self._sweep_at:
+            for key in [k for k, u in self._once.items() if u <= now]:
+                del self._once[key]
+        self._once[(login, tag)] = now + period * 1000
+        return True
 
     async def close(self) -> None:
         return None

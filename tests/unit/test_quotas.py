@@ -187,7 +187,7 @@ def test_a_suspended_login_is_held_or_deferred(tmp_path: Path) -> None:
     )
     assert encode_decision(d) == b"action=HOLD login suspended by policyd\n\n"
     svc2 = service(tmp_path, {"suspended_action": "defer"})
-    q2 = svc2.quotas.current(svc2.runtime.config.quotas, svc2.runtime.rules)
+    q2 = svc2.quotas.current(svc2.runtime.config, svc2.runtime.rules)
     assert q2 is not None
     asyncio.run(q2.store.suspend("alice", "test"))
     d = decide(svc2, eom())
