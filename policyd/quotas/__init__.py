@@ -7,6 +7,8 @@
     guard.py     the store behind a timeout and a circuit breaker, falling back to memory
     service.py   the front end's hooks: RCPT (recipient cap, early answer), END-OF-MESSAGE
                  (count once, or refuse), suspensions, the decision and its numbers
+    compromise.py  signals (networks, bursts, not-owned refusals, null senders) -> suspension
+    notify.py    the admin's mail, through the verification mail's submission path
 
 Kept import-light: policyd.config imports quotas.config; redis is imported only when a shared
 store is configured.

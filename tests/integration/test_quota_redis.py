@@ -224,3 +224,35 @@ def test_quota_cli_needs_a_shared_store(tmp_path: Path) -> None:
     cfg.write_text(cfg.read_text() + "\n[quotas]\nenabled = true\n")
     r = quota_cli(cfg, "show", "alice")
     assert r.returncode == 1 and "needs a shared store" in r.stderr
+
+
+def test_a_frozen_store_costs_one_short_timeout_then_nothing(
+    tmp_path: Path, redis_server: RedisServer, daemons: list[Daemon]
+) -> None:
+    """SIGSTOP: the server accepts and never answers. The first request waits store_timeout
+    (0.2 s), then the breaker keeps the store out: no request waits at all."""
+    cfg = with_quotas(write_config(tmp_path), redis_server.url)
+    cfg.write_text(
+        cfg.read_text().replace("store_retry_interval = 0.5", "store_retry_interval = 30")
+    )
+    port = free_port()
+    d = start(daemons, tmp_path, cfg, port)
+    c = Client(("127.0.0.1", port))
+    assert c.ask(eom("alice")) == "DUNNO"
+    redis_server.freeze()
+    try:
+        t0 = time.monotonic()
+        assert c.ask(eom("alice")) == "DUNNO"
+        first = time.monotonic() - t0
+        t0 = time.monotonic()
+        assert [c.ask(eom("bob")) for _ in range(3)] == ["DUNNO"] * 3
+        after = time.monotonic() - t0
+    finally:
+        redis_server.thaw()
+    assert 0.15 < first < 1.5, first
+    assert after < 0.1, after
+    # meanwhile this instance counts in its own memory, from zero (1 so far): 3 per hour
+    assert [c.ask(eom("alice")) for _ in range(2)] == ["DUNNO", "DUNNO"]
+    assert c.ask(eom("alice")).startswith("452 4.7.1")  # type: ignore[union-attr]
+    d.wait_log("quota store unavailable: redis://127.0.0.1")
+    c.close()

@@ -3,6 +3,7 @@
     with RedisServer(tmp / "redis") as r:     # starts redis-server (or valkey-server)
         r.url                                 # redis://127.0.0.1:PORT/0
         r.kill(); r.start()                   # SIGKILL, then again on the same port (empty)
+        r.freeze(); r.thaw()                  # SIGSTOP / SIGCONT: accepted, never answered
 
 The Popen PID is the daemon itself (`--daemonize no`); its log goes to `<workdir>/redis.log`.
 No persistence (`--save ''`, no AOF): a restart starts empty, as a replaced server would.
@@ -114,11 +115,21 @@ class RedisServer:
             return
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
+            os.kill(self.proc.pid, signal.SIGCONT)
         self.proc.wait(timeout=10)
         _LIVE.pop(self.proc.pid, None)
         self.proc = None
 
     stop = kill
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections are accepted by the kernel, nothing is answered."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
 
     def __enter__(self) -> RedisServer:
         return self.start()
