@@ -256,3 +256,30 @@ def test_a_frozen_store_costs_one_short_timeout_then_nothing(
     assert c.ask(eom("alice")).startswith("452 4.7.1")  # type: ignore[union-attr]
     d.wait_log("quota store unavailable: redis://127.0.0.1")
     c.close()
+
+
+def test_concurrent_messages_on_two_instances_never_exceed_the_limit(
+    tmp_path: Path, redis_server: RedisServer, daemons: list[Daemon]
+) -> None:
+    """16 connections over two instances, 160 messages of one login at once, limit 50: exactly
+    50 pass (one atomic script per message on the shared store: no read-then-write race)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = with_quotas(write_config(tmp_path), redis_server.url)
+    cfg.write_text(cfg.read_text().replace("messages_per_hour = 3", "messages_per_hour = 50"))
+    ports = [free_port(), free_port()]
+    for p in ports:
+        start(daemons, tmp_path, cfg, p)
+
+    def connection(i: int) -> list[str | None]:
+        c = Client(("127.0.0.1", ports[i % 2]))
+        try:
+            return [c.ask(eom("alice")) for _ in range(10)]
+        finally:
+            c.close()
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = [a for batch in pool.map(connection, range(16)) for a in batch]
+    assert len(answers) == 160
+    assert answers.count("DUNNO") == 50
+    assert all(a == "DUNNO" or (a or "").startswith("452 4.7.1") for a in answers)
