@@ -108,10 +108,12 @@ class GuardedStore:
 
     # -- QuotaStore ------------------------------------------------------------------------
 
-    async def charge(self, login: str, charges: Sequence[Charge], commit: bool) -> Outcome:
+    async def charge(
+        self, login: str, charges: Sequence[Charge], commit: bool, message: str = ""
+    ) -> Outcome:
         if self._closed():
             try:
-                out = await self.primary.charge(login, charges, commit)
+                out = await self.primary.charge(login, charges, commit, message)
             except QuotaStoreError as e:
                 await self._failed(e)
             else:
@@ -132,7 +134,18 @@ class GuardedStore:
             stale = self._stale_suspension(login)
             if stale is not None:
                 return Outcome(False, suspended=stale)
-        return self.fallback.charge_now(login, charges, commit)
+        return self.fallback.charge_now(login, charges, commit, message)
+
+    async def rejected(self, login: str, message: str) -> bool:
+        if self._closed():
+            try:
+                out = await self.primary.rejected(login, message)
+            except QuotaStoreError as e:
+                await self._failed(e)
+            else:
+                await self._succeeded()
+                return out
+        return await self.fallback.rejected(login, message)
 
     async def usage(self, login: str, charges: Sequence[Charge]) -> list[Usage]:
         return await self.primary.usage(login, charges)

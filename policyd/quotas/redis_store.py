@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from policyd.quotas.store import (
+    MARK_TTL_MS,
     MAX_SIGNAL_MEMBERS,
     SIGNALS,
     Charge,
@@ -32,13 +33,18 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local reason = redis.call('GET', KEYS[1])
 if reason then return {2, reason} end
+local n = (#ARGV - 3) / 3
+local marked = ARGV[2] == '1'
+if marked and redis.call('EXISTS', KEYS[n + 2]) == 1 then
+  redis.call('DEL', KEYS[n + 2])
+  return {3}
+end
 local eps = 0.001
-local n = #KEYS - 1
 local news = {}
 for i = 1, n do
-  local period = tonumber(ARGV[i * 3 - 1])
-  local limit = tonumber(ARGV[i * 3])
-  local cost = tonumber(ARGV[i * 3 + 1])
+  local period = tonumber(ARGV[i * 3 + 1])
+  local limit = tonumber(ARGV[i * 3 + 2])
+  local cost = tonumber(ARGV[i * 3 + 3])
   local interval = period / limit
   local tat = tonumber(redis.call('GET', KEYS[i + 1]))
   if tat == nil or tat < now then tat = now end
@@ -51,14 +57,47 @@ for i = 1, n do
   news[i] = new
 end
 if ARGV[1] == '1' then
+  local parts = {}
   for i = 1, n do
     local ttl = math.ceil(news[i] - now)
     if ttl > 0 then
       redis.call('SET', KEYS[i + 1], string.format('%.3f', news[i]), 'PX', ttl)
     end
+    parts[i] = ARGV[i * 3 + 1] .. ' ' .. ARGV[i * 3 + 2] .. ' ' .. ARGV[i * 3 + 3] .. ' '
+      .. KEYS[i + 1]
+  end
+  if marked then
+    redis.call('SET', KEYS[n + 3], table.concat(parts, '\\n'), 'PX', tonumber(ARGV[3]))
   end
 end
 return {0}
+"""
+
+#: KEYS: the rejected mark, the charged mark, then every limit key of the login (the charged
+#: mark names those it counted); ARGV: the mark's lifetime (ms). Returns 1 when a counted
+#: message was refunded, 0 when the mark now says "rejected" for a charge still to come.
+REJECTED_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local charged = redis.call('GET', KEYS[2])
+if not charged then
+  redis.call('SET', KEYS[1], '1', 'PX', tonumber(ARGV[1]))
+  return 0
+end
+redis.call('DEL', KEYS[2])
+for part in string.gmatch(charged, '[^\\n]+') do
+  local period, limit, cost, key = string.match(part, '^(%S+) (%S+) (%S+) (.+)$')
+  local tat = tonumber(redis.call('GET', key))
+  if tat ~= nil then
+    local new = tat - tonumber(cost) * tonumber(period) / tonumber(limit)
+    if new <= now then
+      redis.call('DEL', key)
+    else
+      redis.call('SET', key, string.format('%.3f', new), 'PX', math.ceil(new - now))
+    end
+  end
+end
+return 1
 """
 
 OBSERVE_LUA = """
@@ -115,6 +154,7 @@ class RedisStore:
         self._charge = self.client.register_script(CHARGE_LUA)
         self._usage = self.client.register_script(USAGE_LUA)
         self._observe = self.client.register_script(OBSERVE_LUA)
+        self._rejected = self.client.register_script(REJECTED_LUA)
 
     async def _call(self, what: str, coro: Any) -> Any:
         # (the client's socket_timeout and socket_connect_timeout bound every read and
@@ -129,15 +169,22 @@ class RedisStore:
         p = key_prefix(login)
         return [p + "suspended", *(p + "q:" + c.name for c in charges)]
 
-    async def charge(self, login: str, charges: Sequence[Charge], commit: bool) -> Outcome:
-        args: list[Any] = ["1" if commit else "0"]
+    async def charge(
+        self, login: str, charges: Sequence[Charge], commit: bool, message: str = ""
+    ) -> Outcome:
+        args: list[Any] = ["1" if commit else "0", "1" if message else "0", MARK_TTL_MS]
         for c in charges:
             args += [c.period * 1000, c.limit, c.cost]
-        r = await self._call("charge", self._charge(keys=self._keys(login, charges), args=args))
+        keys = self._keys(login, charges)
+        if message:
+            keys += self._marks(login, message)
+        r = await self._call("charge", self._charge(keys=keys, args=args))
         if not isinstance(r, list) or not r:
             raise QuotaStoreError(f"{self.name}: charge: unexpected answer {r!r:.80}")
         if r[0] == 0:
             return Outcome(True)
+        if r[0] == 3:
+            return Outcome(True, rejected_elsewhere=True)
         if r[0] == 2:
             return Outcome(False, suspended=str(r[1]))
         c = charges[int(r[1]) - 1]
@@ -149,6 +196,19 @@ class RedisStore:
             cost=c.cost,
             retry_after=float(r[3]) / 1000.0,
         )
+
+    @staticmethod
+    def _marks(login: str, message: str) -> list[str]:
+        p = key_prefix(login)
+        return [p + "rejected:" + message, p + "charged:" + message]
+
+    async def rejected(self, login: str, message: str) -> bool:
+        from policyd.quotas.config import LIMITS
+
+        every = [Charge(n, 1, 1.0, 0) for n in LIMITS]
+        keys = [*self._marks(login, message), *self._keys(login, every)[1:]]
+        r = await self._call("rejected", self._rejected(keys=keys, args=[MARK_TTL_MS]))
+        return bool(r)
 
     async def usage(self, login: str, charges: Sequence[Charge]) -> list[Usage]:
         keys = self._keys(login, charges)[1:]

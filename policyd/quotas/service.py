@@ -188,11 +188,13 @@ class QuotaService:
         charges = charges_for(limits, recipients, _int(req.size, 0))
         if self.detector is not None:
             return self._detect_then_charge(req, profile, login, charges, d)
+        # (the queue ID: a message the header From: milter refused is not counted, see
+        # QuotaStore.rejected)
+        message = req.queue_id
         if self._sync is not None:
-            return self._answer(
-                profile, login, self._sync.charge_now(login, charges, True), d, "refused"
-            )
-        return self._ask(profile, login, charges, True, d, "refused")
+            out = self._sync.charge_now(login, charges, True, message)
+            return self._answer(profile, login, out, d, "refused")
+        return self._ask(profile, login, charges, True, d, "refused", message)
 
     async def _detect_then_charge(
         self,
@@ -204,7 +206,7 @@ class QuotaService:
     ) -> Decision:
         assert self.detector is not None
         await self.detector.observe(login, req.client_address, req.sender == "", self.store)
-        return await self._ask(profile, login, charges, True, d, "refused")
+        return await self._ask(profile, login, charges, True, d, "refused", req.queue_id)
 
     async def _signal_then(self, d: Decision, login: str, req: Request, signal: str) -> Decision:
         assert self.detector is not None
@@ -221,9 +223,10 @@ class QuotaService:
         commit: bool,
         d: Decision,
         refused: str,
+        message: str = "",
     ) -> Decision:
         try:
-            out = await self.store.charge(login, charges, commit)
+            out = await self.store.charge(login, charges, commit, message)
         except QuotaStoreError as e:
             # (only with on_store_error = "defer": the guard counts in memory otherwise)
             log.warning("quota store unavailable: %s", str(e))
@@ -236,7 +239,9 @@ class QuotaService:
         self, profile: ProfileConfig, login: str, out: Outcome, d: Decision, refused: str
     ) -> Decision:
         if out.allowed:
-            if refused == "refused":
+            if out.rejected_elsewhere:
+                self.stats.add("all", "rejected_elsewhere")
+            elif refused == "refused":
                 self.stats.add("all", "counted")
             return d
         if out.suspended is not None:
@@ -302,6 +307,22 @@ def _refuse(profile: ProfileConfig, reason: Reason, reply: str) -> Decision:
     if profile.mode == "warn":
         return Decision(Verdict.DUNNO, reason, would_have=reply)
     return Decision(Verdict.DEFER, reason, reply=reply)
+
+
+async def milter_rejected(store: QuotaStore, login: str, queue_id: str) -> None:
+    """The header From: milter refused this message of `login` (canonical): it is not
+    counted (taken back, or never counted). Logged, never raised."""
+    try:
+        refunded = await store.rejected(login, queue_id)
+    except QuotaStoreError as e:
+        log.warning("quota store unavailable: %s; the refused message stays counted", str(e))
+        return
+    log.info(
+        "quota not counted: message refused by the milter queue_id=%s login=%s%s",
+        queue_id,
+        login,
+        " (taken back)" if refunded else "",
+    )
 
 
 class Quotas:

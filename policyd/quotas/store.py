@@ -47,6 +47,8 @@ class Outcome:
 
     allowed: bool
     suspended: str | None = None
+    #: allowed, and not counted: a filter (the header From: milter) already refused it
+    rejected_elsewhere: bool = False
     hit: str = ""
     used: int = 0
     limit: int = 0
@@ -75,7 +77,18 @@ class QuotaStore(Protocol):
     #: "memory" or the server's address, for logs
     name: str
 
-    async def charge(self, login: str, charges: Sequence[Charge], commit: bool) -> Outcome: ...
+    async def charge(
+        self, login: str, charges: Sequence[Charge], commit: bool, message: str = ""
+    ) -> Outcome:
+        """Check, and with `commit` count, one message. `message` (Postfix's queue ID): a
+        message `rejected()` named already is not counted; a counted one is remembered for
+        MARK_TTL_MS, so a later `rejected()` takes it back."""
+        ...
+
+    async def rejected(self, login: str, message: str) -> bool:
+        """Another filter (the header From: milter) refused `message`: take its count back
+        (True), or, when it is not counted yet, make sure it never is (False)."""
+        ...
 
     async def usage(self, login: str, charges: Sequence[Charge]) -> list[Usage]: ...
 
@@ -101,6 +114,10 @@ class QuotaStore(Protocol):
 
     async def close(self) -> None: ...
 
+
+#: How long a message's "counted" or "rejected" mark lives: Postfix's end-of-data check and
+#: the milter's verdict for one message come within seconds of each other.
+MARK_TTL_MS = 600_000
 
 #: The kinds of compromise signals a store keeps per login (compromise.py).
 SIGNALS = ("net", "msg", "not_owned", "null")
@@ -149,16 +166,24 @@ class MemoryStore:
         self._signals: dict[tuple[str, str], dict[str, float]] = {}
         #: (login, tag) -> until (ms)
         self._once: dict[tuple[str, str], float] = {}
+        #: (login, "charged:ID" | "rejected:ID") -> (until (ms), what was counted)
+        self._marks: dict[tuple[str, str], tuple[float, tuple[Charge, ...]]] = {}
 
     def _now(self) -> float:
         return self.clock() * 1000.0
 
-    def charge_now(self, login: str, charges: Sequence[Charge], commit: bool) -> Outcome:
+    def charge_now(
+        self, login: str, charges: Sequence[Charge], commit: bool, message: str = ""
+    ) -> Outcome:
         """charge(), synchronously (the memory store never waits)."""
         reason = self._suspended.get(login)
         if reason is not None:
             return Outcome(False, suspended=reason)
         now = self._now()
+        if message:
+            mark = self._marks.pop((login, "rejected:" + message), None)
+            if mark is not None and mark[0] > now:
+                return Outcome(True, rejected_elsewhere=True)
         tats = self._tat
         new: list[float] = []
         for c in charges:
@@ -180,7 +205,34 @@ class MemoryStore:
                 tats[(login, c.name)] = tat
             if len(tats) > self._sweep_at:
                 self._sweep(now)
+            if message:
+                self._mark(login, "charged:" + message, now, tuple(charges))
         return Outcome(True)
+
+    def _mark(self, login: str, name: str, now: float, charges: tuple[Charge, ...]) -> None:
+        marks = self._marks
+        if len(marks) > self._sweep_at:
+            for key in [k for k, (until, _) in marks.items() if until <= now]:
+                del marks[key]
+        marks[(login, name)] = (now + MARK_TTL_MS, charges)
+
+    async def rejected(self, login: str, message: str) -> bool:
+        now = self._now()
+        mark = self._marks.pop((login, "charged:" + message), None)
+        if mark is None or mark[0] <= now:
+            self._mark(login, "rejected:" + message, now, ())
+            return False
+        for c in mark[1]:
+            key = (login, c.name)
+            tat = self._tat.get(key)
+            if tat is None:
+                continue
+            new = tat - c.cost * c.period * 1000 / c.limit
+            if new <= now:
+                del self._tat[key]
+            else:
+                self._tat[key] = round(new, 3)
+        return True
 
     def _sweep(self, now: float) -> None:
         """Forget drained counters (the expiry a Redis key has)."""
@@ -188,8 +240,10 @@ class MemoryStore:
             del self._tat[key]
         self._sweep_at = max(1024, 2 * len(self._tat))
 
-    async def charge(self, login: str, charges: Sequence[Charge], commit: bool) -> Outcome:
-        return self.charge_now(login, charges, commit)
+    async def charge(
+        self, login: str, charges: Sequence[Charge], commit: bool, message: str = ""
+    ) -> Outcome:
+        return self.charge_now(login, charges, commit, message)
 
     async def usage(self, login: str, charges: Sequence[Charge]) -> list[Usage]:
         now = self._now()

@@ -221,3 +221,33 @@ def test_once_per_period(make_store: Factory) -> None:
         assert await s.once("alice", "suspended", 0.4)
 
     run(make_store, body)
+
+
+def test_a_message_the_milter_refused_after_it_was_counted_is_taken_back(
+    make_store: Factory,
+) -> None:
+    async def body(s: QuotaStore) -> None:
+        lim = [per(2, 3600, name="messages_per_hour"), per(10, 86400, 3, "recipients_per_day")]
+        assert (await s.charge("alice", lim, True, "Q1")).allowed
+        assert (await s.charge("alice", lim, True, "Q2")).allowed
+        assert await s.rejected("alice", "Q2")  # counted, then refused by the milter
+        assert [u.used for u in await s.usage("alice", lim)] == [1, 3]
+        assert not await s.rejected("alice", "Q2")  # (taken back once only)
+        assert (await s.charge("alice", lim, True, "Q3")).allowed
+        assert not (await s.charge("alice", lim, True, "Q4")).allowed
+
+    run(make_store, body)
+
+
+def test_a_message_the_milter_refused_first_is_never_counted(make_store: Factory) -> None:
+    async def body(s: QuotaStore) -> None:
+        lim = [per(1, 3600, name="messages_per_hour")]
+        assert not await s.rejected("alice", "Q1")  # the milter's verdict came first
+        out = await s.charge("alice", lim, True, "Q1")
+        assert (out.allowed, out.rejected_elsewhere) == (True, True)
+        assert [u.used for u in await s.usage("alice", lim)] == [0]
+        assert (await s.charge("alice", lim, True, "Q2")).allowed
+        assert not (await s.charge("alice", lim, True, "Q3")).allowed
+        assert not (await s.charge("bob", lim, True, "Q1")).rejected_elsewhere  # per login
+
+    run(make_store, body)
