@@ -1,13 +1,15 @@
-"""A private Valkey/Redis server for tests: temp dir, a free loopback port, foreground process.
+"""A private Valkey/Redis server for tests: temp dir, a free port, foreground process.
 
     with RedisServer(tmp / "redis") as r:     # starts redis-server (or valkey-server)
         r.url                                 # redis://127.0.0.1:PORT/0
         r.kill(); r.start()                   # SIGKILL, then again on the same port (empty)
         r.freeze(); r.thaw()                  # SIGSTOP / SIGCONT: accepted, never answered
+    RedisServer(d, bind=(ip1, ip2), wrap=lambda c: net.argv("store", c))  # in a namespace
 
-The Popen PID is the daemon itself (`--daemonize no`); its log goes to `<workdir>/redis.log`.
-No persistence (`--save ''`, no AOF): a restart starts empty, as a replaced server would.
-Every started process is killed by PID at interpreter exit, whatever happened to the test.
+The Popen PID is the daemon itself (`--daemonize no`; `ip netns exec` execs it); its log goes to
+`<workdir>/redis.log`. No persistence (`--save ''`, no AOF): a restart starts empty, as a
+replaced server would. Every started process is killed by PID at interpreter exit, whatever
+happened to the test.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.servers.slapd import free_port
@@ -30,6 +33,7 @@ _LIVE: dict[int, subprocess.Popen[bytes]] = {}
 def _reap_all() -> None:
     for pid, proc in list(_LIVE.items()):
         with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
             os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
             proc.wait(timeout=5)
@@ -53,57 +57,60 @@ def server_binary() -> str:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        binary: str | None = None,
+        *,
+        bind: tuple[str, ...] = ("127.0.0.1",),
+        wrap: Callable[[list[str]], list[str]] | None = None,
+    ) -> None:
+        """`bind`: its addresses; `wrap`: turns the command into another (Netns.argv, to run
+        it in a network namespace; readiness is then read from its log)."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.binary = binary or server_binary()
         self.port = free_port()
+        self.bind = bind
+        self.wrap = wrap
+        self.log = workdir / "redis.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.bind[0]}:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        log = open(self.workdir / "redis.log", "ab")  # noqa: SIM115 - the child keeps it
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--daemonize",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        cmd = [
+            self.binary,
+            *("--port", str(self.port), "--bind", *self.bind, "--daemonize", "no"),
+            *("--dir", str(self.workdir), "--save", "", "--appendonly", "no"),
+            # (off only where it must be: another address than loopback, in a namespace)
+            *("--protected-mode", "yes" if self.bind == ("127.0.0.1",) else "no"),
+        ]
+        ready_at = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.wrap(cmd) if self.wrap else cmd, stdout=log, stderr=subprocess.STDOUT
+            )
         _LIVE[self.proc.pid] = self.proc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.binary} exited: {(self.workdir / 'redis.log').read_text()[-2000:]}"
-                )
-            if self._pong():
+                raise RuntimeError(f"{self.binary} exited: {self.log.read_text()[-2000:]}")
+            if self._ready(ready_at):
                 return self
             time.sleep(0.02)
         self.kill()
-        raise RuntimeError(f"{self.binary} did not answer on 127.0.0.1:{self.port}")
+        raise RuntimeError(f"{self.binary} did not answer on {self.bind}:{self.port}")
 
-    def _pong(self) -> bool:
+    def _ready(self, log_from: int) -> bool:
+        if self.wrap is not None:
+            with open(self.log, "rb") as f:
+                f.seek(log_from)
+                return b"Ready to accept connections" in f.read()
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+            with socket.create_connection((self.bind[0], self.port), timeout=0.5) as s:
                 s.sendall(b"PING\r\n")
                 return s.recv(64).startswith(b"+PONG")
         except OSError:
