@@ -283,3 +283,78 @@ def test_concurrent_messages_on_two_instances_never_exceed_the_limit(
     assert len(answers) == 160
     assert answers.count("DUNNO") == 50
     assert all(a == "DUNNO" or (a or "").startswith("452 4.7.1") for a in answers)
+
+
+def test_rcpt_after_a_slow_directory_lookup_then_the_cap_and_the_early_answer(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The engine's answer comes from a (blocking, cached) directory lookup, a coroutine: the
+    quota hook runs after it, on the shared store: the recipient cap, the early read-only
+    answer, and a sender_not_owned refusal that is never capped."""
+    import asyncio
+
+    from policyd.decision import Reason
+    from policyd.request import Request
+    from policyd.service import PolicyService
+    from tests.integration.serverutil import BlockingDirectory, make_config, runtime_with
+
+    config = make_config(
+        tmp_path,
+        {
+            "quotas": {
+                "enabled": True,
+                "store": redis_server.url,
+                "early_refusal": True,
+                "limits": {"recipients_per_message": 2, "messages_per_hour": 1},
+            }
+        },
+    )
+    directory = BlockingDirectory(delays={"alice": 0.05})
+    svc = PolicyService(runtime_with(config, directory))
+
+    def rcpt(instance: str, sender: str = "alice@example.org") -> Request:
+        return Request(
+            request="smtpd_access_policy",
+            protocol_state="RCPT",
+            client_address="203.0.113.5",
+            sasl_username="alice",
+            sender=sender,
+            recipient="x@example.net",
+            instance=instance,
+            server_port="587",
+        )
+
+    async def main() -> list[tuple[str, str]]:
+        out = []
+        _, first = svc.decide_now(rcpt("m1"))
+        assert asyncio.iscoroutine(first)  # (the directory lookup, then the quota hook)
+        d = await first
+        out.append((d.reply, d.reason.value))
+        for req in (rcpt("m1"), rcpt("m1"), rcpt("m1", "bob@example.org")):
+            d = (await svc.decide(req))[1]
+            out.append((d.reply[:9] or d.reply, d.reason.value))
+        eom = Request(
+            request="smtpd_access_policy",
+            protocol_state="END-OF-MESSAGE",
+            sasl_username="alice",
+            sender="alice@example.org",
+            instance="m1",
+            recipient_count="2",
+            server_port="587",
+        )
+        d = (await svc.decide(eom))[1]
+        out.append((d.reply, d.reason.value))
+        d = (await svc.decide(rcpt("m2")))[1]  # one message per hour: over at RCPT already
+        out.append((d.reply[:9], d.reason.value))
+        await svc.quotas.close()
+        return out
+
+    assert asyncio.run(main()) == [
+        ("OK", Reason.SENDER_OWNED.value),
+        ("OK", Reason.SENDER_OWNED.value),
+        ("452 4.5.3", Reason.TOO_MANY_RECIPIENTS.value),
+        ("553 5.7.1", Reason.SENDER_NOT_OWNED.value),
+        ("", Reason.NOT_CHECKED_STATE.value),
+        ("452 4.7.1", Reason.QUOTA_EXCEEDED.value),
+    ]
+    svc.runtime.close()
