@@ -97,8 +97,13 @@ class QuotaService:
         rules: AddressRules,
         detector: Detector | None = None,
         notify: Notify | None = None,
+        read_only: bool = False,
     ) -> None:
         self.config = config
+        #: check, never count (`policyd check`): no detector, no notification either
+        self.read_only = read_only
+        if read_only:
+            detector = notify = None
         self.store = store
         self.rules = rules
         self.stats = QuotaStats()
@@ -143,11 +148,12 @@ class QuotaService:
     # -- RCPT -----------------------------------------------------------------------------------
 
     def _rcpt(self, req: Request, profile: ProfileConfig, login: str, d: Decision) -> Result:
+        exempt = self.config.is_exempt(login)
         if d.verdict in _REFUSED:
-            if d.reason is Reason.SENDER_NOT_OWNED and self.detector is not None:
+            if d.reason is Reason.SENDER_NOT_OWNED and self.detector is not None and not exempt:
                 return self._signal_then(d, login, req, "not_owned")
             return d
-        if self.config.is_exempt(login):
+        if exempt:
             return d
         limits = self.config.limits_for(login)
         cap = limits.recipients_per_message
@@ -176,8 +182,15 @@ class QuotaService:
         self, req: Request, profile: ProfileConfig, login: str, d: Decision
     ) -> Result:
         self._rcpts.pop(req.instance, None)
-        if d.verdict in _REFUSED or self.config.is_exempt(login):
+        if d.verdict in _REFUSED:
             return d
+        if self.config.is_exempt(login):
+            # never limited, no compromise signals; a suspension (by an admin) still holds
+            if self._sync is not None:
+                return self._answer(
+                    profile, login, self._sync.charge_now(login, [], False), d, "refused"
+                )
+            return self._ask(profile, login, [], False, d, "refused")
         limits = self.config.limits_for(login)
         recipients = max(1, _int(req.recipient_count, 1))
         cap = limits.recipients_per_message
@@ -190,11 +203,11 @@ class QuotaService:
             return self._detect_then_charge(req, profile, login, charges, d)
         # (the queue ID: a message the header From: milter refused is not counted, see
         # QuotaStore.rejected)
-        message = req.queue_id
+        message, commit = req.queue_id, not self.read_only
         if self._sync is not None:
-            out = self._sync.charge_now(login, charges, True, message)
+            out = self._sync.charge_now(login, charges, commit, message)
             return self._answer(profile, login, out, d, "refused")
-        return self._ask(profile, login, charges, True, d, "refused", message)
+        return self._ask(profile, login, charges, commit, d, "refused", message)
 
     async def _detect_then_charge(
         self,
@@ -245,6 +258,12 @@ class QuotaService:
                 self.stats.add("all", "counted")
             return d
         if out.suspended is not None:
+            if profile.mode == "warn":  # (roll-out: say what would have happened)
+                self.stats.add("suspended", "warned")
+                would = render(self.config.suspended_defer_reply, {"login": login})
+                if self.config.suspended_action == "hold":
+                    would = "HOLD " + self.config.suspended_hold_text
+                return Decision(Verdict.DUNNO, Reason.LOGIN_SUSPENDED, would_have=would)
             if self.config.suspended_action == "hold":
                 self.stats.add("suspended", "held")
                 return Decision(
@@ -331,6 +350,8 @@ class Quotas:
 
     def __init__(self) -> None:
         self.service: QuotaService | None = None
+        #: set before the first request: check only (`policyd check`)
+        self.read_only = False
         self._config: QuotasConfig | None = None
         self._retired: list[QuotaService] = []
 
@@ -344,7 +365,9 @@ class Quotas:
         if not config.enabled:
             self.service = None
         elif old is not None and old.config.store == config.store:
-            self.service = QuotaService(config, old.store, rules, _detector(config, notify), notify)
+            self.service = QuotaService(
+                config, old.store, rules, _detector(config, notify), notify, self.read_only
+            )
             self.service.stats = old.stats
             self.service._rcpts = old._rcpts
             self.service._tasks = old._tasks
@@ -353,7 +376,12 @@ class Quotas:
             return self.service
         else:
             self.service = QuotaService(
-                config, create_store(config), rules, _detector(config, notify), notify
+                config,
+                create_store(config),
+                rules,
+                _detector(config, notify),
+                notify,
+                self.read_only,
             )
         if old is not None:
             self._retired.append(old)

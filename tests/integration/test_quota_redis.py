@@ -358,3 +358,35 @@ def test_rcpt_after_a_slow_directory_lookup_then_the_cap_and_the_early_answer(
         ("452 4.7.1", Reason.QUOTA_EXCEEDED.value),
     ]
     svc.runtime.close()
+
+
+def test_policyd_check_counts_nothing(tmp_path: Path, redis_server: RedisServer) -> None:
+    import redis
+
+    cfg = with_quotas(write_config(tmp_path), redis_server.url)
+    for _ in range(4):  # over the limit of 3 if it counted
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "policyd",
+                "check",
+                "--config",
+                str(cfg),
+                "--protocol-state",
+                "END-OF-MESSAGE",
+                "--sasl-username",
+                "alice",
+                "--sender",
+                "alice@example.org",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
+        )
+        assert r.returncode == 0, r.stderr
+        assert "DUNNO" in r.stdout and "Traceback" not in r.stderr
+    client = redis.Redis.from_url(redis_server.url)
+    assert client.keys("*") == []
+    client.close()

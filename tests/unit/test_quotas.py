@@ -300,3 +300,36 @@ def test_every_quotas_key_is_documented_in_the_shipped_config() -> None:
     assert set(doc) - tables == {f.name for f in dataclasses.fields(QuotasConfig)} - tables
     assert set(doc["limits"]) == {f.name for f in dataclasses.fields(QuotaLimits)}
     assert set(doc["compromise"]) == {f.name for f in dataclasses.fields(CompromiseConfig)}
+
+
+def test_an_exempt_login_is_never_limited_but_a_suspension_holds(tmp_path: Path) -> None:
+    svc = service(tmp_path, {"limits": {"messages_per_hour": 1}, "exempt": ["alice"]})
+    assert [decide(svc, eom()).verdict for _ in range(3)] == [Verdict.DUNNO] * 3
+    q = svc.quotas.service
+    assert q is not None
+    asyncio.run(q.store.suspend("alice", "by an admin"))
+    assert decide(svc, eom()).verdict is Verdict.HOLD
+
+
+def test_warn_mode_does_not_hold_a_suspended_login(tmp_path: Path) -> None:
+    svc = service(tmp_path, {}, mode="warn")
+    q = svc.quotas.current(svc.runtime.config, svc.runtime.rules)
+    assert q is not None
+    asyncio.run(q.store.suspend("alice", "test"))
+    d = decide(svc, eom())
+    assert (d.verdict, d.reason, d.would_have) == (
+        Verdict.DUNNO,
+        Reason.LOGIN_SUSPENDED,
+        "HOLD login suspended by policyd",
+    )
+
+
+def test_a_read_only_service_counts_nothing(tmp_path: Path) -> None:
+    """`policyd check --protocol-state END-OF-MESSAGE` answers as the daemon would, and counts
+    nothing."""
+    svc = service(tmp_path, {"limits": {"messages_per_hour": 1}})
+    svc.quotas.read_only = True
+    assert [decide(svc, eom()).verdict for _ in range(3)] == [Verdict.DUNNO] * 3
+    svc.quotas.read_only = False
+    svc.quotas._config = None  # (a new service, as after a reload)
+    assert [decide(svc, eom()).verdict for _ in range(2)] == [Verdict.DUNNO, Verdict.DEFER]
