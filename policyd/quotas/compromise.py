@@ -15,7 +15,8 @@ import ipaddress
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
 
 from policyd.quotas.config import QuotasConfig
 from policyd.quotas.store import QuotaStore, QuotaStoreError
@@ -44,15 +45,18 @@ def score(config: QuotasConfig, counts: Mapping[str, int]) -> tuple[float, str]:
     c = config.compromise
     nets, msgs = counts.get("net", 0), counts.get("msg", 0)
     not_owned, null = counts.get("not_owned", 0), counts.get("null", 0)
+    countries = counts.get("country", 0)
     total = (
         c.network_points * max(0, nets - 1)
         + c.burst_points * max(0, msgs - c.burst_messages)
         + c.not_owned_points * not_owned
         + c.null_sender_points * null
+        + c.country_points * max(0, countries - 1)
     )
     why = (
         f"networks={nets} messages={msgs} not_owned={not_owned} null_sender={null} "
-        f"score={total:g} threshold={c.threshold:g} window={c.window:g}s"
+        + (f"countries={countries} " if c.geoip_database is not None else "")
+        + f"score={total:g} threshold={c.threshold:g} window={c.window:g}s"
     )
     return total, why
 
@@ -63,6 +67,26 @@ class Detector:
         self.notify = notify
         #: suspensions this instance made (a metric)
         self.suspended = 0
+        self.geoip = _open_geoip(config.compromise.geoip_database)
+
+    def country_of(self, address: str) -> str:
+        """The ISO country code of a client address in the MaxMind database, or ""."""
+        if self.geoip is None:
+            return ""
+        text = address.strip()
+        if text.lower().startswith("ipv6:"):
+            text = text[5:]
+        try:
+            record = self.geoip.get(text)
+        except ValueError:  # (not an address, or IPv6 in an IPv4-only database)
+            return ""
+        if not isinstance(record, dict):
+            return ""
+        for key in ("country", "registered_country"):
+            entry = record.get(key)
+            if isinstance(entry, dict) and isinstance(entry.get("iso_code"), str):
+                return str(entry["iso_code"])
+        return ""
 
     async def observe(self, login: str, client: str, null_sender: bool, store: QuotaStore) -> None:
         """One message at END-OF-MESSAGE (before it is counted)."""
@@ -73,6 +97,9 @@ class Detector:
             events.append(("net", net))
         if null_sender:
             events.append(("null", token))
+        country = self.country_of(client)
+        if country:
+            events.append(("country", country))
         await self._judge(login, events, store)
 
     async def signal(self, login: str, kind: str, store: QuotaStore) -> None:
@@ -108,3 +135,19 @@ class Detector:
                 f"(held messages: postqueue -p; release: postsuper -H QUEUE_ID, "
                 f"or delete them: postsuper -d QUEUE_ID)\n",
             )
+
+
+def _open_geoip(path: Path | None) -> Any:
+    """The maxminddb reader of `path` (checked at config load), or None (logged)."""
+    if path is None:
+        return None
+    try:
+        import maxminddb
+    except ImportError as e:
+        log.warning("geoip_database %s not used: %s", path, e)
+        return None
+    try:
+        return maxminddb.open_database(str(path))
+    except (OSError, ValueError, maxminddb.InvalidDatabaseError) as e:
+        log.warning("geoip_database %s not used: %s", path, e)
+        return None

@@ -12,6 +12,7 @@ import re
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from policyd.config_tables import ConfigError, TableReader
@@ -56,6 +57,10 @@ class CompromiseConfig:
     not_owned_points: float = 2.0
     #: points per authenticated message with the null sender
     null_sender_points: float = 1.0
+    #: a MaxMind-format database (GeoLite2-Country, GeoIP2-City, ...; python3-maxminddb):
+    #: then points per distinct country of the client addresses beyond the first
+    geoip_database: Path | None = None
+    country_points: float = 3.0
     threshold: float = 10.0
 
 
@@ -230,8 +235,32 @@ def _check(cfg: QuotasConfig, s: str) -> None:
     for key in ("window", "threshold"):
         if getattr(c, key) <= 0:
             raise ConfigError(s, f"quotas.compromise.{key}", "must be greater than 0")
-    for key in ("network_points", "burst_points", "not_owned_points", "null_sender_points"):
+    if c.geoip_database is not None:
+        why = geoip_problem(c.geoip_database)
+        if why:
+            raise ConfigError(s, "quotas.compromise.geoip_database", why)
+    for key in (
+        "network_points",
+        "burst_points",
+        "not_owned_points",
+        "null_sender_points",
+        "country_points",
+    ):
         if getattr(c, key) < 0:
             raise ConfigError(s, f"quotas.compromise.{key}", "must not be negative")
     if c.burst_messages < 0:
         raise ConfigError(s, "quotas.compromise.burst_messages", "must not be negative")
+
+
+def geoip_problem(path: Path) -> str:
+    """Why the MaxMind-format database at `path` cannot be used ("" when it can)."""
+    try:
+        import maxminddb
+    except ImportError:
+        return "needs python3-maxminddb (pip install maxminddb)"
+    try:
+        reader = maxminddb.open_database(str(path))
+    except (OSError, ValueError, maxminddb.InvalidDatabaseError) as e:
+        return f"cannot read {path}: {e}"
+    reader.close()
+    return ""

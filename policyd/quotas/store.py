@@ -120,7 +120,7 @@ class QuotaStore(Protocol):
 MARK_TTL_MS = 600_000
 
 #: The kinds of compromise signals a store keeps per login (compromise.py).
-SIGNALS = ("net", "msg", "not_owned", "null")
+SIGNALS = ("net", "msg", "not_owned", "null", "country")
 #: Members kept per login and kind (the newest): bounds a burst's memory.
 MAX_SIGNAL_MEMBERS = 10_000
 

@@ -155,3 +155,58 @@ def test_first_quota_hit_in_a_period_is_notified_once(
     assert len(sink.messages) == 1
     msg = email.message_from_bytes(sink.messages[0].content, policy=email.policy.default)
     assert msg["Subject"] == "policyd: alice went over its quota messages_per_hour"
+
+
+def test_countries_from_a_maxmind_database_are_a_signal(
+    tmp_path: Path, sink: SmtpSink, store_url: str
+) -> None:
+    from tests.servers.mmdb import write_country_db
+
+    pytest.importorskip("maxminddb", reason="python3-maxminddb is not installed")
+    db = write_country_db(
+        tmp_path / "countries.mmdb",
+        {
+            "198.51.100.0/24": "DE",
+            "203.0.113.0/24": "BR",
+            "192.0.2.0/24": "JP",
+            "2001:db8:5::/48": "US",
+        },
+    )
+    svc = service(
+        tmp_path,
+        sink,
+        store_url,
+        notify="",
+        compromise={
+            "enabled": True,
+            "geoip_database": str(db),
+            "country_points": 3.0,
+            "network_points": 0.0,
+            "threshold": 9.0,
+        },
+    )
+    clients = ["198.51.100.1", "198.51.100.2", "203.0.113.1", "192.0.2.1", "2001:db8:5::1"]
+
+    async def main() -> list[Decision]:
+        out = [await decide(svc, eom("alice", c)) for c in clients]
+        out.append(await decide(svc, eom("bob", "198.51.100.1")))
+        await svc.quotas.close()
+        return out
+
+    got = asyncio.run(main())
+    # DE, DE, BR, JP: 2 more countries = 6 points; then US: 9 = the threshold
+    assert [d.verdict for d in got[:4]] == [Verdict.DUNNO] * 4
+    assert (got[4].verdict, got[4].reason) == (Verdict.HOLD, Reason.LOGIN_SUSPENDED)
+    assert got[5].verdict is Verdict.DUNNO
+
+
+def test_a_bad_geoip_database_is_a_config_error(tmp_path: Path, sink: SmtpSink) -> None:
+    from policyd.config import ConfigError
+
+    pytest.importorskip("maxminddb", reason="python3-maxminddb is not installed")
+    bad = tmp_path / "bad.mmdb"
+    bad.write_bytes(b"not a database")
+    with pytest.raises(ConfigError) as e:
+        service(tmp_path, sink, "none", compromise={"geoip_database": str(bad)})
+    assert e.value.key == "quotas.compromise.geoip_database"
+    assert str(bad) in e.value.why

@@ -199,14 +199,15 @@ def test_redis_store_uses_the_server_clock(redis_server: RedisServer) -> None:
 def test_compromise_signals_count_distinct_members_in_the_window(make_store: Factory) -> None:
     async def body(s: QuotaStore) -> None:
         counts = await s.observe("alice", [("net", "192.0.2.0/24"), ("msg", "m1")], 0.5)
-        assert counts == {"net": 1, "msg": 1, "not_owned": 0, "null": 0}
+        assert counts == {"net": 1, "msg": 1, "not_owned": 0, "null": 0, "country": 0}
         counts = await s.observe("alice", [("net", "192.0.2.0/24"), ("msg", "m2")], 0.5)
         assert (counts["net"], counts["msg"]) == (1, 2)  # the same network once
         counts = await s.observe("alice", [("net", "198.51.100.0/24"), ("null", "m3")], 0.5)
         assert (counts["net"], counts["null"]) == (2, 1)
         assert (await s.observe("bob", [], 0.5))["net"] == 0  # per login
         await asyncio.sleep(0.6)
-        assert await s.observe("alice", [], 0.5) == {"net": 0, "msg": 0, "not_owned": 0, "null": 0}
+        empty = {"net": 0, "msg": 0, "not_owned": 0, "null": 0, "country": 0}
+        assert await s.observe("alice", [], 0.5) == empty
 
     run(make_store, body)
 
