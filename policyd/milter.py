@@ -46,7 +46,7 @@ from policyd.decision_log import log_line, milter_line, setup_logging
 from policyd.directory.base import DirectoryUnavailable
 from policyd.engine import decide_header_from
 from policyd.headers import AUTHOR_HEADERS, AuthorCheck, author_mailboxes, unfold
-from policyd.quotas.service import milter_rejected
+from policyd.quotas.current import milter_rejected
 from policyd.quotas.store import QuotaStore, create_store
 from policyd.runtime import Runtime, build_runtime
 from policyd.service import decide_headers

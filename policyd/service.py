@@ -34,7 +34,7 @@ from policyd.engine import (
 )
 from policyd.headers import AuthorCheck
 from policyd.networks import Range
-from policyd.quotas.service import Quotas
+from policyd.quotas.current import Quotas
 from policyd.request import Request
 from policyd.runtime import Runtime
 

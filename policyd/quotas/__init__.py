@@ -7,6 +7,7 @@
     guard.py     the store behind a timeout and a circuit breaker, falling back to memory
     service.py   the front end's hooks: RCPT (recipient cap, early answer), END-OF-MESSAGE
                  (count once, or refuse), suspensions, the decision and its numbers
+    current.py   the QuotaService of the running config, kept across reloads; the milter's side
     compromise.py  signals (networks, bursts, not-owned refusals, null senders) -> suspension
     notify.py    the admin's mail, through the verification mail's submission path
 
