@@ -93,11 +93,13 @@ class PolicyService:
         """Either the decision, or a coroutine that finishes it after a directory lookup
         (or a quota check)."""
         rt = self.runtime
-        quotas = self.quotas.current(rt.config, rt.rules)
-        if quotas is None:
-            return self._decide_now(rt, req)
-        profile, result = self._decide_now(rt, req)
-        return profile, quotas.hook(req, profile, result)
+        config = rt.config
+        if config.quotas.enabled:  # (off: one attribute read per request)
+            quotas = self.quotas.current(config, rt.rules)
+            if quotas is not None:
+                profile, result = self._decide_now(rt, req)
+                return profile, quotas.hook(req, profile, result)
+        return self._decide_now(rt, req)
 
     def _decide_now(
         self, rt: Runtime, req: Request
