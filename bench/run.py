@@ -4,7 +4,7 @@
     .venv/bin/python bench/run.py                 # throughput + ranges + load + cold LDAP (~4 min)
     .venv/bin/python bench/run.py --no-uvloop     # the same with plain asyncio servers
     .venv/bin/python bench/run.py --memory        # + RSS after 1,000,000 requests (~10 min)
-    .venv/bin/python bench/run.py --only throughput,ranges,load,ldap,memory,profile
+    .venv/bin/python bench/run.py --only throughput,ranges,load,ldap,memory,profile,quotas
     .venv/bin/python bench/run.py --baseline-src DIR   # + policyd from DIR/policyd: before/after
     .venv/bin/python bench/run.py --compiled      # + the compiled build (scripts/build-compiled)
 
@@ -43,6 +43,10 @@ memory
     the LDAP backend is not available; then the RSS is mostly the directory).
 profile
     py-spy on policyd serve under 32 connections: self and inclusive time per function.
+quotas
+    The END-OF-MESSAGE request with [quotas] on (in-memory store, and a redis-server on
+    loopback from tests/servers/redis.py) against the RCPT request of the same logins with
+    quotas off, 32 connections: req/s ratio and added p99 (issue 28). Not in the default run.
 """
 
 from __future__ import annotations
@@ -1410,9 +1414,6 @@ def section_profile(args: argparse.Namespace, work: Path) -> dict[str, object]:
 
 
 # --------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------
 # section: webload (issue 23: the web page's sessions in their own SQLite file)
 
 
@@ -1555,6 +1556,124 @@ def _count_rereads(log: Path) -> int:
         return 0
 
 
+# --------------------------------------------------------------------------------------------
+# section: quotas
+
+QUOTAS_TOML = """\
+[quotas]
+enabled = true
+store = "{store}"
+[quotas.limits]
+# high enough that nothing is refused: the cost of counting, not of refusing
+messages_per_hour = 100000000
+messages_per_day = 100000000
+recipients_per_day = 100000000
+bytes_per_day = 100000000000000
+"""
+
+
+def section_quotas(args: argparse.Namespace, work: Path) -> dict[str, object]:
+    """The END-OF-MESSAGE request with quotas on (issue 28): against the RCPT request of the
+    same logins with quotas off, at 32 connections; in-memory store and a redis-server (or
+    valkey-server) on loopback."""
+    from tests.servers.redis import RedisServer, server_binary
+
+    wl = Workload(logins=args.logins, ranges=1000, seed=3, mix=parse_mix("owned=100"))
+    cfg_off = write_file_config(work, wl)
+    rcpt = wl.pool(args.pool)
+    eom = [
+        r.replace(b"\nprotocol_state=RCPT\n", b"\nprotocol_state=END-OF-MESSAGE\n").replace(
+            b"\nrecipient_count=0\n", b"\nrecipient_count=1\n"
+        )
+        for r in rcpt
+    ]
+    assert all(b"END-OF-MESSAGE" in r for r in eom)
+    pools = {
+        "rcpt": write_pool(work / "rcpt.bin", rcpt),
+        "eom": write_pool(work / "eom.bin", eom),
+    }
+    base = cfg_off.read_text()
+    have_redis = shutil.which(server_binary()) is not None
+    redis = RedisServer(work / "redis").start() if have_redis else None
+    configs = {"off": cfg_off}
+    for name, store in (("memory", "none"), ("redis", redis.url if redis else "")):
+        if store:
+            configs[name] = work / f"policyd-{name}.toml"
+            configs[name].write_text(base + "\n" + QUOTAS_TOML.format(store=store))
+    log = Path(args.server_log) if args.server_log else None
+    servers = {
+        n: start_policyd(c, free_port(), args.no_uvloop, log, name=n) for n, c in configs.items()
+    }
+    cells = [("off", "rcpt"), ("memory", "rcpt"), ("memory", "eom")]
+    if redis is not None:
+        cells.append(("redis", "eom"))
+    common = [
+        "--mode",
+        "persistent",
+        "--conns",
+        "32",
+        "--duration",
+        str(args.duration),
+        "--warmup",
+        str(args.warmup),
+        "--count",
+        str(args.max_requests),
+    ]
+    results: dict[tuple[str, str], list[dict[str, object]]] = {c: [] for c in cells}
+    try:
+        for rnd in range(args.rounds):
+            k = rnd % len(cells)
+            for srv, pool in cells[k:] + cells[:k]:
+                r = measure(servers[srv], ["--pool-file", str(pools[pool]), *common])
+                results[(srv, pool)].append(r)
+    finally:
+        for s in servers.values():
+            s.stop()
+        if redis is not None:
+            redis.stop()
+
+    def med(rs: list[dict[str, object]], key: str) -> float:
+        return statistics.median(float(r[key]) for r in rs)  # type: ignore[arg-type]
+
+    base_rs = results[("off", "rcpt")]
+    lines = [
+        "Quotas: END-OF-MESSAGE with quotas on (every limit set, nothing refused) against the "
+        f"RCPT request of the same logins with quotas off; 32 connections, median of "
+        f"{args.rounds} rounds x {args.duration:g} s; ratio = median of per-round ratios",
+        "",
+        "| server | request | req/s | p50 ms | p99 ms | **req/s vs RCPT, quotas off** "
+        "| added p99 ms |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    table = []
+    for srv, pool in cells:
+        rs = results[(srv, pool)]
+        ratio = statistics.median(
+            float(x["rps"]) / float(y["rps"])  # type: ignore[arg-type]
+            for x, y in zip(rs, base_rs, strict=True)
+        )
+        row = {
+            "server": srv,
+            "request": pool,
+            "rps": med(rs, "rps"),
+            "p50": med(rs, "p50_ms"),
+            "p99": med(rs, "p99_ms"),
+            "ratio": ratio,
+            "added_p99": med(rs, "p99_ms") - med(base_rs, "p99_ms"),
+            "errors": sum(int(r["errors"]) for r in rs),  # type: ignore[call-overload]
+            "actions": rs[-1]["actions"],
+        }
+        table.append(row)
+        lines.append(
+            f"| quotas {srv} | {pool.upper()} | {fmt_rps(row['rps'])} | {row['p50']:.2f} | "
+            f"{row['p99']:.2f} | **{ratio:.2f}** | {row['added_p99']:+.2f} |"
+        )
+    if redis is None:
+        lines.append("\n(no redis-server/valkey-server installed: the shared store row is missing)")
+    print("\n".join(lines), flush=True)
+    return {"table": table}
+
+
 def machine() -> str:
     model = "?"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
@@ -1581,7 +1700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--only",
         default="",
-        help="comma list of sections: throughput,ranges,load,ldap,memory,profile,webload",
+        help="comma list of sections: throughput,ranges,load,ldap,memory,profile,webload,quotas",
     )
     p.add_argument("--memory", action="store_true", help="also run the memory section (slow)")
     p.add_argument(
@@ -1686,6 +1805,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out[s] = section_profile(args, work)
             elif s == "webload":
                 out[s] = section_webload(args, work)
+            elif s == "quotas":
+                out[s] = section_quotas(args, work)
             else:
                 raise SystemExit(f"unknown section {s!r}")
             print(f"({s}: {time.monotonic() - ts:.0f} s)", flush=True)

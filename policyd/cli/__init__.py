@@ -120,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     from policyd.cli import senders as senders_cli
 
     senders_cli.add_parser(sub)
+    from policyd.cli import quota as quota_cli
+
+    quota_cli.add_parser(sub)
     return p
 
 
@@ -147,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from policyd.cli import senders as senders_cli
 
         return senders_cli.main(args)
+    if cmd == "quota":
+        from policyd.cli import quota as quota_cli
+
+        return quota_cli.main(args)
     if cmd == "milter":
         return _milter(args)
     return 2  # pragma: no cover

@@ -60,7 +60,12 @@ async def _explain_policy(args: argparse.Namespace, runtime: Runtime) -> None:
         policy_context=args.policy_context,
         server_port=args.server_port,
     )
-    profile, decision = await PolicyService(runtime).decide(req)
+    service = PolicyService(runtime)
+    service.quotas.read_only = True  # (a check counts nothing, suspends nobody, mails nobody)
+    try:
+        profile, decision = await service.decide(req)
+    finally:
+        await service.quotas.close()
     _print_decision("", decision)
     if profile.name in runtime.config.profiles:
         print(f"profile={profile.name} (role {profile.role}, mode {profile.mode})")

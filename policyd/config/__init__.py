@@ -19,6 +19,7 @@ from policyd.addresses import AddressRules, InvalidDomain, idna_domain, normaliz
 from policyd.config.ldap import LdapConfig as LdapConfig
 from policyd.config.ldap import check_ldap
 from policyd.config.listen import parse_listen
+from policyd.config.quotas import QuotasConfig, read_quotas
 from policyd.config.replies import PLACEHOLDERS, check_template
 from policyd.config.tables import ConfigError as ConfigError
 from policyd.config.tables import TableReader
@@ -211,6 +212,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     verification: VerificationConfig = field(default_factory=VerificationConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    quotas: QuotasConfig = field(default_factory=QuotasConfig)
     profiles: Mapping[str, ProfileConfig] = field(
         default_factory=lambda: types.MappingProxyType(dict(BUILTIN_PROFILES))
     )
@@ -248,7 +250,8 @@ def config_from_dict(data: Mapping[str, Any], source: str, base_dir: Path) -> Co
     ctx = TableReader(source, base_dir)
     data = dict(data)
     profiles_raw = data.pop("profiles", None)
-    cfg: Config = ctx.build(Config, data, "", extra={"source": source})
+    quotas = read_quotas(ctx, data.pop("quotas", None))
+    cfg: Config = ctx.build(Config, data, "", extra={"source": source, "quotas": quotas})
     cfg = _default_files(cfg, data, base_dir)
     # The built-in profiles are always there; a table of their name changes only its keys.
     profiles: dict[str, ProfileConfig] = dict(BUILTIN_PROFILES)

@@ -11,6 +11,7 @@ class Verdict(enum.Enum):
     DUNNO = "dunno"  # no opinion: Postfix's own restrictions decide
     REJECT = "reject"  # permanent 5xx
     DEFER = "defer"  # temporary 4xx: the client retries, nothing is lost
+    HOLD = "hold"  # accepted into Postfix's hold queue (a suspended login: policyd.quotas)
 
 
 class Reason(enum.Enum):
@@ -27,6 +28,11 @@ class Reason(enum.Enum):
     AUTHENTICATION_REQUIRED = "authentication_required"
     NOT_TRUSTED = "not_trusted"
     SENDER_REQUIRES_LOGIN = "sender_requires_login"
+    # quotas (policyd.quotas)
+    QUOTA_EXCEEDED = "quota_exceeded"
+    TOO_MANY_RECIPIENTS = "too_many_recipients"
+    LOGIN_SUSPENDED = "login_suspended"
+    QUOTA_STORE_UNAVAILABLE = "quota_store_unavailable"
     # milter only
     HEADER_FROM_OWNED = "header_from_owned"
     HEADER_FROM_NOT_OWNED = "header_from_not_owned"

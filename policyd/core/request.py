@@ -25,6 +25,9 @@ DECISION_ATTRIBUTES: Final[tuple[str, ...]] = (
     "instance",
     "server_port",
     "policy_context",
+    # END-OF-MESSAGE (and DATA): what the quotas count (policyd.quotas)
+    "recipient_count",
+    "size",
 )
 
 
@@ -49,6 +52,8 @@ class Request:
         instance: str = "",
         server_port: str = "",
         policy_context: str = "",
+        recipient_count: str = "",
+        size: str = "",
         printable: bool = False,
     ) -> None:
         self.request: Final = request
@@ -61,6 +66,8 @@ class Request:
         self.instance: Final = instance
         self.server_port: Final = server_port
         self.policy_context: Final = policy_context
+        self.recipient_count: Final = recipient_count
+        self.size: Final = size
         #: True when the parser found no control character (C0 or DEL) in any value, so the
         #: decision log line need not look for them; False when not known. Not part of the
         #: request's value (not compared).
@@ -81,6 +88,8 @@ class Request:
             g("instance", ""),
             g("server_port", ""),
             g("policy_context", ""),
+            g("recipient_count", ""),
+            g("size", ""),
         )
 
     def as_dict(self) -> dict[str, str]:
@@ -96,6 +105,8 @@ class Request:
             "instance": self.instance,
             "server_port": self.server_port,
             "policy_context": self.policy_context,
+            "recipient_count": self.recipient_count,
+            "size": self.size,
         }
 
     def get(self, name: str, default: str = "") -> str:

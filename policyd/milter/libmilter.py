@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 import Milter  # ImportError without pymilter: cli.py turns it into an install hint
 import milter as _milter_c
 
+from policyd.addresses import canonical_login
 from policyd.config import Config, ProfileConfig, load_config
 from policyd.core.decision import Decision, Verdict
 from policyd.core.engine import decide_header_from
@@ -46,6 +47,9 @@ from policyd.decision_log import log_line, milter_line, setup_logging
 from policyd.directory.base import DirectoryUnavailable
 from policyd.milter.decide import decide_headers
 from policyd.milter.headers import AUTHOR_HEADERS, AuthorCheck, author_mailboxes, unfold
+from policyd.quotas.backend import create_store
+from policyd.quotas.current import milter_rejected
+from policyd.quotas.store import QuotaStore
 from policyd.runtime import Runtime, build_runtime
 
 log = logging.getLogger("policyd.milter")
@@ -78,6 +82,11 @@ class MilterService:
         self.deadline = runtime.config.directory.lookup_deadline
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        #: [quotas] with a shared store: a message refused here is not counted (issue 28)
+        self.quota_store: QuotaStore | None = None
+        q = runtime.config.quotas
+        if q.enabled and q.store != "none":
+            self.quota_store = create_store(q)
 
     @classmethod
     def from_config(cls, config: Config, runtime: Runtime | None = None) -> MilterService:
@@ -109,6 +118,9 @@ class MilterService:
         ready.wait(5)
 
     def close(self) -> None:
+        if self.quota_store is not None and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._submit(self.quota_store.close())
         loop, thread = self._loop, self._thread
         self._loop = self._thread = None
         if loop is not None and thread is not None:
@@ -130,6 +142,16 @@ class MilterService:
             raise DirectoryUnavailable(f"no answer within {self.deadline + 1:g}s") from None
 
     # -- lookups (called from libmilter threads) ---------------------------------------------
+
+    def quota_rejected(self, login: str, queue_id: str) -> None:
+        """A message of `login` (as Postfix sent it) is refused here: not counted."""
+        if self.quota_store is None or not queue_id or not login.strip():
+            return
+        who = canonical_login(login.strip(), self.runtime.rules)
+        try:
+            self._submit(milter_rejected(self.quota_store, who, queue_id))
+        except DirectoryUnavailable as e:  # (the loop did not answer in time)
+            log.warning("quota store: %s; the refused message stays counted", str(e))
 
     # -- the decision ------------------------------------------------------------------------
 
@@ -270,6 +292,8 @@ class HeaderFromMilter(Milter.Base):  # type: ignore[misc]
                 elapsed=time.monotonic() - self.started,
             ),
         )
+        if decision.verdict is Verdict.REJECT or decision.verdict is Verdict.DEFER:
+            svc.quota_rejected(self.login, queue_id)
         return self._reply(decision)
 
     def _reply(self, decision: Decision) -> int:

@@ -221,6 +221,8 @@ class App:
             self._watchdog = None
         if self.metrics is not None:
             self.metrics.stop()
+        if self.service is not None:
+            await self.service.quotas.close()
         self.close()
         log.info("stopped")
 

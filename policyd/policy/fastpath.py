@@ -110,8 +110,10 @@ class Shape:
         if m is None:
             return None
         v: tuple[str, ...] = m.group(*self.groups)
-        # (positional: ten native field stores when compiled)
-        return Request(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], True)
+        # (positional: native field stores when compiled)
+        return Request(
+            v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], True
+        )
 
 
 _shapes: Final[list[Shape]] = []
@@ -200,6 +202,8 @@ def _find_in_whole(decoded: str) -> Request | None:
         instance=_value(text, "\ninstance="),
         server_port=_value(text, "\nserver_port="),
         policy_context=_value(text, "\npolicy_context="),
+        recipient_count=_value(text, "\nrecipient_count="),
+        size=_value(text, "\nsize="),
     )
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -246,3 +246,38 @@ class _AppCollector(Collector):
             "Entries in the directory cache.",
             value=len(lookups),
         )
+        yield from _quota_metrics(getattr(getattr(app, "service", None), "quotas", None))
+
+
+def _quota_metrics(quotas: Any) -> Iterable[Metric]:
+    """[quotas] (policyd.quotas): counters by limit and result, never by login."""
+    svc = getattr(quotas, "service", None)
+    if svc is None:
+        return
+    checks = CounterMetricFamily(
+        "policyd_quota",
+        "Quota results by limit (messages_per_hour, ..., recipients_per_message, suspended, "
+        "store; all: every message counted) and result (counted, refused, early_refused, "
+        "held, deferred).",
+        labels=["limit", "result"],
+    )
+    for (limit, result), n in sorted(svc.stats.counts.items()):
+        checks.add_metric([limit, result], n)
+    yield checks
+    store = svc.store
+    yield GaugeMetricFamily(
+        "policyd_quota_store_unavailable",
+        "1 while the shared quota store is unavailable (circuit breaker open), else 0.",
+        value=1.0 if getattr(store, "unavailable", False) else 0.0,
+    )
+    yield CounterMetricFamily(
+        "policyd_quota_store_errors",
+        "Calls to the shared quota store that failed or timed out.",
+        value=getattr(store, "errors", 0),
+    )
+    detector = svc.detector
+    yield CounterMetricFamily(
+        "policyd_quota_suspensions",
+        "Logins this instance suspended on compromise signals.",
+        value=detector.suspended if detector is not None else 0,
+    )

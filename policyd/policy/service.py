@@ -32,6 +32,7 @@ from policyd.directory.lookups import (
     sender_owners,
 )
 from policyd.networks import Range
+from policyd.quotas.current import Quotas
 from policyd.runtime import Runtime
 
 log: Final = logging.getLogger("policyd.service")  # (not __name__: the name admins grep)
@@ -64,6 +65,8 @@ class PolicyService:
         # the unknown-context warning: when it was last written, and requests since
         self._unknown_logged_at = -UNKNOWN_CONTEXT_LOG_INTERVAL
         self._unknown_since = 0
+        #: per-login quotas ([quotas]): kept across reloads, with their counters
+        self.quotas = Quotas()
 
     def select_profile(self, req: Request, rt: Runtime | None = None) -> ProfileConfig | None:
         """policy_context names the profile (None: it names none); else the server_port;
@@ -119,8 +122,20 @@ class PolicyService:
     def decide_now(
         self, req: Request
     ) -> tuple[ProfileConfig, Decision | Coroutine[Any, Any, Decision]]:
-        """Either the decision, or a coroutine that finishes it after a directory lookup."""
+        """Either the decision, or a coroutine that finishes it after a directory lookup
+        (or a quota check)."""
         rt = self.runtime
+        config = rt.config
+        if config.quotas.enabled:  # (off: one attribute read per request)
+            quotas = self.quotas.current(config, rt.rules)
+            if quotas is not None:
+                profile, result = self._decide_now(rt, req)
+                return profile, quotas.hook(req, profile, result)
+        return self._decide_now(rt, req)
+
+    def _decide_now(
+        self, rt: Runtime, req: Request
+    ) -> tuple[ProfileConfig, Decision | Coroutine[Any, Any, Decision]]:
         profile = self.select_profile(req, rt)
         if profile is None:
             return NO_PROFILE, UNKNOWN_CONTEXT

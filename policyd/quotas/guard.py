@@ -1,0 +1,224 @@
+"""A shared store behind a circuit breaker: never defer all mail because a counter server is away.
+
+- Every call has the store's short timeout. A failure opens the breaker: for
+  `store_retry_interval` seconds the store is not asked at all, then one call tries it again
+  (half-open); a success closes it. One log line per change of state (`quota store
+  unavailable: ...` / `quota store available again`), and `unavailable` for the metric.
+- While open, `on_store_error = "memory"` counts in a MemoryStore of this instance (fail open
+  for quotas: mail under quota is never deferred); `"defer"` raises QuotaStoreError.
+- Suspended flags are kept stale-if-error: a login the store said was suspended (within
+  `suspended_stale_if_error` seconds) stays suspended while the store is away.
+- Suspensions and unsuspensions made while the store is away are kept and written to it when
+  it is back (the last one per login wins), so none is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from policyd.quotas.store import (
+    Charge,
+    MemoryStore,
+    Outcome,
+    QuotaStore,
+    QuotaStoreError,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from policyd.config.quotas import QuotasConfig
+
+log = logging.getLogger("policyd.quotas")
+
+
+class GuardedStore:
+    def __init__(
+        self,
+        primary: QuotaStore,
+        config: QuotasConfig,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.primary = primary
+        self.name = primary.name
+        self.fallback = MemoryStore()
+        self.retry_interval = config.store_retry_interval
+        self.stale = config.suspended_stale_if_error
+        self.fail_open = config.on_store_error == "memory"
+        self.clock = clock
+        #: True while the breaker is open (the store is being kept out)
+        self.unavailable = False
+        #: calls that failed (a metric)
+        self.errors = 0
+        self._retry_at = 0.0
+        #: login -> (reason, monotonic time the store said so)
+        self._seen_suspended: dict[str, tuple[str, float]] = {}
+        #: login -> reason (suspend) or None (unsuspend), made while the store was away
+        self._pending: dict[str, str | None] = {}
+
+    # -- the breaker -------------------------------------------------------------------------
+
+    def _closed(self) -> bool:
+        """Whether to ask the store now (closed, or half-open: time to try again)."""
+        return not self.unavailable or self.clock() >= self._retry_at
+
+    async def _failed(self, e: QuotaStoreError) -> None:
+        self.errors += 1
+        self._retry_at = self.clock() + self.retry_interval
+        if not self.unavailable:
+            self.unavailable = True
+            log.warning(
+                "quota store unavailable: %s; %s for %gs before trying again",
+                e,
+                "counting per instance" if self.fail_open else "deferring quota checks",
+                self.retry_interval,
+            )
+
+    async def _succeeded(self) -> None:
+        if not self.unavailable:
+            return
+        self.unavailable = False
+        pending, self._pending = self._pending, {}
+        for login, reason in pending.items():
+            try:
+                if reason is None:
+                    await self.primary.unsuspend(login)
+                else:
+                    await self.primary.suspend(login, reason)
+            except QuotaStoreError as e:
+                self._pending.setdefault(login, reason)
+                await self._failed(e)
+                return
+        log.info(
+            "quota store available again: %s; %d suspension change(s) written back",
+            self.name,
+            len(pending),
+        )
+
+    def _stale_suspension(self, login: str) -> str | None:
+        seen = self._seen_suspended.get(login)
+        if seen is None:
+            return None
+        if self.clock() - seen[1] > self.stale:
+            del self._seen_suspended[login]
+            return None
+        return seen[0]
+
+    # -- QuotaStore ------------------------------------------------------------------------
+
+    async def charge(
+        self, login: str, charges: Sequence[Charge], commit: bool, message: str = ""
+    ) -> Outcome:
+        if self._closed():
+            try:
+                out = await self.primary.charge(login, charges, commit, message)
+            except QuotaStoreError as e:
+                await self._failed(e)
+            else:
+                await self._succeeded()
+                if out.suspended is not None:
+                    self._seen_suspended[login] = (out.suspended, self.clock())
+                else:
+                    self._seen_suspended.pop(login, None)
+                return out
+        if not self.fail_open:
+            raise QuotaStoreError(f"{self.name}: unavailable")
+        reason = self._pending.get(login, "")
+        if reason is None:  # unsuspended while away
+            pass
+        elif reason:
+            return Outcome(False, suspended=reason)
+        else:
+            stale = self._stale_suspension(login)
+            if stale is not None:
+                return Outcome(False, suspended=stale)
+        return self.fallback.charge_now(login, charges, commit, message)
+
+    async def rejected(self, login: str, message: str) -> bool:
+        if self._closed():
+            try:
+                out = await self.primary.rejected(login, message)
+            except QuotaStoreError as e:
+                await self._failed(e)
+            else:
+                await self._succeeded()
+                return out
+        return await self.fallback.rejected(login, message)
+
+    async def usage(self, login: str, charges: Sequence[Charge]) -> list[Usage]:
+        return await self.primary.usage(login, charges)
+
+    async def reset(self, login: str) -> None:
+        await self.fallback.reset(login)
+        await self.primary.reset(login)
+
+    async def suspend(self, login: str, reason: str) -> None:
+        await self._change(login, reason)
+
+    async def unsuspend(self, login: str) -> None:
+        await self._change(login, None)
+
+    async def _change(self, login: str, reason: str | None) -> None:
+        if reason is None:
+            self._seen_suspended.pop(login, None)
+        else:
+            self._seen_suspended[login] = (reason, self.clock())
+        if self._closed():
+            try:
+                if reason is None:
+                    await self.primary.unsuspend(login)
+                else:
+                    await self.primary.suspend(login, reason)
+            except QuotaStoreError as e:
+                await self._failed(e)
+            else:
+                await self._succeeded()
+                return
+        self._pending[login] = reason
+        log.warning(
+            "quota store unavailable: %s of %s kept, written when the store is back",
+            "unsuspension" if reason is None else "suspension",
+            login,
+        )
+
+    async def suspension(self, login: str) -> str | None:
+        if self._closed():
+            try:
+                out = await self.primary.suspension(login)
+            except QuotaStoreError as e:
+                await self._failed(e)
+            else:
+                await self._succeeded()
+                return out
+        if login in self._pending:
+            return self._pending[login]
+        return self._stale_suspension(login)
+
+    async def observe(
+        self, login: str, events: Sequence[tuple[str, str]], window: float
+    ) -> dict[str, int]:
+        if self._closed():
+            try:
+                out = await self.primary.observe(login, events, window)
+            except QuotaStoreError as e:
+                await self._failed(e)
+            else:
+                await self._succeeded()
+                return out
+        return self.fallback.observe_now(login, events, window)
+
+    async def once(self, login: str, tag: str, period: float) -> bool:
+        if self._closed():
+            try:
+                out = await self.primary.once(login, tag, period)
+            except QuotaStoreError as e:
+                await self._failed(e)
+            else:
+                await self._succeeded()
+                return out
+        return await self.fallback.once(login, tag, period)
+
+    async def close(self) -> None:
+        await self.primary.close()

@@ -1,0 +1,254 @@
+"""The quota algorithm on both stores: the in-memory one and a real redis-server on loopback
+(tests/servers/redis.py; skips without one, fails under CI=true). The same tests, row for row:
+the Lua script must do what store.gcra does."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+
+from policyd.quotas.store import Charge, MemoryStore, QuotaStore
+from tests.servers.redis import RedisServer
+
+pytestmark = pytest.mark.timeout(60)
+
+Factory = Callable[[], QuotaStore]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_store(request: pytest.FixtureRequest) -> Iterator[Factory]:
+    if request.param == "memory":
+        yield MemoryStore
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    from policyd.quotas.redis_store import RedisStore
+
+    yield lambda: RedisStore(server.url, 2.0)
+
+
+def run(make: Factory, body: Callable[[QuotaStore], Coroutine[Any, Any, None]]) -> None:
+    async def main() -> None:
+        store = make()
+        try:
+            await body(store)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def per(limit: int, period: float, cost: int = 1, name: str = "m") -> Charge:
+    return Charge(name, limit, period, cost)
+
+
+def test_limit_then_refused_with_the_numbers(make_store: Factory) -> None:
+    async def body(s: QuotaStore) -> None:
+        for _ in range(3):
+            assert (await s.charge("alice", [per(3, 3600)], True)).allowed
+        out = await s.charge("alice", [per(3, 3600)], True)
+        assert not out.allowed and out.suspended is None
+        assert (out.hit, out.used, out.limit, out.cost) == ("m", 3, 3, 1)
+        assert 1100 < out.retry_after <= 1200  # one interval (3600 / 3 s) until it fits
+        assert (await s.charge("bob", [per(3, 3600)], True)).allowed  # per login
+
+    run(make_store, body)
+
+
+def test_all_limits_or_none_are_updated(make_store: Factory) -> None:
+    async def body(s: QuotaStore) -> None:
+        both = [per(10, 3600, name="a"), per(2, 3600, name="b")]
+        assert (await s.charge("alice", both, True)).allowed
+        assert (await s.charge("alice", both, True)).allowed
+        out = await s.charge("alice", both, True)
+        assert (out.allowed, out.hit) == (False, "b")
+        used = {u.name: u.used for u in await s.usage("alice", both)}
+        assert used == {"a": 2, "b": 2}  # the refused message counted nowhere
+
+    run(make_store, body)
+
+
+def test_a_check_without_commit_counts_nothing(make_store: Factory) -> None:
+    async def body(s: QuotaStore) -> None:
+        for _ in range(5):
+            assert (await s.charge("alice", [per(1, 3600)], False)).allowed
+        assert (await s.charge("alice", [per(1, 3600)], True)).allowed
+        assert not (await s.charge("alice", [per(1, 3600)], False)).allowed
+
+    run(make_store, body)
+
+
+def test_costs_count_recipients(make_store: Factory) -> None:
+    async def body(s: QuotaStore) -> None:
+        assert (await s.charge("alice", [per(10, 86400, 4)], True)).allowed
+        assert (await s.charge("alice", [per(10, 86400, 4)], True)).allowed
+        out = await s.charge("alice", [per(10, 86400, 4)], True)
+        assert (out.allowed, out.used, out.cost) == (False, 8, 4)
+        assert (await s.charge("alice", [per(10, 86400, 2)], True)).allowed
+        out = await s.charge("alice", [per(10, 86400, 11)], True)  # never fits
+        assert not out.allowed
+
+    run(make_store, body)
+
+
+def test_the_counter_drains_with_time(make_store: Factory) -> None:
+    async def body(s: QuotaStore) -> None:
+        lim = [per(2, 0.6)]  # one every 0.3 s, two at once
+        assert (await s.charge("alice", lim, True)).allowed
+        assert (await s.charge("alice", lim, True)).allowed
+        assert not (await s.charge("alice", lim, True)).allowed
+        await asyncio.sleep(0.4)
+        assert (await s.charge("alice", lim, True)).allowed
+        assert not (await s.charge("alice", lim, True)).allowed
+        await asyncio.sleep(0.7)
+        assert [u.used for u in await s.usage("alice", lim)] == [0]
+
+    run(make_store, body)
+
+
+def test_suspension_refuses_before_any_limit(make_store: Factory) -> None:
+    async def body(s: QuotaStore) -> None:
+        await s.suspend("alice", "by test")
+        assert await s.suspension("alice") == "by test"
+        out = await s.charge("alice", [per(100, 3600)], True)
+        assert (out.allowed, out.suspended) == (False, "by test")
+        assert [u.used for u in await s.usage("alice", [per(100, 3600)])] == [0]
+        await s.unsuspend("alice")
+        assert await s.suspension("alice") is None
+        assert (await s.charge("alice", [per(100, 3600)], True)).allowed
+
+    run(make_store, body)
+
+
+def test_reset_forgets_the_counters(make_store: Factory) -> None:
+    async def body(s: QuotaStore) -> None:
+        from policyd.config.quotas import LIMITS
+
+        lim = [Charge(n, 1, p, 1) for n, (p, _) in LIMITS.items()]
+        assert (await s.charge("alice", lim, True)).allowed
+        assert not (await s.charge("alice", lim, True)).allowed
+        await s.reset("alice")
+        assert (await s.charge("alice", lim, True)).allowed
+
+    run(make_store, body)
+
+
+def test_concurrent_checks_never_exceed_the_limit(make_store: Factory) -> None:
+    async def body(s: QuotaStore) -> None:
+        lim = [per(20, 3600, name="h"), per(25, 86400, name="d")]
+        results = await asyncio.gather(*(s.charge("alice", lim, True) for _ in range(60)))
+        assert sum(r.allowed for r in results) == 20
+        assert {r.hit for r in results if not r.allowed} == {"h"}
+
+    run(make_store, body)
+
+
+def test_redis_keys_carry_the_login_hash_tag_and_expire(redis_server: RedisServer) -> None:
+    import redis
+
+    from policyd.quotas.redis_store import RedisStore
+
+    async def body() -> None:
+        s = RedisStore(redis_server.url, 2.0)
+        try:
+            lim = [per(10, 3600, name="messages_per_hour"), per(5, 60, name="short")]
+            assert (await s.charge("alice@example.org", lim, True)).allowed
+        finally:
+            await s.close()
+
+    asyncio.run(body())
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        keys = sorted(r.keys("*"))
+        assert keys == [
+            "policyd:{alice@example.org}:q:messages_per_hour",
+            "policyd:{alice@example.org}:q:short",
+        ]
+        ttl_hour = r.pttl(keys[0])
+        ttl_short = r.pttl(keys[1])
+        assert 300_000 < ttl_hour <= 360_000  # one interval of 3600/10 s
+        assert 10_000 < ttl_short <= 12_000
+    finally:
+        r.close()
+
+
+def test_redis_store_uses_the_server_clock(redis_server: RedisServer) -> None:
+    """Two stores (two MX hosts) share one counter, whatever their own clocks say."""
+    from policyd.quotas.redis_store import RedisStore
+
+    async def body() -> None:
+        a, b = RedisStore(redis_server.url, 2.0), RedisStore(redis_server.url, 2.0)
+        try:
+            lim = [per(4, 3600)]
+            for s in (a, b, a, b):
+                assert (await s.charge("alice", lim, True)).allowed
+            assert not (await a.charge("alice", lim, True)).allowed
+            assert not (await b.charge("alice", lim, True)).allowed
+        finally:
+            await a.close()
+            await b.close()
+
+    started = time.monotonic()
+    asyncio.run(body())
+    assert time.monotonic() - started < 5
+
+
+def test_compromise_signals_count_distinct_members_in_the_window(make_store: Factory) -> None:
+    async def body(s: QuotaStore) -> None:
+        counts = await s.observe("alice", [("net", "192.0.2.0/24"), ("msg", "m1")], 0.5)
+        assert counts == {"net": 1, "msg": 1, "not_owned": 0, "null": 0, "country": 0}
+        counts = await s.observe("alice", [("net", "192.0.2.0/24"), ("msg", "m2")], 0.5)
+        assert (counts["net"], counts["msg"]) == (1, 2)  # the same network once
+        counts = await s.observe("alice", [("net", "198.51.100.0/24"), ("null", "m3")], 0.5)
+        assert (counts["net"], counts["null"]) == (2, 1)
+        assert (await s.observe("bob", [], 0.5))["net"] == 0  # per login
+        await asyncio.sleep(0.6)
+        empty = {"net": 0, "msg": 0, "not_owned": 0, "null": 0, "country": 0}
+        assert await s.observe("alice", [], 0.5) == empty
+
+    run(make_store, body)
+
+
+def test_once_per_period(make_store: Factory) -> None:
+    async def body(s: QuotaStore) -> None:
+        assert await s.once("alice", "suspended", 0.4)
+        assert not await s.once("alice", "suspended", 0.4)
+        assert await s.once("alice", "over:messages_per_hour", 0.4)
+        assert await s.once("bob", "suspended", 0.4)
+        await asyncio.sleep(0.5)
+        assert await s.once("alice", "suspended", 0.4)
+
+    run(make_store, body)
+
+
+def test_a_message_the_milter_refused_after_it_was_counted_is_taken_back(
+    make_store: Factory,
+) -> None:
+    async def body(s: QuotaStore) -> None:
+        lim = [per(2, 3600, name="messages_per_hour"), per(10, 86400, 3, "recipients_per_day")]
+        assert (await s.charge("alice", lim, True, "Q1")).allowed
+        assert (await s.charge("alice", lim, True, "Q2")).allowed
+        assert await s.rejected("alice", "Q2")  # counted, then refused by the milter
+        assert [u.used for u in await s.usage("alice", lim)] == [1, 3]
+        assert not await s.rejected("alice", "Q2")  # (taken back once only)
+        assert (await s.charge("alice", lim, True, "Q3")).allowed
+        assert not (await s.charge("alice", lim, True, "Q4")).allowed
+
+    run(make_store, body)
+
+
+def test_a_message_the_milter_refused_first_is_never_counted(make_store: Factory) -> None:
+    async def body(s: QuotaStore) -> None:
+        lim = [per(1, 3600, name="messages_per_hour")]
+        assert not await s.rejected("alice", "Q1")  # the milter's verdict came first
+        out = await s.charge("alice", lim, True, "Q1")
+        assert (out.allowed, out.rejected_elsewhere) == (True, True)
+        assert [u.used for u in await s.usage("alice", lim)] == [0]
+        assert (await s.charge("alice", lim, True, "Q2")).allowed
+        assert not (await s.charge("alice", lim, True, "Q3")).allowed
+        assert not (await s.charge("bob", lim, True, "Q1")).rejected_elsewhere  # per login
+
+    run(make_store, body)
