@@ -303,44 +303,90 @@ def install(service: MilterService) -> None:
     Milter.factory = functools.partial(HeaderFromMilter, service)
 
 
-def run_milter(config_path: str | Path) -> int:
-    """`policyd milter`: run until libmilter stops (SIGTERM/SIGINT/SIGHUP). Exit status.
+class MilterApp:
+    """One running `policyd milter`, with the lifecycle of the policy server's App:
+    load -> start -> ready -> wait -> stop. libmilter owns the wait and the signals
+    (SIGTERM/SIGINT/SIGHUP all stop it: there is no reload)."""
 
-    A bad config, range file or directory raises (ConfigError, NetworksError, DirectoryError):
-    the CLI prints it.
-    """
-    config = load_config(config_path)
-    setup_logging(
-        config.logging.level,
-        config.logging.target,
-        config.logging.syslog_address,
-        config.logging.syslog_facility,
-    )
-    service = MilterService.from_config(config)
-    install(service)
-    # An exception escaping a callback ends in 451 4.3.0 (pymilter's reply), never in accept.
-    _milter_c.set_exception_policy(Milter.TEMPFAIL)
-    service.start()
-    p = service.profile
-    log.info(
-        "policyd milter starting on %s; profile %s (mode %s, protect_local_senders %s); "
-        "directory %s",
-        config.milter.listen,
-        p.name,
-        p.mode,
-        "on" if p.protect_local_senders else "off",
-        config.directory.backend,
-    )
-    try:
-        Milter.runmilter(MILTER_NAME, config.milter.listen, timeout=config.milter.timeout)
-    except _milter_c.error as e:
-        log.error("milter on %s failed: %s", config.milter.listen, e)
-        return 1
-    finally:
-        service.close()
-    _remove_socket(config.milter.listen)
-    log.info("milter stopped")
-    return 0
+    def __init__(self, config_path: str | Path) -> None:
+        self.config_path = config_path
+        self.config: Config | None = None
+        self.service: MilterService | None = None
+
+    def serve(self) -> int:
+        """load -> start -> ready -> wait -> stop. The exit status.
+
+        A bad config, range file or directory raises (ConfigError, NetworksError,
+        DirectoryError) before anything listens: the CLI prints it.
+        """
+        self.load()
+        try:
+            self.start()
+            self.ready()
+            return self.wait()
+        finally:
+            self.stop()
+
+    def load(self) -> None:
+        """Config, logging, the service (runtime and profile)."""
+        config = self.config = load_config(self.config_path)
+        setup_logging(
+            config.logging.level,
+            config.logging.target,
+            config.logging.syslog_address,
+            config.logging.syslog_facility,
+        )
+        self.service = MilterService.from_config(config)
+
+    def start(self) -> None:
+        """Bind pymilter to the service; start the lookup loop."""
+        assert self.service is not None, "load() first"
+        install(self.service)
+        # An exception escaping a callback ends in 451 4.3.0 (pymilter's reply), never in accept.
+        _milter_c.set_exception_policy(Milter.TEMPFAIL)
+        self.service.start()
+
+    def ready(self) -> None:
+        assert self.config is not None and self.service is not None
+        p = self.service.profile
+        log.info(
+            "policyd milter starting on %s; profile %s (mode %s, protect_local_senders %s); "
+            "directory %s",
+            self.config.milter.listen,
+            p.name,
+            p.mode,
+            "on" if p.protect_local_senders else "off",
+            self.config.directory.backend,
+        )
+
+    def wait(self) -> int:
+        """libmilter runs until a signal stops it. The exit status: 1 when it failed (its
+        socket, perhaps another milter's, is left alone)."""
+        assert self.config is not None
+        listen = self.config.milter.listen
+        try:
+            Milter.runmilter(MILTER_NAME, listen, timeout=self.config.milter.timeout)
+        except _milter_c.error as e:
+            log.error("milter on %s failed: %s", listen, e)
+            return 1
+        self._close_service()
+        _remove_socket(listen)
+        log.info("milter stopped")
+        return 0
+
+    def stop(self) -> None:
+        """Everything start() and load() made. Safe to call twice, or after a failed start."""
+        self._close_service()
+
+    def _close_service(self) -> None:
+        service, self.service = self.service, None
+        if service is not None:
+            service.close()
+
+
+def run_milter(config_path: str | Path) -> int:
+    """`policyd milter`: run until libmilter stops (SIGTERM/SIGINT/SIGHUP). Exit status."""
+    return MilterApp(config_path).serve()
 
 
 def _remove_socket(spec: str) -> None:

@@ -38,6 +38,8 @@ from policyd.systemd import (
     StartupError,
     listen_fds,
     reloading_state,
+    until_signalled,
+    watchdog,
     watchdog_interval,
 )
 
@@ -186,23 +188,14 @@ class App:
         self.notify(f"READY=1\nSTATUS={self.status()}\nMAINPID={os.getpid()}")
         interval = watchdog_interval(self.environ)
         if interval is not None:
-            self._watchdog = asyncio.ensure_future(_watchdog(self.notify, interval))
+            self._watchdog = asyncio.ensure_future(watchdog(self.notify, interval))
             log.info("systemd watchdog: WATCHDOG=1 every %.3gs", interval)
 
     # -- wait ------------------------------------------------------------------------------------
 
     async def until_signalled(self) -> None:
         """The default shutdown trigger: SIGTERM/SIGINT stop, SIGHUP reloads."""
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
-        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        try:
-            await self.stopping.wait()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                with contextlib.suppress(Exception):
-                    loop.remove_signal_handler(sig)
+        await until_signalled(self.stopping, {signal.SIGHUP: self.request_reload})
 
     # -- stop ------------------------------------------------------------------------------------
 
@@ -377,10 +370,3 @@ def _make_metrics(config_path: Path) -> Metrics:
             "pip install 'policyd[metrics]' (or set metrics.enabled = false)"
         ) from None
     return Metrics()
-
-
-async def _watchdog(notify: Callable[[str], object], interval: float) -> None:
-    """WATCHDOG=1 from the event loop itself: if the loop is stuck, the pings stop."""
-    while True:
-        notify("WATCHDOG=1")
-        await asyncio.sleep(interval)

@@ -198,3 +198,53 @@ def test_listen_fds_without_environment() -> None:
     assert listen_fds(env=env) == []
     env = {"LISTEN_PID": "x", "LISTEN_FDS": "2"}
     assert listen_fds(env=env) == []
+
+
+# --- until_signalled / watchdog (shared by the policy server's App and the web page's) ---------
+
+
+def test_until_signalled_returns_on_sigterm_and_runs_the_extra_handlers() -> None:
+    import asyncio
+    import signal
+
+    from policyd.systemd import until_signalled
+
+    hups: list[int] = []
+
+    async def main() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, os.kill, os.getpid(), signal.SIGHUP)
+        loop.call_later(0.10, os.kill, os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(
+            until_signalled(stopping, {signal.SIGHUP: lambda: hups.append(1)}), 5
+        )
+        assert stopping.is_set()
+        # the handlers are gone: the loop no longer catches SIGTERM
+        assert not loop.remove_signal_handler(signal.SIGTERM)
+        assert not loop.remove_signal_handler(signal.SIGHUP)
+
+    asyncio.run(main())
+    assert hups == [1]
+
+
+def test_watchdog_pings_every_interval_until_cancelled() -> None:
+    import asyncio
+
+    from policyd.systemd import watchdog
+
+    sent: list[str] = []
+
+    async def main() -> None:
+        task = asyncio.ensure_future(watchdog(sent.append, 0.02))
+        for _ in range(250):  # three pings, 5 s at most on a busy machine
+            if len(sent) >= 3:
+                break
+            await asyncio.sleep(0.02)
+        task.cancel()
+        n = len(sent)
+        await asyncio.sleep(0.1)
+        assert len(sent) == n  # cancelled: no more pings
+
+    asyncio.run(main())
+    assert len(sent) >= 3 and set(sent) == {"WATCHDOG=1"}
