@@ -15,9 +15,11 @@ class CredentialError(Exception):
     """The password cannot be read; str() is one line for the admin."""
 
 
-def read_password(file: Path | None, file_key: str, credential: str, credential_key: str) -> str:
+def read_password(file: Path | None, credential: str, keys: str) -> str:
     """The password in `file` if set, else in the systemd credential named `credential`
-    ($CREDENTIALS_DIRECTORY/<credential>). The keys are the config keys naming them."""
+    ($CREDENTIALS_DIRECTORY/<credential>). The config keys naming them are `keys` + "_file"
+    and `keys` + "_credential" (say keys = "ldap.bind_password")."""
+    file_key, credential_key = f"{keys}_file", f"{keys}_credential"
     if file is not None:
         path, key = Path(file), file_key
     else:
