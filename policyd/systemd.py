@@ -24,13 +24,17 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Protocol
 
 __all__ = [
     "SD_LISTEN_FDS_START",
+    "Lifecycle",
     "Notifier",
+    "ShutdownTrigger",
     "StartupError",
     "listen_fds",
+    "serve_daemon",
     "until_signalled",
     "watchdog",
     "watchdog_interval",
@@ -180,3 +184,38 @@ async def until_signalled(
         for sig in handlers:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
+
+
+#: Awaited by serve_daemon(); when it returns, the daemon stops.
+ShutdownTrigger = Callable[[], Awaitable[object]]
+
+
+class Lifecycle(Protocol):
+    """A daemon's five steps (the policy server's App, the web page's WebApp)."""
+
+    def load(self) -> None:
+        """Config, logging, what the daemon serves with. Raises before anything listens."""
+
+    async def start(self) -> None:
+        """Listen."""
+
+    def ready(self) -> None:
+        """Tell systemd (READY=1)."""
+
+    async def until_signalled(self) -> None:
+        """The default shutdown trigger (see the function of that name)."""
+
+    async def stop(self) -> None:
+        """Everything start() and load() made, in reverse; safe after a failed start."""
+
+
+async def serve_daemon(daemon: Lifecycle, shutdown_trigger: ShutdownTrigger | None = None) -> None:
+    """load -> start -> ready -> wait -> stop: a daemon's whole life. `shutdown_trigger`
+    (tests, embedding) replaces the signals."""
+    daemon.load()
+    try:
+        await daemon.start()
+        daemon.ready()
+        await (shutdown_trigger or daemon.until_signalled)()
+    finally:
+        await daemon.stop()

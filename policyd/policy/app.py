@@ -21,7 +21,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,9 +35,11 @@ from policyd.policy.service import PolicyService
 from policyd.runtime import Runtime, build_runtime
 from policyd.systemd import (
     Notifier,
+    ShutdownTrigger,
     StartupError,
     listen_fds,
     reloading_state,
+    serve_daemon,
     until_signalled,
     watchdog,
     watchdog_interval,
@@ -50,9 +52,6 @@ log = logging.getLogger("policyd.app")  # (not __name__: the name admins grep)
 
 #: What a bad config / range file / directory file raises at load time.
 LOAD_ERRORS = (ConfigError, NetworksError, DirectoryError)
-
-#: Awaited by App.serve(); when it returns, the daemon stops.
-ShutdownTrigger = Callable[[], Awaitable[object]]
 
 
 class App:
@@ -105,13 +104,7 @@ class App:
     async def serve(self, shutdown_trigger: ShutdownTrigger | None = None) -> None:
         """load -> start -> ready -> wait -> stop. Raises LOAD_ERRORS or StartupError before
         anything listens."""
-        self.load()
-        try:
-            await self.start()
-            self.ready()
-            await (shutdown_trigger or self.until_signalled)()
-        finally:
-            await self.stop()
+        await serve_daemon(self, shutdown_trigger)
 
     # -- load ------------------------------------------------------------------------------------
 

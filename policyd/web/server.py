@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,13 @@ from policyd.config import Config, ConfigError, load_config
 from policyd.config.listen import parse_listen
 from policyd.decision_log import setup_logging
 from policyd.directory.base import Directory, DirectoryError
-from policyd.systemd import Notifier, StartupError, until_signalled
+from policyd.systemd import (
+    Notifier,
+    ShutdownTrigger,
+    StartupError,
+    serve_daemon,
+    until_signalled,
+)
 from policyd.web.app import build_app
 from policyd.web.auth import LdapLogin
 from policyd.web.backend import Blocking
@@ -22,9 +27,6 @@ from policyd.web.context import WebState
 from policyd.web.sessions import SessionStore, StoreError
 
 log = logging.getLogger(__name__)
-
-#: Awaited by WebApp.serve(); when it returns, the page stops.
-ShutdownTrigger = Callable[[], Awaitable[object]]
 
 
 class WebSetupError(Exception):
@@ -110,13 +112,7 @@ class WebApp:
     async def serve(self, shutdown_trigger: ShutdownTrigger | None = None) -> None:
         """load -> start -> ready -> wait -> stop. Raises StartupError before anything
         listens."""
-        self.load()
-        try:
-            await self.start()
-            self.ready()
-            await (shutdown_trigger or self.until_signalled)()
-        finally:
-            await self.stop()
+        await serve_daemon(self, shutdown_trigger)
 
     def load(self) -> None:
         """Config, listen address, logging, the page's state. Raises StartupError."""

@@ -248,3 +248,45 @@ def test_watchdog_pings_every_interval_until_cancelled() -> None:
 
     asyncio.run(main())
     assert len(sent) >= 3 and set(sent) == {"WATCHDOG=1"}
+
+
+class _Steps:
+    """A daemon that records its lifecycle steps (start fails when told to)."""
+
+    def __init__(self, fail_start: bool = False) -> None:
+        self.steps: list[str] = []
+        self.fail_start = fail_start
+
+    def load(self) -> None:
+        self.steps.append("load")
+
+    async def start(self) -> None:
+        self.steps.append("start")
+        if self.fail_start:
+            raise OSError("address in use")
+
+    def ready(self) -> None:
+        self.steps.append("ready")
+
+    async def until_signalled(self) -> None:
+        raise AssertionError("the trigger given replaces the signals")
+
+    async def stop(self) -> None:
+        self.steps.append("stop")
+
+
+def test_serve_daemon_runs_the_five_steps_in_order_and_stops_after_a_failed_start() -> None:
+    import asyncio
+
+    from policyd.systemd import serve_daemon
+
+    async def trigger() -> None:
+        d.steps.append("wait")
+
+    d = _Steps()
+    asyncio.run(serve_daemon(d, trigger))
+    assert d.steps == ["load", "start", "ready", "wait", "stop"]
+    d = _Steps(fail_start=True)
+    with pytest.raises(OSError):
+        asyncio.run(serve_daemon(d, trigger))
+    assert d.steps == ["load", "start", "stop"]
