@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -25,6 +25,9 @@ from policyd.web.auth import LdapLogin
 from policyd.web.backend import Blocking
 from policyd.web.context import WebState
 from policyd.web.sessions import SessionStore, StoreError
+
+if TYPE_CHECKING:
+    from policyd.verification.service import Verification
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ def database_path(config: Config) -> Path:
     return config.verification.database
 
 
-def make_verification(config: Config, directory: Directory) -> Any:
+def make_verification(config: Config, directory: Directory) -> Verification | None:
     """The Verification service when [verification] is enabled, else None."""
     if not config.verification.enabled:
         return None
