@@ -43,6 +43,9 @@ memory
     the LDAP backend is not available; then the RSS is mostly the directory).
 profile
     py-spy on policyd serve under 32 connections: self and inclusive time per function.
+webload
+    The policy service's latency and verified-set re-reads while users reload the web page
+    (its sessions in their own SQLite file, issue 23).
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ from sections.memory import section_memory
 from sections.profile import section_profile
 from sections.ranges import ranges_child, section_ranges
 from sections.throughput import section_throughput
+from sections.webload import section_webload
 
 # --------------------------------------------------------------------------------------------
 
@@ -95,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--only",
         default="",
-        help="comma list of sections: throughput,ranges,load,ldap,memory,profile",
+        help="comma list of sections: throughput,ranges,load,ldap,memory,profile,webload",
     )
     p.add_argument("--memory", action="store_true", help="also run the memory section (slow)")
     p.add_argument(
@@ -198,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out[s] = section_memory(args, work)
             elif s == "profile":
                 out[s] = section_profile(args, work)
+            elif s == "webload":
+                out[s] = section_webload(args, work)
             else:
                 raise SystemExit(f"unknown section {s!r}")
             print(f"({s}: {time.monotonic() - ts:.0f} s)", flush=True)

@@ -107,5 +107,6 @@ def make_api(
         clock,
         local_domains=frozenset(config.verification.local_domains),
         writer=writer,
+        directory=d,
     )
     return api, mailer, clock

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from policyd.addresses import canonical_login
+from policyd.addresses import candidates, canonical_login, envelope_sender, normalize_address
 from policyd.config import Config
 from policyd.core.decision import Decision, to_action
 from policyd.core.request import Request
@@ -54,7 +54,7 @@ async def _explain_policy(args: argparse.Namespace, runtime: Runtime) -> None:
         protocol_state=args.protocol_state,
         client_address=args.client_address,
         sasl_username=args.sasl_username,
-        sender=args.sender.strip("<>"),
+        sender=envelope_sender(args.sender),
         recipient=args.recipient,
         policy_context=args.policy_context,
         server_port=args.server_port,
@@ -62,6 +62,12 @@ async def _explain_policy(args: argparse.Namespace, runtime: Runtime) -> None:
     profile, decision = await PolicyService(runtime).decide(req)
     _print_decision("", decision)
     print(f"profile={profile.name} (role {profile.role}, mode {profile.mode})")
+    if req.sender != args.sender.strip() and f"<{req.sender}>" != args.sender.strip():
+        print(f"sender {args.sender}: Postfix passes it as {req.sender}")
+    keys = candidates(req.sender, runtime.rules)
+    if req.sender and keys[0] != normalize_address(req.sender, runtime.rules):
+        # a routing form: Postfix checks (and we own) the address it resolves to
+        print(f"sender {req.sender}: Postfix resolves it to {keys[0]}; keys {', '.join(keys)}")
     rng = runtime.networks.lookup(args.client_address)
     if rng is None:
         print(f"client {args.client_address}: in no allocated range")
@@ -87,7 +93,7 @@ async def _explain_header(args: argparse.Namespace, runtime: Runtime) -> None:
         args.sasl_username,
         author,
         client=args.client_address,
-        sender=(args.sender or "").strip("<>"),
+        sender=envelope_sender(args.sender or ""),
     )
     _print_decision("milter_", decision)
     print(f"milter_profile={profile.name} (role {profile.role}, mode {profile.mode})")

@@ -136,6 +136,8 @@ def _dispatch(args: argparse.Namespace, api: Any, canon: Any) -> int:
             + (
                 f"verified {_when(r.verified_at)} by {r.method}"
                 if r.state == states.VERIFIED
+                else f"verified {_when(r.verified_at)}, no longer counts: {r.why}"
+                if r.why
                 else f"link valid until {_when(r.link_expires)}"
                 if r.state == states.PENDING
                 else f"since {_when(r.updated)}"

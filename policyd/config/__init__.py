@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from policyd.addresses import AddressRules, normalize_domain
+from policyd.addresses import AddressRules, InvalidDomain, idna_domain, normalize_domain
 from policyd.config.ldap import LdapConfig as LdapConfig
 from policyd.config.ldap import check_ldap
 from policyd.config.listen import parse_listen
@@ -78,6 +78,12 @@ class AddressesConfig:
     extension_delimiters: str = "+"
     realms: tuple[str, ...] = ()
     case_sensitive_login: bool = False
+    #: Mirrors of the Postfix parameters of the same names (see conf/policyd.toml).
+    smtputf8_enable: bool = True
+    swap_bangpath: bool = True
+    allow_percent_hack: bool = True
+    owner_request_special: bool = True
+    mydestination: tuple[str, ...] = ()
 
     def rules(self) -> AddressRules:
         return AddressRules(
@@ -85,6 +91,11 @@ class AddressesConfig:
             extension_delimiters=self.extension_delimiters,
             realms=frozenset(normalize_domain(r) for r in self.realms),
             case_sensitive_login=self.case_sensitive_login,
+            smtputf8=self.smtputf8_enable,
+            swap_bangpath=self.swap_bangpath,
+            percent_hack=self.allow_percent_hack,
+            owner_request_special=self.owner_request_special,
+            mydestination=frozenset(idna_domain(d) for d in self.mydestination),
         )
 
 
@@ -296,6 +307,14 @@ def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: TableReader)
         raise ConfigError(s, "directory.file", 'is required when directory.backend = "file"')
     if any(ch.isspace() or ch == "@" for ch in cfg.addresses.extension_delimiters):
         raise ConfigError(s, "addresses.extension_delimiters", 'may not contain spaces or "@"')
+    for i, d in enumerate(cfg.addresses.mydestination):
+        try:
+            if not idna_domain(d) or "@" in d or any(ch.isspace() for ch in d.strip()):
+                raise InvalidDomain("empty, or not a domain")
+        except InvalidDomain as e:
+            raise ConfigError(
+                s, f"addresses.mydestination[{i}]", f"{d!r} is not a domain ({e})"
+            ) from None
     check_ldap(cfg.ldap, s)
     check_web(cfg.web, s)
     check_verification(cfg.verification, cfg.directory.backend, s)

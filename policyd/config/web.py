@@ -29,11 +29,16 @@ class WebConfig:
     cookie_secure: bool = True
     session_idle_timeout: float = 1800.0
     session_absolute_timeout: float = 43200.0
-    #: SQLite file for sessions and login throttling ("" = the verification store's file).
-    database: Path | None = None
+    #: SQLite file for sessions and login throttling: never the verification database (each
+    #: page view writes, which would make the policy service re-read the verified set).
+    database: Path = Path("/var/lib/policyd/web.sqlite")
     login_window: float = 900.0
     login_max_failures_per_ip: int = 20
     login_max_failures_per_login: int = 5
+    #: DN an unknown login's password is tried against (an entry with a password nobody knows,
+    #: hashed like the users'): the directory computes a hash either way. "" = a DN that does
+    #: not exist (the answer then comes sooner for unknown logins; a warning at start).
+    login_decoy_dn: str = ""
     max_body: int = 8192
     max_field: int = 1024
     call_deadline: float = 15.0

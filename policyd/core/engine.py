@@ -14,10 +14,11 @@ from typing import Final
 from policyd.addresses import (
     AddressRules,
     canonical_login,
+    for_wider_keys,
     keys_to_resolve,
-    normalize_address,
     owns,
     sender_domain,
+    sender_key,
 )
 from policyd.config import ProfileConfig
 from policyd.core.decision import Decision, Reason, Verdict
@@ -95,18 +96,29 @@ def needs(req: Request, profile: ProfileConfig, network: Range | None) -> Need:
 def keys_needed(sender: str, owned: frozenset[str], rules: AddressRules) -> tuple[str, ...]:
     """After Need.ADDRESSES: the keys of `sender` whose owners decide() also needs (in
     Facts.key_owners). Empty in the common case, a login sending as an address it owns."""
-    # (the raw sender first: normalising is idempotent, so a raw hit is a normalised hit, and
-    # Postfix usually passes the sender as it is stored)
-    if sender in owned or normalize_address(sender, rules) in owned:
+    if _owned_exactly(sender, owned, rules):
         return ()
-    return keys_to_resolve(owned, sender, rules)
+    return keys_to_resolve(for_wider_keys(owned), sender, rules)
+
+
+def _owned_exactly(sender: str, owned: frozenset[str], rules: AddressRules) -> bool:
+    """Whether the login owns the sender's most specific key. The raw sender first (Postfix
+    usually passes the sender as it is stored): a raw hit is a key hit unless the sender has a
+    routing form ("%", "!", a source route), which Postfix resolves to another address."""
+    if sender in owned and "%" not in sender and "!" not in sender and sender[:1] != "@":
+        return True
+    return sender_key(sender, rules) in owned
 
 
 def _owned(
     login: str, sender: str, facts: Facts, owned: frozenset[str], rules: AddressRules
 ) -> bool | None:
-    """Whether `login` owns `sender` (None: a needed key's owners were not looked up)."""
-    return owns(login, owned, sender, facts.key_owners or _NO_OWNERS, rules)
+    """Whether `login` owns `sender` (None: a needed key's owners were not looked up). An
+    exact-only address (verified by mail) counts for itself, never for the wider keys."""
+    wide = for_wider_keys(owned)
+    if wide is not owned and sender_key(sender, rules) in owned:
+        return True
+    return owns(login, wide, sender, facts.key_owners or _NO_OWNERS, rules)
 
 
 _NO_OWNERS: Final[Mapping[str, frozenset[str]]] = {}
@@ -144,7 +156,7 @@ def decide(
             )
         # The exact address owned by the login is the common case: checked without building
         # the other keys. Otherwise the most specific key that has any owner decides.
-        if sender in owned or normalize_address(sender, rules) in owned:  # (see keys_needed)
+        if _owned_exactly(sender, owned, rules):
             return _accept(profile, Reason.SENDER_OWNED)
         is_owner = _owned(canonical_login(login, rules), sender, facts, owned, rules)
         if is_owner is None:
@@ -161,7 +173,11 @@ def decide(
     network = facts.network
     if network is not None:
         # The null sender (bounces, DSNs) has no domain to restrict; it is let through.
-        if network.domains is not None and sender and sender_domain(sender) not in network.domains:
+        if (
+            network.domains is not None
+            and sender
+            and sender_domain(sender, rules) not in network.domains
+        ):
             return _reject(
                 profile,
                 Reason.SENDER_NOT_ALLOWED_FROM_NETWORK,
@@ -255,7 +271,7 @@ def decide_header_from(
             for h, a in display
         ]
     for reason, template, header, box in checks:
-        is_owner = box in owned or _owned(who, box, facts, owned, rules)
+        is_owner = _owned_exactly(box, owned, rules) or _owned(who, box, facts, owned, rules)
         if is_owner is None:
             return _defer(
                 Reason.DIRECTORY_UNAVAILABLE, render(replies.directory_unavailable, values)

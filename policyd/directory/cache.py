@@ -77,6 +77,7 @@ class Kind(enum.IntEnum):
 
     ADDRESSES = 0  # addresses_of(login)
     OWNERS = 1  # owners_of(key)
+    IDENTITY = 2  # identity_of(login)
 
 
 class _Entry:
@@ -87,9 +88,9 @@ class _Entry:
 
 
 class CachedLookups:
-    """addresses_of / owners_of with positive and negative TTLs, an LRU size bound, one lookup
-    in flight per key, and stale-if-error: while the directory is down, data fetched at most
-    `stale_if_error` seconds ago is still used."""
+    """addresses_of / owners_of / identity_of with positive and negative TTLs, an LRU size
+    bound, one lookup in flight per key, and stale-if-error: while the directory is down,
+    data fetched at most `stale_if_error` seconds ago is still used."""
 
     def __init__(
         self,
@@ -124,6 +125,9 @@ class CachedLookups:
     def peek_owners(self, key: str, include_verified: bool = True) -> frozenset[str] | None:
         return self._peek((Kind.OWNERS, key))
 
+    def peek_identity(self, login: str) -> frozenset[str] | None:
+        return self._peek((Kind.IDENTITY, login))
+
     def _peek(self, k: tuple[Kind, str]) -> frozenset[str] | None:
         if not self.cfg.enabled:
             return None
@@ -139,6 +143,9 @@ class CachedLookups:
 
     async def owners_of(self, key: str, include_verified: bool = True) -> frozenset[str]:
         return await self._get(Kind.OWNERS, key, self.runner.directory.owners_of)
+
+    async def identity_of(self, login: str) -> frozenset[str]:
+        return await self._get(Kind.IDENTITY, login, self.runner.directory.identity_of)
 
     def close(self) -> None:
         self.runner.close()
@@ -205,4 +212,4 @@ def _consume(task: asyncio.Future[frozenset[str]]) -> None:
 
 
 def key_repr(kind: Kind) -> str:
-    return "addresses_of" if kind is Kind.ADDRESSES else "owners_of"
+    return ("addresses_of", "owners_of", "identity_of")[kind]

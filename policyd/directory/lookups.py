@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from policyd.addresses import AddressRules, candidates, keys_to_resolve
+from policyd.addresses import AddressRules, candidates, for_wider_keys, keys_to_resolve
 from policyd.directory.base import Directory
 
 
@@ -40,6 +40,14 @@ class Lookups(Protocol):
         address a user verified is still mail the foreign provider may deliver to our MX)."""
         ...
 
+    def peek_identity(self, login: str) -> frozenset[str] | None:
+        """identity_of(login) when known without blocking, else None."""
+        ...
+
+    async def identity_of(self, login: str) -> frozenset[str]:
+        """The directory's identity of the login's entry ({one string}; empty: unknown)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -58,6 +66,9 @@ class DirectLookups:
     def peek_owners(self, key: str, include_verified: bool = True) -> frozenset[str]:
         return self.directory.owners_of(key)
 
+    def peek_identity(self, login: str) -> frozenset[str]:
+        return self.directory.identity_of(login)
+
     def __len__(self) -> int:
         return 0
 
@@ -66,6 +77,9 @@ class DirectLookups:
 
     async def owners_of(self, key: str, include_verified: bool = True) -> frozenset[str]:
         return self.directory.owners_of(key)
+
+    async def identity_of(self, login: str) -> frozenset[str]:
+        return self.directory.identity_of(login)
 
     def close(self) -> None:
         self.directory.close()
@@ -127,5 +141,6 @@ async def header_facts(
     if not login:
         return None, None, {box: await sender_owners(lookups, box, rules) for box in boxes}
     owned = await lookups.addresses_of(login)
-    needed = [k for box in boxes for k in keys_to_resolve(owned, box, rules)]
+    wide = for_wider_keys(owned)
+    needed = [k for box in boxes for k in keys_to_resolve(wide, box, rules)]
     return owned, await key_owners(lookups, needed), None

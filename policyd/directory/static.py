@@ -17,8 +17,11 @@ from pathlib import Path
 
 from policyd.addresses import (
     AddressRules,
+    InvalidDomain,
     canonical_login,
+    idna_domain,
     normalize_address,
+    split_address,
 )
 from policyd.directory.base import DirectoryError
 
@@ -33,8 +36,11 @@ class StaticDirectory:
         owned: dict[str, frozenset[str]],
         source: str = "<memory>",
         rules: AddressRules | None = None,
+        lines: dict[str, str] | None = None,
     ) -> None:
         self._owned = owned
+        #: login -> the first line naming it (whitespace folded, comment dropped): its identity
+        self._lines = lines if lines is not None else {login: login for login in owned}
         self._rules = rules or AddressRules()
         owners: dict[str, set[str]] = {}
         for login, addrs in owned.items():
@@ -59,6 +65,11 @@ class StaticDirectory:
         cls, lines: Iterable[str], rules: AddressRules, source: str = "<string>"
     ) -> StaticDirectory:
         owned: dict[str, set[str]] = {}
+        # normalised address -> {written with a U-label?: (first line, logins)}: the two forms
+        # of one address are one key here (one domain, one owner), so they must name the same
+        # logins (Postfix would keep them apart).
+        forms: dict[str, dict[bool, tuple[str, set[str]]]] = {}
+        first: dict[str, str] = {}
         for n, raw in enumerate(lines, 1):
             line = raw.split("#", 1)[0].strip()
             if not line:
@@ -80,10 +91,37 @@ class StaticDirectory:
                     raise DirectoryError(
                         f"{where}: {a!r} is not an address (user@domain) or a domain (@domain)"
                     )
-            norm = {normalize_address(a, rules) for a in addrs}
-            for login in logins:
-                owned.setdefault(canonical_login(login, rules), set()).update(norm)
-        return cls({k: frozenset(v) for k, v in owned.items()}, source, rules)
+                try:
+                    idna_domain(split_address(a)[1])
+                except InvalidDomain as e:
+                    raise DirectoryError(
+                        f"{where}: {a!r}: the domain is not valid under IDNA 2008 ({e})"
+                    ) from None
+            canon = {canonical_login(login, rules) for login in logins}
+            text = " ".join(line.split())
+            for login in canon:
+                first.setdefault(login, text)
+            norm = set()
+            for a in addrs:
+                key = normalize_address(a, rules)
+                norm.add(key)
+                unicode_form = not split_address(a)[1].isascii()
+                _first_line, names = forms.setdefault(key, {}).setdefault(
+                    unicode_form, (where, set())
+                )
+                names.update(canon)
+            for login in canon:
+                owned.setdefault(login, set()).update(norm)
+        for key, by_form in forms.items():
+            if len(by_form) == 2 and by_form[True][1] != by_form[False][1]:
+                (u_line, u_logins), (a_line, a_logins) = by_form[True], by_form[False]
+                raise DirectoryError(
+                    f"{u_line} and {a_line}: {key} is registered in its U-label and its A-label "
+                    f"form to different logins ({', '.join(sorted(u_logins))} / "
+                    f"{', '.join(sorted(a_logins))}); policyd treats both forms as one address: "
+                    "give both to the same logins, or keep one form"
+                )
+        return cls({k: frozenset(v) for k, v in owned.items()}, source, rules, first)
 
     # Directory protocol ---------------------------------------------------------------
 
@@ -92,6 +130,10 @@ class StaticDirectory:
 
     def owners_of(self, address: str) -> frozenset[str]:
         return self._owners.get(address, _NONE)
+
+    def identity_of(self, login: str) -> frozenset[str]:
+        line = self._lines.get(login)
+        return frozenset() if line is None else frozenset({f"line={line}"})
 
     def close(self) -> None:
         pass

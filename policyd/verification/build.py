@@ -83,6 +83,7 @@ def build(
         clock,
         local_domains=local_domains(config),
         writer=make_writer(config),
+        directory=directory,
     )
 
 

@@ -9,12 +9,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from policyd.addresses import AddressRules
+from policyd.addresses import AddressRules, candidates
 from policyd.config import Config
-from policyd.directory.base import DirectoryUnavailable
+from policyd.directory.base import Directory, DirectoryUnavailable, entry_id
 from policyd.verification import states, tokens
 from policyd.verification.mail import Confirmation, Mailer, MailError, build_message, envelope_from
-from policyd.verification.normalize import BadAddress, normalize_request
+from policyd.verification.normalize import BadAddress, in_domains, normalize_request
 from policyd.verification.store import Row, Store, StoreUnavailable, Tx
 from policyd.verification.views import Actor, EntryView, PendingView, Refused
 
@@ -26,14 +26,22 @@ class WriterError(Exception):
 
 
 class Writer(Protocol):
-    """Where verified addresses go with store = "ldap". True: changed; False: already so."""
+    """Where verified addresses go with store = "ldap". True: changed; False: already so.
+    `identity` (the directory identity recorded with the request, see Directory.identity_of)
+    names the entry: a delete whose entry is gone changes nothing and says False."""
 
-    def add(self, login: str, address: str) -> bool: ...
+    def add(self, login: str, address: str, identity: str | None = None) -> bool: ...
 
-    def delete(self, login: str, address: str) -> bool: ...
+    def delete(self, login: str, address: str, identity: str | None = None) -> bool: ...
 
 
 _UNAVAILABLE = "The address list cannot be changed right now; try again later."
+_DIRECTORY_DOWN = "The user directory cannot be reached; try again later."
+#: (the same sentence whoever owns it: it never tells which login has the address)
+_MANAGED = (
+    "This address is managed by the administrators (in the user directory); it cannot be "
+    "verified here. Ask your administrator."
+)
 
 
 class Core:
@@ -48,6 +56,7 @@ class Core:
         *,
         local_domains: frozenset[str] | None = None,
         writer: Writer | None = None,
+        directory: Directory,
     ) -> None:
         self.config = config
         self.vc = config.verification
@@ -61,6 +70,8 @@ class Core:
             frozenset(self.vc.local_domains) if local_domains is None else local_domains
         )
         self.writer = writer
+        #: owners_of (the directory wins) and identity_of (a verified address is the entry's)
+        self.directory = directory
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -85,11 +96,45 @@ class Core:
         try:
             return self.directory_addresses(login)
         except DirectoryUnavailable as e:
+            raise Refused("directory_unavailable", _DIRECTORY_DOWN, str(e)) from None
+
+    def _identity(self, login: str) -> str:
+        """The login's directory identity now; Refused("unknown_login") when the directory
+        does not know the login (or finds it ambiguous)."""
+        try:
+            found = self.directory.identity_of(login)
+        except DirectoryUnavailable as e:
+            raise Refused("directory_unavailable", _DIRECTORY_DOWN, str(e)) from None
+        entry = entry_id(found)
+        if entry is None:
+            raise Refused("unknown_login", "This login is not in the user directory.")
+        return entry
+
+    def _check_foreign(self, login: str, addr: str) -> None:
+        """The directory wins: refuse an address in our own domains, or one whose exact key,
+        extension-stripped key or "@domain" has an owner in the directory (other than this
+        login, whose own addresses are refused earlier as already owned)."""
+        if in_domains(addr, self.local_domains):
             raise Refused(
-                "directory_unavailable",
-                "The user directory cannot be reached; try again later.",
-                str(e),
-            ) from None
+                "local_domain",
+                "Addresses in our own domains are assigned by the administrators; ask your "
+                "administrator.",
+            )
+        for key in candidates(addr, self.rules):
+            try:
+                owners = self.directory.owners_of(key)
+            except DirectoryUnavailable as e:
+                raise Refused("directory_unavailable", _DIRECTORY_DOWN, str(e)) from None
+            if owners - {login}:
+                raise Refused("directory_owned", _MANAGED)
+
+    def _check_still_theirs(self, row: Row) -> None:
+        """At confirm time: the entry that asked is still the login's, and the directory
+        (or local_domains) has not taken the address since."""
+        identity = self._identity(row.login)
+        if row.identity is not None and row.identity != identity:
+            raise Refused("unknown_login", "This login is not in the user directory.")
+        self._check_foreign(row.login, row.address)
 
     def _audit(
         self,
@@ -192,10 +237,11 @@ class Core:
     ) -> None:
         """pending -> verified inside tx (directory write first). Appends to `added` at once
         the rows whose directory value we added, to undo if the commit does not happen."""
+        self._check_still_theirs(row)
         now = self.clock()
         if self.writer is not None:
             try:
-                if self.writer.add(row.login, row.address):
+                if self.writer.add(row.login, row.address, row.identity):
                     added.append(row)
             except WriterError as e:
                 tx.update(row.id, row.state, last_error=f"directory write failed: {e}")
@@ -246,7 +292,7 @@ class Core:
         undo, verb = (self.writer.delete, "undo") if added_them else (self.writer.add, "restore")
         for row in rows:
             try:
-                undo(row.login, row.address)
+                undo(row.login, row.address, row.identity)
             except WriterError as w:
                 log.error(
                     "sender verification: could not %s the directory value %s of %s after a "

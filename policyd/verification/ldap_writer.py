@@ -26,6 +26,7 @@ from policyd.config import LdapConfig
 from policyd.config.verification import VerificationLdapConfig
 from policyd.credentials import CredentialError, read_password
 from policyd.directory.ldap import render_filter
+from policyd.directory.ldap.entries import entry_identity
 from policyd.directory.ldap.tls import Tls
 from policyd.verification.core import WriterError
 
@@ -37,6 +38,9 @@ _VALUE_EXISTS = 20
 _SIZE_LIMIT_EXCEEDED = 4
 _OBJECT_CLASS_VIOLATION = 65
 _REFERRAL = 10
+_NO_SUCH_OBJECT = 32
+#: (what _modify_on answers when the entry the identity names is gone)
+_NO_ENTRY = -32
 
 
 def writer_password(wc: VerificationLdapConfig) -> str:
@@ -109,7 +113,11 @@ class LdapWriter:
                 errors.append(f"{url}: {e}")
         raise WriterError("; ".join(errors) or "no LDAP server configured (or left to try)")
 
-    def _dn(self, conn: Any, login: str) -> str:
+    def _dn(self, conn: Any, login: str, identity: str | None = None) -> str | None:
+        """The DN of the login's entry; with `identity`, of the entry that identity names
+        (None when it is gone: another entry may hold the login now)."""
+        if identity is not None:
+            return self._dn_of_identity(conn, identity)
         localpart, domain = split_address(login)
         filt = render_filter(self.cfg.user_filter, login=login, localpart=localpart, domain=domain)
         scope = {"base": ldap3.BASE, "one": ldap3.LEVEL, "sub": ldap3.SUBTREE}[self.cfg.user_scope]
@@ -126,6 +134,34 @@ class LdapWriter:
             )
         return str(entries[0]["dn"])
 
+    def _dn_of_identity(self, conn: Any, identity: str) -> str | None:
+        kind, _, value = identity.partition("=")
+        scope = {"base": ldap3.BASE, "one": ldap3.LEVEL, "sub": ldap3.SUBTREE}[self.cfg.user_scope]
+        if kind == "dn":
+            base, filt, scope = value, "(objectClass=*)", ldap3.BASE
+        elif kind == "entryUUID":
+            base, filt = self.cfg.user_base, render_filter("(entryUUID={u})", u=value)
+        else:
+            raise WriterError(f"unknown directory identity {identity!r}")
+        _, result, response, _ = conn.search(
+            base, filt, search_scope=scope, attributes=["entryUUID"], size_limit=2
+        )
+        code = int(result.get("result", -1)) if result else -1
+        if code == _NO_SUCH_OBJECT:
+            return None
+        if code not in (_SUCCESS, _SIZE_LIMIT_EXCEEDED):
+            raise WriterError(f"search for the entry {identity!r} failed: {_text(result)}")
+        entries = [r for r in (response or []) if r.get("type") == "searchResEntry"]
+        if len(entries) > 1:
+            raise WriterError(f"the identity {identity!r} matches {len(entries)} entries")
+        if not entries:
+            return None
+        if kind == "entryUUID" and identity not in entry_identity(entries[0]):
+            return None
+        # (a "dn=" identity, recorded where entryUUID could not be read, cannot tell a new
+        # entry under the same DN from the old one)
+        return str(entries[0]["dn"])
+
     def _has(self, conn: Any, dn: str, address: str) -> bool:
         filt = render_filter(f"({self.wc.attribute}={{a}})", a=address)
         _, result, response, _ = conn.search(dn, filt, search_scope=ldap3.BASE, attributes=[])
@@ -134,11 +170,11 @@ class LdapWriter:
             raise WriterError(f"reading {self.wc.attribute} of {dn} failed: {_text(result)}")
         return any(r.get("type") == "searchResEntry" for r in response or [])
 
-    def _modify(self, login: str, address: str, op: Any) -> int:
+    def _modify(self, login: str, address: str, op: Any, identity: str | None) -> int:
         first, referred = 0, []
         while True:
             try:
-                return self._modify_on(first, login, address, op)
+                return self._modify_on(first, login, address, op, identity)
             except _Referred as r:
                 referred.append(r.url)
                 first = r.index + 1
@@ -148,12 +184,16 @@ class LdapWriter:
                         "the provider in ldap.servers"
                     ) from None
 
-    def _modify_on(self, first: int, login: str, address: str, op: Any) -> int:
+    def _modify_on(
+        self, first: int, login: str, address: str, op: Any, identity: str | None
+    ) -> int:
         conn, index = self._connect(first)
         sent = False
-        dn = ""
+        dn: str | None = ""
         try:
-            dn = self._dn(conn, login)
+            dn = self._dn(conn, login, identity)
+            if dn is None:
+                return _NO_ENTRY
             attr = self.wc.attribute
             if op == ldap3.MODIFY_ADD and self._has(conn, dn, address):
                 return _VALUE_EXISTS  # (so a lost answer below can only be about our value)
@@ -178,7 +218,7 @@ class LdapWriter:
         except (WriterError, _Referred):
             raise
         except Exception as e:  # noqa: BLE001 - ldap3/OSError/ssl: all mean "cannot write"
-            if sent and op == ldap3.MODIFY_ADD:
+            if sent and op == ldap3.MODIFY_ADD and dn:
                 self._undo_unanswered_add(index, dn, address)
             raise WriterError(f"LDAP write failed: {e}") from None
         finally:
@@ -201,16 +241,20 @@ class LdapWriter:
             with contextlib.suppress(Exception):
                 conn.unbind()
 
-    def add(self, login: str, address: str) -> bool:
-        """True when the value was added; False when it was there already."""
-        code = self._modify(login, address, ldap3.MODIFY_ADD)
+    def add(self, login: str, address: str, identity: str | None = None) -> bool:
+        """True when the value was added; False when it was there already. WriterError when
+        the entry `identity` names is gone."""
+        code = self._modify(login, address, ldap3.MODIFY_ADD, identity)
+        if code == _NO_ENTRY:
+            raise WriterError(f"the directory entry of {login!r} that asked is gone")
         if code == _NO_SUCH_ATTRIBUTE:
             raise WriterError("modify add answered noSuchAttribute")
         return code == _SUCCESS
 
-    def delete(self, login: str, address: str) -> bool:
-        """True when the value was removed; False when it was not there."""
-        code = self._modify(login, address, ldap3.MODIFY_DELETE)
+    def delete(self, login: str, address: str, identity: str | None = None) -> bool:
+        """True when the value was removed; False when it was not there (or the entry that
+        `identity` names is gone: nothing of it is left to remove)."""
+        code = self._modify(login, address, ldap3.MODIFY_DELETE, identity)
         if code == _VALUE_EXISTS:
             raise WriterError("modify delete answered attributeOrValueExists")
         return code == _SUCCESS

@@ -11,7 +11,14 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
-from policyd.addresses import AddressRules, normalize_address, normalize_domain, split_address
+from policyd.addresses import (
+    AddressRules,
+    InvalidDomain,
+    idna_domain,
+    normalize_address,
+    normalize_domain,
+    split_address,
+)
 
 #: RFC 5321: 254 octets for a path's address, 64 for a local part, 63 per DNS label.
 MAX_ADDRESS = 254
@@ -68,7 +75,12 @@ def _domain(raw: str) -> str:
                     "A part of the domain mixes alphabets (for example Latin and Cyrillic "
                     "letters that look alike); this is not accepted.",
                 )
-        a = normalize_domain(label)
+        try:
+            # IDNA 2008 / UTS #46 non-transitional: "ß", final sigma, ZWJ/ZWNJ are kept (a
+            # different registered domain), not folded to "ss", "σ" or nothing as IDNA 2003 did
+            a = idna_domain(label)
+        except InvalidDomain:
+            raise BadAddress("bad_syntax", "The domain is not a valid domain name.") from None
         if not a.isascii() or not _LDH.match(a):
             raise BadAddress("bad_syntax", "The domain is not a valid domain name.")
         out.append(a)
@@ -80,7 +92,8 @@ def _domain(raw: str) -> str:
 def normalize_request(address: str, rules: AddressRules) -> str:
     """The normalised address, or BadAddress(code, message). Accepts surrounding spaces and
     angle brackets; refuses display names, quoted local parts, comments, control characters,
-    non-ASCII local parts, look-alike domains and anything over 254 octets."""
+    non-ASCII local parts, "%" and "!" in the local part, look-alike domains, domains IDNA
+    2008 refuses and anything over 254 octets."""
     if not isinstance(address, str):
         raise BadAddress("bad_syntax", "The address must be text.")
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in address):
@@ -115,6 +128,11 @@ def normalize_request(address: str, rules: AddressRules) -> str:
         )
     if not _ATEXT.match(local):
         raise BadAddress("bad_syntax", "The part before the @ is not a valid mailbox name.")
+    if "%" in local or "!" in local:
+        # routing on many MTAs, ours included (percent hack, bang paths: addresses.route_address)
+        raise BadAddress(
+            "bad_syntax", 'The part before the @ may not contain "%" or "!" (mail routing).'
+        )
     if len(local) > MAX_LOCAL:
         raise BadAddress("too_long", f"The part before the @ is longer than {MAX_LOCAL} octets.")
     dom = _domain(domain)

@@ -12,7 +12,7 @@ from policyd.verification.views import AuditView, Lifecycle
 #: (in the order of Row's fields: Lifecycle's first)
 REQUEST_COLUMNS = (
     "login, address, state, method, created, updated, verified_at, token_hash, "
-    "token_expires, code_salt, code_hash, code_expires, tries, mail_sent, last_error, id"
+    "token_expires, code_salt, code_hash, code_expires, tries, mail_sent, last_error, id, identity"
 )
 
 
@@ -27,6 +27,8 @@ class Row(Lifecycle):
     mail_sent: float | None
     last_error: str | None
     id: int
+    #: the directory identity of the login's entry when requested (None: a row from before)
+    identity: str | None
 
 
 class Tx:

@@ -38,16 +38,14 @@ class Verification(AdminOps):
             )
         if owned_by(self._owned_in_directory(login), addr, self.rules):
             raise Refused("already_owned", "You can already send as this address.")
+        self._check_foreign(login, addr)
+        identity = self._identity(login)
         primary = self._primary(login)
         now = self.clock()
         token, code, secret_values = self._fresh_secrets(now)
         with self._tx() as tx:
             self._expire_due(tx, now)
-            if tx.is_suppressed(addr):
-                raise Refused(
-                    "suppressed",
-                    "This address does not accept confirmation requests; ask your administrator.",
-                )
+            limits.check_suppressed(tx, addr)
             row = tx.active(login, addr)
             if row is not None and row.state == states.VERIFIED:
                 raise Refused("already_owned", "You can already send as this address.")
@@ -56,19 +54,21 @@ class Verification(AdminOps):
             if row is None:
                 rid = tx.insert(
                     login=login, address=addr, state=states.next_state(None, "request"),
-                    created=now, last_error=None, **secret_values,
+                    created=now, last_error=None, identity=identity, **secret_values,
                 )  # fmt: skip
                 new = tx.by_id(rid)
                 self._audit(tx, actor, "request", new, None, states.PENDING)
             else:
                 rid = row.id
-                tx.update(rid, states.PENDING, **secret_values)
+                tx.update(rid, states.PENDING, identity=identity, **secret_values)
                 self._audit(tx, actor, "resend", row, states.PENDING, states.PENDING)
             limits.count(tx, login, addr, now, request=True)
         return self._pending_view(self._send(rid, addr, primary, code, token))
 
     def resend(self, login: str, address: str, *, actor: Actor) -> PendingView:
         addr = self._address(address)
+        self._check_foreign(login, addr)
+        identity = self._identity(login)
         primary = self._primary(login)
         now = self.clock()
         token, code, secret_values = self._fresh_secrets(now)
@@ -77,14 +77,10 @@ class Verification(AdminOps):
             row = tx.active(login, addr)
             if row is None or row.state != states.PENDING:
                 raise Refused("not_pending", "There is no request waiting for this address.")
-            if tx.is_suppressed(addr):
-                raise Refused(
-                    "suppressed",
-                    "This address does not accept confirmation requests; ask your administrator.",
-                )
+            limits.check_suppressed(tx, addr)
             limits.check_mail(tx, self.vc.limits, addr, now)
             states.next_state(row.state, "resend")
-            tx.update(row.id, states.PENDING, **secret_values)
+            tx.update(row.id, states.PENDING, identity=identity, **secret_values)
             self._audit(tx, actor, "resend", row, states.PENDING, states.PENDING)
             limits.count(tx, login, addr, now, request=False)
         return self._pending_view(self._send(row.id, addr, primary, code, token))
@@ -103,6 +99,7 @@ class Verification(AdminOps):
             assert row.code_expires is not None and row.code_salt and row.code_hash
             if now > row.code_expires:
                 raise Refused("expired", "This code has expired; ask for a new mail (resend).")
+            limits.check_suppressed(tx.tx, addr)
             if not tokens.code_matches(code, row.code_salt, row.code_hash):
                 tries = row.tries + 1
                 if tries >= self.vc.code_tries:
@@ -156,6 +153,7 @@ class Verification(AdminOps):
         def body(tx: _Collect) -> Row:
             self._expire_due(tx.tx, self.clock())
             row = self._by_token(tx.tx, token)
+            limits.check_suppressed(tx.tx, row.address)
             self._verify(tx.tx, row, "link", actor, "confirm", tx.added)
             return row
 
@@ -169,9 +167,16 @@ class Verification(AdminOps):
             new = states.next_state(row.state, "refuse")
             tx.update(row.id, row.state, state=new, updated=now)
             self._audit(tx, actor, "refuse", row, row.state, new)
-            if tx.suppress(row.address, now, actor.who, "not me"):
-                self._audit(tx, actor, "block", None, None, None, address=row.address,
+            key = limits.address_key(row.address)
+            if tx.suppress(key, now, actor.who, "not me"):
+                self._audit(tx, actor, "block", None, None, None, address=key,
                             detail="This was not me")  # fmt: skip
+            # Every login's waiting request for the address (any + variant) ends with it.
+            for other in tx.rows(state=states.PENDING):
+                if limits.address_key(other.address) == key:
+                    tx.update(other.id, other.state, state=states.CANCELLED, updated=now)
+                    self._audit(tx, actor, "cancel", other, other.state, states.CANCELLED,
+                                detail="This was not me")  # fmt: skip
 
     def cancel(self, login: str, address: str, *, actor: Actor) -> None:
         addr = self._address(address)

@@ -73,6 +73,12 @@ MIGRATIONS: Sequence[str] = (
     );
     CREATE INDEX events_key ON events (kind, key, at);
     """,
+    # 1 -> 2: the directory identity of the login's entry when the request was made (LDAP:
+    # entryUUID or DN; the file directory: the login's line). A verified row counts only while
+    # the directory still gives the login that identity. NULL: a row from before.
+    """
+    ALTER TABLE requests ADD COLUMN identity TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -62,6 +62,8 @@ class EntryView(Lifecycle):
     code_expires: float | None
     link_expires: float | None
     last_error: str | None
+    #: state "superseded" (a verified row that no longer counts): why, for an admin's eyes
+    why: str | None = None
 
 
 @dataclass(frozen=True)

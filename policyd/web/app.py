@@ -8,13 +8,21 @@ Origin before anything else happens.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from aiohttp import web
 
 from policyd.addresses import canonical_login
+from policyd.directory.base import DirectoryUnavailable
 from policyd.web import pages, security
-from policyd.web.auth import LoginUnavailable, address_in
+from policyd.web.auth import (
+    LoginUnavailable,
+    Throttled,
+    address_in,
+    folded,
+    untrusted_loopback_proxy,
+)
 from policyd.web.backend import Overloaded
 from policyd.web.context import (
     FORM_FIELDS,
@@ -29,7 +37,7 @@ from policyd.web.context import (
     set_cookie,
     state,
 )
-from policyd.web.sessions import Session, StoreError
+from policyd.web.sessions import Attempt, Session, StoreError, identity_text
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +68,30 @@ async def _load_session(request: web.Request) -> None:
         elif session is None or session.login != proxied:
             if sid:
                 await st.session_calls.run(st.sessions.delete, sid)
-            sid, session = await st.session_calls.run(st.sessions.create, proxied)
+            identity = await _identity(st, proxied)
+            sid, session = await st.session_calls.run(st.sessions.create, proxied, identity)
             request["new_sid"] = sid
+    if session is not None and st.directory_identity is not None:
+        now = await _identity(st, session.login)
+        if now is None or now != session.identity:
+            await _end(st, session, sid, request)
+            session = None
     request["session"], request["sid"] = session, sid
+
+
+async def _end(st: WebState, session: Session, sid: str, request: web.Request) -> None:
+    """The entry that logged in is gone, was replaced (another person under the same login)
+    or its password changed: the session is over."""
+    await st.session_calls.run(st.sessions.delete, sid)
+    log.info("web: session of %s ended: its directory entry changed", session.login)
+    request["session_ended"] = True
+
+
+async def _identity(st: WebState, login: str) -> str | None:
+    """What identifies the login's directory entry now (one string; None: unknown)."""
+    if st.directory_identity is None:
+        return None
+    return identity_text(await st.blocking.run(st.directory_identity, login))
 
 
 @web.middleware
@@ -83,6 +112,11 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = message(
             request, 503, "Try again later", "The service cannot store data right now."
         )
+    except DirectoryUnavailable as e:
+        log.warning("web: directory unavailable: %s", e)
+        response = message(
+            request, 503, "Try again later", "The user directory cannot be reached right now."
+        )
     if request.get("new_sid"):
         set_cookie(request, response, state(request).session_cookie, request["new_sid"])
     if request.get("set_anon_csrf"):
@@ -96,6 +130,10 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
     if request.path.startswith("/static/"):
         return await handler(request)
     await _load_session(request)
+    if request.get("session_ended") and request.method == "POST":
+        return message(
+            request, 403, "Session ended", "Your session has ended. Please log in again."
+        )
     anon = request.cookies.get(st.csrf_cookie, "")
     if not (20 <= len(anon) <= 100):
         anon = security.new_token()
@@ -160,10 +198,29 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     user = form["user"].strip()
     password = form["password"]
     ip = client_ip(request)
-    key = canonical_login(user, st.rules) if user else ""
     wc = st.config.web
-    n_ip, n_login = await st.session_calls.run(st.sessions.failures, ip, key)
-    if n_ip >= wc.login_max_failures_per_ip or n_login >= wc.login_max_failures_per_login:
+    if untrusted_loopback_proxy(request.remote, request.headers, st.proxies):
+        now = time.monotonic()
+        if not st.proxy_warned or now - st.proxy_warned >= 60:
+            st.proxy_warned = now
+            log.error(
+                "web: login refused: %s forwards clients (X-Forwarded-For) but "
+                "web.trusted_proxies is empty; set it to the proxy's address, or one client's "
+                "failed logins lock out everyone",
+                request.remote,
+            )
+        return render(
+            request,
+            "login.html",
+            status=503,
+            user=user,
+            error="Logging in is not possible right now. Please try again later.",
+        )
+    typed = canonical_login(user, st.rules) if user else ""
+    # The throttle's key: what the directory may match it with (fullwidth or not, one bucket).
+    key = folded(typed)
+
+    def throttled() -> web.Response:
         log.warning("web: login throttled (client %s)", ip)
         minutes = max(1, round(wc.login_window / 60))
         return render(
@@ -173,9 +230,41 @@ async def login_post(request: web.Request) -> web.StreamResponse:
             user=user,
             error=f"Too many failed logins. Please wait {minutes} minutes and try again.",
         )
+
+    # Counted as a failure before the password is checked (and in the same transaction as the
+    # check of the limits): parallel attempts cannot get past the limit.
+    attempt = await st.session_calls.run(
+        st.sessions.begin_attempt,
+        ip,
+        key,
+        wc.login_max_failures_per_ip,
+        wc.login_max_failures_per_login,
+    )
+    if attempt is None:
+        return throttled()
+    counted: list[Attempt] = [attempt]
+
+    def gate(entry_login: str) -> bool:
+        # (in the LDAP thread) the directory's own login is counted as well, if it differs
+        if entry_login == key or len(counted) > 1:  # (once: the next server, same entry)
+            return True
+        more = st.sessions.also_login(attempt, entry_login, wc.login_max_failures_per_login)
+        if more is None:
+            return False
+        counted.append(more)
+        return True
+
     try:
-        ok = await st.blocking.run(st.ldap_login.authenticate, key, password) if key else None
+        ok = (
+            await st.blocking.run(st.ldap_login.authenticate, typed, password, gate)
+            if typed
+            else None
+        )
+    except Throttled:
+        return throttled()
     except LoginUnavailable:
+        # No server answered: no password was checked, so the attempt does not count.
+        await st.session_calls.run(st.sessions.succeeded, counted[-1])
         return render(
             request,
             "login.html",
@@ -184,14 +273,24 @@ async def login_post(request: web.Request) -> web.StreamResponse:
             error="Logging in is not possible right now. Please try again later.",
         )
     if ok is None:
-        await st.session_calls.run(st.sessions.record_failure, ip, key)
         log.info("web: login failed (client %s)", ip)
         return render(
             request, "login.html", status=401, user=user, error="Wrong login or password."
         )
+    await st.session_calls.run(st.sessions.succeeded, counted[-1])
+    identity = await _identity(st, ok)
+    if identity is None and st.directory_identity is not None:
+        # (the bind found the entry a moment ago: it is gone, or the directory is failing)
+        return render(
+            request,
+            "login.html",
+            status=503,
+            user=user,
+            error="Logging in is not possible right now. Please try again later.",
+        )
     if request["sid"]:
         await st.session_calls.run(st.sessions.delete, request["sid"])
-    sid, session = await st.session_calls.run(st.sessions.create, ok)
+    sid, session = await st.session_calls.run(st.sessions.create, ok, identity)
     log.info("web: %s logged in (client %s)", ok, ip)
     request["new_sid"] = sid
     return redirect(request, "/addresses")

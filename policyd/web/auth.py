@@ -7,6 +7,17 @@ nowhere else: it is never logged, stored or put in an exception. An empty passwo
 before anything is sent (an LDAP bind with a DN and no password is an "unauthenticated bind"
 that many servers answer with success).
 
+The login is the directory's: after the entry is found, its `ldap.owner_login_attribute` is
+read and becomes the session's login and the throttle's key (OpenLDAP's caseIgnoreMatch finds
+bob's entry for a fullwidth "ＢＯＢ"; that must not open a fresh throttle bucket or a session
+under a new string). A typed login that NFKC and case folding would change is refused unless
+it already is the entry's login. `gate(login)` is called with that login before the password is
+sent (the throttle counts the attempt there); it returns False to stop the bind.
+
+An unknown login binds as `web.login_decoy_dn` (an entry whose password nobody knows, hashed like
+the users'), so the directory computes a password hash as it does for a known login and the time
+taken does not tell the two apart.
+
 Proxy: a reverse proxy that authenticated the user passes the login in a header; it is believed
 only when the connection comes from one of `web.trusted_proxies`.
 """
@@ -16,7 +27,8 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Iterable
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import ldap3
@@ -38,12 +50,23 @@ class LoginUnavailable(Exception):
     """The login could not be checked (directory down): not the user's fault."""
 
 
+class Throttled(Exception):
+    """The gate refused the attempt: no password was sent."""
+
+
+def folded(login: str) -> str:
+    """NFKC + case folding: the form under which a directory's caseIgnoreMatch may find one
+    entry for several typed strings."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", login).casefold())
+
+
 class LdapLogin:
     """Checks a login and password by binding as the user's own directory entry."""
 
-    def __init__(self, cfg: LdapConfig, rules: AddressRules) -> None:
+    def __init__(self, cfg: LdapConfig, rules: AddressRules, decoy_dn: str = "") -> None:
         self.cfg = cfg
         self.rules = rules
+        self.decoy_dn = decoy_dn
         self._specs = [parse_server_url(u, cfg.start_tls) for u in cfg.servers]
         self._tls_obj = make_tls(cfg)
         self._service_password = read_bind_password(cfg)
@@ -67,7 +90,7 @@ class LdapLogin:
             raise LDAPException("StartTLS refused")
         return conn
 
-    def _find_dn(self, spec: Any, login: str) -> str | None:
+    def _find_dn(self, spec: Any, login: str) -> tuple[str, list[str]] | None:
         local, domain = split_address(login)
         filt = render_filter(self.cfg.user_filter, login=login, localpart=local, domain=domain)
         conn = self._connection(spec, self.cfg.bind_dn or None, self._service_password)
@@ -79,7 +102,7 @@ class LdapLogin:
                 self.cfg.user_base,
                 filt,
                 search_scope=_SCOPES[self.cfg.user_scope],
-                attributes=["1.1"],
+                attributes=[self.cfg.owner_login_attribute],
                 size_limit=2,
                 time_limit=int(self.cfg.receive_timeout),
             )
@@ -89,7 +112,13 @@ class LdapLogin:
             entries = [r for r in (response or []) if r.get("type") == "searchResEntry"]
             if len(entries) != 1 or code == 4:
                 return None  # unknown, or ambiguous: never guess which entry
-            return str(entries[0]["dn"])
+            values = (entries[0].get("attributes") or {}).get(self.cfg.owner_login_attribute)
+            if isinstance(values, (str, bytes)):
+                values = [values]
+            logins = [
+                v if isinstance(v, str) else v.decode("utf-8", "replace") for v in values or []
+            ]
+            return str(entries[0]["dn"]), logins
         finally:
             with contextlib.suppress(Exception):
                 conn.unbind()
@@ -107,26 +136,45 @@ class LdapLogin:
             with contextlib.suppress(Exception):
                 conn.unbind()
 
-    def authenticate(self, login: str, password: str) -> str | None:
-        """The canonical login when the password is right; None when the login is unknown
+    def _entry_login(self, typed: str, values: list[str]) -> str | None:
+        """The entry's own login (canonical form): the typed one when the entry holds it,
+        else the entry's only one; None when that is ambiguous or the typed string is one
+        that folding changes into another login."""
+        logins = {canonical_login(v, self.rules) for v in values if v.strip()}
+        if typed in logins:
+            return typed
+        if typed != folded(typed) or len(logins) != 1:
+            return None
+        return next(iter(logins))
+
+    def _decoy(self, spec: Any, password: str) -> None:
+        """The same work as for a wrong password: a bind that the directory checks against a
+        stored hash (web.login_decoy_dn), so the timing does not tell unknown logins from
+        known ones."""
+        dn = self.decoy_dn or f"cn=policyd-web-no-such-user,{self.cfg.user_base}"
+        with contextlib.suppress(LDAPException, OSError):
+            self._bind_as(spec, dn, password)
+
+    def authenticate(
+        self, login: str, password: str, gate: Callable[[str], bool] | None = None
+    ) -> str | None:
+        """The entry's login when the password is right; None when the login is unknown
         or the password wrong (the caller shows the same answer for both). Raises
-        LoginUnavailable when no server could answer."""
+        LoginUnavailable when no server could answer, Throttled when `gate` said no."""
         if not login or not password:
             return None
         canonical = canonical_login(login, self.rules)
         errors: list[str] = []
         for spec in self._specs:
             try:
-                dn = self._find_dn(spec, canonical)
-                if dn is None:
-                    # The same work as for a wrong password (a bind that fails), so that the
-                    # answer's timing does not tell unknown logins from known ones.
-                    with contextlib.suppress(LDAPException, OSError):
-                        self._bind_as(
-                            spec, f"cn=policyd-web-no-such-user,{self.cfg.user_base}", password
-                        )
+                found = self._find_dn(spec, canonical)
+                entry_login = None if found is None else self._entry_login(canonical, found[1])
+                if found is None or entry_login is None:
+                    self._decoy(spec, password)
                     return None
-                return canonical if self._bind_as(spec, dn, password) else None
+                if gate is not None and not gate(entry_login):
+                    raise Throttled
+                return entry_login if self._bind_as(spec, found[0], password) else None
             except (LDAPException, OSError, DirectoryUnavailable) as e:
                 # str(e) of ldap3 never holds the password; keep only the class and server.
                 errors.append(f"{spec.url}: {type(e).__name__}")
@@ -153,3 +201,21 @@ def address_in(
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return any(ip.version == n.version and ip in n for n in networks)
+
+
+def untrusted_loopback_proxy(
+    remote: str | None,
+    headers: Mapping[str, str],
+    proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+) -> bool:
+    """A loopback peer forwards a client (X-Forwarded-For) but no proxy is trusted: every
+    client would look like that one address, and its failures would lock out everyone."""
+    if proxies or "X-Forwarded-For" not in headers:
+        return False
+    try:
+        peer = ipaddress.ip_address((remote or "").split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+        peer = peer.ipv4_mapped
+    return peer.is_loopback

@@ -40,6 +40,9 @@ class WebState:
     verification: Verification | None
     #: login -> the addresses the directory gives it (blocking)
     directory_addresses: Callable[[str], frozenset[str]]
+    #: login -> what identifies its directory entry now (Directory.identity_of; blocking):
+    #: a session belongs to the entry that logged in
+    directory_identity: Callable[[str], frozenset[str]] | None = None
     templates: jinja2.Environment = field(init=False)
     #: the session store's own threads: a hung directory cannot hold up every page
     session_calls: Blocking = field(init=False)
@@ -61,6 +64,8 @@ class WebState:
         # set or overwrite them).
         self.session_cookie = "__Host-policyd-session" if secure else "policyd-session"
         self.csrf_cookie = "__Host-policyd-csrf" if secure else "policyd-csrf"
+        #: when the unconfigured-proxy error was last logged (monotonic; 0 = never)
+        self.proxy_warned = 0.0
 
 
 STATE: web.AppKey[WebState] = web.AppKey("policyd_web", WebState)

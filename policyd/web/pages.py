@@ -34,7 +34,9 @@ DONE = {
 }
 
 _STATUS_FOR = {
+    # (the same status: a page must not tell a suppressed address from a rate-limited one)
     "rate_limited": 429,
+    "suppressed": 429,
     "too_many_tries": 429,
     "store_unavailable": 503,
     "mail_failed": 503,
@@ -88,8 +90,9 @@ async def _render_list(
     entries = await st.blocking.run(v.entries, login=login)
     verified = [e for e in entries if str(e.state) == "verified"]
     pending = [e for e in entries if str(e.state) == "pending"]
-    # With verification.store = "ldap" the directory also returns the verified ones.
-    mine = {str(e.address) for e in verified}
+    # With verification.store = "ldap" the directory also returns the verified ones (also
+    # those that no longer count: listed as neither).
+    mine = {str(e.address) for e in entries if str(e.state) in ("verified", "superseded")}
     directory = [a for a in directory if a not in mine]
     done = DONE.get(request.query.get("done", ""), None) if status == 200 else None
     return render(

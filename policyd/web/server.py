@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,9 +45,41 @@ def resolve_auth(config: Config) -> str:
 
 
 def database_path(config: Config) -> Path:
-    if config.web.database is not None:
-        return config.web.database
-    return config.verification.database
+    db = config.web.database
+    if db.resolve() == config.verification.database.resolve():
+        raise WebSetupError(
+            f"{config.source}: web.database must not be verification.database ({db}): every "
+            "page view writes to it, and each write makes the policy service and the milter "
+            "re-read the verified addresses"
+        )
+    return db
+
+
+def no_new_privileges() -> bool:
+    """The kernel's no_new_privs flag (systemd's NoNewPrivileges=yes, which the shipped
+    policyd-web.service sets): set-user/group-ID bits of programs we run are ignored."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            return any(line.split() == ["NoNewPrivs:", "1"] for line in f)
+    except OSError:
+        return False
+
+
+def check_submission(config: Config) -> None:
+    """submission = "sendmail" cannot work in the hardened unit: Postfix's sendmail hands the
+    mail to postdrop, which is set-group-ID postdrop to write the maildrop queue, and
+    NoNewPrivileges=yes (RestrictSUIDSGID=yes, ProtectSystem=strict) takes that away; every
+    confirmation mail would fail. Refuse to start instead, naming the way that works."""
+    vc = config.verification
+    if not vc.enabled or vc.mail.submission != "sendmail":
+        return
+    if os.geteuid() != 0 and no_new_privileges():
+        raise WebSetupError(
+            f'{config.source}: verification.mail.submission = "sendmail" cannot work here: '
+            "this process runs with no_new_privs (NoNewPrivileges=yes in "
+            "policyd-web.service), so postdrop loses its set-group-ID and cannot queue the "
+            'mail; use submission = "smtp" with conf/postfix/senders-confirm.cf'
+        )
 
 
 def make_verification(config: Config, directory: Directory) -> Verification | None:
@@ -65,11 +98,24 @@ def make_verification(config: Config, directory: Directory) -> Verification | No
 def build_state(config: Config) -> WebState:
     from policyd.runtime import make_directory
 
+    check_submission(config)
     rules = config.addresses.rules()
     auth = resolve_auth(config)
     if auth == "ldap" and config.directory.backend != "ldap":
         raise WebSetupError(f'{config.source}: web.auth = "ldap" needs directory.backend = "ldap"')
     wc = config.web
+    if auth == "ldap" and not wc.trusted_proxies:
+        log.warning(
+            "web: web.trusted_proxies is empty: every client is counted under the address it "
+            "connects from; behind a reverse proxy set web.trusted_proxies to the proxy's "
+            "address (logins that a loopback peer forwards with X-Forwarded-For are refused "
+            "until then)"
+        )
+    if auth == "ldap" and not wc.login_decoy_dn:
+        log.warning(
+            "web: web.login_decoy_dn is not set: an unknown login is answered without a "
+            "password hash being computed, sooner than a known one"
+        )
     try:
         sessions = SessionStore(
             database_path(config),
@@ -81,7 +127,7 @@ def build_state(config: Config) -> WebState:
         raise WebSetupError(f"web.database: {e}") from None
     try:
         directory = make_directory(config, rules)
-        ldap_login = LdapLogin(config.ldap, rules) if auth == "ldap" else None
+        ldap_login = LdapLogin(config.ldap, rules, wc.login_decoy_dn) if auth == "ldap" else None
     except DirectoryError as e:
         raise WebSetupError(str(e)) from None
     return WebState(
@@ -93,6 +139,7 @@ def build_state(config: Config) -> WebState:
         ldap_login=ldap_login,
         verification=make_verification(config, directory),
         directory_addresses=directory.addresses_of,
+        directory_identity=directory.identity_of,
     )
 
 

@@ -1,11 +1,16 @@
 """Web sessions and login throttling, stored in SQLite (blocking: call from a thread).
 
-Tables of their own (`web_*`), in the same database file as the verification store, with a
-schema version of their own (`web_schema`). A session id is 256 random bits; only its SHA-256
+Tables of their own (`web_*`) in a file of their own (`web.database`, by default
+/var/lib/policyd/web.sqlite: every page view writes a session's last use, and a write to the
+verification database would make the policy service and the milter re-read the verified set),
+with a schema version of their own (`web_schema`). A session id is 256 random bits; only its SHA-256
 is stored, so a copy of the database holds no usable cookie. Each session carries its CSRF
 token. A session ends at logout, after `idle` seconds unused, or `absolute` seconds after it
 began, whichever comes first. Login failures are kept per client address and per login for
-`window` seconds; passwords are never stored or logged.
+`window` seconds; passwords are never stored or logged. A login attempt is counted as a
+failure *before* the password is checked, in the same transaction that checks the limits
+(`begin_attempt`), and taken back when the password was right (`succeeded`): parallel attempts
+cannot pass the limit between the check and the count.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 #: The newest schema version of the web tables; migrations bring older files up to it.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -42,6 +47,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX web_login_failures_key ON web_login_failures(kind, key, at)",
     ),
+    # the directory identity of the entry that logged in (see Directory.identity_of): the
+    # session is that entry's, and ends when the entry is gone, replaced or its password
+    # changed. NULL (a session from before): ends at its next request.
+    2: ("ALTER TABLE web_sessions ADD COLUMN identity TEXT",),
 }
 
 
@@ -55,6 +64,22 @@ class Session:
     csrf: str
     created: float
     last_seen: float
+    #: the directory's identity_of(login) at login, as one string (see identity_text)
+    identity: str | None = None
+
+
+def identity_text(identity: frozenset[str]) -> str | None:
+    """identity_of's answer as the one string a session keeps (None: an unknown login)."""
+    return "\n".join(sorted(identity)) if identity else None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A login attempt counted as a failure until `succeeded` takes it back."""
+
+    ip: str
+    #: rowids of the web_login_failures rows this attempt added
+    rows: tuple[int, ...]
 
 
 def _hash(session_id: str) -> str:
@@ -139,17 +164,18 @@ class SessionStore:
 
     # -- sessions ----------------------------------------------------------------------
 
-    def create(self, login: str) -> tuple[str, Session]:
-        """A new session for `login`: (cookie value, session)."""
+    def create(self, login: str, identity: str | None = None) -> tuple[str, Session]:
+        """A new session for `login` (whose directory entry is `identity`): (cookie value,
+        session)."""
         sid = secrets.token_urlsafe(32)
         now = self.clock()
-        s = Session(login, secrets.token_urlsafe(32), now, now)
+        s = Session(login, secrets.token_urlsafe(32), now, now, identity)
 
         def go(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO web_sessions (id_hash, login, csrf, created, last_seen) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (_hash(sid), s.login, s.csrf, s.created, s.last_seen),
+                "INSERT INTO web_sessions (id_hash, login, csrf, created, last_seen, identity) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (_hash(sid), s.login, s.csrf, s.created, s.last_seen, s.identity),
             )
             # Expired sessions of anyone go on each login: the table stays small.
             conn.execute(
@@ -170,17 +196,19 @@ class SessionStore:
 
         def go(conn: sqlite3.Connection) -> Session | None:
             row = conn.execute(
-                "SELECT login, csrf, created, last_seen FROM web_sessions WHERE id_hash = ?",
+                "SELECT login, csrf, created, last_seen, identity FROM web_sessions "
+                "WHERE id_hash = ?",
                 (h,),
             ).fetchone()
             if row is None:
                 return None
             login, csrf, created, last_seen = str(row[0]), str(row[1]), row[2], row[3]
+            identity = None if row[4] is None else str(row[4])
             if now - last_seen > self.idle or now - created > self.absolute:
                 conn.execute("DELETE FROM web_sessions WHERE id_hash = ?", (h,))
                 return None
             conn.execute("UPDATE web_sessions SET last_seen = ? WHERE id_hash = ?", (now, h))
-            return Session(login, csrf, float(created), now)
+            return Session(login, csrf, float(created), now, identity)
 
         out = self._run(go)
         assert out is None or isinstance(out, Session)
@@ -215,6 +243,82 @@ class SessionStore:
         res = self._run(go)
         assert isinstance(res, tuple)
         return res
+
+    def begin_attempt(
+        self, ip: str, login: str, max_per_ip: int, max_per_login: int
+    ) -> Attempt | None:
+        """Counts a login attempt as a failure, unless the client address or the login has
+        reached its limit within the window (then None, and nothing is counted). One
+        transaction (BEGIN IMMEDIATE): of any number of parallel attempts at most the limit
+        get through."""
+        now = self.clock()
+
+        def go(conn: sqlite3.Connection) -> Attempt | None:
+            n_ip, n_login = self._counts(conn, ip, login, now - self.window)
+            if n_ip >= max_per_ip or n_login >= max_per_login:
+                return None
+            rows = tuple(
+                int(
+                    conn.execute(
+                        "INSERT INTO web_login_failures (kind, key, at) VALUES (?, ?, ?)",
+                        (kind, key, now),
+                    ).lastrowid
+                    or 0
+                )
+                for kind, key in (("ip", ip), ("login", login))
+            )
+            conn.execute("DELETE FROM web_login_failures WHERE at < ?", (now - self.window,))
+            return Attempt(ip, rows)
+
+        out = self._run(go)
+        assert out is None or isinstance(out, Attempt)
+        return out
+
+    def also_login(self, attempt: Attempt, login: str, max_per_login: int) -> Attempt | None:
+        """Counts the attempt against another key of the same login as well (the directory's
+        own login, once the entry is found): None (and nothing counted) when that login has
+        reached its limit."""
+        now = self.clock()
+
+        def go(conn: sqlite3.Connection) -> Attempt | None:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM web_login_failures WHERE kind = 'login' AND key = ? "
+                "AND at >= ?",
+                (login, now - self.window),
+            ).fetchone()
+            if int(row[0]) >= max_per_login:
+                return None
+            rid = conn.execute(
+                "INSERT INTO web_login_failures (kind, key, at) VALUES ('login', ?, ?)",
+                (login, now),
+            ).lastrowid
+            return Attempt(attempt.ip, (*attempt.rows, int(rid or 0)))
+
+        out = self._run(go)
+        assert out is None or isinstance(out, Attempt)
+        return out
+
+    def succeeded(self, attempt: Attempt) -> None:
+        """The password was right: the attempt does not count as a failure."""
+
+        def go(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "DELETE FROM web_login_failures WHERE rowid = ?", [(r,) for r in attempt.rows]
+            )
+
+        self._run(go)
+
+    def _counts(
+        self, conn: sqlite3.Connection, ip: str, login: str, since: float
+    ) -> tuple[int, int]:
+        out = []
+        for kind, key in (("ip", ip), ("login", login)):
+            row = conn.execute(
+                "SELECT COUNT(*) FROM web_login_failures WHERE kind = ? AND key = ? AND at >= ?",
+                (kind, key, since),
+            ).fetchone()
+            out.append(int(row[0]))
+        return out[0], out[1]
 
     def record_failure(self, ip: str, login: str) -> None:
         now = self.clock()

@@ -210,3 +210,80 @@ def test_opening_the_link_verifies_nothing(env: Env) -> None:
     pending = page.get_by_role("region", name="Waiting for confirmation")
     assert address in pending.inner_text()
     ctx.close()
+
+
+def test_this_was_not_me_ends_every_logins_request_and_not_now_tells_nothing(env: Env) -> None:
+    carol = env.context()
+    page = carol.new_page()
+    log_in(env, page, "carol", "carol-pw")
+    _code, link = request_address(env, page, "target+c@elsewhere.test")
+    dave = env.context()
+    other = dave.new_page()
+    log_in(env, other, "dave", "dave-pw")
+    request_address(env, other, "target@elsewhere.test")
+    # the mailbox's owner presses "This was not me" on carol's mail
+    owner = env.context()
+    landing = owner.new_page()
+    landing.goto(link)
+    landing.get_by_role("button", name="This was not me").click()
+    assert "will not be asked again" in landing.inner_text("main")
+    owner.close()
+    # dave's request for the same mailbox is gone too ...
+    other.goto(env.web.url + "/addresses")
+    assert "target@elsewhere.test" not in other.inner_text("main")
+    # ... and asking again, for any + variant, gets the one neutral answer
+    other.get_by_label("Address", exact=True).fill("target+d@elsewhere.test")
+    other.get_by_role("button", name="Send confirmation mail").click()
+    alert = other.get_by_role("alert").inner_text()
+    assert "No confirmation mail can be sent to this address now" in alert
+    assert "suppress" not in alert.lower() and "not me" not in alert.lower()
+    env.shot(other, "08-not-now")
+    dave.close()
+    carol.close()
+
+
+def test_the_directory_wins_and_a_session_ends_with_its_entry(
+    slapd_factory: Any, chromium: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    """Issue 23: an address the directory owns is refused on the page, and once the entry
+    that logged in is deleted, the open page's next button press changes nothing."""
+    import ldap3
+
+    server: Slapd = slapd_factory(tls=False)
+    admin = ldap3.Connection(
+        ldap3.Server(server.url, get_info=ldap3.NONE),
+        user=server.admin_dn,
+        password=server.admin_password,
+        client_strategy=ldap3.SAFE_SYNC,
+        raise_exceptions=False,
+    )
+    assert admin.bind()[0]
+    bob, alice = "uid=Bob,ou=people,dc=example,dc=org", "uid=alice,ou=people,dc=example,dc=org"
+    assert admin.modify(bob, {"mailLocalAddress": [(ldap3.MODIFY_ADD, ["@corp.test"])]})[0]
+    port = free_port()
+    with MailSink() as sink:
+        cfg = ldap_web_config(server, tmp_path, port, sink.port)
+        with WebServer(tmp_path, cfg, port=port) as w:
+            env = Env(w, sink, chromium, artifacts)
+            ctx = env.context()
+            page = ctx.new_page()
+            log_in(env, page, "alice", "alice-pw")
+            page.get_by_label("Address", exact=True).fill("y@corp.test")
+            page.get_by_role("button", name="Send confirmation mail").click()
+            alert = page.get_by_role("alert")
+            assert "managed by the administrators" in alert.inner_text()
+            assert "bob" not in alert.inner_text().lower()
+            env.shot(page, "08-directory-owned")
+            assert sink.messages == []
+            address = "x@elsewhere.test"
+            code, _link = request_address(env, page, address)
+            assert admin.delete(alice)[0]  # the entry that logged in is gone
+            page.get_by_label(f"Code from the mail to {address}").fill(code)
+            page.get_by_role("button", name="Confirm", exact=True).click()
+            assert "Your session has ended" in page.inner_text("main")
+            env.shot(page, "09-session-ended")
+            page.goto(w.url + "/addresses")
+            assert page.title().startswith("Log in")
+            assert env.check("alice", address).startswith("553")  # never verified
+            ctx.close()
+    admin.unbind()

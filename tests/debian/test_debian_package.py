@@ -68,7 +68,7 @@ def test_1_apt_install_resolves_debians_libraries_and_starts_socket_and_service(
         timeout=300,
     )
     assert "Setting up policyd " in r.stdout
-    for dep in ("python3-netaddr", "python3-ldap3", "python3-milter"):
+    for dep in ("python3-netaddr", "python3-ldap3", "python3-idna", "python3-milter"):
         assert f"Setting up {dep} " in r.stdout, dep
     # the user from sysusers.d, units enabled and running, the socket first
     assert c.run("getent passwd policyd").stdout.split(":")[5] == "/var/lib/policyd"

@@ -221,6 +221,10 @@ class BlockingDirectory:
         self._enter(address)
         return frozenset(login for login, addrs in self.owned.items() if address in addrs)
 
+    def identity_of(self, login: str) -> frozenset[str]:
+        self._enter(login)
+        return frozenset({f"login={login}"}) if login in self.owned else frozenset()
+
     def close(self) -> None:
         self.closed = True
         self.gate.set()

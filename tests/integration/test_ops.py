@@ -918,6 +918,9 @@ def test_metrics_lookup_latency_and_errors_from_the_cache_layer() -> None:
         def owners_of(self, address: str) -> frozenset[str]:
             return frozenset()
 
+        def identity_of(self, login: str) -> frozenset[str]:
+            return frozenset({f"login={login}"})
+
         def close(self) -> None:
             pass
 
@@ -1024,6 +1027,9 @@ def test_reload_keeps_the_cache_only_for_the_same_directory(
 
         def owners_of(self, address: str) -> frozenset[str]:
             return frozenset()
+
+        def identity_of(self, login: str) -> frozenset[str]:
+            return frozenset({f"login={login}"})
 
         def close(self) -> None:
             closed.append(1)

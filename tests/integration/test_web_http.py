@@ -242,7 +242,7 @@ def test_file_backend_without_a_login_method_says_self_service_is_not_available(
     cfg = (
         f'[directory]\nfile = "{SENDERS}"\n'
         f'[verification]\nenabled = true\ndatabase = "{tmp_path / "v.sqlite"}"\n'
-        "[web]\ncookie_secure = false\n"
+        f'[web]\ncookie_secure = false\ndatabase = "{tmp_path / "web.sqlite"}"\n'
     )
     with WebServer(tmp_path, cfg) as w:
         c = Client(w.url)

@@ -35,7 +35,7 @@ def verification_config(tmp: Path, web_port: int, smtp_port: int, extra: str = "
         f'smtp_host = "127.0.0.1"\nsmtp_port = {smtp_port}\n'
         'from_address = "postmaster@example.org"\n'
         "[verification.limits]\nmail_interval_per_address = 0\n"
-        "[web]\n"
+        f'[web]\ndatabase = "{tmp / "web.sqlite"}"\n'
         'auth = "proxy"\ntrusted_proxies = ["127.0.0.2"]\ncookie_secure = false\n' + extra
     )
 
@@ -192,7 +192,7 @@ def test_this_was_not_me_refuses_and_suppresses(env: Env) -> None:
     assert ("bob", "victim@elsewhere.test", "refused") in env.states()
     _, token = page(c, hdr)
     r = c.post("/addresses/add", {"csrf": token, "address": "victim@elsewhere.test"}, headers=hdr)
-    assert r.status == 400 and "does not accept confirmation requests" in r.text
+    assert r.status == 429 and "No confirmation mail can be sent to this address now" in r.text
 
 
 def test_landing_post_without_its_csrf_cookie_changes_nothing(env: Env) -> None:

@@ -766,11 +766,16 @@ def send_mail(
     xclient_addr: str | None = None,
     starttls: bool = True,
     subject: str = "policyd system test",
+    smtputf8: bool = False,
 ) -> Session:
     """One SMTP session: EHLO, [STARTTLS], [XCLIENT ADDR=...], [AUTH PLAIN], MAIL, RCPT, and
-    DATA when RCPT was accepted. Every socket operation is bounded by SMTP_TIMEOUT."""
+    DATA when RCPT was accepted. Every socket operation is bounded by SMTP_TIMEOUT.
+    smtputf8: MAIL FROM carries SMTPUTF8 and the commands are sent in UTF-8 (a non-ASCII
+    sender)."""
     replies: dict[str, Reply] = {}
     smtp = RecordingSMTP("127.0.0.1", port)
+    if smtputf8:
+        smtp.command_encoding = "utf-8"
     try:
         smtp.ehlo()
         if starttls:
@@ -791,7 +796,7 @@ def send_mail(
             code, msg = smtp.auth("PLAIN", smtp.auth_plain, initial_response_ok=True)
             if code != 235:
                 raise AssertionError(f"AUTH failed: {code} {msg!r}")
-        code, msg = smtp.docmd("MAIL", f"FROM:<{sender}>")
+        code, msg = smtp.docmd("MAIL", f"FROM:<{sender}>" + (" SMTPUTF8" if smtputf8 else ""))
         replies["mail"] = Reply(code, msg.decode("utf-8", "replace"))
         if code == 250:
             code, msg = smtp.docmd("RCPT", f"TO:<{recipient}>")

@@ -208,7 +208,10 @@ class Slapd:
         port: int | None = None,
         ldaps_port: int | None = None,
         _ldif_text: bytes | None = None,
+        ppolicy: bool = False,
     ) -> None:
+        #: load the ppolicy overlay (it keeps pwdChangedTime), readable by the policyd account
+        self.ppolicy = ppolicy
         self.workdir = Path(workdir)
         self.base_dn = base_dn
         self.pki = pki
@@ -277,6 +280,7 @@ class Slapd:
         lines += [
             f'modulepath "{MODULE_DIR}"',
             "moduleload back_mdb",
+            *(["moduleload ppolicy"] if self.ppolicy else []),
             f'pidfile "{w / "run" / "slapd.pid"}"',
             f'argsfile "{w / "run" / "slapd.args"}"',
             "loglevel none",
@@ -298,8 +302,18 @@ class Slapd:
             "index objectClass eq",
             "index uid,mail,mailLocalAddress,member eq",
             "index policydSenderAddress eq",
+        ]
+        if self.ppolicy:
+            lines += [
+                "overlay ppolicy",
+                f'access to attrs=pwdChangedTime by dn.exact="{self.bind_dn}" read by * none',
+            ]
+        lines += [
             f'include "{SENDERS_ACL}"',
             f'include "{self.acl_file}"',
+            # cn=Monitor (static in Debian's slapd), readable by the admin only: operations()
+            "database monitor",
+            f'access to * by dn.exact="{self.admin_dn}" read by * none',
         ]
         return "\n".join(lines) + "\n"
 
@@ -333,6 +347,7 @@ class Slapd:
         return self
 
     def _start(self, timeout: float) -> None:
+        self._monitor_binds = 0  # (cn=Monitor counts from each start)
         urls = self.url + "/"
         if self.ldaps_port is not None:
             urls += f" ldaps://127.0.0.1:{self.ldaps_port}/"
@@ -386,6 +401,39 @@ class Slapd:
             if conn.socket is not None:  # ldap3 leaves the socket of a failed open() behind
                 with contextlib.suppress(Exception):
                     conn.socket.close()
+
+    def operations(self, kind: str = "Bind") -> int:
+        """How many operations of this kind ("Bind", "Search", ...) slapd has completed since
+        it started (cn=Monitor), not counting the binds of these reads themselves."""
+        import ldap3
+
+        self._monitor_binds = getattr(self, "_monitor_binds", 0) + 1
+
+        server = ldap3.Server(self.url, get_info=ldap3.NONE, connect_timeout=2)
+        conn = ldap3.Connection(
+            server,
+            user=self.admin_dn,
+            password=self.admin_password,
+            receive_timeout=5,
+            client_strategy=ldap3.SAFE_SYNC,
+        )
+        try:
+            if not conn.bind()[0]:
+                raise SlapdError("admin bind for cn=Monitor failed")
+            ok, result, response, _ = conn.search(
+                f"cn={kind},cn=Operations,cn=Monitor",
+                "(objectClass=*)",
+                search_scope=ldap3.BASE,
+                attributes=["monitorOpCompleted"],
+            )
+            if not ok or not response:
+                raise SlapdError(f"cn=Monitor read failed: {result}")
+            value = response[0]["attributes"]["monitorOpCompleted"]
+            n = int(value[0] if isinstance(value, list) else value)
+            return n - self._monitor_binds if kind == "Bind" else n
+        finally:
+            with contextlib.suppress(Exception):
+                conn.unbind()
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM (after SIGCONT if frozen), wait, then SIGKILL. Idempotent."""

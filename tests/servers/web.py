@@ -277,7 +277,7 @@ def ldap_web_config(
         f'smtp_host = "127.0.0.1"\nsmtp_port = {smtp_port}\n'
         'from_address = "postmaster@example.org"\n'
         "[verification.limits]\nmail_interval_per_address = 0\n"
-        "[web]\ncookie_secure = false\n" + web
+        f'[web]\ncookie_secure = false\ndatabase = "{tmp / "web.sqlite"}"\n' + web
     )
 
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import smtplib
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from tests.servers.postfix import (
     parse_master_cf,
 )
 from tests.servers.postfix_fixtures import require_postfix
+from tests.servers.requirements import require_binaries
 from tests.servers.smtp_sink import SmtpSink
 from tests.verification_helpers import code_of, token_of
 
@@ -43,6 +46,9 @@ from tests.system.test_milter_postfix import (  # noqa: E402  (needs pymilter)
 )
 
 CONFIRM_CF = REPO / "conf" / "postfix" / "senders-confirm.cf"
+#: The port the shipped lines use (amavis has 10024 and 10025; 10026 is its usual second one).
+SHIPPED_PORT = 10046
+BOUNCE = "bounces@example.org"
 X = "x@elsewhere.test"
 EXTERNAL = "friend@external.test"
 SENDERS = "alice: alice@example.org\nbob: bob@example.org\n"
@@ -69,11 +75,15 @@ class RelayingPostfix(PostfixServer):
         self.local_port = free_port()
 
     def master_cf(self) -> str:
-        # The shipped lines (conf/postfix/senders-confirm.cf), on this test's port.
+        # The shipped lines (conf/postfix/senders-confirm.cf), on this test's port, with this
+        # test's bounce address in the sender map.
         shipped = parse_master_cf(CONFIRM_CF.read_text(encoding="utf-8"))
-        assert [e.columns[0] for e in shipped] == ["127.0.0.1:10025"]
+        assert [e.columns[0] for e in shipped] == [f"127.0.0.1:{SHIPPED_PORT}"]
         local = shipped[0]
         local.columns[0] = f"127.0.0.1:{self.local_port}"
+        allowed = "inline:{postmaster@example.org=OK}"
+        assert sum(allowed in a for a in local.args) == 1
+        local.args = [a.replace(allowed, f"inline:{{{BOUNCE}=OK}}") for a in local.args]
         client = "smtp      unix  -       -       n       -       -       smtp\n"
         return super().master_cf() + local.render() + "\n" + client
 
@@ -89,7 +99,7 @@ link_base_url = "https://mail.test/senders/confirm"
 smtp_host = "127.0.0.1"
 smtp_port = {local_port}
 from_address = "postmaster@example.org"
-bounce_address = "bounces@example.org"
+bounce_address = "{BOUNCE}"
 """
 
 
@@ -132,11 +142,14 @@ class World:
         self.milter.workdir.mkdir()
         self.milter.workdir.chmod(0o755)
         (self.milter.workdir / "senders.txt").write_text(SENDERS)
+        # A real DKIM signer, as sites run one: the non_smtpd_milters that the shipped
+        # confirmation service uses (and policyd's header milter on smtpd_milters, as shipped).
+        self.dkim = OpenDkim(base / "dkim")
         self.mta = RelayingPostfix(
             base / "postfix",
             self.policyd.port,
             self.sink.port,
-            milter_cf_settings(self.milter.socket),
+            {**milter_cf_settings(self.milter.socket), "non_smtpd_milters": self.dkim.milter},
         )
         section = verification_section(self.db, self.mta.local_port)
         self.policy_config = POLICY + section
@@ -145,7 +158,8 @@ class World:
         self.mta.start()
 
     def close(self) -> None:
-        for stop in (self.mta.stop, self.milter.stop, self.policyd.stop, self.sink.stop):
+        stops = (self.mta.stop, self.milter.stop, self.policyd.stop, self.sink.stop, self.dkim.stop)
+        for stop in stops:
             try:
                 stop()
             except Exception:  # noqa: S110 - teardown: stop the rest anyway
@@ -180,9 +194,60 @@ class World:
         )
 
 
+class OpenDkim:
+    """opendkim in the foreground on a unix socket, signing for example.org with a fresh key."""
+
+    def __init__(self, workdir: Path) -> None:
+        workdir.mkdir()
+        workdir.chmod(0o755)
+        subprocess.run(
+            ["opendkim-genkey", "-D", str(workdir), "-d", "example.org", "-s", "test"],
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )
+        self.socket = workdir / "opendkim.sock"
+        conf = workdir / "opendkim.conf"
+        conf.write_text(
+            "Syslog no\nMode s\nDomain example.org\nSelector test\n"
+            f"KeyFile {workdir / 'test.private'}\nSocket local:{self.socket}\nUMask 000\n"
+            f"PidFile {workdir / 'opendkim.pid'}\nRequireSafeKeys false\n"
+        )
+        self.log = open(workdir / "opendkim.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            ["opendkim", "-f", "-x", str(conf)], stdout=self.log, stderr=self.log
+        )
+        deadline = time.monotonic() + 15
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("opendkim did not start")
+            time.sleep(0.05)
+
+    @property
+    def milter(self) -> str:
+        return f"unix:{self.socket}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
     require_postfix()
+    require_binaries(
+        "opendkim",
+        "opendkim-genkey",
+        why="the DKIM signing of confirmation mails needs opendkim (Debian: opendkim, "
+        "opendkim-tools)",
+    )
     base = Path(tempfile.mkdtemp(prefix="policyd-verify-sys-"))
     base.chmod(0o755)
     w = World(base)
@@ -214,6 +279,9 @@ def test_request_confirm_send_revoke_through_postfix(world: World) -> None:
         r"to=<x@elsewhere\.test>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+.*status=sent"
     )
     assert b"Auto-Submitted: auto-generated" in msg.content
+    # DKIM-signed on its way (the service runs non_smtpd_milters: the signer), and not
+    # refused by policyd's header milter (which is not on it)
+    assert re.search(rb"^DKIM-Signature: .*d=example\.org", msg.content, re.M | re.S), msg.content
     code, token = code_of(msg.content), token_of(msg.content)
 
     s = world.alice_sends(X)  # pending never counts
@@ -250,3 +318,32 @@ def test_request_confirm_send_revoke_through_postfix(world: World) -> None:
     )
     for secret in (code, token, world.mta.users["alice"]):
         assert secret not in logs
+
+
+def test_the_confirmation_relay_takes_only_policyds_envelope_sender(world: World) -> None:
+    """Any local process can connect to the loopback service; only policyd's bounce address
+    is relayed, everything else is refused at RCPT (no way around the policy service)."""
+    assert SHIPPED_PORT not in (10024, 10025, 10026)
+    port = world.mta.local_port
+    for sender in ("ceo@example.org", "alice@example.org", "x@elsewhere.test", ""):
+        with smtplib.SMTP("127.0.0.1", port, timeout=20) as c:
+            c.ehlo("local.test")
+            assert c.mail(sender)[0] == 250
+            code, text = c.rcpt(X)
+            assert code == 554 and b"Sender address rejected: Access denied" in text, (
+                sender,
+                code,
+                text,
+            )
+    n = len(world.sink.messages)
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as c:
+        c.ehlo("local.test")
+        refused = c.sendmail(
+            BOUNCE,
+            [X],
+            b"From: postmaster@example.org\r\nTo: x@elsewhere.test\r\n"
+            b"Subject: relay test\r\n\r\nhello\r\n",
+        )
+        assert refused == {}
+    msgs = world.sink.wait_for(n + 1)
+    assert msgs[-1].mail_from == BOUNCE and b"DKIM-Signature:" in msgs[-1].content

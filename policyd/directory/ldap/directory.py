@@ -1,5 +1,4 @@
-"""The LDAP directory backend (ldap3, synchronous, one connection per lookup thread), with
-failover between the configured servers.
+"""The LDAP directory backend (ldap3, synchronous, a connection per thread), with failover.
 
 What a login owns: the attributes `user_attributes` (default mail, mailLocalAddress) of the one
 entry `user_filter` finds under `user_base`, plus `group_attributes` of every group
@@ -49,6 +48,7 @@ import ldap3
 from policyd.addresses import AddressRules, canonical_login, normalize_address, split_address
 from policyd.config import LdapConfig
 from policyd.directory.base import DirectoryError, DirectoryUnavailable
+from policyd.directory.ldap import entries as ent
 from policyd.directory.ldap.connection import (
     NO_SUCH_OBJECT,
     SERVER_TROUBLE,
@@ -65,7 +65,6 @@ from policyd.directory.ldap.connection import (
     result_text,
     warn_insecure_transport,
 )
-from policyd.directory.ldap.entries import entry_addresses, entry_logins, entry_values
 from policyd.directory.ldap.filters import (
     check_filter,
     default_group_base,
@@ -145,24 +144,24 @@ class LdapDirectory:
 
     # -- Directory protocol ------------------------------------------------------------
 
-    def addresses_of(self, login: str) -> frozenset[str]:
+    def _user_entry(self, login: str, attrs: list[str]) -> dict[str, Any] | None:
+        """The one entry `user_filter` finds for the login (None: unknown or ambiguous)."""
         if not login:
-            return frozenset()
+            return None
         localpart, domain = split_address(login)
         filt = render_filter(self.cfg.user_filter, login=login, localpart=localpart, domain=domain)
-        found = self._search(self.cfg.user_base, self._scope_user, filt, self._user_attrs, 2)
+        found = self._search(self.cfg.user_base, self._scope_user, filt, attrs, 2)
         entries = found.entries
         if len(entries) > 1 or found.truncated:
-            log.warning(
-                "LDAP: login %r matches more than one entry under %s (%s): treated as unknown",
-                login,
-                self.cfg.user_base,
-                ", ".join(e["dn"] for e in entries),
-            )
+            dns = ", ".join(e["dn"] for e in entries)
+            msg = "LDAP: login %r matches more than one entry under %s (%s): treated as unknown"
+            log.warning(msg, login, self.cfg.user_base, dns)
+            return None
+        return entries[0] if entries else None
+
+    def addresses_of(self, login: str) -> frozenset[str]:
+        if (entry := self._user_entry(login, self._user_attrs)) is None:
             return frozenset()
-        if not entries:
-            return frozenset()
-        entry = entries[0]
         out = set(self._addresses(entry, self._user_attrs))
         if self._group_attrs:
             gfilt = render_filter(self.cfg.group_filter, dn=entry["dn"], login=login)
@@ -175,15 +174,20 @@ class LdapDirectory:
                 out.update(self._addresses(g, self._group_attrs))
         return frozenset(out)
 
+    def identity_of(self, login: str) -> frozenset[str]:
+        """{"entryUUID=<uuid>", maybe "pwdChangedTime=<t>"}: see entries.entry_identity."""
+        e = self._user_entry(login, ["entryUUID", "pwdChangedTime"])
+        return frozenset() if e is None else ent.entry_identity(e)
+
     def owners_of(self, address: str) -> frozenset[str]:
         key = normalize_address(address, self.rules)
         local, domain = split_address(key)
         if not domain:
-            return frozenset()
+            return frozenset()  # (not an address)
         filt = render_filter(self.cfg.owner_filter, address=key, localpart=local, domain=domain)
         login_attr = self.cfg.owner_login_attribute
-        attrs = [login_attr, *self.cfg.user_attributes]
         owners: set[str] = set()
+        attrs = [login_attr, *self.cfg.user_attributes]
         found = self._search(self.cfg.user_base, self._scope_user, filt, attrs, 0)
         for e in found.entries:
             held = self._addresses(e, self.cfg.user_attributes)
@@ -191,7 +195,7 @@ class LdapDirectory:
             # the "@domain" of an address); an entry whose addresses cannot be read at all is
             # kept: a false owner refuses a sender, a missed one could let a spoofer through.
             if key in held or not held:
-                owners.update(self._logins(e, login_attr))
+                owners.update(ent.entry_logins(e, login_attr, self.rules))
         if self._reverse is not None:
             owners.update(self._group_owners([key]))
         return frozenset(owners)
@@ -207,10 +211,7 @@ class LdapDirectory:
     # -- results -----------------------------------------------------------------------
 
     def _addresses(self, entry: Mapping[str, Any], attrs: Sequence[str]) -> list[str]:
-        return entry_addresses(entry, attrs, self.rules)
-
-    def _logins(self, entry: Mapping[str, Any], attr: str) -> list[str]:
-        return entry_logins(entry, attr, self.rules)
+        return ent.entry_addresses(entry, attrs, self.rules)
 
     def _group_owners(self, keys: list[str]) -> set[str]:
         rev = self._reverse
@@ -224,7 +225,7 @@ class LdapDirectory:
         login_attr = self.cfg.owner_login_attribute.lower()
         to_read: list[str] = []
         for g in found.entries:
-            for member in entry_values(g, [rev.member_attribute]):
+            for member in ent.entry_values(g, [rev.member_attribute]):
                 if not rev.members_are_dns:
                     if member.strip():
                         owners.add(canonical_login(member, self.rules))
@@ -251,7 +252,7 @@ class LdapDirectory:
                 missing_ok=True,  # a dangling member
             )
             for e in read.entries:
-                owners.update(self._logins(e, self.cfg.owner_login_attribute))
+                owners.update(ent.entry_logins(e, self.cfg.owner_login_attribute, self.rules))
         return owners
 
     # -- connections -------------------------------------------------------------------

@@ -4,7 +4,8 @@ them, the logins among them.
 Decisions worth knowing:
 
 * Values are normalised with normalize_address; "@domain" values mean the whole domain; a
-  value that is neither an address nor an "@domain" is ignored.
+  value that is neither an address nor an "@domain" is ignored, and so is one whose domain
+  IDNA 2008 refuses (it owns nothing: no sender's key can be that domain).
 * Active Directory's proxyAddresses are understood: "SMTP:"/"smtp:" prefixes are removed, other
   address types ("X500:", "sip:") are not mail addresses.
 * Values that are not valid UTF-8 are kept as surrogateescape'd text, never dropped or raised.
@@ -17,7 +18,14 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from policyd.addresses import AddressRules, canonical_login, normalize_address, split_address
+from policyd.addresses import (
+    AddressRules,
+    InvalidDomain,
+    canonical_login,
+    idna_domain,
+    normalize_address,
+    split_address,
+)
 
 #: An address-type prefix as in Active Directory's proxyAddresses ("smtp:", "X500:", "sip:").
 _ADDRESS_TYPE = re.compile(r"^([A-Za-z][A-Za-z0-9]{1,7}):")
@@ -54,9 +62,24 @@ def entry_addresses(
         local, domain = split_address(a)
         if not domain or "@" not in a:
             continue  # not an address nor an @domain
+        try:
+            idna_domain(split_address(v)[1])
+        except InvalidDomain:
+            continue
         out.append(a)
     return out
 
 
 def entry_logins(entry: Mapping[str, Any], attr: str, rules: AddressRules) -> list[str]:
     return [canonical_login(v, rules) for v in entry_values(entry, [attr]) if v.strip()]
+
+
+def entry_identity(entry: Mapping[str, Any]) -> frozenset[str]:
+    """What identifies an entry (see Directory.identity_of): "entryUUID=<uuid>" (it survives a
+    rename, and a new entry under the same DN gets a new one), else "dn=<dn>" (lowercased)
+    where entryUUID cannot be read; plus "pwdChangedTime=<t>" when the entry has one (the
+    ppolicy overlay keeps it: a web session ends when the password changes)."""
+    uuids = [v.strip().lower() for v in entry_values(entry, ["entryUUID"]) if v.strip()]
+    out = {f"entryUUID={uuids[0]}" if uuids else f"dn={str(entry.get('dn', '')).lower()}"}
+    out.update(f"pwdChangedTime={v.strip()}" for v in entry_values(entry, ["pwdChangedTime"]))
+    return frozenset(out)

@@ -1209,6 +1209,9 @@ class _DownDirectory:
     def owners_of(self, address: str) -> frozenset[str]:
         raise DirectoryUnavailable("down")
 
+    def identity_of(self, login: str) -> frozenset[str]:
+        raise DirectoryUnavailable("down")
+
     def close(self) -> None:
         pass
 

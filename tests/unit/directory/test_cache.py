@@ -41,6 +41,12 @@ class Backend:
             raise DirectoryUnavailable("test: down")
         return frozenset(k for k, v in self.data.items() if address in v)
 
+    def identity_of(self, login: str) -> frozenset[str]:
+        self.calls += 1
+        if self.down:
+            raise DirectoryUnavailable("test: down")
+        return frozenset({f"login={login}"}) if login in self.data else frozenset()
+
     def close(self) -> None:
         pass
 

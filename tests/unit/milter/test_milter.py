@@ -113,6 +113,10 @@ class BlockingBackend:
         self._enter()
         return self.static.owners_of(address)
 
+    def identity_of(self, login: str) -> frozenset[str]:
+        self._enter()
+        return self.static.identity_of(login)
+
     def close(self) -> None:
         pass
 

@@ -65,13 +65,19 @@ def test_the_answer_does_not_tell_whether_another_login_has_or_requested_the_add
     tmp_path: Path,
 ) -> None:
     api, outbox, _ = make_api(
-        tmp_path, directory="alice: alice@example.org\nbob: bob@example.org, x@elsewhere.test\n"
+        tmp_path,
+        directory="alice: alice@example.org\nbob: bob@example.org, x@elsewhere.test\n"
+        "carol: @corp.test\n",
     )
-    first = api.request("alice", X, actor=ALICE)  # bob owns it in the directory: no hint
-    assert first.state == "pending"
+    # The directory's addresses are refused (the directory wins), with one sentence that
+    # names no login, whether a login holds the address itself or its whole domain.
+    exact = refused(api.request, "alice", X, actor=ALICE)
+    domain = refused(api.request, "alice", "y@corp.test", actor=ALICE)
+    assert exact.code == domain.code == "directory_owned"
+    assert exact.message == domain.message and "bob" not in exact.message
     api.request("alice", "y@elsewhere.test", actor=ALICE)
     other = api.request("bob", "y@elsewhere.test", actor=Actor("bob"))  # alice asked first
-    assert other.state == "pending" and len(outbox.sent) == 3
+    assert other.state == "pending" and len(outbox.sent) == 2
 
 
 def test_a_suppressed_address_is_refused_until_an_admin_unblocks_it(tmp_path: Path) -> None:
@@ -412,3 +418,90 @@ def test_only_committed_transitions_are_logged(
     with pytest.raises(Refused):
         api.request("bob", "y@elsewhere.test", actor=Actor("bob"))  # rolled back: rate limit
     assert [r.getMessage() for r in caplog.records] == []
+
+
+# -- who owns an address: re-checked at confirm time (issue 23, section 1) --------------------
+
+
+def _directory(text: str):
+    from policyd.addresses import AddressRules
+    from policyd.directory.static import StaticDirectory
+    from policyd.verification.build import primary_of
+
+    d = StaticDirectory.from_lines(text.splitlines(), AddressRules())
+    return d, primary_of(d, AddressRules())
+
+
+def test_confirm_refuses_an_address_the_directory_took_meanwhile(tmp_path: Path) -> None:
+    api, outbox, _ = make_api(tmp_path)
+    api.request("alice", X, actor=ALICE)
+    code = code_of(outbox.last)
+    # the admin gives carol the whole domain before alice confirms
+    api.directory, _ = _directory(
+        "alice: alice@example.org\nbob: bob@example.org\ncarol: @carol.example, @elsewhere.test\n"
+    )
+    assert refused(api.confirm_code, "alice", X, code, actor=ALICE).code == "directory_owned"
+    assert states_of(api) == [("alice", X, "pending")]
+
+
+def test_confirm_refuses_when_local_domains_now_hold_the_address(tmp_path: Path) -> None:
+    api, outbox, _ = make_api(tmp_path)
+    api.request("alice", X, actor=ALICE)
+    api.local_domains = frozenset({"example.org", "test"})  # (a parent domain counts)
+    refusal = refused(api.confirm_token, token_of(outbox.last), actor=Actor("link"))
+    assert refusal.code == "local_domain"
+    assert states_of(api) == [("alice", X, "pending")]
+
+
+def test_confirm_refuses_when_the_login_is_another_entry_now(tmp_path: Path) -> None:
+    api, outbox, _ = make_api(tmp_path)
+    api.request("alice", X, actor=ALICE)
+    code = code_of(outbox.last)
+    # alice's line replaced: another account under the same login
+    api.directory, api.primary_address = _directory(
+        "alice: alice@example.org, a.newcomer@example.org\nbob: bob@example.org\n"
+    )
+    assert refused(api.confirm_code, "alice", X, code, actor=ALICE).code == "unknown_login"
+    assert states_of(api) == [("alice", X, "pending")]
+    # she asks again herself: the request is hers now, and confirms
+    api.request("alice", X, actor=ALICE)
+    assert api.confirm_code("alice", X, code_of(outbox.last), actor=ALICE).state == "verified"
+
+
+def test_add_without_verification_refuses_an_unknown_login(tmp_path: Path) -> None:
+    api, _, _ = make_api(tmp_path)
+    assert refused(api.add_unverified, "mallory", X, actor=Actor("cli")).code == "unknown_login"
+    assert states_of(api) == []
+
+
+def test_a_verified_row_from_before_identities_counts_while_the_login_is_known(
+    tmp_path: Path,
+) -> None:
+    """Schema 1 -> 2: rows verified before have no identity; they count while the directory
+    knows the login (they cannot be tied to an entry after the fact)."""
+    import sqlite3
+
+    from policyd.verification.source import VerifiedSource
+    from policyd.verification.store import MIGRATIONS
+
+    db = tmp_path / "senders.sqlite"
+    c = sqlite3.connect(db)
+    c.executescript(MIGRATIONS[0])
+    c.execute(
+        "INSERT INTO requests (login, address, state, method, created, updated, verified_at) "
+        "VALUES ('alice', ?, 'verified', 'code', 1, 1, 1)",
+        (X,),
+    )
+    c.execute("PRAGMA user_version = 1")
+    c.commit()
+    c.close()
+    api, _, _ = make_api(tmp_path)  # migrates
+    (entry,) = api.entries()
+    assert (entry.state, entry.why) == ("verified", None)
+    source = VerifiedSource(db)
+    source.refresh()
+    assert source.addresses_of("alice") == {X} and source.identity("alice", X) is None
+    source.close()
+    api.directory, _ = _directory("bob: bob@example.org\n")  # alice is gone
+    (entry,) = api.entries()
+    assert entry.state == "superseded" and "entry" in (entry.why or "")

@@ -98,3 +98,83 @@ def test_the_schema_is_versioned_and_a_newer_one_is_refused(tmp_path: Path) -> N
 def test_a_file_that_cannot_be_opened_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         SessionStore(tmp_path / "missing-dir" / "s.sqlite", idle=1, absolute=2, window=1)
+
+
+def test_parallel_attempts_get_through_at_most_the_limit(tmp_path: Path) -> None:
+    import threading
+
+    clock = Clock()
+    s = store(tmp_path, clock)
+    got: list[object] = []
+    lock = threading.Lock()
+    go = threading.Barrier(40)
+
+    def attempt() -> None:
+        go.wait()
+        a = s.begin_attempt("192.0.2.1", "alice", 100, 5)
+        with lock:
+            got.append(a)
+
+    threads = [threading.Thread(target=attempt) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sum(a is not None for a in got) == 5
+    assert s.failures("192.0.2.1", "alice") == (5, 5)
+
+
+def test_an_attempt_counts_until_it_succeeded_and_the_entrys_login_shares_it(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    s = store(tmp_path, clock)
+    a = s.begin_attempt("192.0.2.1", "alice@example.org", 10, 2)
+    assert a is not None and s.failures("192.0.2.1", "alice@example.org") == (1, 1)
+    # the directory says the login is "alice": counted there too
+    b = s.also_login(a, "alice", 2)
+    assert b is not None and s.failures("192.0.2.1", "alice") == (1, 1)
+    s.succeeded(b)  # the right password: nothing of it stays
+    assert s.failures("192.0.2.1", "alice") == (0, 0)
+    assert s.failures("192.0.2.1", "alice@example.org") == (0, 0)
+    # two failures for "alice": a third attempt under another spelling stops at also_login
+    for _ in range(2):
+        s.record_failure("192.0.2.9", "alice")
+    c = s.begin_attempt("192.0.2.1", "ALICE-typed", 10, 2)
+    assert c is not None and s.also_login(c, "alice", 2) is None
+    assert s.failures("192.0.2.9", "alice") == (2, 2)  # nothing more counted for alice
+    # the per-address limit refuses before anything is counted (c's attempt is the one)
+    assert s.begin_attempt("192.0.2.1", "bob", 1, 10) is None
+    assert s.failures("192.0.2.1", "bob") == (1, 0)
+    s.close()
+
+
+def test_a_session_keeps_the_identity_of_the_entry_that_logged_in(tmp_path: Path) -> None:
+    from policyd.web.sessions import _MIGRATIONS, identity_text
+
+    ident = identity_text(frozenset({"pwdChangedTime=20261207193000Z", "entryUUID=1234"}))
+    assert ident == "entryUUID=1234\npwdChangedTime=20261207193000Z"
+    assert identity_text(frozenset()) is None
+    # a file from schema 1 (sessions without identity) is migrated; its sessions have none,
+    # so `policyd web` ends them at their next request
+    db = sqlite3.connect(tmp_path / "s.sqlite")
+    db.execute("CREATE TABLE web_schema (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO web_schema (version) VALUES (1)")
+    for stmt in _MIGRATIONS[1]:
+        db.execute(stmt)
+    db.execute(
+        "INSERT INTO web_sessions (id_hash, login, csrf, created, last_seen) "
+        "VALUES ('h', 'bob', 'c', 999999, 999999)"
+    )
+    db.commit()
+    db.close()
+    clock = Clock()
+    s = store(tmp_path, clock)
+    sid, _ = s.create("alice", ident)
+    got = s.get(sid)
+    assert got is not None and got.identity == ident
+    with sqlite3.connect(tmp_path / "s.sqlite") as db:
+        assert db.execute("SELECT identity FROM web_sessions WHERE login = 'bob'").fetchall() == [
+            (None,)
+        ]
+        assert db.execute("SELECT version FROM web_schema").fetchone() == (SCHEMA_VERSION,)
