@@ -106,10 +106,12 @@ def _decrypt(name: str, path: Path) -> bytes:
     return r.stdout
 
 
-def read_password(file: Path | None, file_key: str, credential: str, credential_key: str) -> str:
+def read_password(file: Path | None, credential: str, keys: str) -> str:
     """The password in `file` if set, else in the credential named `credential` (found as
-    read_credential finds it). `file_key` and `credential_key` are the config keys naming them,
-    for the error message. Raises CredentialError, never showing the password."""
+    read_credential finds it). The config keys naming them are `keys` + "_file" and `keys` +
+    "_credential" (say keys = "ldap.bind_password"), for the error message. Raises
+    CredentialError, never showing the password."""
+    file_key, credential_key = f"{keys}_file", f"{keys}_credential"
     if file is not None:
         path, key, where = Path(file), file_key, str(file)
         try:

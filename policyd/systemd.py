@@ -1,4 +1,5 @@
-"""systemd integration without libsystemd: sd_notify, the watchdog interval, socket activation.
+"""systemd integration without libsystemd: sd_notify, the watchdog, socket activation, and the
+stop signals, for every daemon of policyd (policy server, milter, web page).
 
 All three are environment protocols (sd_notify(3), sd_watchdog_enabled(3), sd_listen_fds(3)):
 
@@ -16,17 +17,26 @@ itself is stuck.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import signal
 import socket
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Protocol
 
 __all__ = [
     "SD_LISTEN_FDS_START",
+    "Lifecycle",
     "Notifier",
+    "ShutdownTrigger",
     "StartupError",
     "listen_fds",
+    "serve_daemon",
+    "until_signalled",
+    "watchdog",
     "watchdog_interval",
 ]
 
@@ -143,3 +153,69 @@ def listen_fds(
             continue
         out.append((names[i] if i < len(names) else "", sock))
     return out
+
+
+async def watchdog(notify: Callable[[str], object], interval: float) -> None:
+    """WATCHDOG=1 every `interval` s from the event loop itself: if the loop is stuck, the
+    pings stop (and systemd kills the service). Runs until cancelled."""
+    while True:
+        notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+#: The signals that stop a daemon (systemctl stop sends SIGTERM; SIGINT for a terminal).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def until_signalled(
+    stopping: asyncio.Event, also: Mapping[signal.Signals, Callable[[], object]] | None = None
+) -> None:
+    """The default shutdown trigger of a daemon's serve(): returns when SIGTERM or SIGINT
+    sets `stopping` (or anything else does). `also`: more signals and their handlers (the
+    policy server's SIGHUP reload). The handlers are removed on return."""
+    loop = asyncio.get_running_loop()
+    handlers: dict[signal.Signals, Callable[[], object]] = dict.fromkeys(STOP_SIGNALS, stopping.set)
+    handlers.update(also or {})
+    for sig, handler in handlers.items():
+        loop.add_signal_handler(sig, handler)
+    try:
+        await stopping.wait()
+    finally:
+        for sig in handlers:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+
+#: Awaited by serve_daemon(); when it returns, the daemon stops.
+ShutdownTrigger = Callable[[], Awaitable[object]]
+
+
+class Lifecycle(Protocol):
+    """A daemon's five steps (the policy server's App, the web page's WebApp)."""
+
+    def load(self) -> None:
+        """Config, logging, what the daemon serves with. Raises before anything listens."""
+
+    async def start(self) -> None:
+        """Listen."""
+
+    def ready(self) -> None:
+        """Tell systemd (READY=1)."""
+
+    async def until_signalled(self) -> None:
+        """The default shutdown trigger (see the function of that name)."""
+
+    async def stop(self) -> None:
+        """Everything start() and load() made, in reverse; safe after a failed start."""
+
+
+async def serve_daemon(daemon: Lifecycle, shutdown_trigger: ShutdownTrigger | None = None) -> None:
+    """load -> start -> ready -> wait -> stop: a daemon's whole life. `shutdown_trigger`
+    (tests, embedding) replaces the signals."""
+    daemon.load()
+    try:
+        await daemon.start()
+        daemon.ready()
+        await (shutdown_trigger or daemon.until_signalled)()
+    finally:
+        await daemon.stop()

@@ -1,7 +1,7 @@
 """The `policyd` command: argument parsing, and load errors turned into one line + exit code.
 
-Everything else lives where it belongs: the daemon's lifecycle in app.py, the milter in
-milter.py, decisions in service.py / engine.py.
+Everything else lives where it belongs: the policy server's lifecycle in policy/app.py, the
+milter in milter/, the web page in web/, decisions in policy/service.py / core/engine.py.
 """
 
 from __future__ import annotations

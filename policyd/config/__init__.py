@@ -23,7 +23,7 @@ from policyd.config.quotas import QuotasConfig, read_quotas
 from policyd.config.replies import PLACEHOLDERS, check_template
 from policyd.config.tables import ConfigError as ConfigError
 from policyd.config.tables import TableReader
-from policyd.config.verification import VerificationConfig, first_problem
+from policyd.config.verification import VerificationConfig, check_verification
 from policyd.config.web import WebConfig as WebConfig
 from policyd.config.web import check_web
 from policyd.core import limits
@@ -347,9 +347,7 @@ def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: TableReader)
             ) from None
     check_ldap(cfg.ldap, s)
     check_web(cfg.web, s)
-    bad = first_problem(cfg.verification, cfg.directory.backend)
-    if bad:
-        raise ConfigError(s, *bad)
+    check_verification(cfg.verification, cfg.directory.backend, s)
     if cfg.policy.default_profile not in profiles:
         raise ConfigError(
             s,

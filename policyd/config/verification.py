@@ -1,8 +1,8 @@
 """The [verification] section: extra sender addresses a user proves are theirs.
 
 Registered in policyd.config (Config.verification); documented key by key, with its default, in
-conf/policyd.toml. `first_problem` is the section's validation (policyd.config raises the
-ConfigError, naming file and key).
+conf/policyd.toml. `check_verification` is the section's validation (it raises ConfigError,
+naming file and key, like every section's check).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from policyd.config.replies import placeholder_problem
+from policyd.config.tables import ConfigError
 
 #: Placeholders the mail templates may use. None of them carries text a user typed.
 SUBJECT_PLACEHOLDERS = frozenset({"site_name"})
@@ -112,8 +113,8 @@ _ADDR_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+\.[A-Za-
 _ATTR_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
 
 
-def first_problem(vc: VerificationConfig, directory_backend: str) -> tuple[str, str] | None:
-    """(dotted key, why) of the first bad value, or None."""
+def check_verification(vc: VerificationConfig, directory_backend: str, source: str) -> None:
+    """Raise ConfigError (naming file and key) for the first bad value of [verification]."""
     p = "verification"
     for key, value in (
         ("token_ttl", vc.token_ttl),
@@ -127,62 +128,70 @@ def first_problem(vc: VerificationConfig, directory_backend: str) -> tuple[str, 
         ("limits.mails_per_hour", vc.limits.mails_per_hour),
     ):
         if value <= 0:
-            return f"{p}.{key}", "must be greater than 0"
+            raise ConfigError(source, f"{p}.{key}", "must be greater than 0")
     if vc.limits.mail_interval_per_address < 0:
-        return f"{p}.limits.mail_interval_per_address", "must not be negative"
+        raise ConfigError(source, f"{p}.limits.mail_interval_per_address", "must not be negative")
     if vc.code_ttl > vc.token_ttl:
-        return f"{p}.code_ttl", "must not be longer than verification.token_ttl"
+        raise ConfigError(source, f"{p}.code_ttl", "must not be longer than verification.token_ttl")
     if not 0 < vc.mail.smtp_port <= 65535:
-        return f"{p}.mail.smtp_port", "must be a TCP port (1..65535)"
+        raise ConfigError(source, f"{p}.mail.smtp_port", "must be a TCP port (1..65535)")
     if vc.mail.submission == "sendmail" and not vc.mail.sendmail_command:
-        return f"{p}.mail.sendmail_command", 'is required when mail.submission = "sendmail"'
+        raise ConfigError(
+            source, f"{p}.mail.sendmail_command", 'is required when mail.submission = "sendmail"'
+        )
     for key, addr in (
         ("mail.from_address", vc.mail.from_address),
         ("mail.bounce_address", vc.mail.bounce_address),
     ):
         if (addr or key == "mail.from_address") and not _ADDR_RE.match(addr):
-            return f"{p}.{key}", f"{addr!r} is not a plain address (local@domain.tld)"
+            raise ConfigError(
+                source, f"{p}.{key}", f"{addr!r} is not a plain address (local@domain.tld)"
+            )
     for key, text in (("site_name", vc.site_name), ("mail.subject", vc.mail.subject)):
         if not text.strip() or any(not ch.isprintable() for ch in text):
-            return f"{p}.{key}", "must be one line of printable text"
+            raise ConfigError(source, f"{p}.{key}", "must be one line of printable text")
     if not re.fullmatch(r"https?://[^\s?#]+(\?[^\s#]*)?", vc.link_base_url):
-        return f"{p}.link_base_url", "must be an http:// or https:// URL"
+        raise ConfigError(source, f"{p}.link_base_url", "must be an http:// or https:// URL")
     for key, text, allowed in (
         ("mail.subject", vc.mail.subject, SUBJECT_PLACEHOLDERS),
         ("mail.body", vc.mail.body, BODY_PLACEHOLDERS),
     ):
         why = placeholder_problem(text, allowed)
         if why:
-            return f"{p}.{key}", why
+            raise ConfigError(source, f"{p}.{key}", why)
     if "{code}" not in vc.mail.body or "{link}" not in vc.mail.body:
-        return f"{p}.mail.body", "must contain {code} and {link}"
+        raise ConfigError(source, f"{p}.mail.body", "must contain {code} and {link}")
     for i, d in enumerate(vc.local_domains):
         if not d or "@" in d or any(ch.isspace() for ch in d):
-            return f"{p}.local_domains[{i}]", f"{d!r} is not a domain"
+            raise ConfigError(source, f"{p}.local_domains[{i}]", f"{d!r} is not a domain")
     if not _ATTR_RE.match(vc.ldap.attribute):
-        return f"{p}.ldap.attribute", "must be an LDAP attribute name"
+        raise ConfigError(source, f"{p}.ldap.attribute", "must be an LDAP attribute name")
     if not _ATTR_RE.match(vc.ldap.object_class):
-        return f"{p}.ldap.object_class", "must be an LDAP object class name"
+        raise ConfigError(source, f"{p}.ldap.object_class", "must be an LDAP object class name")
     if vc.ldap.attribute.lower() == "maillocaladdress":
-        return (
+        raise ConfigError(
+            source,
             f"{p}.ldap.attribute",
             "must not be mailLocalAddress: Postfix setups use it as a recipient alias, so a "
             "verified foreign address would start receiving mail",
         )
     if vc.enabled and vc.store == "ldap":
         if directory_backend != "ldap":
-            return f"{p}.store", '"ldap" needs directory.backend = "ldap"'
+            raise ConfigError(source, f"{p}.store", '"ldap" needs directory.backend = "ldap"')
         if not vc.ldap.writer_bind_dn:
-            return f"{p}.ldap.writer_bind_dn", 'is required when verification.store = "ldap"'
+            raise ConfigError(
+                source, f"{p}.ldap.writer_bind_dn", 'is required when verification.store = "ldap"'
+            )
         if not (vc.ldap.writer_password_file or vc.ldap.writer_password_credential):
-            return (
+            raise ConfigError(
+                source,
                 f"{p}.ldap.writer_bind_dn",
                 "needs verification.ldap.writer_password_file or writer_password_credential",
             )
     if vc.enabled and directory_backend == "ldap" and not vc.local_domains:
-        return (
+        raise ConfigError(
+            source,
             f"{p}.local_domains",
             'must be set with directory.backend = "ldap" (our own domains are never '
             "verifiable: list them)",
         )
-    return None

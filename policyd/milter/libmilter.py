@@ -24,33 +24,22 @@ restart the milter to read a changed config.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import functools
 import logging
-import signal
-import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import Milter  # ImportError without pymilter: cli.py turns it into an install hint
 import milter as _milter_c
 
-from policyd.addresses import canonical_login
-from policyd.config import Config, ProfileConfig, load_config
+from policyd.config import Config, load_config
 from policyd.core.decision import Decision, Verdict
-from policyd.core.engine import decide_header_from
 from policyd.decision_log import log_line, milter_line, setup_logging
-from policyd.directory.base import DirectoryUnavailable
-from policyd.milter.decide import decide_headers
 from policyd.milter.headers import AUTHOR_HEADERS, AuthorCheck, author_mailboxes, unfold
-from policyd.quotas.backend import create_store
-from policyd.quotas.current import milter_rejected
-from policyd.quotas.store import QuotaStore
-from policyd.runtime import Runtime, build_runtime
+from policyd.milter.service import MilterService
 
 log = logging.getLogger("policyd.milter")
 
@@ -66,114 +55,9 @@ MILTER_NAME = "policyd"
 #: Reply when a callback fails unexpectedly (the configured directory_unavailable is used when
 #: the profile is known; this is the last resort).
 TEMPFAIL_REPLY = "451 4.3.0 Temporary failure in the header From: check, please try again later"
-#: The signals libmilter handles (all three stop it).
-LIBMILTER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 #: From:/Sender: values kept per message; of more only the name is kept (the message is invalid
 #: anyway: RFC 5322 allows one of each).
 MAX_KEPT_HEADERS = 22  # From:, Sender:, and up to 10 of each Resent- header
-
-
-class MilterService:
-    """What all connections share: the runtime, the profile, and the lookup event loop."""
-
-    def __init__(self, runtime: Runtime, profile: ProfileConfig) -> None:
-        self.runtime = runtime
-        self.profile = profile
-        self.deadline = runtime.config.directory.lookup_deadline
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        #: [quotas] with a shared store: a message refused here is not counted (issue 28)
-        self.quota_store: QuotaStore | None = None
-        q = runtime.config.quotas
-        if q.enabled and q.store != "none":
-            self.quota_store = create_store(q)
-
-    @classmethod
-    def from_config(cls, config: Config, runtime: Runtime | None = None) -> MilterService:
-        """The milter's profile is milter.profile, or policy.default_profile when that is ""."""
-        return cls(runtime or build_runtime(config), config.milter_profile())
-
-    # -- the event loop thread that owns the cache ------------------------------------------
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            # libmilter stops on SIGTERM/SIGINT/SIGHUP by sigwait() in its own thread, which
-            # only works when every thread blocks them: otherwise the kernel may deliver
-            # SIGTERM here and its default action kills the process at once, mid-transaction.
-            # The lookup pool's threads are started from this thread and inherit the mask.
-            signal.pthread_sigmask(signal.SIG_BLOCK, LIBMILTER_SIGNALS)
-            asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
-            loop.run_forever()
-            loop.close()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=run, name="policyd-milter-lookups", daemon=True)
-        self._thread.start()
-        ready.wait(5)
-
-    def close(self) -> None:
-        if self.quota_store is not None and self._loop is not None:
-            with contextlib.suppress(Exception):
-                self._submit(self.quota_store.close())
-        loop, thread = self._loop, self._thread
-        self._loop = self._thread = None
-        if loop is not None and thread is not None:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(5)
-        self.runtime.close()
-
-    def _submit(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine on the lookup loop; a timeout counts as the directory being down."""
-        loop = self._loop
-        if loop is None:
-            coro.close()
-            raise RuntimeError("MilterService.start() was not called")
-        fut = asyncio.run_coroutine_threadsafe(coro, loop)
-        try:
-            return fut.result(timeout=self.deadline + 1)
-        except concurrent.futures.TimeoutError:
-            fut.cancel()
-            raise DirectoryUnavailable(f"no answer within {self.deadline + 1:g}s") from None
-
-    # -- lookups (called from libmilter threads) ---------------------------------------------
-
-    def quota_rejected(self, login: str, queue_id: str) -> None:
-        """A message of `login` (as Postfix sent it) is refused here: not counted."""
-        if self.quota_store is None or not queue_id or not login.strip():
-            return
-        who = canonical_login(login.strip(), self.runtime.rules)
-        try:
-            self._submit(milter_rejected(self.quota_store, who, queue_id))
-        except DirectoryUnavailable as e:  # (the loop did not answer in time)
-            log.warning("quota store: %s; the refused message stays counted", str(e))
-
-    # -- the decision ------------------------------------------------------------------------
-
-    def decide(self, login: str, author: AuthorCheck, client: str, sender: str) -> Decision:
-        """decide.decide_headers on the lookup loop. `login` as Postfix sent it."""
-        rt = self.runtime
-        try:
-            return self._submit(
-                decide_headers(rt, self.profile, login, author, client=client, sender=sender)
-            )
-        except DirectoryUnavailable as e:  # (the lookup loop itself did not answer in time)
-            log.warning("directory unavailable: %s", str(e))  # (str: see policy/service.py)
-            return decide_header_from(
-                login.strip(),
-                author.mailboxes,
-                self.profile,
-                None,
-                rt.rules,
-                client=client,
-                sender=sender,
-                directory_unavailable=True,
-            )
 
 
 def decision_line(
@@ -327,44 +211,90 @@ def install(service: MilterService) -> None:
     Milter.factory = functools.partial(HeaderFromMilter, service)
 
 
-def run_milter(config_path: str | Path) -> int:
-    """`policyd milter`: run until libmilter stops (SIGTERM/SIGINT/SIGHUP). Exit status.
+class MilterApp:
+    """One running `policyd milter`, with the lifecycle of the policy server's App:
+    load -> start -> ready -> wait -> stop. libmilter owns the wait and the signals
+    (SIGTERM/SIGINT/SIGHUP all stop it: there is no reload)."""
 
-    A bad config, range file or directory raises (ConfigError, NetworksError, DirectoryError):
-    the CLI prints it.
-    """
-    config = load_config(config_path)
-    setup_logging(
-        config.logging.level,
-        config.logging.target,
-        config.logging.syslog_address,
-        config.logging.syslog_facility,
-    )
-    service = MilterService.from_config(config)
-    install(service)
-    # An exception escaping a callback ends in 451 4.3.0 (pymilter's reply), never in accept.
-    _milter_c.set_exception_policy(Milter.TEMPFAIL)
-    service.start()
-    p = service.profile
-    log.info(
-        "policyd milter starting on %s; profile %s (mode %s, protect_local_senders %s); "
-        "directory %s",
-        config.milter.listen,
-        p.name,
-        p.mode,
-        "on" if p.protect_local_senders else "off",
-        config.directory.backend,
-    )
-    try:
-        Milter.runmilter(MILTER_NAME, config.milter.listen, timeout=config.milter.timeout)
-    except _milter_c.error as e:
-        log.error("milter on %s failed: %s", config.milter.listen, e)
-        return 1
-    finally:
-        service.close()
-    _remove_socket(config.milter.listen)
-    log.info("milter stopped")
-    return 0
+    def __init__(self, config_path: str | Path) -> None:
+        self.config_path = config_path
+        self.config: Config | None = None
+        self.service: MilterService | None = None
+
+    def serve(self) -> int:
+        """load -> start -> ready -> wait -> stop. The exit status.
+
+        A bad config, range file or directory raises (ConfigError, NetworksError,
+        DirectoryError) before anything listens: the CLI prints it.
+        """
+        self.load()
+        try:
+            self.start()
+            self.ready()
+            return self.wait()
+        finally:
+            self.stop()
+
+    def load(self) -> None:
+        """Config, logging, the service (runtime and profile)."""
+        config = self.config = load_config(self.config_path)
+        setup_logging(
+            config.logging.level,
+            config.logging.target,
+            config.logging.syslog_address,
+            config.logging.syslog_facility,
+        )
+        self.service = MilterService.from_config(config)
+
+    def start(self) -> None:
+        """Bind pymilter to the service; start the lookup loop."""
+        assert self.service is not None, "load() first"
+        install(self.service)
+        # An exception escaping a callback ends in 451 4.3.0 (pymilter's reply), never in accept.
+        _milter_c.set_exception_policy(Milter.TEMPFAIL)
+        self.service.start()
+
+    def ready(self) -> None:
+        assert self.config is not None and self.service is not None
+        p = self.service.profile
+        log.info(
+            "policyd milter starting on %s; profile %s (mode %s, protect_local_senders %s); "
+            "directory %s",
+            self.config.milter.listen,
+            p.name,
+            p.mode,
+            "on" if p.protect_local_senders else "off",
+            self.config.directory.backend,
+        )
+
+    def wait(self) -> int:
+        """libmilter runs until a signal stops it. The exit status: 1 when it failed (its
+        socket, perhaps another milter's, is left alone)."""
+        assert self.config is not None
+        listen = self.config.milter.listen
+        try:
+            Milter.runmilter(MILTER_NAME, listen, timeout=self.config.milter.timeout)
+        except _milter_c.error as e:
+            log.error("milter on %s failed: %s", listen, e)
+            return 1
+        self._close_service()
+        _remove_socket(listen)
+        log.info("milter stopped")
+        return 0
+
+    def stop(self) -> None:
+        """Everything start() and load() made. Safe to call twice, or after a failed start."""
+        self._close_service()
+
+    def _close_service(self) -> None:
+        service, self.service = self.service, None
+        if service is not None:
+            service.close()
+
+
+def run_milter(config_path: str | Path) -> int:
+    """`policyd milter`: run until libmilter stops (SIGTERM/SIGINT/SIGHUP). Exit status."""
+    return MilterApp(config_path).serve()
 
 
 def _remove_socket(spec: str) -> None:

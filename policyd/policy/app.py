@@ -21,7 +21,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,9 +35,13 @@ from policyd.policy.service import PolicyService
 from policyd.runtime import Runtime, build_runtime
 from policyd.systemd import (
     Notifier,
+    ShutdownTrigger,
     StartupError,
     listen_fds,
     reloading_state,
+    serve_daemon,
+    until_signalled,
+    watchdog,
     watchdog_interval,
 )
 
@@ -48,9 +52,6 @@ log = logging.getLogger("policyd.app")  # (not __name__: the name admins grep)
 
 #: What a bad config / range file / directory file raises at load time.
 LOAD_ERRORS = (ConfigError, NetworksError, DirectoryError)
-
-#: Awaited by App.serve(); when it returns, the daemon stops.
-ShutdownTrigger = Callable[[], Awaitable[object]]
 
 
 class App:
@@ -103,13 +104,7 @@ class App:
     async def serve(self, shutdown_trigger: ShutdownTrigger | None = None) -> None:
         """load -> start -> ready -> wait -> stop. Raises LOAD_ERRORS or StartupError before
         anything listens."""
-        self.load()
-        try:
-            await self.start()
-            self.ready()
-            await (shutdown_trigger or self.until_signalled)()
-        finally:
-            await self.stop()
+        await serve_daemon(self, shutdown_trigger)
 
     # -- load ------------------------------------------------------------------------------------
 
@@ -186,23 +181,14 @@ class App:
         self.notify(f"READY=1\nSTATUS={self.status()}\nMAINPID={os.getpid()}")
         interval = watchdog_interval(self.environ)
         if interval is not None:
-            self._watchdog = asyncio.ensure_future(_watchdog(self.notify, interval))
+            self._watchdog = asyncio.ensure_future(watchdog(self.notify, interval))
             log.info("systemd watchdog: WATCHDOG=1 every %.3gs", interval)
 
     # -- wait ------------------------------------------------------------------------------------
 
     async def until_signalled(self) -> None:
         """The default shutdown trigger: SIGTERM/SIGINT stop, SIGHUP reloads."""
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
-        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        try:
-            await self.stopping.wait()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                with contextlib.suppress(Exception):
-                    loop.remove_signal_handler(sig)
+        await until_signalled(self.stopping, {signal.SIGHUP: self.request_reload})
 
     # -- stop ------------------------------------------------------------------------------------
 
@@ -380,10 +366,3 @@ def _make_metrics(config_path: Path) -> Metrics:
             "pip install 'policyd[metrics]' (or set metrics.enabled = false)"
         ) from None
     return Metrics()
-
-
-async def _watchdog(notify: Callable[[str], object], interval: float) -> None:
-    """WATCHDOG=1 from the event loop itself: if the loop is stuck, the pings stop."""
-    while True:
-        notify("WATCHDOG=1")
-        await asyncio.sleep(interval)

@@ -2,7 +2,7 @@ r"""The request parser's fast paths: one whole request in one chunk, the usual c
 writes each request at once, and waits for the reply before the next). Pure: no I/O.
 protocol.RequestParser takes them when nothing is buffered; each gives exactly what the
 general path gives for the same bytes, or declines (None) and leaves it the general path:
-tests/unit/test_protocol.py compares them over random streams.
+tests/unit/policy/test_protocol.py compares them over random streams.
 
 1. **By shape** (read_whole, first). Postfix sends every attribute of its list, always in the
    same order, so nearly every request has one of a few *shapes* (orders of names). A shape

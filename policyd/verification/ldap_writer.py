@@ -48,13 +48,9 @@ def writer_password(wc: VerificationLdapConfig) -> str:
     policyd.credentials). Raises WriterError, never showing the password."""
     if wc.writer_password_file is None and not wc.writer_password_credential:
         raise WriterError("no writer password configured")
+    keys = "verification.ldap.writer_password"
     try:
-        return read_password(
-            wc.writer_password_file,
-            "verification.ldap.writer_password_file",
-            wc.writer_password_credential,
-            "verification.ldap.writer_password_credential",
-        )
+        return read_password(wc.writer_password_file, wc.writer_password_credential, keys)
     except CredentialError as e:
         raise WriterError(str(e)) from None
 

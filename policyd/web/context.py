@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import jinja2
@@ -19,6 +19,9 @@ from policyd.config import Config
 from policyd.web.auth import LdapLogin, address_in, parse_networks
 from policyd.web.backend import Blocking
 from policyd.web.sessions import Session, SessionStore
+
+if TYPE_CHECKING:
+    from policyd.verification.service import Verification
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -33,8 +36,8 @@ class WebState:
     #: "ldap", "proxy" or "none" (web.auth "auto" resolved)
     auth: str
     ldap_login: LdapLogin | None
-    #: the Verification object (policyd.verification), None when not configured
-    verification: Any
+    #: the Verification API (policyd.verification), None when not configured
+    verification: Verification | None
     #: login -> the addresses the directory gives it (blocking)
     directory_addresses: Callable[[str], frozenset[str]]
     #: login -> what identifies its directory entry now (Directory.identity_of; blocking):

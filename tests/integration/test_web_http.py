@@ -7,8 +7,13 @@ mail sink, are in test_web_verification.py.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -286,3 +291,38 @@ def test_behind_a_proxy_path_links_and_redirects_keep_the_base_urls_path(tmp_pat
             "/logout", {"csrf": token}, headers={**hdr, "Origin": "https://mail.example.org"}
         )
         assert ok.status == 303 and ok.header("Location") == "/senders/login"
+
+
+# --- the lifecycle (web.server.WebApp) ----------------------------------------------------------
+
+
+def test_sigterm_stops_the_page_and_it_exits_0(tmp_path: Path) -> None:
+    w = WebServer(tmp_path, proxy_config(tmp_path)).start()
+    assert w.proc is not None
+    proc = w.proc
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    w.stop()
+    log = w.log_text()
+    assert "web: listening on 127.0.0.1:" in log and "Traceback" not in log
+
+
+def test_a_listen_address_in_use_is_one_line_and_exit_status_1(tmp_path: Path) -> None:
+    config = tmp_path / "policyd.toml"
+    config.write_text(proxy_config(tmp_path))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "policyd", "web", "--config", str(config)]
+            + ["--listen", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env=dict(os.environ, POLICYD_NO_UVLOOP="1", PYTHONPATH=str(REPO)),
+        )
+    assert r.returncode == 1, r.stderr
+    assert f"web.listen 127.0.0.1:{port}: " in r.stderr and "in use" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -18,7 +18,7 @@ SECRET = "s3cr3t pass"
 
 
 def read(file: Path | None, credential: str = "") -> str:
-    return read_password(file, "x.password_file", credential, "x.password_credential")
+    return read_password(file, credential, "x.password")
 
 
 @pytest.mark.parametrize(

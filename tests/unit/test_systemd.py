@@ -198,3 +198,95 @@ def test_listen_fds_without_environment() -> None:
     assert listen_fds(env=env) == []
     env = {"LISTEN_PID": "x", "LISTEN_FDS": "2"}
     assert listen_fds(env=env) == []
+
+
+# --- until_signalled / watchdog (shared by the policy server's App and the web page's) ---------
+
+
+def test_until_signalled_returns_on_sigterm_and_runs_the_extra_handlers() -> None:
+    import asyncio
+    import signal
+
+    from policyd.systemd import until_signalled
+
+    hups: list[int] = []
+
+    async def main() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, os.kill, os.getpid(), signal.SIGHUP)
+        loop.call_later(0.10, os.kill, os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(
+            until_signalled(stopping, {signal.SIGHUP: lambda: hups.append(1)}), 5
+        )
+        assert stopping.is_set()
+        # the handlers are gone: the loop no longer catches SIGTERM
+        assert not loop.remove_signal_handler(signal.SIGTERM)
+        assert not loop.remove_signal_handler(signal.SIGHUP)
+
+    asyncio.run(main())
+    assert hups == [1]
+
+
+def test_watchdog_pings_every_interval_until_cancelled() -> None:
+    import asyncio
+
+    from policyd.systemd import watchdog
+
+    sent: list[str] = []
+
+    async def main() -> None:
+        task = asyncio.ensure_future(watchdog(sent.append, 0.02))
+        for _ in range(250):  # three pings, 5 s at most on a busy machine
+            if len(sent) >= 3:
+                break
+            await asyncio.sleep(0.02)
+        task.cancel()
+        n = len(sent)
+        await asyncio.sleep(0.1)
+        assert len(sent) == n  # cancelled: no more pings
+
+    asyncio.run(main())
+    assert len(sent) >= 3 and set(sent) == {"WATCHDOG=1"}
+
+
+class _Steps:
+    """A daemon that records its lifecycle steps (start fails when told to)."""
+
+    def __init__(self, fail_start: bool = False) -> None:
+        self.steps: list[str] = []
+        self.fail_start = fail_start
+
+    def load(self) -> None:
+        self.steps.append("load")
+
+    async def start(self) -> None:
+        self.steps.append("start")
+        if self.fail_start:
+            raise OSError("address in use")
+
+    def ready(self) -> None:
+        self.steps.append("ready")
+
+    async def until_signalled(self) -> None:
+        raise AssertionError("the trigger given replaces the signals")
+
+    async def stop(self) -> None:
+        self.steps.append("stop")
+
+
+def test_serve_daemon_runs_the_five_steps_in_order_and_stops_after_a_failed_start() -> None:
+    import asyncio
+
+    from policyd.systemd import serve_daemon
+
+    async def trigger() -> None:
+        d.steps.append("wait")
+
+    d = _Steps()
+    asyncio.run(serve_daemon(d, trigger))
+    assert d.steps == ["load", "start", "ready", "wait", "stop"]
+    d = _Steps(fail_start=True)
+    with pytest.raises(OSError):
+        asyncio.run(serve_daemon(d, trigger))
+    assert d.steps == ["load", "start", "stop"]

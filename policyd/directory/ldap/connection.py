@@ -137,10 +137,7 @@ def read_bind_password(cfg: LdapConfig) -> str | None:
         raise DirectoryError(f"ldap.bind_dn: {why}")
     try:
         return read_password(
-            cfg.bind_password_file,
-            "ldap.bind_password_file",
-            cfg.bind_password_credential,
-            "ldap.bind_password_credential",
+            cfg.bind_password_file, cfg.bind_password_credential, "ldap.bind_password"
         )
     except CredentialError as e:
         raise DirectoryError(str(e)) from None

@@ -34,11 +34,11 @@ from policyd.directory.static import StaticDirectory  # noqa: E402
 from policyd.milter.headers import AuthorCheck  # noqa: E402
 from policyd.milter.libmilter import (  # noqa: E402
     HeaderFromMilter,
-    MilterService,
     decision_line,
     install,
     split_reply,
 )
+from policyd.milter.service import MilterService  # noqa: E402
 from policyd.networks import Networks  # noqa: E402
 from policyd.runtime import Runtime, build_runtime  # noqa: E402
 
