@@ -24,7 +24,7 @@ SCHEMA = DATA / "schema"
 def acl_with(tmp: Path, *attrs: str) -> Path:
     """conf/ldap/acl.conf with these attributes added to what the policyd account reads."""
     text = ACL_FILE.read_text()
-    old = "access to attrs=entry,objectClass,uid,cn,mail,mailLocalAddress,member\n"
+    old = "access to attrs=entry,entryUUID,objectClass,uid,cn,mail,mailLocalAddress,member\n"
     assert old in text
     p = tmp / "acl.conf"
     p.write_text(text.replace(old, old.rstrip("\n") + "," + ",".join(attrs) + "\n"))
