@@ -5,8 +5,9 @@
     dv = Dovecot(..., ldap=LdapPassdb(uri, base, bind_dn, password))  # or an LDAP passdb
     dv.start(); ...; dv.stop()
 
-Logins are full addresses, lowercased (`auth_username_format = %Lu`): what Postfix then
-reports as sasl_username. Postfix: `smtpd_sasl_type = dovecot`, `smtpd_sasl_path =
+Logins are full addresses, lowercased (`auth_username_format = %Lu`, the default here;
+`username_format="%Ln"` drops the domain): Dovecot returns that name and Postfix reports it as
+sasl_username. Postfix: `smtpd_sasl_type = dovecot`, `smtpd_sasl_path =
 private/auth` (relative to its queue directory, where the socket is made). Runs in the
 foreground (`dovecot -F`) from its own directory, with its own instance name; stopped by PID.
 Needs the Debian package dovecot-core (dovecot-ldap for the LDAP passdb).
@@ -54,6 +55,7 @@ class Dovecot:
         *,
         users: Mapping[str, str] | None = None,
         ldap: LdapPassdb | None = None,
+        username_format: str = "%Lu",
     ) -> None:
         if (users is None) == (ldap is None):
             raise ValueError("give users (passwd-file) or ldap, not both")
@@ -61,6 +63,7 @@ class Dovecot:
         self.auth_socket = auth_socket
         self.users = dict(users or {})
         self.ldap = ldap
+        self.username_format = username_format
         self.conf = workdir / "dovecot.conf"
         self.log_file = workdir / "dovecot.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -108,8 +111,8 @@ protocols =
 ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
-# logins are full addresses, lowercased: alice@example.org (%Ln would drop the domain)
-auth_username_format = %Lu
+# %Lu: logins are full addresses, lowercased: alice@example.org (%Ln drops the domain)
+auth_username_format = {self.username_format}
 {passdb}userdb {{
   driver = static
   args = uid=nobody gid=nogroup home=/nonexistent
