@@ -130,6 +130,8 @@ class PolicyService:
             quotas = self.quotas.current(config, rt.rules)
             if quotas is not None:
                 profile, result = self._decide_now(rt, req)
+                if not config.quotas.ldap_attribute:
+                    return profile, quotas.hook(req, profile, result)
                 cache = getattr(rt.lookups, "inner", rt.lookups)
                 if not hasattr(cache, "peek_values"):  # (no directory cache: no LDAP limits)
                     cache = None
