@@ -292,6 +292,8 @@ _ACTIONS = {"OK", "DUNNO", "PERMIT", "RELAY"}
 
 def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: TableReader) -> None:
     s = ctx.source
+    if cfg.quotas.ldap_attribute and cfg.directory.backend != "ldap":
+        raise ConfigError(s, "quotas.ldap_attribute", 'needs directory.backend = "ldap"')
     for i, spec in enumerate(cfg.server.listen):
         try:
             parse_listen(spec)

@@ -84,6 +84,9 @@ class QuotasConfig:
     early_refusal: bool = False
     #: logins (canonical, lowercased) and "@domain" entries never limited
     exempt: tuple[str, ...] = ()
+    #: an attribute of the login's LDAP entry holding its own limits, e.g.
+    #: "messages_per_hour=100,recipients_per_day=2000" (keys not set: from the config's)
+    ldap_attribute: str = ""
     #: what a suspended login's message gets: "hold" (Postfix's hold queue) or "defer"
     suspended_action: Literal["hold", "defer"] = "hold"
     over_quota_reply: str = (
@@ -202,6 +205,8 @@ def _check_limits(lim: QuotaLimits, source: str, prefix: str) -> None:
 
 
 def _check(cfg: QuotasConfig, s: str) -> None:
+    if cfg.ldap_attribute and not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,63}", cfg.ldap_attribute):
+        raise ConfigError(s, "quotas.ldap_attribute", "must be an LDAP attribute name (or empty)")
     if not _STORE_RE.match(cfg.store):
         raise ConfigError(
             s,

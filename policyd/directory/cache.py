@@ -78,6 +78,7 @@ class Kind(enum.IntEnum):
     ADDRESSES = 0  # addresses_of(login)
     OWNERS = 1  # owners_of(key)
     IDENTITY = 2  # identity_of(login)
+    VALUES = 3  # values_of(attr, login): the key is "attr\0login"
 
 
 class _Entry:
@@ -128,6 +129,9 @@ class CachedLookups:
     def peek_identity(self, login: str) -> frozenset[str] | None:
         return self._peek((Kind.IDENTITY, login))
 
+    def peek_values(self, attr: str, login: str) -> frozenset[str] | None:
+        return self._peek((Kind.VALUES, f"{attr}\0{login}"))
+
     def _peek(self, k: tuple[Kind, str]) -> frozenset[str] | None:
         if not self.cfg.enabled:
             return None
@@ -146,6 +150,16 @@ class CachedLookups:
 
     async def identity_of(self, login: str) -> frozenset[str]:
         return await self._get(Kind.IDENTITY, login, self.runner.directory.identity_of)
+
+    async def values_of(self, attr: str, login: str) -> frozenset[str]:
+        """An attribute's values in the login's entry (a directory with `values_of`: LDAP)."""
+        return await self._get(Kind.VALUES, f"{attr}\0{login}", self._values)
+
+    def _values(self, key: str) -> frozenset[str]:
+        attr, _, login = key.partition("\0")
+        # (only LDAP has it; [quotas] ldap_attribute needs directory.backend = "ldap")
+        fn: Callable[[str, str], frozenset[str]] = getattr(self.runner.directory, "values_of")  # noqa: B009
+        return fn(attr, login)
 
     def close(self) -> None:
         self.runner.close()
@@ -212,4 +226,4 @@ def _consume(task: asyncio.Future[frozenset[str]]) -> None:
 
 
 def key_repr(kind: Kind) -> str:
-    return ("addresses_of", "owners_of", "identity_of")[kind]
+    return ("addresses_of", "owners_of", "identity_of", "values_of")[kind]

@@ -130,7 +130,12 @@ class PolicyService:
             quotas = self.quotas.current(config, rt.rules)
             if quotas is not None:
                 profile, result = self._decide_now(rt, req)
-                return profile, quotas.hook(req, profile, result)
+                if not config.quotas.ldap_attribute:
+                    return profile, quotas.hook(req, profile, result)
+                cache = getattr(rt.lookups, "inner", rt.lookups)
+                if not hasattr(cache, "peek_values"):  # (no directory cache: no LDAP limits)
+                    cache = None
+                return profile, quotas.hook(req, profile, result, cache)
         return self._decide_now(rt, req)
 
     def _decide_now(

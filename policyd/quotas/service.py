@@ -28,6 +28,8 @@ from policyd.config.quotas import LIMITS, QuotaLimits, QuotasConfig
 from policyd.core.decision import Decision, Reason, Verdict
 from policyd.core.replies import render
 from policyd.core.request import Request
+from policyd.directory.base import DirectoryUnavailable
+from policyd.quotas.ldap_limits import LdapLimits
 from policyd.quotas.store import (
     Charge,
     MemoryStore,
@@ -114,11 +116,16 @@ class QuotaService:
         self._rcpts: OrderedDict[str, int] = OrderedDict()
         # the memory store answers without waiting: no coroutine, no task switch
         self._sync = store if isinstance(store, MemoryStore) else None
+        #: limits from the login's LDAP entry ([quotas] ldap_attribute)
+        self._ldap = LdapLimits(config.ldap_attribute) if config.ldap_attribute else None
 
     # -- the hook -------------------------------------------------------------------------------
 
-    def hook(self, req: Request, profile: ProfileConfig, result: Result) -> Result:
-        """The engine's result, or the quotas' answer for an authenticated request."""
+    def hook(
+        self, req: Request, profile: ProfileConfig, result: Result, lookups: Any = None
+    ) -> Result:
+        """The engine's result, or the quotas' answer for an authenticated request.
+        `lookups` (the directory's cache) is asked for the login's [quotas] ldap_attribute."""
         login = req.sasl_username.strip()
         if not login:
             return result
@@ -129,24 +136,55 @@ class QuotaService:
             step = self._end_of_message
         else:
             return result
+        login = canonical_login(login, self.rules)
+        limits = None
+        if self._ldap is not None and lookups is not None and not self.config.is_exempt(login):
+            values = lookups.peek_values(self._ldap.attribute, login)
+            if values is None:
+                return self._after(req, profile, login, result, step, lookups)
+            limits = self._ldap.limits(login, values, self.config.limits_for(login))
         if isinstance(result, Decision):
-            return step(req, profile, canonical_login(login, self.rules), result)
-        return self._after(req, profile, canonical_login(login, self.rules), result, step)
+            return step(req, profile, login, result, limits)
+        return self._after(req, profile, login, result, step, None, limits)
 
     async def _after(
         self,
         req: Request,
         profile: ProfileConfig,
         login: str,
-        pending: Coroutine[Any, Any, Decision],
+        pending: Result,
         step: Any,
+        lookups: Any = None,
+        limits: QuotaLimits | None = None,
     ) -> Decision:
-        out = step(req, profile, login, await pending)
+        if lookups is not None:
+            assert self._ldap is not None
+            try:
+                values = await lookups.values_of(self._ldap.attribute, login)
+            except DirectoryUnavailable as e:
+                # (no limits known for the login: never count it under the config's instead)
+                d = pending if isinstance(pending, Decision) else await pending
+                if d.verdict in _REFUSED:
+                    return d
+                log.info("quota limits of %s not read: %s", login, e)
+                self.stats.add("store", "deferred")
+                reply = render(self.config.store_unavailable_reply, {"login": login})
+                return Decision(Verdict.DEFER, Reason.QUOTA_STORE_UNAVAILABLE, reply=reply)
+            limits = self._ldap.limits(login, values, self.config.limits_for(login))
+        d = pending if isinstance(pending, Decision) else await pending
+        out = step(req, profile, login, d, limits)
         return out if isinstance(out, Decision) else await out
 
     # -- RCPT -----------------------------------------------------------------------------------
 
-    def _rcpt(self, req: Request, profile: ProfileConfig, login: str, d: Decision) -> Result:
+    def _rcpt(
+        self,
+        req: Request,
+        profile: ProfileConfig,
+        login: str,
+        d: Decision,
+        limits: QuotaLimits | None = None,
+    ) -> Result:
         exempt = self.config.is_exempt(login)
         if d.verdict in _REFUSED:
             if d.reason is Reason.SENDER_NOT_OWNED and self.detector is not None and not exempt:
@@ -154,7 +192,8 @@ class QuotaService:
             return d
         if exempt:
             return d
-        limits = self.config.limits_for(login)
+        if limits is None:
+            limits = self.config.limits_for(login)
         cap = limits.recipients_per_message
         n = self._rcpts.get(req.instance, 0) + 1
         if cap and n > cap:
@@ -178,7 +217,12 @@ class QuotaService:
     # -- END-OF-MESSAGE -------------------------------------------------------------------------
 
     def _end_of_message(
-        self, req: Request, profile: ProfileConfig, login: str, d: Decision
+        self,
+        req: Request,
+        profile: ProfileConfig,
+        login: str,
+        d: Decision,
+        limits: QuotaLimits | None = None,
     ) -> Result:
         self._rcpts.pop(req.instance, None)
         if d.verdict in _REFUSED:
@@ -190,7 +234,8 @@ class QuotaService:
                     profile, login, self._sync.charge_now(login, [], False), d, "refused"
                 )
             return self._ask(profile, login, [], False, d, "refused")
-        limits = self.config.limits_for(login)
+        if limits is None:
+            limits = self.config.limits_for(login)
         recipients = max(1, _int(req.recipient_count, 1))
         cap = limits.recipients_per_message
         if cap and recipients > cap:

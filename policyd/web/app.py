@@ -15,7 +15,7 @@ from aiohttp import web
 
 from policyd.addresses import canonical_login
 from policyd.directory.base import DirectoryUnavailable
-from policyd.web import pages, security
+from policyd.web import pages, security, usage
 from policyd.web.auth import (
     LoginUnavailable,
     Throttled,
@@ -321,6 +321,7 @@ def build_app(st: WebState) -> web.Application:
     r.add_post("/login", login_post)
     r.add_post("/logout", logout_post)
     pages.add_routes(r)
+    usage.add_routes(app)
     r.add_static("/static/", STATIC_DIR)
     return app
 

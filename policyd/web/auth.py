@@ -16,7 +16,10 @@ sent (the throttle counts the attempt there); it returns False to stop the bind.
 
 An unknown login binds as `web.login_decoy_dn` (an entry whose password nobody knows, hashed like
 the users'), so the directory computes a password hash as it does for a known login and the time
-taken does not tell the two apart.
+taken does not tell the two apart. Without a decoy DN the decoy bind (to a DN that does not
+exist) costs the directory no hash, so the answer is held instead: for a duration drawn from the
+last real binds' durations (`BindTimes`), so an unknown login's answer takes what a known
+login's takes, with the same spread.
 
 Proxy: a reverse proxy that authenticated the user passes the login in a header; it is believed
 only when the connection comes from one of `web.trusted_proxies`.
@@ -27,7 +30,11 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import random
+import threading
+import time
 import unicodedata
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -60,6 +67,32 @@ def folded(login: str) -> str:
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", login).casefold())
 
 
+class BindTimes:
+    """The durations of the last real binds (a known login's password checked by the
+    directory); `hold()` draws one of them, so the held answers have the real binds' spread.
+    Thread-safe (logins run in a thread pool)."""
+
+    #: how many recent binds are remembered
+    SIZE = 64
+    #: before any real bind was seen: a typical cost of a salted hash check (seconds)
+    FIRST = 0.05
+
+    def __init__(self) -> None:
+        self._times: deque[float] = deque(maxlen=self.SIZE)
+        self._lock = threading.Lock()
+        self._random = random.SystemRandom()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self._times.append(seconds)
+
+    def hold(self) -> float:
+        with self._lock:
+            if not self._times:
+                return self.FIRST * self._random.uniform(0.9, 1.1)
+            return self._random.choice(self._times)
+
+
 class LdapLogin:
     """Checks a login and password by binding as the user's own directory entry."""
 
@@ -67,6 +100,8 @@ class LdapLogin:
         self.cfg = cfg
         self.rules = rules
         self.decoy_dn = decoy_dn
+        #: without a decoy DN: how long real binds took, to hold an unknown login's answer
+        self.bind_times = BindTimes()
         self._specs = [parse_server_url(u, cfg.start_tls) for u in cfg.servers]
         self._tls_obj = make_tls(cfg)
         self._service_password = read_bind_password(cfg)
@@ -152,8 +187,14 @@ class LdapLogin:
         stored hash (web.login_decoy_dn), so the timing does not tell unknown logins from
         known ones."""
         dn = self.decoy_dn or f"cn=policyd-web-no-such-user,{self.cfg.user_base}"
+        start = time.monotonic()
         with contextlib.suppress(LDAPException, OSError):
             self._bind_as(spec, dn, password)
+        if not self.decoy_dn:
+            # no hash was computed: hold the answer as long as a real bind takes
+            rest = self.bind_times.hold() - (time.monotonic() - start)
+            if rest > 0:
+                time.sleep(min(rest, self.cfg.receive_timeout))
 
     def authenticate(
         self, login: str, password: str, gate: Callable[[str], bool] | None = None
@@ -174,7 +215,10 @@ class LdapLogin:
                     return None
                 if gate is not None and not gate(entry_login):
                     raise Throttled
-                return entry_login if self._bind_as(spec, found[0], password) else None
+                start = time.monotonic()
+                ok = self._bind_as(spec, found[0], password)
+                self.bind_times.add(time.monotonic() - start)
+                return entry_login if ok else None
             except (LDAPException, OSError, DirectoryUnavailable) as e:
                 # str(e) of ldap3 never holds the password; keep only the class and server.
                 errors.append(f"{spec.url}: {type(e).__name__}")

@@ -108,6 +108,7 @@ async def _render_list(
         typed=typed,
         when=_when,
         mail_from=_mail_from(st.config),
+        quotas=st.config.quotas.enabled,
     )
 
 

@@ -112,9 +112,9 @@ def build_state(config: Config) -> WebState:
             "until then)"
         )
     if auth == "ldap" and not wc.login_decoy_dn:
-        log.warning(
-            "web: web.login_decoy_dn is not set: an unknown login is answered without a "
-            "password hash being computed, sooner than a known one"
+        log.info(
+            "web: web.login_decoy_dn is not set: an unknown login's answer is held for as "
+            "long as recent real binds took (the directory computes no hash for it)"
         )
     try:
         sessions = SessionStore(

@@ -169,6 +169,11 @@ class LdapDirectory(GroupOwners):
         e = self._user_entry(login, ["entryUUID", "pwdChangedTime"])
         return frozenset() if e is None else ent.entry_identity(e)
 
+    def values_of(self, attr: str, login: str) -> frozenset[str]:
+        """The values of `attr` in the login's entry (empty: none, or the login unknown)."""
+        e = self._user_entry(login, [attr])
+        return frozenset() if e is None else frozenset(ent.entry_values(e, [attr]))
+
     def owners_of(self, address: str) -> frozenset[str]:
         key = normalize_address(address, self.rules)
         local, domain = split_address(key)
