@@ -120,3 +120,21 @@ def test_every_policyd_command_and_option_in_the_readme_exists() -> None:
             assert opt in _options(_help(*args)), f"README: policyd {' '.join(args)} {opt}"
         checked += 1
     assert checked > 30
+
+
+def test_readme_and_moved_docs_link_only_to_what_exists() -> None:
+    """Every relative link of the README and of the docs moved out of it names a file of the
+    tree, and every #anchor of the README one of its headings (GitHub's slugs)."""
+    for name in ("README.md", "docs/testing.md", "docs/performance.md", "docs/layout.md"):
+        doc = ROOT / name
+        text = doc.read_text()
+        for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if not link.startswith(("http://", "https://")):
+                assert (doc.parent / link).exists(), f"{name}: {link}"
+    text = (ROOT / "README.md").read_text()
+    slugs = {
+        re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-")
+        for h in re.findall(r"^#+ (.+)$", text, re.M)
+    }
+    for anchor in re.findall(r"\]\(#([^)]+)\)", text):
+        assert anchor in slugs, f"README.md: #{anchor}"
