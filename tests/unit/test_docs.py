@@ -138,3 +138,28 @@ def test_readme_and_moved_docs_link_only_to_what_exists() -> None:
     }
     for anchor in re.findall(r"\]\(#([^)]+)\)", text):
         assert anchor in slugs, f"README.md: #{anchor}"
+
+
+def test_every_config_key_the_readme_names_exists() -> None:
+    """`server.listen`, `[milter] listen`, `verification.mail.smtp_port` ...: each key the
+    README names is one conf/policyd.toml documents (profiles and quota overrides are tables
+    the admin names)."""
+    import tomllib
+
+    keys: set[str] = set()
+
+    def walk(table: dict[str, object], prefix: str = "") -> None:
+        for k, v in table.items():
+            keys.add(prefix + k)
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+
+    walk(tomllib.loads((ROOT / "conf/policyd.toml").read_text()))
+    tops = "|".join(sorted({k.split(".")[0] for k in keys}))
+    text = (ROOT / "README.md").read_text()
+    named = {m.rstrip(".") for m in re.findall(rf"`((?:{tops})\.[a-z_.]+)`", text)}
+    named |= {f"{t}.{k}" for t, k in re.findall(r"`\[([a-z_.]+)\] ([a-z_]+)", text)}
+    assert len(named) > 20
+    free = ("profiles.", "quotas.domains.", "quotas.logins.")
+    unknown = sorted(k for k in named if k not in keys and not k.startswith(free))
+    assert not unknown, unknown
