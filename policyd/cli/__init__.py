@@ -288,8 +288,9 @@ def _milter(args: argparse.Namespace) -> int:
     except ImportError as e:
         if "Milter" in str(e) or "milter" in str(e):
             return fail(
-                "the milter needs pymilter: pip install 'policyd[milter]' "
-                "(on Debian first: apt-get install libmilter-dev)"
+                "the milter needs pymilter: apt install policyd-milter (Debian 13), or "
+                "pip install '.[milter]' in policyd's source tree (first: apt-get install "
+                "libmilter-dev)"
             )
         raise
     from policyd.policy.app import LOAD_ERRORS
@@ -306,7 +307,10 @@ def _web(args: argparse.Namespace) -> int:
         from policyd.web.server import run_web
     except ImportError as e:
         if (e.name or "").split(".")[0] in ("aiohttp", "jinja2"):
-            return fail("the web page needs aiohttp and jinja2: pip install 'policyd[web]'")
+            return fail(
+                "the web page needs aiohttp and jinja2: apt install policyd-web (Debian 13), "
+                "or pip install '.[web]' in policyd's source tree"
+            )
         raise
     from policyd.systemd import StartupError
 

@@ -363,6 +363,7 @@ def _make_metrics(config_path: Path) -> Metrics:
             raise
         raise StartupError(
             f"{config_path}: metrics.enabled = true needs prometheus-client: "
-            "pip install 'policyd[metrics]' (or set metrics.enabled = false)"
+            "apt install python3-prometheus-client, or pip install '.[metrics]' in policyd's "
+            "source tree (or set metrics.enabled = false)"
         ) from None
     return Metrics()

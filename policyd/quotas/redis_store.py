@@ -138,7 +138,7 @@ class RedisStore:
         except ImportError as e:  # pragma: no cover - the package is a dependency
             raise QuotaStoreError(
                 "quotas.store names a Valkey/Redis server: install python3-redis "
-                "(pip install 'policyd[quotas]')"
+                "(or pip install '.[quotas]' in policyd's source tree)"
             ) from e
         self.url = url
         self.name = _safe_url(url)

@@ -28,7 +28,7 @@ DENY = (
     "enable SMTP authentication in your mail client"
 )
 #: `systemd-analyze security policyd.service` on trixie's systemd 257, as documented in the
-#: README ("Run it as a service"): anything above it fails.
+#: README ("Install", "What the units do"): anything above it fails.
 MAX_EXPOSURE = 1.3
 
 

@@ -92,3 +92,26 @@ def test_both_man_pages_render_without_warnings(tmp_path: Path) -> None:
         )
         assert r.returncode == 0 and r.stderr == "", (page.name, r.stderr)
         assert "policyd" in r.stdout
+
+
+def test_both_man_pages_have_postfix_integration_and_examples() -> None:
+    """Issue 26: each page says how it meets Postfix and shows examples."""
+    for page in (_generated(), (MAN / "policyd.8").read_text()):
+        heads = re.findall(r"^\.SH (.+)$", page, re.M)
+        assert "POSTFIX INTEGRATION" in heads and "EXAMPLES" in heads, heads
+        assert heads.index("EXAMPLES") < heads.index("SEE ALSO")
+    assert "postfix\\-lines" in (MAN / "policyd.8").read_text().split(".SH EXAMPLES")[1]
+
+
+def test_policyd_toml_5_examples_are_valid_configs(tmp_path: Path) -> None:
+    """Every example of policyd.toml(5) loads: the page shows keys and values that exist."""
+    from policyd.config import load_config
+
+    examples = _generated().split(".SH EXAMPLES", 1)[1].split("\n.SH ", 1)[0]
+    blocks = re.findall(r"^\.nf\n\.RS\n(.*?)^\.RE\n\.fi$", examples, re.M | re.S)
+    assert len(blocks) >= 3
+    for i, block in enumerate(blocks):
+        config = tmp_path / f"example{i}.toml"
+        config.write_text(block.replace("\\-", "-"))
+        assert tomllib.loads(config.read_text())  # not empty
+        load_config(config)  # raises ConfigError naming the key if the page is wrong

@@ -1,5 +1,5 @@
 """The shape of the policyd package: no module over 400 lines, no import cycle among its modules,
-and the layout's rule (README, "Layout"): the pure core imports no front end, the config no
+and the layout's rule (docs/layout.md): the pure core imports no front end, the config no
 feature package, no front end another, and the shared modules none of them.
 
 Imports are read from the source with `ast`, nothing is imported. Every import statement counts:

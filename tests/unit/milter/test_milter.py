@@ -621,7 +621,7 @@ def test_cli_without_pymilter_says_what_to_install(
     monkeypatch.delitem(sys.modules, "policyd.milter.libmilter", raising=False)
     assert cli.main(["milter", "--config", str(config)]) == 1
     err = capsys.readouterr().err
-    assert "pip install 'policyd[milter]'" in err
+    assert "apt install policyd-milter" in err and "pip install '.[milter]'" in err
     assert "apt-get install libmilter-dev" in err
 
 
