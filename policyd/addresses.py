@@ -374,26 +374,8 @@ def unquote_local(local: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class Owned(frozenset[str]):
-    """A login's addresses where some count for their exact key only (`exact_only`: the
-    addresses a user verified by mail, see policyd.verification.lookups): a verified
-    x@elsewhere.example is not x+tag@elsewhere.example, whose domain may give that to
-    someone else."""
-
-    __slots__ = ("exact_only",)
-    exact_only: frozenset[str]
-
-
-def with_exact_only(addresses: frozenset[str], exact_only: frozenset[str]) -> frozenset[str]:
-    if not exact_only:
-        return addresses
-    out = Owned(addresses)
-    out.exact_only = exact_only
-    return out
-
-
 def for_wider_keys(owned: frozenset[str]) -> frozenset[str]:
     """The addresses that may match a sender's extension-stripped or "@domain" key (all of
-    them but the exact-only ones)."""
+    them but the exact-only ones: the `exact_only` of verification.lookups.Owned)."""
     exact = getattr(owned, "exact_only", None)
     return frozenset(owned - exact) if exact else owned

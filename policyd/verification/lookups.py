@@ -18,7 +18,7 @@ the directory still gives its login the identity it had when it verified (a new 
 same login is someone else); nobody else in the directory owns the address, its
 extension-stripped key or its "@domain" (the directory wins); it is not in
 `verification.local_domains` or a subdomain. And it counts for its exact key only: addresses_of
-hands it out in addresses.Owned's `exact_only`, which the engine keeps away from the
+hands it out in Owned's `exact_only`, which the engine keeps away from the
 wider keys (x+tag@elsewhere.example may be another mailbox there).
 
 Before answering, a stale source is refreshed (`refresh()` in a thread, bounded by the lookup
@@ -42,12 +42,31 @@ from policyd.addresses import (
     AddressRules,
     candidates,
     normalize_domain,
-    with_exact_only,
 )
 from policyd.directory.base import DirectoryError, DirectoryUnavailable
 from policyd.directory.lookups import Lookups
 
 log = logging.getLogger(__name__)
+
+
+# Not in addresses.py, which the compiled build compiles (mypyc cannot compile a subclass of
+# frozenset); the engine reads exact_only through addresses.for_wider_keys.
+class Owned(frozenset[str]):
+    """A login's addresses where some count for their exact key only (`exact_only`: the
+    addresses a user verified by mail): a verified x@elsewhere.example is not
+    x+tag@elsewhere.example, whose domain may give that to someone else."""
+
+    __slots__ = ("exact_only",)
+    exact_only: frozenset[str]
+
+
+def with_exact_only(addresses: frozenset[str], exact_only: frozenset[str]) -> frozenset[str]:
+    if not exact_only:
+        return addresses
+    out = Owned(addresses)
+    out.exact_only = exact_only
+    return out
+
 
 #: How long the answer "which of a login's verified addresses count" is reused without asking
 #: the lookups again (a decision per message would otherwise ask them again and again).
