@@ -48,6 +48,7 @@ from policyd.directory.lookups import Lookups
 
 log = logging.getLogger(__name__)
 
+
 #: How long the answer "which of a login's verified addresses count" is reused without asking
 #: the lookups again (a decision per message would otherwise ask them again and again).
 MEMO_SECONDS = 1.0
