@@ -354,8 +354,9 @@ def _decoded_forms(frags: list[tuple[str, str, bool]]) -> list[str]:
     decoded: list[str] = []
     for i, (_, plain, _) in enumerate(frags):
         if not plain.strip():
-            before = [e for raw, _, e in frags[:i] if raw.strip(" \t\r\n")]
-            after = [e for raw, _, e in frags[i + 1 :] if raw.strip(" \t\r\n")]
+            # (a backslash is no text either: a quoted-pair's marker, dropped below)
+            before = [e for raw, _, e in frags[:i] if raw.strip(" \t\r\n\\")]
+            after = [e for raw, _, e in frags[i + 1 :] if raw.strip(" \t\r\n\\")]
             if before and after and before[-1] and after[0]:
                 continue
         decoded.append(plain)
