@@ -41,6 +41,7 @@ from policyd.config import Config, load_config
 from policyd.core.decision import Decision, Verdict
 from policyd.core.engine import decide_header_from
 from policyd.decision_log import log_line, milter_line, setup_logging
+from policyd.milter import listen_warning
 from policyd.milter.headers import AUTHOR_HEADERS, AuthorCheck, author_mailboxes, unfold
 from policyd.milter.service import MilterService
 
@@ -297,6 +298,8 @@ class MilterApp:
             "on" if p.protect_local_senders else "off",
             self.config.directory.backend,
         )
+        if (warning := listen_warning(self.config.milter.listen)) is not None:
+            log.warning("%s", warning.removeprefix("WARNING: "))
 
     def wait(self) -> int:
         """libmilter runs until a signal stops it. The exit status: 1 when it failed (its
