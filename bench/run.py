@@ -149,6 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--profile-top", type=int, default=25)
     p.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames)")
     p.add_argument("--e2e-messages", type=int, default=2000, help="e2e: messages per cell")
+    p.add_argument(
+        "--e2e-baseline-src",
+        default="",
+        metavar="DIR",
+        help="e2e: a fourth Postfix with the milter of DIR's policyd/ (an older tree)",
+    )
     p.add_argument("--e2e-conns", type=int, default=8, help="e2e: SMTP sessions in parallel")
     p.add_argument("--memory-max-s", type=float, default=600, help="time bound per slice")
     p.add_argument(

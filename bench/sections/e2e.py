@@ -6,6 +6,7 @@ running at once, everything pinned to the server CPU, the clients to the other:
     alone     no policy service, no milter (policyd's restriction lists emptied)
     policy    `policyd serve` at RCPT (the documented main.cf), no milter
     +milter   the same, plus `policyd milter` at end-of-data (conf/postfix/milter.cf, unix socket)
+    +milter before   with --e2e-baseline-src DIR: the same with the milter of DIR's policyd/
 
 Workloads, one message per SMTP session (smtp-source's default), C sessions in parallel:
 
@@ -66,23 +67,25 @@ def server_cpu() -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-def start_milter(work: Path, config: Path, no_uvloop: bool) -> subprocess.Popen[bytes]:
-    socket = work / "milter.sock"
-    with open(work / "milter.log", "ab") as log:
+def start_milter(
+    work: Path, config: Path, socket: Path, no_uvloop: bool, src: Path = REPO
+) -> subprocess.Popen[bytes]:
+    log_file = socket.with_suffix(".log")
+    with open(log_file, "ab") as log:
         proc = subprocess.Popen(
             pinned(SERVER_CPU, [PY, "-m", "policyd", "milter", "--config", str(config)]),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            cwd=REPO,
-            env=server_env(no_uvloop),
+            cwd=src,
+            env=server_env(no_uvloop, src),
             umask=0o000,  # Postfix's smtpd (user postfix) connects to the socket
         )
     deadline = time.monotonic() + 30
     while not socket.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"policyd milter did not start: {(work / 'milter.log').read_text()}")
+            raise RuntimeError(f"policyd milter did not start: {log_file.read_text()}")
         time.sleep(0.05)
     return proc
 
@@ -164,10 +167,23 @@ def section_e2e(args: argparse.Namespace, work: Path) -> dict[str, object]:
                     env=server_env(args.no_uvloop),
                 )
             )
-        procs.append(start_milter(top, config, args.no_uvloop))
+        procs.append(start_milter(top, config, top / "milter.sock", args.no_uvloop))
+        variants = [("alone", no_policy), ("policy", {}), ("+milter", milter)]
+        if args.e2e_baseline_src:
+            # the milter of an older tree (e.g. before issue 29) as a fourth column
+            old_socket = top / "milter-before.sock"
+            old_config = top / "policyd-before.toml"
+            old_config.write_text(POLICYD_TOML.format(senders=senders, socket=old_socket))
+            src = Path(args.e2e_baseline_src).resolve()
+            procs.append(start_milter(top, old_config, old_socket, args.no_uvloop, src))
+            before = {
+                **milter,
+                "smtpd_milters": f"{{ unix:{old_socket}, default_action=tempfail }}",
+            }
+            variants.append(("+milter before", before))
         with server_cpu():
-            for name, extra in (("alone", no_policy), ("policy", {}), ("+milter", milter)):
-                d = top / name.strip("+")
+            for name, extra in variants:
+                d = top / name.strip("+").replace(" ", "-")
                 d.mkdir()
                 d.chmod(0o755)
                 servers[name] = PostfixServer(d, policy_port, extra_main_cf=extra)
