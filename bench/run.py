@@ -50,6 +50,11 @@ quotas
     The END-OF-MESSAGE request with [quotas] on (in-memory store, and a redis-server on
     loopback from tests/servers/redis.py) against the RCPT request of the same logins with
     quotas off, 32 connections: req/s ratio and added p99 (issue 28). Not in the default run.
+e2e
+    Messages through three real Postfix instances to discard: alone, with the policy service
+    at RCPT, with the policy service and the milter (unix socket); unauthenticated inbound on
+    port 25 (smtp-source, and bench/smtpload.py for latency) and logged-in sessions (XCLIENT
+    LOGIN=); msgs/s, × alone, p50/p99 (issue 29). Not in the default run.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from sections.e2e import section_e2e
 from sections.ldap import ldap_child, section_ldap
 from sections.load import section_load
 from sections.memory import section_memory
@@ -104,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--only",
         default="",
-        help="comma list of sections: throughput,ranges,load,ldap,memory,profile,webload,quotas",
+        help="comma list of sections: throughput,ranges,load,ldap,memory,profile,webload,quotas,"
+        "e2e",
     )
     p.add_argument("--memory", action="store_true", help="also run the memory section (slow)")
     p.add_argument(
@@ -141,6 +148,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--profile-seconds", type=int, default=8)
     p.add_argument("--profile-top", type=int, default=25)
     p.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames)")
+    p.add_argument("--e2e-messages", type=int, default=2000, help="e2e: messages per cell")
+    p.add_argument(
+        "--e2e-baseline-src",
+        default="",
+        metavar="DIR",
+        help="e2e: a fourth Postfix with the milter of DIR's policyd/ (an older tree)",
+    )
+    p.add_argument("--e2e-conns", type=int, default=8, help="e2e: SMTP sessions in parallel")
     p.add_argument("--memory-max-s", type=float, default=600, help="time bound per slice")
     p.add_argument(
         "--baseline-src",
@@ -211,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out[s] = section_webload(args, work)
             elif s == "quotas":
                 out[s] = section_quotas(args, work)
+            elif s == "e2e":
+                out[s] = section_e2e(args, work)
             elif s == "quotas":
                 out[s] = section_quotas(args, work)
             else:

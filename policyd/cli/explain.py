@@ -159,6 +159,10 @@ def _config_check(args: argparse.Namespace, config: Config, runtime: Runtime) ->
         f"milter: listen {m.listen}, profile {mp.name} (mode {mp.mode}), "
         f"timeout {m.timeout:g}s (run with `policyd milter`)"
     )
+    from policyd.milter import listen_warning
+
+    if (warning := listen_warning(m.listen)) is not None:
+        print(warning)
     from policyd.verification.build import summary
 
     print(summary(config))

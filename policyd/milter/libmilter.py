@@ -7,7 +7,9 @@ without it, and `policyd milter` says what to install when it is missing.
 
 Per message:
 
-    envfrom  {auth_authen} (Postfix sends it at MAIL FROM), the envelope sender
+    envfrom  {auth_authen} (Postfix sends it at MAIL FROM), the envelope sender; without a
+             login (and protect_local_senders off) ACCEPT here: the only callback that
+             waits for an answer, Postfix skips the milter for the rest of the message
     header   From: and Sender: values are kept
     eoh      parse (policyd.milter.headers), look up, decide, log one line; reply
 
@@ -37,7 +39,9 @@ import milter as _milter_c
 
 from policyd.config import Config, load_config
 from policyd.core.decision import Decision, Verdict
+from policyd.core.engine import decide_header_from
 from policyd.decision_log import log_line, milter_line, setup_logging
+from policyd.milter import listen_warning
 from policyd.milter.headers import AUTHOR_HEADERS, AuthorCheck, author_mailboxes, unfold
 from policyd.milter.service import MilterService
 
@@ -117,12 +121,17 @@ class HeaderFromMilter(Milter.Base):  # type: ignore[misc]
             self.client = ""
         return Milter.CONTINUE  # type: ignore[no-any-return]
 
-    @_noreply
     def envfrom(self, mailfrom: Any, *params: Any) -> int:
+        """The first callback that knows whether the session logged in. Without a login (and
+        without protect_local_senders) there is nothing to check: ACCEPT here, so Postfix
+        skips this milter for the rest of the message (issue 29). Not @noreply: the MTA
+        waits for this answer, which is what lets the ACCEPT end the message's callbacks."""
         try:
             self._reset()
             self.sender = _text(mailfrom).strip().removeprefix("<").removesuffix(">")
             self.login = _text(self.getsymval("{auth_authen}") or "")
+            if not self.login.strip() and not self.service.profile.protect_local_senders:
+                return self._accept_unauthenticated()
         except Exception:  # noqa: BLE001 - decided (tempfail) at end of headers
             log.exception("envfrom failed")
             self.failed = True
@@ -151,6 +160,29 @@ class HeaderFromMilter(Milter.Base):  # type: ignore[misc]
     def abort(self) -> int:
         self._reset()
         return Milter.CONTINUE  # type: ignore[no-any-return]
+
+    def _accept_unauthenticated(self) -> int:
+        """No login, nothing to check: the message's one decision line (from= is empty: the
+        headers are not seen; queue_id may be too, before Postfix has assigned one), ACCEPT."""
+        svc = self.service
+        author = AuthorCheck(None, "", "")
+        # The engine alone: no lookup, so no hop to the lookup loop's thread.
+        decision = decide_header_from(
+            "", None, svc.profile, None, svc.runtime.rules, client=self.client, sender=self.sender
+        )
+        log_line(
+            decision_line(
+                queue_id=_text(self.getsymval("i") or ""),
+                client=self.client,
+                login="",
+                sender=self.sender,
+                author=author,
+                profile=svc.profile.name,
+                decision=decision,
+                elapsed=time.monotonic() - self.started,
+            ),
+        )
+        return self._reply(decision)
 
     def _decide(self) -> int:
         if self.failed:
@@ -266,6 +298,8 @@ class MilterApp:
             "on" if p.protect_local_senders else "off",
             self.config.directory.backend,
         )
+        if (warning := listen_warning(self.config.milter.listen)) is not None:
+            log.warning("%s", warning.removeprefix("WARNING: "))
 
     def wait(self) -> int:
         """libmilter runs until a signal stops it. The exit status: 1 when it failed (its

@@ -8,6 +8,7 @@ CachedLookups. Milter.test is never imported (it sets Milter.NOREPLY = CONTINUE 
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import subprocess
@@ -458,6 +459,64 @@ def test_empty_auth_macro_is_unauthenticated(file_service: MilterService) -> Non
     assert_accepted(*feed(message("From: bob@example.org"), login=""))
 
 
+class CallbackCounter:
+    """Counts the callbacks MilterTestCtx makes into the milter (by wrapping them)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[str] = []
+        for name in ("envfrom", "header", "eoh", "eom", "body"):
+            orig = getattr(HeaderFromMilter, name)
+
+            def wrapped(milter: Any, *args: Any, _orig: Any = orig, _name: str = name) -> Any:
+                self.calls.append(_name)
+                return _orig(milter, *args)
+
+            functools.update_wrapper(wrapped, orig)
+            monkeypatch.setattr(HeaderFromMilter, name, wrapped)
+
+
+@pytest.mark.parametrize("login", [None, "", "  "])
+def test_unauthenticated_is_accepted_at_mail_from(
+    file_service: MilterService,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    login: str | None,
+) -> None:
+    """Issue 29: without a login the message costs one callback that waits for an answer:
+    ACCEPT at MAIL FROM, so the MTA sends no headers, no end-of-headers, no body for it."""
+    counter = CallbackCounter(monkeypatch)
+    caplog.set_level(logging.INFO, logger="policyd.decision")
+    ctx = new_ctx(login=login)
+    rc = ctx._feedFile(io.BytesIO(message("From: ceo@example.org")), "x@elsewhere.test", "r@e")
+    assert rc == Milter.ACCEPT and ctx._reply is None
+    assert counter.calls == ["envfrom"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "policyd.decision"]
+    assert line.startswith(f"milter queue_id={QUEUE_ID} client=192.0.2.7 login=")
+    assert "sender=x@elsewhere.test" in line and "action=DUNNO reason=not_authenticated" in line
+
+
+def test_logged_in_session_still_sees_the_headers(
+    file_service: MilterService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counter = CallbackCounter(monkeypatch)
+    ctx = new_ctx(login="alice")
+    rc = ctx._feedFile(io.BytesIO(message("From: bob@example.org")), "alice@example.org", "r@e")
+    assert rc == Milter.REJECT
+    assert counter.calls[0] == "envfrom" and "header" in counter.calls
+    assert counter.calls[-1] == "eoh" and "body" not in counter.calls
+
+
+def test_protect_local_senders_still_checks_unauthenticated_headers(
+    tmp_path: Path, services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services(make_config(tmp_path, protect_local_senders=True))
+    counter = CallbackCounter(monkeypatch)
+    ctx = new_ctx(login=None)
+    rc = ctx._feedFile(io.BytesIO(message("From: alice@example.org")), "x@else.test", "r@e")
+    assert rc == Milter.REJECT
+    assert "header" in counter.calls and counter.calls[-1] == "eoh"
+
+
 def test_protect_local_senders(tmp_path: Path, services: Any) -> None:
     services(make_config(tmp_path, protect_local_senders=True))
     rc, ctx = feed(
@@ -580,13 +639,14 @@ def test_negotiation_skips_body_and_replies_only_at_end_of_headers(
         assert proto & skipped
     for needed in (Milter.P_NOCONNECT, Milter.P_NOMAIL, Milter.P_NOHDRS, Milter.P_NOEOH):
         assert not proto & needed
-    assert proto & Milter.P_NR_CONN and proto & Milter.P_NR_MAIL and proto & Milter.P_NR_HDR
-    assert not proto & Milter.P_NR_EOH
+    assert proto & Milter.P_NR_CONN and proto & Milter.P_NR_HDR
+    # MAIL FROM waits for the answer: an unauthenticated message is accepted there (issue 29)
+    assert not proto & Milter.P_NR_MAIL and not proto & Milter.P_NR_EOH
     priv = ctx.getpriv()
     assert Milter.connect_callback(ctx, "client.example", 2, ("192.0.2.7", 4567)) == Milter.NOREPLY
     assert priv.client == "192.0.2.7"  # libmilter's tuple form
     ctx._stage = Milter.M_ENVFROM
-    assert priv.envfrom("<alice@example.org>") == Milter.NOREPLY
+    assert priv.envfrom("<alice@example.org>") == Milter.CONTINUE
     ctx._stage = None
     assert priv.header_bytes("From", b"bob@example.org") == Milter.NOREPLY
     ctx._setsymval("i", QUEUE_ID)
