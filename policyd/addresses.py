@@ -11,11 +11,20 @@ the address, the address without its extension (`split_extension`, Postfix's spl
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 import idna
+
+_T = TypeVar("_T")
+
+try:  # the compiled build: Owned stays a Python class (mypyc compiles no frozenset subclass)
+    from mypy_extensions import mypyc_attr
+except ImportError:  # the pure build needs no mypy_extensions at run time
+
+    def mypyc_attr(*_attrs: str, **_kwattrs: object) -> Callable[[_T], _T]:
+        return lambda cls: cls
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,6 +383,7 @@ def unquote_local(local: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@mypyc_attr(native_class=False)
 class Owned(frozenset[str]):
     """A login's addresses where some count for their exact key only (`exact_only`: the
     addresses a user verified by mail, see policyd.verification.lookups): a verified
