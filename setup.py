@@ -38,10 +38,11 @@ if os.environ.get("POLICYD_COMPILE") == "1":
         path = os.path.join(*name.split("."))
         return os.path.join(path, "__init__.py") if os.path.isdir(path) else path + ".py"
 
-    ext_modules = mypycify(
-        [source(name) for name in modules],
-        opt_level=os.environ.get("MYPYC_OPT_LEVEL", "3"),
-        group_name="policyd",  # the shared runtime library: policyd__mypyc.*.so
-    )
+    sources = [source(name) for name in modules]
+    opt_level = os.environ.get("MYPYC_OPT_LEVEL", "3")
+    try:  # the shared runtime library: policyd__mypyc.*.so
+        ext_modules = mypycify(sources, opt_level=opt_level, group_name="policyd")
+    except TypeError:  # Debian 13's mypy 1.15 has no group_name: a hash names the runtime
+        ext_modules = mypycify(sources, opt_level=opt_level)
 
 setup(ext_modules=ext_modules)

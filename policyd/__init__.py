@@ -3,14 +3,20 @@ and only for sender addresses the login owns."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 
 __version__ = "0.1.0"
+
+#: A compiled module (policyd/build.py's COMPILED_TOP_LEVEL) that imports nothing of policyd.
+_PROBE = "policyd.addresses"
+_EXTENSION_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 #: Why the compiled modules are not used although they are installed ("" if they are, or if
 #: this is the pure build): ``policyd --version`` shows it.
@@ -41,16 +47,18 @@ def _choose_build() -> str:
     if os.environ.get("POLICYD_PURE") == "1":
         why = "POLICYD_PURE=1"
     else:
-        try:  # the compiled build's shared runtime, which every compiled module imports first
-            import policyd__mypyc  # type: ignore[import-not-found]  # noqa: F401
-        except ModuleNotFoundError as e:
-            if e.name == "policyd__mypyc":
-                return ""  # the pure build: nothing to fall back from
-            why = f"{type(e).__name__}: {e}"
+        # one compiled module, imported now: it loads the compiled build's shared runtime
+        spec = importlib.util.find_spec(_PROBE)
+        if spec is None or not (spec.origin or "").endswith(_EXTENSION_SUFFIXES):
+            return ""  # the pure build: nothing to fall back from
+        try:
+            importlib.import_module(_PROBE)
         except Exception as e:  # noqa: BLE001 - any failure to load means: use the .py files
             why = f"{type(e).__name__}: {e}"
         else:
             return ""
+    for name in [n for n in sys.modules if n.startswith("policyd.")]:
+        del sys.modules[name]  # nothing compiled stays half-loaded
     sys.meta_path.insert(0, _SourceOnly())
     return why
 
