@@ -11,20 +11,12 @@ the address, the address without its extension (`split_extension`, Postfix's spl
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final
 
 import idna
-
-_T = TypeVar("_T")
-
-try:  # the compiled build: Owned stays a Python class (mypyc compiles no frozenset subclass)
-    from mypy_extensions import mypyc_attr
-except ImportError:  # the pure build needs no mypy_extensions at run time
-
-    def mypyc_attr(*_attrs: str, **_kwattrs: object) -> Callable[[_T], _T]:
-        return lambda cls: cls
+from mypy_extensions import mypyc_attr  # Owned stays a Python class under mypyc (below)
 
 
 @dataclass(frozen=True, slots=True)
