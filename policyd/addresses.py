@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Final
 
 import idna
-from mypy_extensions import mypyc_attr  # Owned stays a Python class under mypyc (below)
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,25 +372,6 @@ def unquote_local(local: str) -> str:
     if all(part and all(c in _ATEXT or ord(c) > 127 for c in part) for part in parts):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-@mypyc_attr(native_class=False)
-class Owned(frozenset[str]):
-    """A login's addresses where some count for their exact key only (`exact_only`: the
-    addresses a user verified by mail, see policyd.verification.lookups): a verified
-    x@elsewhere.example is not x+tag@elsewhere.example, whose domain may give that to
-    someone else."""
-
-    __slots__ = ("exact_only",)
-    exact_only: frozenset[str]
-
-
-def with_exact_only(addresses: frozenset[str], exact_only: frozenset[str]) -> frozenset[str]:
-    if not exact_only:
-        return addresses
-    out = Owned(addresses)
-    out.exact_only = exact_only
-    return out
 
 
 def for_wider_keys(owned: frozenset[str]) -> frozenset[str]:

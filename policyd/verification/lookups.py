@@ -18,7 +18,7 @@ the directory still gives its login the identity it had when it verified (a new 
 same login is someone else); nobody else in the directory owns the address, its
 extension-stripped key or its "@domain" (the directory wins); it is not in
 `verification.local_domains` or a subdomain. And it counts for its exact key only: addresses_of
-hands it out in addresses.Owned's `exact_only`, which the engine keeps away from the
+hands it out in owned.Owned's `exact_only`, which the engine keeps away from the
 wider keys (x+tag@elsewhere.example may be another mailbox there).
 
 Before answering, a stale source is refreshed (`refresh()` in a thread, bounded by the lookup
@@ -42,10 +42,10 @@ from policyd.addresses import (
     AddressRules,
     candidates,
     normalize_domain,
-    with_exact_only,
 )
 from policyd.directory.base import DirectoryError, DirectoryUnavailable
 from policyd.directory.lookups import Lookups
+from policyd.owned import with_exact_only
 
 log = logging.getLogger(__name__)
 
