@@ -1,5 +1,6 @@
-"""A login's owned addresses with the exact-only ones marked. A module of its own because the compiled build (policyd/build.py) compiles
-addresses, and mypyc compiles no subclass of frozenset: this one stays pure."""
+"""A login's owned addresses with the exact-only ones marked. A module of its own because
+the compiled build (policyd/build.py) compiles addresses, and mypyc (Debian 13's 1.15)
+compiles no subclass of frozenset: this one stays pure."""
 
 from __future__ import annotations
 
