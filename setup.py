@@ -10,8 +10,22 @@ The wheel it makes is for this Python version and platform only.
 
 import os
 import runpy
+import sys
 
+import setuptools
 from setuptools import setup
+
+#: pyproject.toml's SPDX `license = "MIT"` needs setuptools 77 (Debian 12 has 65, whose own
+#: error is a cryptic "project.license must be valid exactly by one definition").
+MIN_SETUPTOOLS = 77
+_have = setuptools.__version__
+if int(_have.split(".")[0]) < MIN_SETUPTOOLS:
+    sys.exit(
+        f"policyd needs setuptools>={MIN_SETUPTOOLS} to build; this Python has setuptools "
+        f"{_have}. Use pip's default build isolation (`pip install .` fetches a new enough "
+        f"setuptools), or first `pip install 'setuptools>={MIN_SETUPTOOLS}' wheel` in the venv "
+        "when building with --no-build-isolation (the compiled build)."
+    )
 
 ext_modules = []
 if os.environ.get("POLICYD_COMPILE") == "1":
@@ -24,10 +38,11 @@ if os.environ.get("POLICYD_COMPILE") == "1":
         path = os.path.join(*name.split("."))
         return os.path.join(path, "__init__.py") if os.path.isdir(path) else path + ".py"
 
-    ext_modules = mypycify(
-        [source(name) for name in modules],
-        opt_level=os.environ.get("MYPYC_OPT_LEVEL", "3"),
-        group_name="policyd",  # the shared runtime library: policyd__mypyc.*.so
-    )
+    sources = [source(name) for name in modules]
+    opt_level = os.environ.get("MYPYC_OPT_LEVEL", "3")
+    try:  # the shared runtime library: policyd__mypyc.*.so
+        ext_modules = mypycify(sources, opt_level=opt_level, group_name="policyd")
+    except TypeError:  # Debian 13's mypy 1.15 has no group_name: a hash names the runtime
+        ext_modules = mypycify(sources, opt_level=opt_level)
 
 setup(ext_modules=ext_modules)

@@ -73,8 +73,11 @@ def compiled_modules() -> list[str]:
 
 
 def describe() -> str:
-    """``compiled with mypyc: N modules`` or ``pure Python`` (for ``policyd --version``)."""
+    """``compiled with mypyc: N modules``, ``pure Python``, or ``pure Python (fallback: why)``
+    when the compiled modules are installed but cannot load (for ``policyd --version``)."""
+    from policyd import PURE_FALLBACK
+
     n = len(compiled_modules())
     if n == 0:
-        return "pure Python"
+        return f"pure Python (fallback: {PURE_FALLBACK})" if PURE_FALLBACK else "pure Python"
     return f"compiled with mypyc: {n} modules"

@@ -305,7 +305,7 @@ class RequestParser:
                     "request_too_large",
                 )
             if buf is self._buf:
-                del buf[:pos]
+                del self._buf[:pos]
             else:
                 self._buf = bytearray(buf[pos:])
         elif self._buf:

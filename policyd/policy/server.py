@@ -129,9 +129,9 @@ class PolicyServer:
             for s in listening.sockets:
                 name = s.getsockname()
                 if isinstance(name, tuple):
-                    host = name[0]
+                    bound: str = name[0]
                     self.addresses.append(
-                        f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
+                        f"[{bound}]:{name[1]}" if ":" in bound else f"{bound}:{name[1]}"
                     )
                 else:
                     if isinstance(name, bytes):  # abstract unix name

@@ -24,6 +24,8 @@ def test_every_hot_module_is_loaded_from_the_build_this_run_expects() -> None:
 def test_describe_names_the_build_that_runs() -> None:
     n = len(build.COMPILED_MODULES)
     expected = f"compiled with mypyc: {n} modules" if EXPECT_COMPILED else "pure Python"
+    if os.environ.get("POLICYD_PURE") == "1":  # a compiled install, told to run pure
+        expected = "pure Python (fallback: POLICYD_PURE=1)"
     assert build.describe() == expected
 
 
@@ -84,3 +86,57 @@ def test_the_compiled_modules_are_named_by_folder() -> None:
     assert not compiled & pure
     assert not [n for n in compiled if n.startswith("policyd.directory.ldap")]
     assert not [n for n in compiled if n.startswith(("policyd.config", "policyd.milter"))]
+
+
+def _run_fallback(tmp_path: object, env_extra: dict[str, str], runtime: str | None) -> list[str]:
+    """In a fresh process: the file each hot module loads from and ``--version``'s build."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    d = Path(str(tmp_path))  # the current directory: first on the path of `python -c`
+    if runtime is not None:  # the compiled build's shared runtime, shadowed by one that fails
+        site = Path(build.__file__).parents[1]
+        names = {p.name.split(".")[0] for p in site.glob("*__mypyc.*")}
+        assert names, f"no compiled runtime next to policyd/ in {site}"
+        for name in names:  # policyd__mypyc, or a hash__mypyc from an older mypyc
+            (d / f"{name}.py").write_text(f"raise ImportError({runtime!r})\n")
+    path = os.pathsep.join(
+        p for p in (os.environ.get("PYTHONPATH", ""), str(Path(build.__file__).parents[1])) if p
+    )
+    code = (
+        "import importlib; from policyd import build\n"
+        "print(build.describe())\n"
+        "for n in build.COMPILED_MODULES: print(importlib.import_module(n).__file__)\n"
+    )
+    env = {**os.environ, **env_extra, "PYTHONPATH": path}
+    if "POLICYD_PURE" not in env_extra:
+        env.pop("POLICYD_PURE", None)
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=d,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
+@pytest.mark.skipif(not EXPECT_COMPILED, reason="the pure build has nothing to fall back from")
+def test_a_compiled_runtime_that_cannot_load_falls_back_to_the_pure_modules(
+    tmp_path: object,
+) -> None:
+    # the compiled run has the extension modules next to the .py files: all of them are passed
+    # over, and --version says why; the pure run takes the same path
+    out = _run_fallback(tmp_path, {}, "undefined symbol: PyFoo")
+    assert out[0] == "pure Python (fallback: ImportError: undefined symbol: PyFoo)"
+    assert all(f.endswith(".py") for f in out[1:]), out[1:]
+    assert len(out[1:]) == len(build.COMPILED_MODULES)
+
+
+def test_policyd_pure_forces_the_pure_modules(tmp_path: object) -> None:
+    out = _run_fallback(tmp_path, {"POLICYD_PURE": "1"}, None)
+    assert out[0] == "pure Python (fallback: POLICYD_PURE=1)"
+    assert all(f.endswith(".py") for f in out[1:]), out[1:]
