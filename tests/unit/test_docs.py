@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -125,6 +127,8 @@ def test_every_policyd_command_and_option_in_the_readme_exists() -> None:
 def test_readme_and_moved_docs_link_only_to_what_exists() -> None:
     """Every relative link of the README and of the docs moved out of it names a file of the
     tree, and every #anchor of the README one of its headings (GitHub's slugs)."""
+    if not (ROOT / "policyd").is_dir():  # (tests/debian runs these against the installed package)
+        pytest.skip("not a whole checkout: the links name files of the source tree")
     for name in ("README.md", "docs/testing.md", "docs/performance.md", "docs/layout.md"):
         doc = ROOT / name
         text = doc.read_text()
