@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from http.cookies import SimpleCookie
@@ -279,6 +280,31 @@ def ldap_web_config(
         "[verification.limits]\nmail_interval_per_address = 0\n"
         f'[web]\ncookie_secure = false\ndatabase = "{tmp / "web.sqlite"}"\n' + web
     )
+
+
+@contextlib.contextmanager
+def ldap_web_servers(slapd: Any, tmp: Path) -> Iterator[Callable[..., WebServer]]:
+    """Gives `go(web="", using=slapd, extra="", **kw)`: starts a `policyd web` on a config of
+    ldap_web_config (plus the TOML `extra`), each in its own folder under tmp; all are stopped
+    when the block ends."""
+    made: list[WebServer] = []
+
+    def go(web: str = "", using: Any = slapd, extra: str = "", **kw: str) -> WebServer:
+        port = free_port()
+        d = tmp / f"w{len(made)}"
+        d.mkdir()
+        cfg = ldap_web_config(using, d, port, free_port(), web=web, **kw)
+        if extra:
+            cfg += "\n" + extra
+        w = WebServer(d, cfg, port=port)
+        made.append(w)
+        return w.start()
+
+    try:
+        yield go
+    finally:
+        for w in made:
+            w.stop()
 
 
 def code_and_link(msg: EmailMessage) -> tuple[str, str]:
