@@ -15,17 +15,15 @@ logs, pid files); the samba process is started by PID and stopped by PID.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 from tests.servers.netns import Netns
+from tests.servers.reaper import reaped_at_exit
 from tests.servers.slapd import REPO
 
 REALM = "CORP.EXAMPLE"
@@ -42,19 +40,7 @@ BULK_MEMBERS = 1100
 
 REQUIRED_BINARIES = ("samba", "samba-tool", "ldbadd", "ip", "unshare")
 
-_LIVE: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def _reap_all() -> None:
-    for pid, proc in list(_LIVE.items()):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            proc.wait(timeout=5)
-        _LIVE.pop(pid, None)
-
-
-atexit.register(_reap_all)
+_LIVE = reaped_at_exit()
 
 
 def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,6 @@ then SIGKILL) at exit, pass or fail.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import email
 import email.policy
@@ -35,20 +34,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from tests.servers.reaper import reaped_at_exit
 from tests.servers.slapd import REPO, free_port
 
-_LIVE: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def _reap() -> None:
-    for pid, proc in list(_LIVE.items()):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            proc.wait(timeout=5)
-
-
-atexit.register(_reap)
+_LIVE = reaped_at_exit()
 
 
 class WebServer:
