@@ -34,6 +34,7 @@ from typing import Any
 
 from tests.servers.dovecot import Dovecot, LdapPassdb
 from tests.servers.postfix import INTERNAL_SERVICES, _children_of, _pid_alive, free_port
+from tests.servers.reaper import terminate
 from tests.servers.requirements import require_binaries
 from tests.servers.slapd import REQUIRED_BINARIES, Slapd, binary
 from tests.servers.smtp_sink import SmtpSink
@@ -414,14 +415,8 @@ def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None =
 
 
 def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    if proc is not None:
+        terminate(proc)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.servers.reaper import terminate
+
 REPO = Path(__file__).resolve().parents[2]
 CONF_POSTFIX = REPO / "conf" / "postfix"
 
@@ -576,13 +578,7 @@ class PolicydProcess:
         _LIVE.discard(self)
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        terminate(proc, timeout)
 
     def restart(self, config_text: str) -> None:
         self.stop()

@@ -26,3 +26,14 @@ def reaped_at_exit(cont: bool = False) -> dict[int, subprocess.Popen[bytes]]:
 
     atexit.register(reap_all)
     return live
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Stop a child that still runs: SIGTERM, then SIGKILL if it is not gone within timeout."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

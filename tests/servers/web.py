@@ -20,7 +20,6 @@ import email.policy
 import http.client
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from tests.servers.reaper import reaped_at_exit
+from tests.servers.reaper import reaped_at_exit, terminate
 from tests.servers.slapd import REPO, free_port
 
 _LIVE = reaped_at_exit()
@@ -86,13 +85,7 @@ class WebServer:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        terminate(self.proc)
         _LIVE.pop(self.proc.pid, None)
         self.proc = None
 
