@@ -95,10 +95,7 @@ class GuardedStore:
         pending, self._pending = self._pending, {}
         for login, reason in pending.items():
             try:
-                if reason is None:
-                    await self.primary.unsuspend(login)
-                else:
-                    await self.primary.suspend(login, reason)
+                await self._write(login, reason)
             except QuotaStoreError as e:
                 self._pending.setdefault(login, reason)
                 await self._failed(e)
@@ -108,6 +105,13 @@ class GuardedStore:
             self.name,
             len(pending),
         )
+
+    async def _write(self, login: str, reason: str | None) -> None:
+        """A suspension (reason) or unsuspension (None) to the store."""
+        if reason is None:
+            await self.primary.unsuspend(login)
+        else:
+            await self.primary.suspend(login, reason)
 
     async def _ask(self, call: Callable[[], Awaitable[T]]) -> T | Literal[_Away.AWAY]:
         """The store's answer to `call` if the breaker lets it be asked and it answers."""
@@ -179,17 +183,8 @@ class GuardedStore:
             self._seen_suspended.pop(login, None)
         else:
             self._seen_suspended[login] = (reason, self.clock())
-        if self._closed():
-            try:
-                if reason is None:
-                    await self.primary.unsuspend(login)
-                else:
-                    await self.primary.suspend(login, reason)
-            except QuotaStoreError as e:
-                await self._failed(e)
-            else:
-                await self._succeeded()
-                return
+        if await self._ask(lambda: self._write(login, reason)) is not AWAY:
+            return
         self._pending[login] = reason
         log.warning(
             "quota store unavailable: %s of %s kept, written when the store is back",
