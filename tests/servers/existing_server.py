@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import smtplib
-import socket
 import ssl
 import subprocess
 import time
@@ -33,7 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from tests.servers.dovecot import Dovecot, LdapPassdb
-from tests.servers.postfix import INTERNAL_SERVICES, _children_of, _pid_alive, free_port
+from tests.servers.postfix import (
+    INTERNAL_SERVICES,
+    _children_of,
+    _pid_alive,
+    free_port,
+    wait_for_port,
+)
 from tests.servers.reaper import terminate
 from tests.servers.requirements import require_binaries
 from tests.servers.slapd import REQUIRED_BINARIES, Slapd, binary
@@ -133,7 +138,7 @@ class OpenDkim:
                 stdout=log,
                 stderr=log,
             )
-        _wait_port(self.port, timeout, self.proc)
+        wait_for_port(self.port, timeout, self.proc)
 
     def stop(self) -> None:
         _stop(self.proc)
@@ -365,7 +370,7 @@ smtp-amavis unix -      -       n       -       2       smtp
             time.sleep(0.05)
         self.master_pid = int(pid_file.read_text().strip())
         for port in self.ports.values():
-            _wait_port(port, max(1.0, deadline - time.monotonic()))
+            wait_for_port(port, max(1.0, deadline - time.monotonic()))
 
     def reload(self) -> None:
         r = self.postfix("reload")
@@ -398,20 +403,6 @@ smtp-amavis unix -      -       n       -       2       smtp
             return self.log_file.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return ""
-
-
-def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on 127.0.0.1:{port}") from None
-            time.sleep(0.05)
 
 
 def _stop(proc: subprocess.Popen[bytes] | None) -> None:
