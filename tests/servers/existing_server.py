@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import smtplib
-import ssl
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from tests.servers.postfix import (
     INTERNAL_SERVICES,
     _children_of,
     _pid_alive,
+    _tls_client_context,
     free_port,
     wait_for_port,
 )
@@ -431,13 +431,6 @@ class Outcome:
         return f"{self.step}: {self.code} {self.text}"
 
 
-def _tls() -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 def transaction(
     port: int,
     *,
@@ -455,7 +448,11 @@ def transaction(
     try:
         if wrapper:
             smtp: smtplib.SMTP = smtplib.SMTP_SSL(
-                "127.0.0.1", port, timeout=20, source_address=(source, 0), context=_tls()
+                "127.0.0.1",
+                port,
+                timeout=20,
+                source_address=(source, 0),
+                context=_tls_client_context(),
             )
         else:
             smtp = smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=(source, 0))
@@ -468,7 +465,7 @@ def transaction(
     try:
         code, msg = smtp.ehlo("client.example")
         if starttls:
-            smtp.starttls(context=_tls())
+            smtp.starttls(context=_tls_client_context())
             code, msg = smtp.ehlo("client.example")
         ehlo = msg.decode("utf-8", "replace")
         if login is not None:
