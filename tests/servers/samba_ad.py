@@ -15,7 +15,6 @@ logs, pid files); the samba process is started by PID and stopped by PID.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 
 from tests.servers.netns import Netns
-from tests.servers.reaper import reaped_at_exit
+from tests.servers.reaper import reaped_at_exit, terminate
 from tests.servers.slapd import REPO
 
 REALM = "CORP.EXAMPLE"
@@ -172,13 +171,7 @@ class SambaDC:
 
     def stop(self) -> None:
         if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+            terminate(self.proc)
             _LIVE.pop(self.proc.pid, None)
             self.proc = None
         self.net.destroy()
