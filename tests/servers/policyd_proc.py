@@ -63,6 +63,17 @@ sys.exit(main())
 _LIVE = reaped_at_exit()
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m policyd ARGS` from the repository, its output as text (30 s at most)."""
+    return subprocess.run(
+        [sys.executable, "-m", "policyd", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+
+
 def toml_value(v: object) -> str:
     return json.dumps(v)  # strings, numbers, booleans and lists of them: TOML == JSON here
 
