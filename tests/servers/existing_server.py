@@ -20,9 +20,7 @@ before policyd), everything else is "the Internet". Nothing leaves the machine.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import smtplib
 import subprocess
 import time
@@ -33,10 +31,9 @@ from typing import Any
 from tests.servers.dovecot import Dovecot, LdapPassdb
 from tests.servers.postfix import (
     INTERNAL_SERVICES,
-    _children_of,
-    _pid_alive,
     _tls_client_context,
     free_port,
+    stop_master,
     wait_for_port,
 )
 from tests.servers.reaper import terminate
@@ -381,16 +378,7 @@ smtp-amavis unix -      -       n       -       2       smtp
     def stop(self) -> None:
         pid = self.master_pid
         if pid is not None:
-            children = _children_of(pid)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.postfix("stop", timeout=10)
-            deadline = time.monotonic() + 10
-            while _pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            for p in [pid, *children, *_children_of(pid)]:
-                if _pid_alive(p):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(p, signal.SIGKILL)
+            stop_master(pid, self.postfix)
             self.master_pid = None
         for part in (self.dovecot, self.slapd, self.dkim, self.filter, self.sink):
             if part is None:

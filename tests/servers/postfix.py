@@ -24,7 +24,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +108,23 @@ def _pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def stop_master(
+    pid: int, postfix: Callable[..., subprocess.CompletedProcess[str]], timeout: float = 10.0
+) -> None:
+    """`postfix stop` (through the given runner), then SIGKILL for the master and every child
+    of it still there after timeout."""
+    children = _children_of(pid)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        postfix("stop", timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for p in [pid, *children, *_children_of(pid)]:
+        if _pid_alive(p):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
 
 
 def _children_of(pid: int) -> list[int]:
@@ -472,16 +489,7 @@ in_flow_delay = 0
         pid = self.master_pid
         if pid is None:
             return
-        children = _children_of(pid)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._postfix("stop", timeout=timeout)
-        deadline = time.monotonic() + timeout
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for p in [pid, *children, *_children_of(pid)]:
-            if _pid_alive(p):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p, signal.SIGKILL)
+        stop_master(pid, self._postfix, timeout)
         self.master_pid = None
         _LIVE.discard(self)
 
