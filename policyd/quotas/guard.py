@@ -14,10 +14,11 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from policyd.quotas.store import (
     Charge,
@@ -32,6 +33,17 @@ if TYPE_CHECKING:
     from policyd.config.quotas import QuotasConfig
 
 log = logging.getLogger("policyd.quotas")
+
+T = TypeVar("T")
+
+
+class _Away(enum.Enum):
+    """What `_ask` returns when the store was not asked, or failed (its answer may be None)."""
+
+    AWAY = 0
+
+
+AWAY: Literal[_Away.AWAY] = _Away.AWAY
 
 
 class GuardedStore:
@@ -83,10 +95,7 @@ class GuardedStore:
         pending, self._pending = self._pending, {}
         for login, reason in pending.items():
             try:
-                if reason is None:
-                    await self.primary.unsuspend(login)
-                else:
-                    await self.primary.suspend(login, reason)
+                await self._write(login, reason)
             except QuotaStoreError as e:
                 self._pending.setdefault(login, reason)
                 await self._failed(e)
@@ -96,6 +105,25 @@ class GuardedStore:
             self.name,
             len(pending),
         )
+
+    async def _write(self, login: str, reason: str | None) -> None:
+        """A suspension (reason) or unsuspension (None) to the store."""
+        if reason is None:
+            await self.primary.unsuspend(login)
+        else:
+            await self.primary.suspend(login, reason)
+
+    async def _ask(self, call: Callable[[], Awaitable[T]]) -> T | Literal[_Away.AWAY]:
+        """The store's answer to `call` if the breaker lets it be asked and it answers."""
+        if not self._closed():
+            return AWAY
+        try:
+            out = await call()
+        except QuotaStoreError as e:
+            await self._failed(e)
+            return AWAY
+        await self._succeeded()
+        return out
 
     def _stale_suspension(self, login: str) -> str | None:
         seen = self._seen_suspended.get(login)
@@ -111,18 +139,13 @@ class GuardedStore:
     async def charge(
         self, login: str, charges: Sequence[Charge], commit: bool, message: str = ""
     ) -> Outcome:
-        if self._closed():
-            try:
-                out = await self.primary.charge(login, charges, commit, message)
-            except QuotaStoreError as e:
-                await self._failed(e)
+        out = await self._ask(lambda: self.primary.charge(login, charges, commit, message))
+        if out is not AWAY:
+            if out.suspended is not None:
+                self._seen_suspended[login] = (out.suspended, self.clock())
             else:
-                await self._succeeded()
-                if out.suspended is not None:
-                    self._seen_suspended[login] = (out.suspended, self.clock())
-                else:
-                    self._seen_suspended.pop(login, None)
-                return out
+                self._seen_suspended.pop(login, None)
+            return out
         if not self.fail_open:
             raise QuotaStoreError(f"{self.name}: unavailable")
         reason = self._pending.get(login, "")
@@ -137,14 +160,9 @@ class GuardedStore:
         return self.fallback.charge_now(login, charges, commit, message)
 
     async def rejected(self, login: str, message: str) -> bool:
-        if self._closed():
-            try:
-                out = await self.primary.rejected(login, message)
-            except QuotaStoreError as e:
-                await self._failed(e)
-            else:
-                await self._succeeded()
-                return out
+        out = await self._ask(lambda: self.primary.rejected(login, message))
+        if out is not AWAY:
+            return out
         return await self.fallback.rejected(login, message)
 
     async def usage(self, login: str, charges: Sequence[Charge]) -> list[Usage]:
@@ -165,17 +183,8 @@ class GuardedStore:
             self._seen_suspended.pop(login, None)
         else:
             self._seen_suspended[login] = (reason, self.clock())
-        if self._closed():
-            try:
-                if reason is None:
-                    await self.primary.unsuspend(login)
-                else:
-                    await self.primary.suspend(login, reason)
-            except QuotaStoreError as e:
-                await self._failed(e)
-            else:
-                await self._succeeded()
-                return
+        if await self._ask(lambda: self._write(login, reason)) is not AWAY:
+            return
         self._pending[login] = reason
         log.warning(
             "quota store unavailable: %s of %s kept, written when the store is back",
@@ -184,14 +193,9 @@ class GuardedStore:
         )
 
     async def suspension(self, login: str) -> str | None:
-        if self._closed():
-            try:
-                out = await self.primary.suspension(login)
-            except QuotaStoreError as e:
-                await self._failed(e)
-            else:
-                await self._succeeded()
-                return out
+        out = await self._ask(lambda: self.primary.suspension(login))
+        if out is not AWAY:
+            return out
         if login in self._pending:
             return self._pending[login]
         return self._stale_suspension(login)
@@ -199,25 +203,15 @@ class GuardedStore:
     async def observe(
         self, login: str, events: Sequence[tuple[str, str]], window: float
     ) -> dict[str, int]:
-        if self._closed():
-            try:
-                out = await self.primary.observe(login, events, window)
-            except QuotaStoreError as e:
-                await self._failed(e)
-            else:
-                await self._succeeded()
-                return out
+        out = await self._ask(lambda: self.primary.observe(login, events, window))
+        if out is not AWAY:
+            return out
         return self.fallback.observe_now(login, events, window)
 
     async def once(self, login: str, tag: str, period: float) -> bool:
-        if self._closed():
-            try:
-                out = await self.primary.once(login, tag, period)
-            except QuotaStoreError as e:
-                await self._failed(e)
-            else:
-                await self._succeeded()
-                return out
+        out = await self._ask(lambda: self.primary.once(login, tag, period))
+        if out is not AWAY:
+            return out
         return await self.fallback.once(login, tag, period)
 
     async def close(self) -> None:

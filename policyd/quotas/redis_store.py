@@ -25,7 +25,7 @@ from policyd.quotas.store import (
     QuotaStoreError,
     Usage,
     key_prefix,
-    used_of,
+    usage_of,
 )
 
 CHARGE_LUA = """
@@ -214,18 +214,10 @@ class RedisStore:
         keys = self._keys(login, charges)[1:]
         r = await self._call("usage", self._usage(keys=keys, args=[]))
         now = float(r[0])
-        out = []
-        for c, raw in zip(charges, r[1:], strict=True):
-            tat = float(raw) if raw else now
-            out.append(
-                Usage(
-                    c.name,
-                    c.limit,
-                    used_of(tat, now, c.period * 1000 / c.limit),
-                    max(0.0, tat - now) / 1000,
-                )
-            )
-        return out
+        return [
+            usage_of(c, float(raw) if raw else now, now)
+            for c, raw in zip(charges, r[1:], strict=True)
+        ]
 
     async def reset(self, login: str) -> None:
         from policyd.config.quotas import LIMITS

@@ -146,6 +146,13 @@ def used_of(tat: float, now: float, interval: float) -> int:
     return math.ceil((tat - now) / interval - 1e-9)
 
 
+def usage_of(c: Charge, tat: float, now: float) -> Usage:
+    """A limit's Usage from its TAT (ms; `now` where it has none)."""
+    return Usage(
+        c.name, c.limit, used_of(tat, now, c.period * 1000 / c.limit), max(0.0, tat - now) / 1000
+    )
+
+
 def key_prefix(login: str) -> str:
     """Every key of one login: its hash tag keeps them in one Cluster slot."""
     return f"policyd:{{{login}}}:"
@@ -247,18 +254,7 @@ class MemoryStore:
 
     async def usage(self, login: str, charges: Sequence[Charge]) -> list[Usage]:
         now = self._now()
-        out = []
-        for c in charges:
-            tat = self._tat.get((login, c.name), now)
-            out.append(
-                Usage(
-                    c.name,
-                    c.limit,
-                    used_of(tat, now, c.period * 1000 / c.limit),
-                    max(0.0, tat - now) / 1000,
-                )
-            )
-        return out
+        return [usage_of(c, self._tat.get((login, c.name), now), now) for c in charges]
 
     async def reset(self, login: str) -> None:
         for key in [k for k in self._tat if k[0] == login]:

@@ -199,6 +199,16 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     password = form["password"]
     ip = client_ip(request)
     wc = st.config.web
+
+    def unavailable() -> web.Response:
+        return render(
+            request,
+            "login.html",
+            status=503,
+            user=user,
+            error="Logging in is not possible right now. Please try again later.",
+        )
+
     if untrusted_loopback_proxy(request.remote, request.headers, st.proxies):
         now = time.monotonic()
         if not st.proxy_warned or now - st.proxy_warned >= 60:
@@ -209,13 +219,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
                 "failed logins lock out everyone",
                 request.remote,
             )
-        return render(
-            request,
-            "login.html",
-            status=503,
-            user=user,
-            error="Logging in is not possible right now. Please try again later.",
-        )
+        return unavailable()
     typed = canonical_login(user, st.rules) if user else ""
     # The throttle's key: what the directory may match it with (fullwidth or not, one bucket).
     key = folded(typed)
@@ -265,13 +269,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     except LoginUnavailable:
         # No server answered: no password was checked, so the attempt does not count.
         await st.session_calls.run(st.sessions.succeeded, counted[-1])
-        return render(
-            request,
-            "login.html",
-            status=503,
-            user=user,
-            error="Logging in is not possible right now. Please try again later.",
-        )
+        return unavailable()
     if ok is None:
         log.info("web: login failed (client %s)", ip)
         return render(
@@ -281,13 +279,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     identity = await _identity(st, ok)
     if identity is None and st.directory_identity is not None:
         # (the bind found the entry a moment ago: it is gone, or the directory is failing)
-        return render(
-            request,
-            "login.html",
-            status=503,
-            user=user,
-            error="Logging in is not possible right now. Please try again later.",
-        )
+        return unavailable()
     if request["sid"]:
         await st.session_calls.run(st.sessions.delete, request["sid"])
     sid, session = await st.session_calls.run(st.sessions.create, ok, identity)

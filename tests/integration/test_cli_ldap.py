@@ -11,21 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers.policyd_proc import run_cli as policyd
 from tests.servers.requirements import in_ci
 from tests.servers.slapd import Slapd
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slapd, pytest.mark.timeout(60)]
-
-
-def policyd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "policyd", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
 
 
 def write_config(tmp_path: Path, server: Slapd, password: str) -> Path:

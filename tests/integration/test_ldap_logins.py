@@ -5,7 +5,6 @@ refusing to merge two people who share a local part under two realm domains."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,8 @@ from policyd.config import LdapConfig, load_config
 from policyd.directory.base import DirectoryError
 from policyd.directory.ldap import LdapDirectory
 from policyd.runtime import build_runtime
-from tests.servers.slapd import BIND_DN, BIND_PASSWORD, DIRECTORY_LDIF, REPO, Slapd
+from tests.servers.policyd_proc import run_cli as policyd
+from tests.servers.slapd import BIND_DN, BIND_PASSWORD, DIRECTORY_LDIF, Slapd
 from tests.servers.slapd_fixtures import SlapdFactory
 
 pytestmark = [pytest.mark.slapd, pytest.mark.timeout(120)]
@@ -55,16 +55,6 @@ def write_config(tmp_path: Path, server: Slapd, ldap_extra: str, realms: list[st
         "connect_timeout = 1\nreceive_timeout = 1\n" + ldap_extra
     )
     return p
-
-
-def policyd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "policyd", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO,
-    )
 
 
 def check(cfg: Path, login: str, sender: str) -> subprocess.CompletedProcess[str]:

@@ -28,6 +28,7 @@ from policyd.verification.lookups import SourcedLookups
 from policyd.verification.mail import SmtpMailer
 from policyd.verification.store import Store
 from policyd.verification.views import Actor, Refused
+from tests.servers.policyd_proc import run_cli as _policyd
 from tests.servers.postfix import REPO, free_port
 from tests.servers.smtp_sink import SmtpSink
 from tests.verification_helpers import code_of, make_api, token_of
@@ -370,16 +371,6 @@ def test_a_verified_address_grants_exactly_itself_never_its_extensions(
         assert asyncio.run(go()) == ["sender_not_owned", "sender_owned", "sender_not_owned"]
     finally:
         runtime.close()
-
-
-def _policyd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "policyd", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO,
-    )
 
 
 def test_policyd_check_explains_a_verified_address(site: Path) -> None:

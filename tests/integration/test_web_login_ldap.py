@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.servers.slapd import Slapd, free_port
-from tests.servers.web import Client, Reply, WebServer, ldap_web_config
+from tests.servers.slapd import Slapd
+from tests.servers.web import Client, Reply, WebServer, ldap_web_servers
 
 pytest.importorskip("aiohttp")
 
@@ -25,22 +25,8 @@ Start = Callable[..., WebServer]
 
 @pytest.fixture
 def start(slapd: Slapd, tmp_path: Path) -> Iterator[Start]:
-    made: list[WebServer] = []
-
-    def go(web: str = "", using: Slapd = slapd, **kw: str) -> WebServer:
-        port = free_port()
-        d = tmp_path / f"w{len(made)}"
-        d.mkdir()
-        cfg = ldap_web_config(using, d, port, free_port(), web=web, **kw)
-        w = WebServer(d, cfg, port=port)
-        made.append(w)
-        return w.start()
-
-    try:
+    with ldap_web_servers(slapd, tmp_path) as go:
         yield go
-    finally:
-        for w in made:
-            w.stop()
 
 
 def login(c: Client, user: str, password: str) -> Reply:

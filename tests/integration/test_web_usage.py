@@ -16,7 +16,7 @@ from policyd.config.quotas import QuotaLimits
 from policyd.quotas.service import charges_for
 from tests.servers.redis import RedisServer
 from tests.servers.slapd import Slapd, free_port
-from tests.servers.web import Client, WebServer, ldap_web_config
+from tests.servers.web import Client, WebServer, ldap_web_servers
 
 pytest.importorskip("aiohttp")
 pytest.importorskip("redis")
@@ -30,22 +30,8 @@ Start = Callable[[str], WebServer]
 
 @pytest.fixture
 def start(slapd: Slapd, tmp_path: Path) -> Iterator[Start]:
-    made: list[WebServer] = []
-
-    def go(quotas: str) -> WebServer:
-        port = free_port()
-        d = tmp_path / f"w{len(made)}"
-        d.mkdir()
-        cfg = ldap_web_config(slapd, d, port, free_port()) + "\n" + quotas
-        w = WebServer(d, cfg, port=port)
-        made.append(w)
-        return w.start()
-
-    try:
-        yield go
-    finally:
-        for w in made:
-            w.stop()
+    with ldap_web_servers(slapd, tmp_path) as go:
+        yield lambda quotas: go(extra=quotas)
 
 
 def quotas(store: str) -> str:

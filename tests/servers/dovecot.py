@@ -19,13 +19,13 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.servers.reaper import terminate
 from tests.servers.requirements import require_binaries
 
 WHY = "the existing-server tier needs Dovecot (apt-get install dovecot-core dovecot-ldap)"
@@ -151,13 +151,7 @@ service auth {{
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        terminate(proc, timeout)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.auth_socket)
 

@@ -20,12 +20,8 @@ before policyd), everything else is "the Internet". Nothing leaves the machine.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import smtplib
-import socket
-import ssl
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -33,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from tests.servers.dovecot import Dovecot, LdapPassdb
-from tests.servers.postfix import INTERNAL_SERVICES, _children_of, _pid_alive, free_port
+from tests.servers.postfix import (
+    INTERNAL_SERVICES,
+    _tls_client_context,
+    free_port,
+    stop_master,
+    wait_for_port,
+)
+from tests.servers.reaper import terminate
 from tests.servers.requirements import require_binaries
 from tests.servers.slapd import REQUIRED_BINARIES, Slapd, binary
 from tests.servers.smtp_sink import SmtpSink
@@ -132,7 +135,7 @@ class OpenDkim:
                 stdout=log,
                 stderr=log,
             )
-        _wait_port(self.port, timeout, self.proc)
+        wait_for_port(self.port, timeout, self.proc)
 
     def stop(self) -> None:
         _stop(self.proc)
@@ -364,7 +367,7 @@ smtp-amavis unix -      -       n       -       2       smtp
             time.sleep(0.05)
         self.master_pid = int(pid_file.read_text().strip())
         for port in self.ports.values():
-            _wait_port(port, max(1.0, deadline - time.monotonic()))
+            wait_for_port(port, max(1.0, deadline - time.monotonic()))
 
     def reload(self) -> None:
         r = self.postfix("reload")
@@ -375,16 +378,7 @@ smtp-amavis unix -      -       n       -       2       smtp
     def stop(self) -> None:
         pid = self.master_pid
         if pid is not None:
-            children = _children_of(pid)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.postfix("stop", timeout=10)
-            deadline = time.monotonic() + 10
-            while _pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            for p in [pid, *children, *_children_of(pid)]:
-                if _pid_alive(p):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(p, signal.SIGKILL)
+            stop_master(pid, self.postfix)
             self.master_pid = None
         for part in (self.dovecot, self.slapd, self.dkim, self.filter, self.sink):
             if part is None:
@@ -399,29 +393,9 @@ smtp-amavis unix -      -       n       -       2       smtp
             return ""
 
 
-def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on 127.0.0.1:{port}") from None
-            time.sleep(0.05)
-
-
 def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    if proc is not None:
+        terminate(proc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,13 +419,6 @@ class Outcome:
         return f"{self.step}: {self.code} {self.text}"
 
 
-def _tls() -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 def transaction(
     port: int,
     *,
@@ -469,7 +436,11 @@ def transaction(
     try:
         if wrapper:
             smtp: smtplib.SMTP = smtplib.SMTP_SSL(
-                "127.0.0.1", port, timeout=20, source_address=(source, 0), context=_tls()
+                "127.0.0.1",
+                port,
+                timeout=20,
+                source_address=(source, 0),
+                context=_tls_client_context(),
             )
         else:
             smtp = smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=(source, 0))
@@ -482,7 +453,7 @@ def transaction(
     try:
         code, msg = smtp.ehlo("client.example")
         if starttls:
-            smtp.starttls(context=_tls())
+            smtp.starttls(context=_tls_client_context())
             code, msg = smtp.ehlo("client.example")
         ehlo = msg.decode("utf-8", "replace")
         if login is not None:

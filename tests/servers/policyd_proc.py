@@ -20,7 +20,6 @@ refuses to run if the constants are not found (after a refactor: update FAILOVER
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.servers.netns import Netns
+from tests.servers.reaper import reaped_at_exit
 from tests.servers.slapd import BIND_DN, BIND_PASSWORD, REPO
 
 #: Shortened failover timers for the test (production: 30 s and 60 s).
@@ -60,19 +60,18 @@ sys.argv[0] = "policyd"
 sys.exit(main())
 """
 
-_LIVE: dict[int, subprocess.Popen[bytes]] = {}
+_LIVE = reaped_at_exit()
 
 
-def _reap_all() -> None:
-    for pid, proc in list(_LIVE.items()):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            proc.wait(timeout=5)
-        _LIVE.pop(pid, None)
-
-
-atexit.register(_reap_all)
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m policyd ARGS` from the repository, its output as text (30 s at most)."""
+    return subprocess.run(
+        [sys.executable, "-m", "policyd", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
 
 
 def toml_value(v: object) -> str:

@@ -24,9 +24,11 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.servers.reaper import terminate
 
 REPO = Path(__file__).resolve().parents[2]
 CONF_POSTFIX = REPO / "conf" / "postfix"
@@ -106,6 +108,23 @@ def _pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def stop_master(
+    pid: int, postfix: Callable[..., subprocess.CompletedProcess[str]], timeout: float = 10.0
+) -> None:
+    """`postfix stop` (through the given runner), then SIGKILL for the master and every child
+    of it still there after timeout."""
+    children = _children_of(pid)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        postfix("stop", timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for p in [pid, *children, *_children_of(pid)]:
+        if _pid_alive(p):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
 
 
 def _children_of(pid: int) -> list[int]:
@@ -470,16 +489,7 @@ in_flow_delay = 0
         pid = self.master_pid
         if pid is None:
             return
-        children = _children_of(pid)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._postfix("stop", timeout=timeout)
-        deadline = time.monotonic() + timeout
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for p in [pid, *children, *_children_of(pid)]:
-            if _pid_alive(p):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p, signal.SIGKILL)
+        stop_master(pid, self._postfix, timeout)
         self.master_pid = None
         _LIVE.discard(self)
 
@@ -576,13 +586,7 @@ class PolicydProcess:
         _LIVE.discard(self)
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        terminate(proc, timeout)
 
     def restart(self, config_text: str) -> None:
         self.stop()

@@ -14,7 +14,6 @@ happened to the test.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import shutil
@@ -25,22 +24,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.servers.reaper import reaped_at_exit
 from tests.servers.slapd import free_port
 
-_LIVE: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def _reap_all() -> None:
-    for pid, proc in list(_LIVE.items()):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            proc.wait(timeout=5)
-        _LIVE.pop(pid, None)
-
-
-atexit.register(_reap_all)
+_LIVE = reaped_at_exit(cont=True)
 
 
 def server_binary() -> str:

@@ -15,17 +15,14 @@ logs, pid files); the samba process is started by PID and stopped by PID.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 from tests.servers.netns import Netns
+from tests.servers.reaper import reaped_at_exit, terminate
 from tests.servers.slapd import REPO
 
 REALM = "CORP.EXAMPLE"
@@ -42,19 +39,7 @@ BULK_MEMBERS = 1100
 
 REQUIRED_BINARIES = ("samba", "samba-tool", "ldbadd", "ip", "unshare")
 
-_LIVE: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def _reap_all() -> None:
-    for pid, proc in list(_LIVE.items()):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            proc.wait(timeout=5)
-        _LIVE.pop(pid, None)
-
-
-atexit.register(_reap_all)
+_LIVE = reaped_at_exit()
 
 
 def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
@@ -186,13 +171,7 @@ class SambaDC:
 
     def stop(self) -> None:
         if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+            terminate(self.proc)
             _LIVE.pop(self.proc.pid, None)
             self.proc = None
         self.net.destroy()

@@ -14,7 +14,6 @@ exit, whatever happened to the test (the fixtures also stop it at teardown).
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import shutil
@@ -24,6 +23,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.servers.reaper import reaped_at_exit
 
 REPO = Path(__file__).resolve().parents[2]
 DIRECTORY_LDIF = REPO / "tests" / "data" / "directory.ldif"
@@ -48,7 +49,7 @@ BIND_PASSWORD = "policyd-secret"
 #: ... and in conf/ldap/example.ldif.
 EXAMPLE_BIND_PASSWORD = "change-me"
 
-_LIVE: dict[int, subprocess.Popen[bytes]] = {}
+_LIVE = reaped_at_exit(cont=True)
 
 
 def binary(name: str) -> str:
@@ -59,19 +60,6 @@ def binary(name: str) -> str:
 
 #: What a slapd test needs installed (Debian: slapd; openssl for the test PKI).
 REQUIRED_BINARIES = ("slapd", "slapadd", "slaptest", "slapcat", "openssl")
-
-
-def _reap_all() -> None:
-    for pid, proc in list(_LIVE.items()):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            proc.wait(timeout=5)
-        _LIVE.pop(pid, None)
-
-
-atexit.register(_reap_all)
 
 
 def free_port() -> int:

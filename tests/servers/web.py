@@ -14,19 +14,18 @@ then SIGKILL) at exit, pass or fail.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import email
 import email.policy
 import http.client
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from http.cookies import SimpleCookie
@@ -34,20 +33,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from tests.servers.reaper import reaped_at_exit, terminate
 from tests.servers.slapd import REPO, free_port
 
-_LIVE: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def _reap() -> None:
-    for pid, proc in list(_LIVE.items()):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            proc.wait(timeout=5)
-
-
-atexit.register(_reap)
+_LIVE = reaped_at_exit()
 
 
 class WebServer:
@@ -96,13 +85,7 @@ class WebServer:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        terminate(self.proc)
         _LIVE.pop(self.proc.pid, None)
         self.proc = None
 
@@ -279,6 +262,31 @@ def ldap_web_config(
         "[verification.limits]\nmail_interval_per_address = 0\n"
         f'[web]\ncookie_secure = false\ndatabase = "{tmp / "web.sqlite"}"\n' + web
     )
+
+
+@contextlib.contextmanager
+def ldap_web_servers(slapd: Any, tmp: Path) -> Iterator[Callable[..., WebServer]]:
+    """Gives `go(web="", using=slapd, extra="", **kw)`: starts a `policyd web` on a config of
+    ldap_web_config (plus the TOML `extra`), each in its own folder under tmp; all are stopped
+    when the block ends."""
+    made: list[WebServer] = []
+
+    def go(web: str = "", using: Any = slapd, extra: str = "", **kw: str) -> WebServer:
+        port = free_port()
+        d = tmp / f"w{len(made)}"
+        d.mkdir()
+        cfg = ldap_web_config(using, d, port, free_port(), web=web, **kw)
+        if extra:
+            cfg += "\n" + extra
+        w = WebServer(d, cfg, port=port)
+        made.append(w)
+        return w.start()
+
+    try:
+        yield go
+    finally:
+        for w in made:
+            w.stop()
 
 
 def code_and_link(msg: EmailMessage) -> tuple[str, str]:
