@@ -11,6 +11,7 @@ from typing import Any
 from policyd.addresses import AddressRules
 from policyd.config import Config
 from policyd.config.verification import VerificationConfig, VerificationLimitsConfig
+from policyd.directory.base import Directory
 from policyd.directory.static import StaticDirectory
 from policyd.verification.build import primary_of
 from policyd.verification.service import Verification
@@ -74,11 +75,13 @@ def _text(msg: EmailMessage | bytes | str) -> str:
 def make_config(tmp_path: Path, **changes: Any) -> Config:
     limits = changes.pop("limits", {})
     vc = VerificationConfig(
-        enabled=True,
-        database=tmp_path / "senders.sqlite",
-        local_domains=("example.org", "carol.example"),
-        limits=VerificationLimitsConfig(**{"mail_interval_per_address": 0.0, **limits}),
-        **changes,
+        **{
+            "enabled": True,
+            "database": tmp_path / "senders.sqlite",
+            "local_domains": ("example.org", "carol.example"),
+            "limits": VerificationLimitsConfig(**{"mail_interval_per_address": 0.0, **limits}),
+            **changes,
+        }
     )
     return dataclasses.replace(Config(), verification=vc)
 
@@ -88,14 +91,18 @@ def make_api(
     *,
     clock: Clock | None = None,
     mailer: Any = None,
-    directory: str = DIRECTORY,
+    directory: str | Directory = DIRECTORY,
     store: Store | None = None,
     writer: Any = None,
     **changes: Any,
 ) -> tuple[Verification, Any, Clock]:
     config = make_config(tmp_path, **changes)
     rules = AddressRules()
-    d = StaticDirectory.from_lines(directory.splitlines(), rules)
+    d = (
+        StaticDirectory.from_lines(directory.splitlines(), rules)
+        if isinstance(directory, str)
+        else directory
+    )
     clock = clock or Clock()
     mailer = mailer if mailer is not None else Outbox()
     api = Verification(

@@ -11,12 +11,16 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from policyd.verification import states
 from policyd.verification.views import Actor, Refused
+
+if TYPE_CHECKING:
+    from policyd.verification.service import Verification
 
 ADMIN = Actor("cli")
 
@@ -123,11 +127,11 @@ def main(args: argparse.Namespace) -> int:
     except Refused as e:
         return _refused(args, e)
     finally:
-        api.store.close()
+        api.close()
         directory.close()
 
 
-def _dispatch(args: argparse.Namespace, api: Any, canon: Any) -> int:
+def _dispatch(args: argparse.Namespace, api: Verification, canon: Callable[[str], str]) -> int:
     cmd = args.senders_command
     if cmd == "list":
         rows = api.entries(canon(args.login) if args.login else None, args.state)
@@ -183,24 +187,25 @@ def _dispatch(args: argparse.Namespace, api: Any, canon: Any) -> int:
         api.unblock(args.address, actor=ADMIN)
         return _out(args, {}, f"unblocked: {args.address}")
     if cmd == "blocked":
-        rows = api.blocked()
+        blocked = api.blocked()
         return _out(
             args,
-            {"blocked": [dict(address=a, since=t, by=w, reason=r) for a, t, w, r in rows]},
-            "\n".join(f"{a:<36} since {_when(t)} by {w}: {r}" for a, t, w, r in rows) or "(none)",
+            {"blocked": [dict(address=a, since=t, by=w, reason=r) for a, t, w, r in blocked]},
+            "\n".join(f"{a:<36} since {_when(t)} by {w}: {r}" for a, t, w, r in blocked)
+            or "(none)",
         )
     if cmd == "purge":
         n = api.purge(args.older_than, actor=ADMIN)
         return _out(args, {"purged": n}, f"purged {n} request(s)")
     if cmd == "audit":
-        rows = api.audit(canon(args.login) if args.login else None)
+        trail = api.audit(canon(args.login) if args.login else None)
         lines = [
-            f"{_when(r.at)}  {r.who}{'@' + r.ip if r.ip else ''}  {r.event:<14} "
-            f"{r.login or '-'} {r.address or '-'}  {r.old_state or '-'} -> {r.new_state or '-'}"
-            + (f"  ({r.detail})" if r.detail else "")
-            for r in rows
+            f"{_when(a.at)}  {a.who}{'@' + a.ip if a.ip else ''}  {a.event:<14} "
+            f"{a.login or '-'} {a.address or '-'}  {a.old_state or '-'} -> {a.new_state or '-'}"
+            + (f"  ({a.detail})" if a.detail else "")
+            for a in trail
         ]
         return _out(
-            args, {"audit": [dataclasses.asdict(r) for r in rows]}, "\n".join(lines) or "(none)"
+            args, {"audit": [dataclasses.asdict(a) for a in trail]}, "\n".join(lines) or "(none)"
         )
     return 2  # pragma: no cover

@@ -28,7 +28,7 @@ from policyd.credentials import CredentialError, read_password
 from policyd.directory.ldap import render_filter
 from policyd.directory.ldap.entries import entry_identity
 from policyd.directory.ldap.tls import Tls
-from policyd.verification.core import WriterError
+from policyd.verification.writes import WriterError
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,12 @@ import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class Overloaded(Exception):
@@ -31,7 +32,7 @@ class Blocking:
         self.deadline = deadline
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="policyd-web")
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
         try:

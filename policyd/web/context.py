@@ -56,8 +56,9 @@ class WebState:
         )
         self.proxies = parse_networks(self.config.web.trusted_proxies)
         # Behind a proxy at https://host/senders/, links and redirects start with /senders.
-        vc = getattr(self.config, "verification", None)
-        self.site_name = self.config.web.site_name or (vc.site_name if vc else "") or "policyd"
+        self.site_name = (
+            self.config.web.site_name or self.config.verification.site_name or "policyd"
+        )
         self.prefix = urlsplit(self.config.web.base_url).path.rstrip("/")
         secure = self.config.web.cookie_secure
         # __Host- cookies: only over HTTPS, for this host and path / only (no subdomain can

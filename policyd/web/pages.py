@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -20,7 +20,9 @@ from policyd.verification.views import Actor, Refused
 from policyd.web.context import client_ip, form_fields, message, redirect, render, state
 
 if TYPE_CHECKING:
+    from policyd.config import Config
     from policyd.verification.service import Verification
+    from policyd.web.backend import Blocking
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ _STATUS_FOR = {
 _MAX_TOKEN = 200
 
 
-def _when(value: Any) -> str:
+def _when(value: float | str | None) -> str:
     if value is None:
         return ""
     if isinstance(value, (int, float)):
@@ -112,19 +114,28 @@ async def _render_list(
     )
 
 
-def _mail_from(config: Any) -> str:
-    vc = getattr(config, "verification", None)
-    return str(vc.mail.from_address) if vc is not None else "this server"
+def _mail_from(config: Config) -> str:
+    return config.verification.mail.from_address
+
+
+#: one change of the list: (the threads, the API, the login, who) -> the API's call, run
+Change = Callable[["Blocking", "Verification", str, Actor], Awaitable[object]]
 
 
 async def _change(
-    request: web.Request, call: str, done: str, *args: str, field_for_error: str = ""
+    request: web.Request,
+    call: str,
+    done: str,
+    address: str,
+    change: Change,
+    *,
+    field_for_error: str = "",
 ) -> web.StreamResponse:
     st = state(request)
     login = _login(request)
     v = _verification(request)
     try:
-        await st.blocking.run(_change_call(v, call), login, *args, actor=_actor(request, login))
+        await change(st.blocking, v, login, _actor(request, login))
     except Refused as e:
         log.info("web: %s %s refused: %s", login, call, e.code)
         return await _render_list(
@@ -132,50 +143,61 @@ async def _change(
             login,
             status=_STATUS_FOR.get(e.code, 400),
             error=e.message,
-            typed=args[0] if call == "request" else "",
-            error_for=field_for_error or args[0],
+            typed=address if call == "request" else "",
+            error_for=field_for_error or address,
         )
     raise redirect(request, f"/addresses?done={done}")
-
-
-def _change_call(v: Verification, call: str) -> Callable[..., object]:
-    """The Verification method behind a change form (typed: no attribute looked up by name)."""
-    calls: dict[str, Callable[..., object]] = {
-        "request": v.request,
-        "confirm_code": v.confirm_code,
-        "resend": v.resend,
-        "cancel": v.cancel,
-        "revoke": v.revoke,
-    }
-    return calls[call]
 
 
 @form_fields("address")
 async def add_post(request: web.Request) -> web.StreamResponse:
     address = request["form"]["address"].strip()
-    return await _change(request, "request", "requested", address, field_for_error="add")
+
+    async def change(b: Blocking, v: Verification, login: str, actor: Actor) -> object:
+        return await b.run(v.request, login, address, actor=actor)
+
+    return await _change(request, "request", "requested", address, change, field_for_error="add")
 
 
 @form_fields("address", "code")
 async def confirm_code_post(request: web.Request) -> web.StreamResponse:
     form = request["form"]
-    code = form["code"].strip().replace(" ", "")
-    return await _change(request, "confirm_code", "confirmed", form["address"], code)
+    address, code = form["address"], form["code"].strip().replace(" ", "")
+
+    async def change(b: Blocking, v: Verification, login: str, actor: Actor) -> object:
+        return await b.run(v.confirm_code, login, address, code, actor=actor)
+
+    return await _change(request, "confirm_code", "confirmed", address, change)
 
 
 @form_fields("address")
 async def resend_post(request: web.Request) -> web.StreamResponse:
-    return await _change(request, "resend", "resent", request["form"]["address"])
+    address = request["form"]["address"]
+
+    async def change(b: Blocking, v: Verification, login: str, actor: Actor) -> object:
+        return await b.run(v.resend, login, address, actor=actor)
+
+    return await _change(request, "resend", "resent", address, change)
 
 
 @form_fields("address")
 async def cancel_post(request: web.Request) -> web.StreamResponse:
-    return await _change(request, "cancel", "cancelled", request["form"]["address"])
+    address = request["form"]["address"]
+
+    async def change(b: Blocking, v: Verification, login: str, actor: Actor) -> object:
+        return await b.run(v.cancel, login, address, actor=actor)
+
+    return await _change(request, "cancel", "cancelled", address, change)
 
 
 @form_fields("address")
 async def remove_post(request: web.Request) -> web.StreamResponse:
-    return await _change(request, "revoke", "removed", request["form"]["address"])
+    address = request["form"]["address"]
+
+    async def change(b: Blocking, v: Verification, login: str, actor: Actor) -> object:
+        return await b.run(v.revoke, login, address, actor=actor)
+
+    return await _change(request, "revoke", "removed", address, change)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,12 +19,11 @@ from policyd.config import CacheConfig, LdapConfig
 from policyd.config.verification import VerificationLdapConfig
 from policyd.directory.cache import CachedLookups, LookupRunner
 from policyd.directory.ldap import LdapDirectory
-from policyd.verification.build import primary_of
-from policyd.verification.core import WriterError
 from policyd.verification.ldap_writer import LdapWriter
 from policyd.verification.lookups import SourcedLookups
 from policyd.verification.source import VerifiedSource
 from policyd.verification.views import Actor, Refused
+from policyd.verification.writes import WriterError
 from tests.servers.slapd import Slapd
 from tests.verification_helpers import code_of, make_api
 
@@ -164,10 +163,7 @@ def _ldap_api(
 ) -> Any:
     cfg, wc = configs(server, tmp, writer_password)
     d = LdapDirectory(cfg, RULES)
-    api, outbox, clock = make_api(tmp, writer=writer or LdapWriter(cfg, wc, RULES))
-    api.directory_addresses = d.addresses_of
-    api.primary_address = primary_of(d, RULES)
-    api.directory = d
+    api, outbox, clock = make_api(tmp, writer=writer or LdapWriter(cfg, wc, RULES), directory=d)
     return api, outbox, d
 
 
@@ -193,12 +189,15 @@ def test_a_failing_writer_leaves_the_request_pending_with_the_error(
     try:
         api.request("alice", X, actor=ALICE)
         code = code_of(outbox.last)
-        good = api.writer
+        good = api
         if fault == "slapd stopped":
             server.stop()
         else:
             cfg, wc = configs(server, tmp_path / "..", "wrong-password")
-            api.writer = LdapWriter(cfg, wc, RULES)
+            # (the same store and directory, another writer)
+            api, _, _ = make_api(
+                tmp_path, writer=LdapWriter(cfg, wc, RULES), directory=d, mailer=outbox
+            )
         with pytest.raises(Refused) as e:
             api.confirm_code("alice", X, code, actor=ALICE)
         assert e.value.detail and "wrong-password" not in e.value.detail
@@ -212,7 +211,7 @@ def test_a_failing_writer_leaves_the_request_pending_with_the_error(
         if fault == "slapd stopped":
             server.start()
         assert values(server) == set()
-        api.writer = good
+        api = good
         assert api.confirm_code("alice", X, code, actor=ALICE).state == "verified"
         assert values(server) == {X}
     finally:

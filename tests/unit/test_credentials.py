@@ -12,7 +12,7 @@ from policyd.config.verification import VerificationLdapConfig
 from policyd.credentials import CredentialError, read_password
 from policyd.directory.base import DirectoryError
 from policyd.directory.ldap import read_bind_password
-from policyd.verification.core import WriterError
+from policyd.verification.writes import WriterError
 
 SECRET = "s3cr3t pass"
 

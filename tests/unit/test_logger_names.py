@@ -33,7 +33,9 @@ from tests.unit.policy.test_server_batch import Transport
         ("policyd.runtime", "log", "policyd.runtime"),
         ("policyd.systemd", "log", "policyd.systemd"),
         ("policyd.directory.cache", "log", "policyd.directory.cache"),
-        ("policyd.verification.core", "log", "policyd.verification"),
+        ("policyd.verification.ledger", "log", "policyd.verification"),
+        ("policyd.verification.writes", "log", "policyd.verification"),
+        ("policyd.verification.admin", "log", "policyd.verification"),
     ],
 )
 def test_each_module_logs_under_the_name_it_always_had(

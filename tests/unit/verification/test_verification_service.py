@@ -423,43 +423,44 @@ def test_only_committed_transitions_are_logged(
 # -- who owns an address: re-checked at confirm time (issue 23, section 1) --------------------
 
 
-def _directory(text: str):
-    from policyd.addresses import AddressRules
-    from policyd.directory.static import StaticDirectory
-    from policyd.verification.build import primary_of
-
-    d = StaticDirectory.from_lines(text.splitlines(), AddressRules())
-    return d, primary_of(d, AddressRules())
-
-
 def test_confirm_refuses_an_address_the_directory_took_meanwhile(tmp_path: Path) -> None:
-    api, outbox, _ = make_api(tmp_path)
+    api, outbox, clock = make_api(tmp_path)
     api.request("alice", X, actor=ALICE)
     code = code_of(outbox.last)
     # the admin gives carol the whole domain before alice confirms
-    api.directory, _ = _directory(
-        "alice: alice@example.org\nbob: bob@example.org\ncarol: @carol.example, @elsewhere.test\n"
+    api, _, _ = make_api(
+        tmp_path,
+        clock=clock,
+        mailer=outbox,
+        directory="alice: alice@example.org\nbob: bob@example.org\n"
+        "carol: @carol.example, @elsewhere.test\n",
     )
     assert refused(api.confirm_code, "alice", X, code, actor=ALICE).code == "directory_owned"
     assert states_of(api) == [("alice", X, "pending")]
 
 
 def test_confirm_refuses_when_local_domains_now_hold_the_address(tmp_path: Path) -> None:
-    api, outbox, _ = make_api(tmp_path)
+    api, outbox, clock = make_api(tmp_path)
     api.request("alice", X, actor=ALICE)
-    api.local_domains = frozenset({"example.org", "test"})  # (a parent domain counts)
+    # (a parent domain counts)
+    api, _, _ = make_api(
+        tmp_path, clock=clock, mailer=outbox, local_domains=("example.org", "test")
+    )
     refusal = refused(api.confirm_token, token_of(outbox.last), actor=Actor("link"))
     assert refusal.code == "local_domain"
     assert states_of(api) == [("alice", X, "pending")]
 
 
 def test_confirm_refuses_when_the_login_is_another_entry_now(tmp_path: Path) -> None:
-    api, outbox, _ = make_api(tmp_path)
+    api, outbox, clock = make_api(tmp_path)
     api.request("alice", X, actor=ALICE)
     code = code_of(outbox.last)
     # alice's line replaced: another account under the same login
-    api.directory, api.primary_address = _directory(
-        "alice: alice@example.org, a.newcomer@example.org\nbob: bob@example.org\n"
+    api, _, _ = make_api(
+        tmp_path,
+        clock=clock,
+        mailer=outbox,
+        directory="alice: alice@example.org, a.newcomer@example.org\nbob: bob@example.org\n",
     )
     assert refused(api.confirm_code, "alice", X, code, actor=ALICE).code == "unknown_login"
     assert states_of(api) == [("alice", X, "pending")]
@@ -502,6 +503,6 @@ def test_a_verified_row_from_before_identities_counts_while_the_login_is_known(
     source.refresh()
     assert source.addresses_of("alice") == {X} and source.identity("alice", X) is None
     source.close()
-    api.directory, _ = _directory("bob: bob@example.org\n")  # alice is gone
+    api, _, _ = make_api(tmp_path, directory="bob: bob@example.org\n")  # alice is gone
     (entry,) = api.entries()
     assert entry.state == "superseded" and "entry" in (entry.why or "")
