@@ -186,6 +186,64 @@ def test_the_import_graph_resolves_submodules_and_relative_imports() -> None:
     assert "policyd.directory.ldap" in graph["policyd.cli.explain"]
 
 
+# --- private names stay in their module --------------------------------------------------------
+
+
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_imports(name: str, path: Path, known: set[str]) -> list[str]:
+    """`from x import _name` in module `name` where x is another policyd module (or a package
+    whose submodule `_name` is not): "importer: x._name" for each."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = []
+    for node in all_imports(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("policyd.") and any(map(is_private, a.name.split("."))):
+                    out.append(f"{name}: {a.name}")
+            continue
+        if node.level:
+            base = package.split(".")
+            base = base[: len(base) - (node.level - 1)]
+            target = ".".join([*base, node.module] if node.module else base)
+        else:
+            target = node.module or ""
+        if target not in known or target == name:
+            continue
+        out += [f"{name}: {target}.{a.name}" for a in node.names if is_private(a.name)]
+    return out
+
+
+def test_no_module_imports_another_modules_private_name() -> None:
+    mods = modules()
+    known = set(mods)
+    found = [line for n, p in mods.items() for line in private_imports(n, p, known)]
+    assert not found, "private names imported across modules (make them public, or keep the "
+    "code that needs them in their module):\n" + "\n".join(found)
+
+
+def test_the_private_import_check_sees_from_x_import_underscore_name(tmp_path: Path) -> None:
+    path = tmp_path / "b.py"
+    path.write_text(
+        "from policyd.a import _hidden, shown, __version__\n"
+        "from .a import _also\n"
+        "def f():\n"
+        "    from policyd.a import _late\n"
+        "from asyncio import _get_running_loop\n"
+        "import policyd.a._inner\n"
+    )
+    known = {"policyd.a", "policyd.b"}
+    assert set(private_imports("policyd.b", path, known)) == {
+        "policyd.b: policyd.a._hidden",
+        "policyd.b: policyd.a._also",
+        "policyd.b: policyd.a._late",
+        "policyd.b: policyd.a._inner",
+    }
+
+
 # --- the layout's rule ---------------------------------------------------------------------------
 
 #: The three front ends, each a folder: the policy server, the milter, the web page. The cli is
