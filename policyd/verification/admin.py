@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from policyd.directory.base import DirectoryUnavailable
 from policyd.verification import limits, states
@@ -24,18 +24,12 @@ SUPERSEDED = "superseded"
 _SUPPRESSED = "This address does not accept confirmation requests; ask your administrator."
 
 
+@dataclass(frozen=True)
 class AdminOps:
-    def __init__(
-        self,
-        ownership: Ownership,
-        ledger: Ledger,
-        verifier: Verifier,
-        clock: Callable[[], float],
-    ) -> None:
-        self.ownership = ownership
-        self.ledger = ledger
-        self.verifier = verifier
-        self.clock = clock
+    ownership: Ownership
+    ledger: Ledger
+    verifier: Verifier
+    clock: Callable[[], float]
 
     def revoke(self, login: str, address: str, *, actor: Actor) -> None:
         """verified -> revoked: the address stops being owned (at once on this instance)."""

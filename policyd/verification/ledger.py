@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 from policyd.verification import states
@@ -21,14 +22,14 @@ UNAVAILABLE = "The address list cannot be changed right now; try again later."
 LIST_UNREADABLE = "The list cannot be read right now."
 
 
+@dataclass(frozen=True)
 class Ledger:
     """Transactions, audit, expiry and views over one Store."""
 
-    def __init__(self, store: Store, clock: Callable[[], float], mail_from: str) -> None:
-        self.store = store
-        self.clock = clock
-        #: the From: of the confirmation mail, shown with a pending request
-        self.mail_from = mail_from
+    store: Store
+    clock: Callable[[], float]
+    #: the From: of the confirmation mail, shown with a pending request
+    mail_from: str
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:

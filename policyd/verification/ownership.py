@@ -5,6 +5,7 @@ normalised, the login's own addresses and directory identity, and the rule that 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from policyd.addresses import AddressRules, candidates, owned_by
 from policyd.directory.base import Directory, DirectoryUnavailable, entry_id
@@ -23,21 +24,14 @@ MANAGED = (
 )
 
 
+@dataclass(frozen=True)
 class Ownership:
-    def __init__(
-        self,
-        rules: AddressRules,
-        local_domains: frozenset[str],
-        directory: Directory,
-        directory_addresses: Callable[[str], frozenset[str]],
-        primary_address: Callable[[str], str | None],
-    ) -> None:
-        self.rules = rules
-        self.local_domains = local_domains
-        #: owners_of (the directory wins) and identity_of (a verified address is the entry's)
-        self.directory = directory
-        self.directory_addresses = directory_addresses
-        self.primary_address = primary_address
+    rules: AddressRules
+    local_domains: frozenset[str]
+    #: owners_of (the directory wins) and identity_of (a verified address is the entry's)
+    directory: Directory
+    directory_addresses: Callable[[str], frozenset[str]]
+    primary_address: Callable[[str], str | None]
 
     def address(self, address: str) -> str:
         """The requested address normalised; Refused when it may not be requested."""

@@ -4,6 +4,7 @@ mail with its success or error recorded on the request."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from policyd.config.verification import VerificationConfig
 from policyd.verification import states, tokens
@@ -13,14 +14,12 @@ from policyd.verification.store import Row
 from policyd.verification.views import Actor, Refused
 
 
+@dataclass(frozen=True)
 class ConfirmationMail:
-    def __init__(
-        self, vc: VerificationConfig, mailer: Mailer, ledger: Ledger, clock: Callable[[], float]
-    ) -> None:
-        self.vc = vc
-        self.mailer = mailer
-        self.ledger = ledger
-        self.clock = clock
+    vc: VerificationConfig
+    mailer: Mailer
+    ledger: Ledger
+    clock: Callable[[], float]
 
     def fresh_secrets(self, now: float) -> tuple[str, str, dict[str, object]]:
         """(link token, code, the row's new values: their hashes and expiries)."""

@@ -4,6 +4,7 @@ by code or link (or refuse it: "this was not me"), cancel."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from policyd.config.verification import VerificationConfig
 from policyd.verification import limits, states, tokens
@@ -17,22 +18,14 @@ from policyd.verification.writes import Deferred, Verifier, Verifying
 _NOT_PENDING = "There is no request waiting for this address."
 
 
+@dataclass(frozen=True)
 class UserFlow:
-    def __init__(
-        self,
-        vc: VerificationConfig,
-        ownership: Ownership,
-        ledger: Ledger,
-        verifier: Verifier,
-        mail: ConfirmationMail,
-        clock: Callable[[], float],
-    ) -> None:
-        self.vc = vc
-        self.ownership = ownership
-        self.ledger = ledger
-        self.verifier = verifier
-        self.mail = mail
-        self.clock = clock
+    vc: VerificationConfig
+    ownership: Ownership
+    ledger: Ledger
+    verifier: Verifier
+    mail: ConfirmationMail
+    clock: Callable[[], float]
 
     # -- requesting ---------------------------------------------------------------------
 
@@ -43,12 +36,8 @@ class UserFlow:
             raise Refused("local_domain", LOCAL_DOMAIN)
         if own.already_owns(login, addr):
             raise Refused("already_owned", "You can already send as this address.")
-        own.check_foreign(login, addr)
-        identity, primary = own.identity(login), own.primary(login)
-        now = self.clock()
-        token, code, secret_values = self.mail.fresh_secrets(now)
-        with self.ledger.transaction() as tx:
-            self.ledger.expire_due(tx, now)
+
+        def record(tx: Tx, now: float, identity: str, secret_values: dict[str, object]) -> int:
             limits.check_suppressed(tx, addr)
             row = tx.active(login, addr)
             if row is not None and row.state == states.VERIFIED:
@@ -65,17 +54,14 @@ class UserFlow:
                 rid = row.id
                 self._renew(tx, row, identity, secret_values, actor)
             limits.count(tx, login, addr, now, request=True)
-        return self.ledger.pending_view(self.mail.send(rid, addr, primary, code, token))
+            return rid
+
+        return self._with_new_mail(login, addr, record)
 
     def resend(self, login: str, address: str, *, actor: Actor) -> PendingView:
-        own = self.ownership
-        addr = own.address(address)
-        own.check_foreign(login, addr)
-        identity, primary = own.identity(login), own.primary(login)
-        now = self.clock()
-        token, code, secret_values = self.mail.fresh_secrets(now)
-        with self.ledger.transaction() as tx:
-            self.ledger.expire_due(tx, now)
+        addr = self.ownership.address(address)
+
+        def record(tx: Tx, now: float, identity: str, secret_values: dict[str, object]) -> int:
             row = tx.active(login, addr)
             if row is None or row.state != states.PENDING:
                 raise Refused("not_pending", _NOT_PENDING)
@@ -84,7 +70,24 @@ class UserFlow:
             states.next_state(row.state, "resend")
             self._renew(tx, row, identity, secret_values, actor)
             limits.count(tx, login, addr, now, request=False)
-        return self.ledger.pending_view(self.mail.send(row.id, addr, primary, code, token))
+            return row.id
+
+        return self._with_new_mail(login, addr, record)
+
+    def _with_new_mail(
+        self, login: str, addr: str, record: Callable[[Tx, float, str, dict[str, object]], int]
+    ) -> PendingView:
+        """The directory checks, then record(tx, now, identity, new secret values) -> the
+        request's id in one transaction (what is due expired first), then the mail."""
+        own = self.ownership
+        own.check_foreign(login, addr)
+        identity, primary = own.identity(login), own.primary(login)
+        now = self.clock()
+        token, code, secret_values = self.mail.fresh_secrets(now)
+        with self.ledger.transaction() as tx:
+            self.ledger.expire_due(tx, now)
+            rid = record(tx, now, identity, secret_values)
+        return self.ledger.pending_view(self.mail.send(rid, addr, primary, code, token))
 
     def _renew(
         self, tx: Tx, row: Row, identity: str, secret_values: dict[str, object], actor: Actor

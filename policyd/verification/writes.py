@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from policyd.verification import states
@@ -48,18 +49,12 @@ class Verifying:
         self.added = added
 
 
+@dataclass(frozen=True)
 class Verifier:
-    def __init__(
-        self,
-        ledger: Ledger,
-        ownership: Ownership,
-        writer: Writer | None,
-        clock: Callable[[], float],
-    ) -> None:
-        self.ledger = ledger
-        self.ownership = ownership
-        self.writer = writer
-        self.clock = clock
+    ledger: Ledger
+    ownership: Ownership
+    writer: Writer | None
+    clock: Callable[[], float]
 
     def verify(self, v: Verifying, row: Row, method: str, actor: Actor, event: str) -> None:
         """pending -> verified inside v.tx (directory write first). Appends to v.added at once

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
@@ -149,13 +149,23 @@ async def _change(
     raise redirect(request, f"/addresses?done={done}")
 
 
+class AddressChange(Protocol):
+    """Verification.request, resend, cancel or revoke."""
+
+    def __call__(self, login: str, address: str, *, actor: Actor) -> object: ...
+
+
+def _on_address(pick: Callable[[Verification], AddressChange], address: str) -> Change:
+    async def change(b: Blocking, v: Verification, login: str, actor: Actor) -> object:
+        return await b.run(pick(v), login, address, actor=actor)
+
+    return change
+
+
 @form_fields("address")
 async def add_post(request: web.Request) -> web.StreamResponse:
     address = request["form"]["address"].strip()
-
-    async def change(b: Blocking, v: Verification, login: str, actor: Actor) -> object:
-        return await b.run(v.request, login, address, actor=actor)
-
+    change = _on_address(lambda v: v.request, address)
     return await _change(request, "request", "requested", address, change, field_for_error="add")
 
 
@@ -173,31 +183,25 @@ async def confirm_code_post(request: web.Request) -> web.StreamResponse:
 @form_fields("address")
 async def resend_post(request: web.Request) -> web.StreamResponse:
     address = request["form"]["address"]
-
-    async def change(b: Blocking, v: Verification, login: str, actor: Actor) -> object:
-        return await b.run(v.resend, login, address, actor=actor)
-
-    return await _change(request, "resend", "resent", address, change)
+    return await _change(
+        request, "resend", "resent", address, _on_address(lambda v: v.resend, address)
+    )
 
 
 @form_fields("address")
 async def cancel_post(request: web.Request) -> web.StreamResponse:
     address = request["form"]["address"]
-
-    async def change(b: Blocking, v: Verification, login: str, actor: Actor) -> object:
-        return await b.run(v.cancel, login, address, actor=actor)
-
-    return await _change(request, "cancel", "cancelled", address, change)
+    return await _change(
+        request, "cancel", "cancelled", address, _on_address(lambda v: v.cancel, address)
+    )
 
 
 @form_fields("address")
 async def remove_post(request: web.Request) -> web.StreamResponse:
     address = request["form"]["address"]
-
-    async def change(b: Blocking, v: Verification, login: str, actor: Actor) -> object:
-        return await b.run(v.revoke, login, address, actor=actor)
-
-    return await _change(request, "revoke", "removed", address, change)
+    return await _change(
+        request, "revoke", "removed", address, _on_address(lambda v: v.revoke, address)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
