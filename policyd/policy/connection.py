@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final
 
 from policyd.core.decision import Decision
 from policyd.core.request import Request
@@ -25,26 +25,40 @@ _perf_counter: Final = time.perf_counter
 _monotonic: Final = time.monotonic
 
 
-class PolicyServer(Protocol):
-    """What a connection uses of its server (policyd.policy.server.PolicyServer; typed here so the
-    two modules do not import each other)."""
+#: Called with each decision once its reply is written: (request, profile name, decision,
+#: seconds).
+Emit = Callable[[Request, str, Decision, float], None]
 
-    service: PolicyService
-    #: the event loop it serves on (set by start())
-    loop: asyncio.AbstractEventLoop | None
-    connections: set[Connection]
-    draining: bool
-    refused: int
-    _inbox: list[tuple[Connection, bytes]]
-    _outbox: list[tuple[asyncio.Transport, bytes]] | None
-    _decided: list[tuple[Request, str, Decision, float]] | None
+
+class ConnectionHub:
+    """What a server and its connections share, given to each Connection: the service that
+    decides, the open connections, the state of the drain, and the batch of one event-loop
+    iteration (the server, policy/server.py, owns it; this module does not know the server).
+
+    `process_inbox` handles the batch (inbox -> replies in outbox -> decisions logged by
+    `emit`); outbox and decided are lists only while it runs."""
+
+    def __init__(
+        self, service: PolicyService, process_inbox: Callable[[], None], emit: Emit
+    ) -> None:
+        self.service = service
+        self.process_inbox = process_inbox
+        self.emit = emit
+        #: the event loop it serves on (set when the server starts)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.connections: set[Connection] = set()
+        self.draining = False
+        #: connections refused (server.max_connections, or while draining)
+        self.refused = 0
+        #: the data read in this loop iteration, not yet handled
+        self.inbox: list[tuple[Connection, bytes]] = []
+        self.outbox: list[tuple[asyncio.Transport, bytes]] | None = None
+        self.decided: list[tuple[Request, str, Decision, float]] | None = None
 
     @property
-    def config(self) -> ServerConfig: ...
-
-    def _process_inbox(self) -> None: ...
-
-    def emit(self, req: Request, profile: str, decision: Decision, elapsed: float) -> None: ...
+    def config(self) -> ServerConfig:
+        """The running [server] settings: the runtime's, so a reload applies them at once."""
+        return self.service.runtime.config.server
 
 
 #: Stop reading from a client that has this many requests waiting for a directory answer
@@ -54,7 +68,7 @@ MAX_PENDING_PER_CONNECTION: Final = 64
 
 class Connection(asyncio.Protocol):
     __slots__ = (
-        "server",
+        "hub",
         "transport",
         "parser",
         "tail",
@@ -67,13 +81,13 @@ class Connection(asyncio.Protocol):
         "_peername",
     )
 
-    def __init__(self, server: PolicyServer) -> None:
-        self.server = server
+    def __init__(self, hub: ConnectionHub) -> None:
+        self.hub = hub
         self.transport: asyncio.Transport | None = None
         self.parser = RequestParser()
         self.tail: asyncio.Task[None] | None = None
         self.pending = 0
-        self.queued = 0  # chunks in server._inbox, not yet parsed
+        self.queued = 0  # chunks in hub.inbox, not yet parsed
         self.last_active = time.monotonic()
         self._idle: asyncio.TimerHandle | None = None
         self._paused = False
@@ -94,25 +108,25 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         self._peername = transport.get_extra_info("peername")
-        srv = self.server
-        if len(srv.connections) >= srv.config.max_connections or srv.draining:
-            srv.refused += 1
+        hub = self.hub
+        if len(hub.connections) >= hub.config.max_connections or hub.draining:
+            hub.refused += 1
             log.warning(
                 "refusing connection from %s: %d connections open (server.max_connections)",
                 self.peer,
-                len(srv.connections),
+                len(hub.connections),
             )
             transport.close()  # nothing written: Postfix retries, then its default_action
             return
-        srv.connections.add(self)
+        hub.connections.add(self)
         # (No TCP_NODELAY here: asyncio and uvloop both set it on every TCP transport, and
         # tests/integration/test_server.py checks that our connections have it.)
         self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.queued:  # what it sent before closing is handled (and logged) as usual
-            self.server._process_inbox()
-        self.server.connections.discard(self)
+            self.hub.process_inbox()
+        self.hub.connections.discard(self)
         if self._idle is not None:
             self._idle.cancel()
         if self.parser.pending:
@@ -122,19 +136,19 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = _monotonic()
-        srv = self.server
-        batch = srv._inbox
+        hub = self.hub
+        batch = hub.inbox
         batch.append((self, data))
         self.queued += 1
         if len(batch) > 1:
             return
-        if len(srv.connections) == 1:
+        if len(hub.connections) == 1:
             # The one connection: no other client's data can join this batch, so it is handled
             # now, without the wait for the end of the loop iteration.
-            srv._process_inbox()
+            hub.process_inbox()
         else:
             # (the server's loop: asyncio.get_running_loop() makes a getpid system call)
-            (srv.loop or asyncio.get_running_loop()).call_soon(srv._process_inbox)
+            (hub.loop or asyncio.get_running_loop()).call_soon(hub.process_inbox)
 
     def handle_data(self, data: bytes) -> None:
         try:
@@ -166,7 +180,7 @@ class Connection(asyncio.Protocol):
     def _handle(self, req: Request) -> None:
         started = _perf_counter()
         try:
-            profile, result = self.server.service.decide_now(req)
+            profile, result = self.hub.service.decide_now(req)
         except Exception:  # a bug must defer, never permit, never kill the server
             log.exception("internal error deciding a request from %s", self.peer)
             profile_name, result = "-", INTERNAL_ERROR
@@ -213,17 +227,17 @@ class Connection(asyncio.Protocol):
                 self._paused = False
                 if not self._wpaused:
                     self.transport.resume_reading()
-            if self.server.draining:
+            if self.hub.draining:
                 self.close_if_idle()
 
     def _reply(self, req: Request, profile: str, decision: Decision, started: float) -> None:
         payload = encode_decision(decision)
         transport = self.transport
-        srv = self.server
+        hub = self.hub
         elapsed = _perf_counter() - started
-        outbox = srv._outbox
-        decided = srv._decided
-        if outbox is not None and decided is not None and not srv.draining:
+        outbox = hub.outbox
+        decided = hub.decided
+        if outbox is not None and decided is not None and not hub.draining:
             # In the server's batch: the reply written, then logged, with the others
             if transport is not None:
                 outbox.append((transport, payload))  # (written then, unless closing by then)
@@ -231,15 +245,15 @@ class Connection(asyncio.Protocol):
             return
         if transport is not None and not transport.is_closing():
             transport.write(payload)
-        srv.emit(req, profile, decision, elapsed)
-        if srv.draining:
+        hub.emit(req, profile, decision, elapsed)
+        if hub.draining:
             self.close_if_idle()
 
     # lifecycle ---------------------------------------------------------------------------
 
     def _arm_idle(self) -> None:
-        loop = self.server.loop or asyncio.get_running_loop()
-        remaining = self.last_active + self.server.config.idle_timeout - time.monotonic()
+        loop = self.hub.loop or asyncio.get_running_loop()
+        remaining = self.last_active + self.hub.config.idle_timeout - time.monotonic()
         if remaining <= 0 and self.pending == 0:
             log.info("closing idle connection from %s (server.idle_timeout)", self.peer)
             if self.transport is not None:

@@ -23,7 +23,7 @@ from policyd.config.listen import parse_listen
 from policyd.core.decision import Decision
 from policyd.core.request import Request
 from policyd.decision_log import flush_decision_log, hold_decision_lines, log_decision
-from policyd.policy.connection import Connection
+from policyd.policy.connection import Connection, ConnectionHub
 from policyd.policy.service import PolicyService
 
 log: Final = logging.getLogger("policyd.server")  # (not __name__: the name admins grep)
@@ -56,20 +56,15 @@ class PolicyServer:
         hooks: Iterable[DecisionHook] = (),
     ) -> None:
         self.service = service
-        self.loop: asyncio.AbstractEventLoop | None = None  # (set by start)
         # after the decision log line (called directly: it runs for every request)
         self.hooks: list[DecisionHook] = list(hooks)
-        self.connections: set[Connection] = set()
+        # What the connections share with the server. Requests are handled in batches, one
+        # per event-loop iteration (see Connection.data_received): hub.inbox holds the data
+        # read in this iteration, _process_inbox handles it.
+        self.hub = ConnectionHub(service, self._process_inbox, self.emit)
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[str] = []
-        self.draining = False
-        self.refused = 0
         self.addresses: list[str] = []
-        # Requests are handled in batches, one per event-loop iteration (see Connection.
-        # data_received): the data read in this iteration, and the replies decided from it.
-        self._inbox: list[tuple[Connection, bytes]] = []
-        self._outbox: list[tuple[asyncio.Transport, bytes]] | None = None
-        self._decided: list[tuple[Request, str, Decision, float]] | None = None
         # While stop() drains: its deadline, and the lingering closes it started.
         self._drain_deadline: float | None = None
         self._lingering: set[asyncio.Task[None]] = set()
@@ -77,7 +72,29 @@ class PolicyServer:
     @property
     def config(self) -> ServerConfig:
         """The running [server] settings: the runtime's, so a reload applies them at once."""
-        return self.service.runtime.config.server
+        return self.hub.config
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop it serves on (set by start)."""
+        return self.hub.loop
+
+    @loop.setter
+    def loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.hub.loop = loop
+
+    @property
+    def connections(self) -> set[Connection]:
+        return self.hub.connections
+
+    @property
+    def draining(self) -> bool:
+        return self.hub.draining
+
+    @property
+    def refused(self) -> int:
+        """Connections refused (server.max_connections, or while draining)."""
+        return self.hub.refused
 
     # listeners ---------------------------------------------------------------------------
 
@@ -89,7 +106,7 @@ class PolicyServer:
         Passed sockets (systemd socket activation) must be listening SOCK_STREAM sockets; they
         are served as they are (no chmod, and never unlinked on stop: systemd owns them).
         """
-        loop = self.loop = asyncio.get_running_loop()
+        loop = self.hub.loop = asyncio.get_running_loop()
         srv: asyncio.Server
         # asyncio's default backlog (100) overflows when many smtpd processes (re)connect at
         # once (after a restart, every one of them): the kernel then drops SYNs and each drop
@@ -139,7 +156,7 @@ class PolicyServer:
                     self.addresses.append(f"unix:{name}")
 
     def _factory(self) -> Connection:
-        return Connection(self)
+        return Connection(self.hub)
 
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting; let in-flight requests finish (bounded); close every connection.
@@ -167,7 +184,7 @@ class PolicyServer:
             if not self.connections or loop.time() >= deadline:
                 break
             await asyncio.sleep(0.01)
-        self.draining = True
+        self.hub.draining = True
         if self.connections:
             log.warning(
                 "drain timeout: closing %d connection(s) with requests in flight",
@@ -236,13 +253,14 @@ class PolicyServer:
         Nothing waits longer than this iteration: the callback was scheduled by the first
         data_received of the iteration.
         """
-        while self._inbox:  # (a connection_lost below may process the rest itself)
-            inbox = self._inbox
-            self._inbox = []
+        hub = self.hub
+        while hub.inbox:  # (a connection_lost below may process the rest itself)
+            inbox = hub.inbox
+            hub.inbox = []
             outbox: list[tuple[asyncio.Transport, bytes]] = []
             decided: list[tuple[Request, str, Decision, float]] = []
-            self._outbox = outbox
-            self._decided = decided
+            hub.outbox = outbox
+            hub.decided = decided
             try:
                 for conn, data in inbox:
                     conn.queued -= 1
@@ -252,7 +270,7 @@ class PolicyServer:
                         log.exception("internal error reading from %s; closing it", conn.peer)
                         conn.abort()
             finally:
-                self._outbox = self._decided = None
+                hub.outbox = hub.decided = None
                 for transport, payload in outbox:
                     if not transport.is_closing():
                         transport.write(payload)

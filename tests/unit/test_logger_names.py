@@ -59,7 +59,7 @@ def test_the_policy_servers_decision_line_is_logged_on_policyd_decision(
     try:
         srv = PolicyServer(PolicyService(build_runtime(make_config(tmp_path))))
         srv.loop = loop
-        conn = Connection(srv)
+        conn = Connection(srv.hub)
         conn.connection_made(Transport())  # type: ignore[arg-type]
         conn.data_received(encode_request(authed("alice", "alice@example.org")))
         loop.run_until_complete(asyncio.sleep(0))

@@ -61,7 +61,7 @@ def server(tmp_path: Path, loop: asyncio.AbstractEventLoop) -> tuple[PolicyServe
 
 
 def connect(srv: PolicyServer) -> Connection:
-    conn = Connection(srv)
+    conn = Connection(srv.hub)
     conn.connection_made(Transport())  # type: ignore[arg-type]
     return conn
 
@@ -82,7 +82,7 @@ def test_the_one_connection_is_answered_at_once(
     conn.data_received(OWNED)  # (the loop does not run)
     assert written(conn) == [b"action=OK\n\n"]
     assert seen == [b"action=OK\n\n"]  # and logged after its reply was written
-    assert not srv._inbox
+    assert not srv.hub.inbox
 
 
 def test_with_several_connections_the_replies_wait_for_the_end_of_the_iteration(
