@@ -18,8 +18,9 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
+
+from policyd.cli.admin import add_command, load
 
 audit_log = logging.getLogger("policyd.audit")
 
@@ -28,14 +29,13 @@ AUDIT_KEEP = 10_000
 
 
 def add_parser(sub: Any) -> None:
-    q = sub.add_parser(
+    qs = add_command(
+        sub,
         "quota",
         help="a login's sending quotas: show, reset, suspend, unsuspend (needs a shared store)",
         description="Per-login sending quotas (see README: Sending quotas and stolen logins).",
+        dest="quota_command",
     )
-    q.add_argument("--config", "-c", type=Path, default=None, help="TOML config file")
-    q.add_argument("--json", action="store_true", help="machine-readable output")
-    qs = q.add_subparsers(dest="quota_command", required=True)
     p = qs.add_parser("show", help="usage, limit and reset time of each limit; suspended?")
     p.add_argument("login")
     p = qs.add_parser("reset", help="forget the login's counters (audited)")
@@ -59,13 +59,10 @@ def _who() -> str:
 
 def main(args: argparse.Namespace) -> int:
     from policyd.addresses import canonical_login
-    from policyd.config import DEFAULT_CONFIG, ConfigError, load_config
     from policyd.decision_log import setup_logging
 
-    try:
-        config = load_config(args.config or DEFAULT_CONFIG)
-    except ConfigError as e:
-        print(f"policyd: {e}", file=sys.stderr)
+    config = load(args)
+    if config is None:
         return 1
     qc = config.quotas
     if qc.store == "none":

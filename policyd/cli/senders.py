@@ -13,9 +13,9 @@ import json
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from policyd.cli.admin import add_command, load
 from policyd.verification import states
 from policyd.verification.views import Actor, Refused
 
@@ -27,14 +27,13 @@ ADMIN = Actor("cli")
 
 def add_parser(sub: Any) -> None:
     """Register `senders` on the main parser's subparsers."""
-    s = sub.add_parser(
+    ss = add_command(
+        sub,
         "senders",
         help="verified extra sender addresses: list, request, confirm, revoke, block, ...",
         description="Extra sender addresses a user proved are theirs (see README).",
+        dest="senders_command",
     )
-    s.add_argument("--config", "-c", type=Path, default=None, help="TOML config file")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
-    ss = s.add_subparsers(dest="senders_command", required=True)
     p = ss.add_parser("list", help="requests and verified addresses")
     p.add_argument("--login")
     p.add_argument("--state", choices=states.STATES)
@@ -97,16 +96,13 @@ def _refused(args: argparse.Namespace, e: Refused) -> int:
 
 def main(args: argparse.Namespace) -> int:
     from policyd.addresses import canonical_login
-    from policyd.config import DEFAULT_CONFIG, ConfigError, load_config
     from policyd.directory.base import DirectoryError
     from policyd.runtime import make_directory
     from policyd.verification.build import build
     from policyd.verification.store import StoreUnavailable
 
-    try:
-        config = load_config(args.config or DEFAULT_CONFIG)
-    except ConfigError as e:
-        print(f"policyd: {e}", file=sys.stderr)
+    config = load(args)
+    if config is None:
         return 1
     if not config.verification.enabled:
         print(

@@ -92,7 +92,7 @@ class _Conn:
     next_failback: float
 
 
-class LdapDirectory(GroupOwners):
+class LdapDirectory:
     """Directory backend over LDAP. Thread-safe; each calling thread gets its own connection.
     Connecting is lazy (the first lookup); construction only validates and reads the password
     (read_password=False: at the first connection). Raises DirectoryError on a bad setup."""
@@ -123,6 +123,14 @@ class LdapDirectory(GroupOwners):
                 "owners_of will not report owners through groups",
                 cfg.group_filter,
             )
+        self._groups = GroupOwners(
+            cfg, rules, self._group_attrs, self._reverse,
+            search_groups=lambda filt, attrs: self._search(
+                self.group_base, self._scope_group, filt, attrs, 0, paged=True),
+            search_users=self.search_users,
+            read_entry=lambda dn, attrs: self._search(
+                dn, ldap3.BASE, "(objectClass=*)", attrs, 0, missing_ok=True),
+        )  # fmt: skip
         warn_insecure_transport(cfg, self._specs)
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -192,7 +200,7 @@ class LdapDirectory(GroupOwners):
             if key in held or not held:
                 owners.update(ent.entry_logins(e, login_attr, self.rules))
         if self._reverse is not None or self.cfg.group_address_filter:
-            owners.update(self._group_owners(key))
+            owners.update(self._groups.owners_of(key))
         return frozenset(owners)
 
     def close(self) -> None:
@@ -204,6 +212,11 @@ class LdapDirectory(GroupOwners):
             close_quietly(c.conn)
 
     # -- results -----------------------------------------------------------------------
+
+    def search_users(self, filt: str, attrs: list[str]) -> Found:
+        """Every entry under user_base that `filt` finds (all pages, no size limit). Raises
+        DirectoryUnavailable."""
+        return self._search(self.cfg.user_base, self._scope_user, filt, attrs, 0, paged=True)
 
     def _addresses(self, entry: Mapping[str, Any], attrs: Sequence[str]) -> list[str]:
         return ent.entry_addresses(entry, attrs, self.rules)

@@ -22,9 +22,9 @@ Two ways, chosen by the config:
 from __future__ import annotations
 
 import logging
-from typing import Any, Final
-
-import ldap3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
 
 from policyd.addresses import AddressRules, canonical_login
 from policyd.config import LdapConfig
@@ -37,43 +37,40 @@ log = logging.getLogger("policyd.directory.ldap.directory")
 _MAX_MEMBER_READS: Final = 100
 
 
+#: (filter, attributes) -> the entries found, all pages, no size limit. Raises
+#: DirectoryUnavailable.
+Search = Callable[[str, list[str]], Found]
+
+
+@dataclass(frozen=True)
 class GroupOwners:
-    """Mixed into LdapDirectory: the reverse group lookup, over its _search."""
+    """The reverse group lookup of an LdapDirectory, over the searches it is given."""
 
     cfg: LdapConfig
     rules: AddressRules
-    group_base: str
-    _group_attrs: list[str]
-    _reverse: ReverseGroups | None
-    _scope_group: Any
-    _scope_user: Any
+    group_attrs: list[str]
+    reverse: ReverseGroups | None
+    #: under group_base, and under user_base
+    search_groups: Search
+    search_users: Search
+    #: (dn, attributes) -> that one entry; none (not an error) when it does not exist
+    read_entry: Search
 
-    def _search(
-        self,
-        base: str,
-        scope: Any,
-        filt: str,
-        attrs: list[str],
-        size_limit: int,
-        missing_ok: bool = False,
-        paged: bool = False,
-    ) -> Found:
-        raise NotImplementedError
-
-    def _group_owners(self, key: str) -> set[str]:
+    def owners_of(self, key: str) -> set[str]:
+        """The logins a group holding `key` makes its owners."""
         if self.cfg.group_address_filter:
             local, _, domain = key.rpartition("@")
             filt = render_filter(
                 self.cfg.group_address_filter, address=key, localpart=local, domain=domain
             )
         else:
-            rev = self._reverse
+            rev = self.reverse
             assert rev is not None
-            tests = "".join(f"({a}={escape_value(key)})" for a in self._group_attrs)
+            tests = "".join(f"({a}={escape_value(key)})" for a in self.group_attrs)
             filt = f"{rev.prefix}(|{tests}){rev.suffix}"
-        member_attr = self._reverse.member_attribute if self._reverse else "member"
+        member_attr = self.reverse.member_attribute if self.reverse else "member"
         attrs = [] if self.cfg.group_member_filter else [member_attr]
-        found = self._search(self.group_base, self._scope_group, filt, attrs, 0, paged=True)
+        found = self.search_groups(filt, attrs)
         if found.truncated:
             log.warning("LDAP: owners_of(%s): the group search hit a size limit", key)
         if self.cfg.group_member_filter:
@@ -85,9 +82,7 @@ class GroupOwners:
         owners: set[str] = set()
         for dn in groups:
             filt = render_filter(self.cfg.group_member_filter, group=dn)
-            found = self._search(
-                self.cfg.user_base, self._scope_user, filt, [login_attr], 0, paged=True
-            )
+            found = self.search_users(filt, [login_attr])
             if found.truncated:
                 log.warning("LDAP: owners_of(%s): members of %s hit a size limit", key, dn)
             for e in found.entries:
@@ -95,7 +90,7 @@ class GroupOwners:
         return owners
 
     def _member_owners(self, key: str, found: Found, member_attr: str) -> set[str]:
-        dns = self._reverse.members_are_dns if self._reverse else True
+        dns = self.reverse.members_are_dns if self.reverse else True
         owners: set[str] = set()
         login_attr = self.cfg.owner_login_attribute.lower()
         to_read: list[str] = []
@@ -118,14 +113,8 @@ class GroupOwners:
                 _MAX_MEMBER_READS,
             )
         for dn in to_read[:_MAX_MEMBER_READS]:
-            read = self._search(
-                dn,
-                ldap3.BASE,
-                "(objectClass=*)",
-                [self.cfg.owner_login_attribute],
-                0,
-                missing_ok=True,  # a dangling member
-            )
+            # (a dangling member: no entry)
+            read = self.read_entry(dn, [self.cfg.owner_login_attribute])
             for e in read.entries:
                 owners.update(entry_logins(e, self.cfg.owner_login_attribute, self.rules))
         return owners

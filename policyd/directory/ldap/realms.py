@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from policyd.directory.base import DirectoryError, DirectoryUnavailable
 from policyd.directory.ldap.directory import LdapDirectory
+from policyd.directory.ldap.entries import entry_addresses
 from policyd.directory.ldap.filters import escape_value
 from policyd.directory.realms import merge_problems, refuse_merges
 
@@ -20,13 +21,13 @@ def realm_holders(d: LdapDirectory) -> list[tuple[str, list[str]]]:
         terms = "".join(f"({a}={value})" for a in attrs)
         if any(a.lower() == "proxyaddresses" for a in attrs):
             terms += f"(proxyAddresses=smtp:{value})"
-        found = d._search(d.cfg.user_base, d._scope_user, f"(|{terms})", attrs, 0, paged=True)
+        found = d.search_users(f"(|{terms})", attrs)
         if found.truncated:
             raise DirectoryError(
                 f"addresses.realms: the entries holding addresses @{domain} exceed the "
                 "server's size limit: cannot check that realms merges nobody"
             )
-        out += [(e["dn"], d._addresses(e, attrs)) for e in found.entries]
+        out += [(e["dn"], entry_addresses(e, attrs, d.rules)) for e in found.entries]
     return out
 
 
