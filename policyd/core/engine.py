@@ -20,8 +20,8 @@ from policyd.addresses import (
     sender_domain,
     sender_key,
 )
-from policyd.config import ProfileConfig
 from policyd.core.decision import Decision, Reason, Verdict
+from policyd.core.profile import ProfileConfig
 from policyd.core.replies import render
 from policyd.core.request import Request
 from policyd.networks import Range

@@ -1,6 +1,6 @@
 """Reply templates: filling them (render). Pure.
 
-The templates themselves are the profile's `replies` table (config.RepliesConfig, documented
+The templates themselves are the profile's `replies` table (core.profile.RepliesConfig, documented
 in conf/policyd.toml; config/replies.py checks their placeholders when the config is loaded);
 the engine renders them with the request's values.
 """

@@ -261,9 +261,11 @@ FEATURES = (
     "policyd.decision_log",
     "policyd.systemd",
 )
-#: What the pure core may import besides itself: the address rules, the config's dataclasses
-#: and the ranges' Range value.
-CORE_MAY_IMPORT = ("policyd.core", "policyd.addresses", "policyd.config", "policyd.networks")
+#: What the pure core may import besides itself: the address rules and the ranges' Range value
+#: (not the config: the config imports the core's types, core.profile and core.limits).
+CORE_MAY_IMPORT = ("policyd.core", "policyd.addresses", "policyd.networks")
+#: The core modules the config may import: types and constants, never the decision code.
+CONFIG_MAY_IMPORT_FROM_CORE = ("policyd.core.limits", "policyd.core.profile")
 
 # Known breaks of the rule, (importer, imported). Empty: any break fails the test; a listed
 # pair that no longer breaks it fails too, so that the list is kept exact.
@@ -282,10 +284,12 @@ def why_not(importer: str, imported: str) -> str | None:
     """Why the layout forbids `importer` to import `imported`, or None when it may."""
     if within(importer, "policyd.core"):
         if not any(within(imported, p) for p in CORE_MAY_IMPORT):
-            return "the pure core imports only the core, addresses, config and networks"
+            return "the pure core imports only the core, addresses and networks"
     elif within(importer, "policyd.config"):
-        if any(within(imported, f) for f in FEATURES) and imported != "policyd.core.limits":
-            return "the config imports no feature package (only core.limits)"
+        if any(within(imported, f) for f in FEATURES) and (
+            imported not in CONFIG_MAY_IMPORT_FROM_CORE
+        ):
+            return "the config imports no feature package (only core.limits and core.profile)"
     mine, theirs = front_end(importer), front_end(imported)
     if theirs is not None and mine != theirs and not within(importer, "policyd.cli"):
         if mine is not None:
@@ -317,7 +321,10 @@ def test_every_break_on_the_allowed_list_still_exists() -> None:
 @pytest.mark.parametrize(
     ("importer", "imported", "allowed"),
     [
-        ("policyd.core.engine", "policyd.config", True),
+        ("policyd.core.engine", "policyd.config", False),
+        ("policyd.core.engine", "policyd.core.profile", True),
+        ("policyd.config", "policyd.core.profile", True),
+        ("policyd.config", "policyd.core.engine", False),
         ("policyd.core.engine", "policyd.policy.service", False),
         ("policyd.core.engine", "policyd.directory.base", False),
         ("policyd.config.web", "policyd.web.auth", False),
@@ -334,3 +341,44 @@ def test_every_break_on_the_allowed_list_still_exists() -> None:
 )
 def test_the_rule_refuses_what_runs_back_up(importer: str, imported: str, allowed: bool) -> None:
     assert (why_not(importer, imported) is None) is allowed
+
+
+# --- no circle between folders -------------------------------------------------------------------
+
+
+def folder(name: str) -> str:
+    """The folder a module is in: policyd.core.engine -> policyd.core; a top-level module is
+    its own (policyd.addresses)."""
+    return ".".join(name.split(".")[:2])
+
+
+def folder_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for importer, imported in graph.items():
+        mine = folder(importer)
+        out.setdefault(mine, set())
+        out[mine].update(folder(m) for m in imported if folder(m) != mine)
+    for targets in list(out.values()):
+        for t in targets:
+            out.setdefault(t, set())
+    return out
+
+
+def test_there_is_no_import_circle_between_folders() -> None:
+    """core -> config -> core and the like: a folder's modules may import each other, but
+    two folders (or top-level modules) never import each other, even through others."""
+    found = cycles(folder_graph(import_graph()))
+    assert not found, f"import circles between folders: {[sorted(c) for c in found]}"
+
+
+def test_the_folder_graph_sees_a_circle_that_no_module_cycle_shows() -> None:
+    # core.engine -> config -> core.limits: no module cycle, but core and config import each
+    # other
+    graph = {
+        "policyd.core.engine": {"policyd.config"},
+        "policyd.config": {"policyd.core.limits"},
+        "policyd.core.limits": set(),
+        "policyd.addresses": set(),
+    }
+    assert not cycles(graph)
+    assert cycles(folder_graph(graph)) == {frozenset({"policyd.core", "policyd.config"})}
