@@ -75,21 +75,8 @@ class PolicyServer:
         return self.hub.config
 
     @property
-    def loop(self) -> asyncio.AbstractEventLoop | None:
-        """The event loop it serves on (set by start)."""
-        return self.hub.loop
-
-    @loop.setter
-    def loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.hub.loop = loop
-
-    @property
     def connections(self) -> set[Connection]:
         return self.hub.connections
-
-    @property
-    def draining(self) -> bool:
-        return self.hub.draining
 
     @property
     def refused(self) -> int:

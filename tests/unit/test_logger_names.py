@@ -58,7 +58,7 @@ def test_the_policy_servers_decision_line_is_logged_on_policyd_decision(
     loop = asyncio.new_event_loop()
     try:
         srv = PolicyServer(PolicyService(build_runtime(make_config(tmp_path))))
-        srv.loop = loop
+        srv.hub.loop = loop
         conn = Connection(srv.hub)
         conn.connection_made(Transport())  # type: ignore[arg-type]
         conn.data_received(encode_request(authed("alice", "alice@example.org")))

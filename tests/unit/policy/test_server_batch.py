@@ -50,7 +50,7 @@ def server(tmp_path: Path, loop: asyncio.AbstractEventLoop) -> tuple[PolicyServe
     """A server on `loop`; its decision hook records, for each decision, what the transports
     had been given by then."""
     srv = PolicyServer(PolicyService(build_runtime(make_config(tmp_path))))
-    srv.loop = loop
+    srv.hub.loop = loop
     seen: list[bytes] = []
 
     def hook(req: Request, profile: str, decision: object, elapsed: float) -> None:
