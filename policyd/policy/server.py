@@ -106,12 +106,12 @@ class PolicyServer:
                 if kind == "unix":
                     assert host is not None
                     _remove_stale_socket(host)
-                    srv = await loop.create_unix_server(self._factory, host, backlog=backlog)
+                    srv = await loop.create_unix_server(self.new_connection, host, backlog=backlog)
                     os.chmod(host, int(self.config.unix_socket_mode, 8))
                     self._unix_paths.append(host)
                 else:
                     srv = await loop.create_server(
-                        self._factory, host, port or 0, reuse_address=True, backlog=backlog
+                        self.new_connection, host, port or 0, reuse_address=True, backlog=backlog
                     )
             except OSError as e:
                 raise OSError(e.errno, f"cannot listen on {spec}: {e.strerror}") from e
@@ -123,10 +123,10 @@ class PolicyServer:
                 )
             if sock.family == socket.AF_UNIX:
                 srv = await loop.create_unix_server(
-                    self._factory, sock=sock, backlog=backlog, **_KEEP_PASSED_UNIX_SOCKET
+                    self.new_connection, sock=sock, backlog=backlog, **_KEEP_PASSED_UNIX_SOCKET
                 )
             else:
-                srv = await loop.create_server(self._factory, sock=sock, backlog=backlog)
+                srv = await loop.create_server(self.new_connection, sock=sock, backlog=backlog)
             self._servers.append(srv)
         for srv in self._servers:
             listening: _Listening = srv  # for the compiler: see _Listening
@@ -142,7 +142,8 @@ class PolicyServer:
                         name = "@" + name[1:].decode(errors="replace")
                     self.addresses.append(f"unix:{name}")
 
-    def _factory(self) -> Connection:
+    def new_connection(self) -> Connection:
+        """A Connection of this server (the protocol factory of its listeners and of --stdio)."""
         return Connection(self.hub)
 
     async def stop(self, drain_timeout: float | None = None) -> None:

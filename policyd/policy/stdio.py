@@ -39,7 +39,7 @@ async def serve_stdio(app: App, rfd: int = 0, wfd: int = 1) -> None:
 async def _stdio_socket(app: App, fd: int) -> None:
     loop = asyncio.get_running_loop()
     sock = socket.socket(fileno=os.dup(fd))
-    await loop.connect_accepted_socket(app.server._factory, sock)
+    await loop.connect_accepted_socket(app.server.new_connection, sock)
     while app.server.connections:  # the one connection; it leaves the set on close
         await asyncio.sleep(0.02)
 
