@@ -43,12 +43,12 @@ from policyd.policy.app import LOAD_ERRORS, App, load, start_logging
 from policyd.policy.server import bind_listener
 from policyd.policy.worker import ENV_FDS, ENV_LIFELINE, ENV_SLOT, WorkerApp
 from policyd.systemd import (
+    STOP_SIGNALS,
     Notifier,
     StartupError,
     listen_fds,
     reloading_state,
     serve_daemon,
-    until_signalled,
     watchdog,
     watchdog_interval,
 )
@@ -151,6 +151,9 @@ class Supervisor:
     async def start(self) -> None:
         """Bind the listeners once, start every worker, wait until each one serves."""
         loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self._bind()
         self._inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         self._inbox.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -159,7 +162,9 @@ class Supervisor:
         self._lifeline = os.pipe()
         self._tasks = [asyncio.ensure_future(self._keep(w)) for w in self.workers]
         await _first(
-            asyncio.gather(*(w.ready.wait() for w in self.workers)), self._start_failed.wait()
+            asyncio.gather(*(w.ready.wait() for w in self.workers)),
+            self._start_failed.wait(),
+            self.stopping.wait(),
         )
         if self._start_failed.is_set():
             raise StartupError(self._failed_start)
@@ -172,13 +177,17 @@ class Supervisor:
         )
 
     def ready(self) -> None:
+        if self.stopping.is_set():  # (SIGTERM while the workers started)
+            return
         self.notify(f"READY=1\nSTATUS={self.status()}\nMAINPID={os.getpid()}")
         interval = watchdog_interval(self.environ)
         if interval is not None:
             self._watchdog = asyncio.ensure_future(watchdog(self.notify, interval))
 
     async def until_signalled(self) -> None:
-        await until_signalled(self.stopping, {signal.SIGHUP: self.request_reload})
+        """Until SIGTERM/SIGINT (the handlers, set by start(), stay while stop() waits for the
+        workers: a second SIGTERM must not kill the supervisor and orphan them)."""
+        await self.stopping.wait()
 
     async def stop(self) -> None:
         """Every worker drains and exits; then the listeners are gone."""
