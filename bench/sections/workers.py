@@ -94,9 +94,8 @@ def section_workers(args: argparse.Namespace, work: Path) -> dict[str, object]:
             for label, row_args in rows:
                 k = rnd % len(servers)
                 for srv in servers[k:] + servers[:k]:
-                    c0, t0 = tree_cpu_seconds(srv.pid), time.monotonic()
+                    c0 = tree_cpu_seconds(srv.pid)
                     r = loadgen(srv.port, [*row_args, *common])
-                    wall = time.monotonic() - t0
                     cpu = tree_cpu_seconds(srv.pid) - c0
                     answered = float(r["rps"]) * (float(r["seconds"]) + args.warmup)  # type: ignore[arg-type]
                     results[label][srv.name].append(
@@ -104,7 +103,8 @@ def section_workers(args: argparse.Namespace, work: Path) -> dict[str, object]:
                             "rps": float(r["rps"]),  # type: ignore[arg-type]
                             "p99": float(r["p99_ms"]),  # type: ignore[arg-type]
                             "cpu_us": cpu / answered * 1e6 if answered else float("nan"),
-                            "cores": cpu / wall,
+                            # (the server idles while the load generator starts up)
+                            "cores": cpu / (float(r["seconds"]) + args.warmup),  # type: ignore[arg-type]
                             "client_cpu": float(r["client_cpu"]),  # type: ignore[arg-type]
                             "errors": float(r["errors"]),  # type: ignore[arg-type]
                         }
@@ -122,7 +122,7 @@ def section_workers(args: argparse.Namespace, work: Path) -> dict[str, object]:
     lines = [
         f"server.workers 1 vs 2; load generator on CPU {CLIENT_CPU}; each cell the median of "
         f"{args.rounds} rounds x {args.duration:g} s; ×w1 = median of the per-round ratios to "
-        f"w1 on the same CPUs; cores = server CPU seconds per wall second (supervisor + workers)",
+        f"w1 on the same CPUs; cores = server CPU s (supervisor + workers) per second of load",
         "",
         "| load | server | req/s | ×w1 | p99 ms | server CPU µs/req | cores | generator CPU |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
