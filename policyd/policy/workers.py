@@ -14,13 +14,13 @@ A worker is `python -m policyd serve` run by the supervisor: an ordinary App (po
 serving the sockets it inherited (WorkerApp). What passes between them:
 
 - POLICYD_WORKER_FDS: the inherited listening sockets (fd numbers); POLICYD_WORKER: its slot.
-- NOTIFY_SOCKET: the supervisor's own datagram socket, so a worker's READY=1 / RELOADING=1
-  reach the supervisor (it knows the sender by SO_PASSCRED), not systemd.
+- NOTIFY_SOCKET: the supervisor's own datagram socket, so a worker's READY=1 reaches the
+  supervisor (which knows the sender by SO_PASSCRED), not systemd.
 - POLICYD_WORKER_LIFELINE: the read end of a pipe whose write end only the supervisor holds:
   if the supervisor dies (even SIGKILL), every worker reads EOF and stops: no orphans.
 
-Everything else a worker keeps per process is fine per process (the directory cache, the
-LDAP pool); what is not (metrics, in-memory quota counters) config/workers.py refuses.
+The directory cache and LDAP pool are fine per process; metrics and in-memory quota counters
+are not: config/workers.py refuses them with workers > 1.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ log = logging.getLogger("policyd.workers")
 #: Restart delays after a worker died: doubling from the first, at most the last; a worker
 #: that served for STABLE seconds starts the count again.
 BACKOFF, MAX_BACKOFF, STABLE = 1.0, 30.0, 60.0
+#: A worker: `policyd serve --config PATH` (it knows it is one by POLICYD_WORKER_FDS).
+WORKER_COMMAND = (sys.executable, "-m", "policyd", "serve", "--config")
 #: How long a reload waits for the workers' READY=1 before saying so (and READY=1 anyway).
 RELOAD_WAIT = 120.0
 
@@ -115,7 +117,7 @@ class Supervisor:
         self.config = Config()
         #: bumped by every reload that passed the check
         self.generation = 0
-        self.reloads = self.reload_failures = self.restarts = 0
+        self.reloads = self.reload_failures = 0
         self.sockets: list[socket.socket] = []
         self.addresses: list[str] = []
         self._unix_paths: list[str] = []
@@ -263,23 +265,22 @@ class Supervisor:
             w.ready.clear()
             w.exited.clear()
             w.generation = self.generation
-            w.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "policyd",
-                "serve",
-                "--config",
-                str(self.config_path),
-                env=self._worker_env(w),
-                pass_fds=[s.fileno() for s in self.sockets] + [self._lifeline[0]],
-                stdin=asyncio.subprocess.DEVNULL,
-            )
-            started = loop.time()
-            rc = await w.proc.wait()
+            started, pid = loop.time(), "-"
+            try:
+                w.proc = await asyncio.create_subprocess_exec(
+                    *WORKER_COMMAND,
+                    str(self.config_path),
+                    env=self._worker_env(w),
+                    pass_fds=[s.fileno() for s in self.sockets] + [self._lifeline[0]],
+                    stdin=asyncio.subprocess.DEVNULL,
+                )
+                pid, rc = str(w.proc.pid), await w.proc.wait()
+                why = f"exit status {rc}" if rc >= 0 else f"signal {signal.Signals(-rc).name}"
+            except OSError as e:  # (no process at all: out of processes, files or memory)
+                why = f"cannot start: {e}"
             w.exited.set()
             if self.stopping.is_set():
                 return
-            why = f"exit status {rc}" if rc >= 0 else f"signal {signal.Signals(-rc).name}"
             if not self._started:  # (a config or setup problem: no point in restarting)
                 self._failed_start = f"worker {w.slot} ended ({why}) before it served; see its log"
                 self._start_failed.set()
@@ -287,15 +288,14 @@ class Supervisor:
             failures = 1 if loop.time() - started >= STABLE else failures + 1
             delay = min(MAX_BACKOFF, BACKOFF * 2 ** (failures - 1))
             log.error(
-                "worker %d (pid %d) ended unexpectedly (%s); restarting it in %gs",
+                "worker %d (pid %s) ended unexpectedly (%s); restarting it in %gs",
                 w.slot,
-                w.proc.pid,
+                pid,
                 why,
                 delay,
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), delay)
-            self.restarts += 1
 
     def _worker_env(self, w: Worker) -> dict[str, str]:
         env = {k: v for k, v in self.environ.items() if not k.startswith(_NOT_FOR_WORKERS)}

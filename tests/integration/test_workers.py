@@ -223,7 +223,7 @@ def test_a_killed_worker_is_restarted_and_service_continues(
         c = Client(("127.0.0.1", port))
         assert c.ask() == OK
         c.close()
-    d.wait_log("ended unexpectedly (signal SIGKILL); restarting it in 1s")
+    d.wait_log(f"(pid {victim}) ended unexpectedly (signal SIGKILL); restarting it in 1s")
     wait_for("a new worker", lambda: len(children(d.proc.pid) - first) == 1)
     d.wait_log("policyd.app: policyd listening on", count=3)
     now = children(d.proc.pid)
@@ -232,6 +232,13 @@ def test_a_killed_worker_is_restarted_and_service_continues(
     assert all(held.values()), f"the restarted worker takes connections too: {held}"
     for c in clients:
         c.close()
+    # killed again soon after its restart: a longer delay (a backoff, not a tight loop)
+    (second,) = now - first
+    os.kill(second, signal.SIGKILL)
+    d.wait_log(f"(pid {second}) ended unexpectedly (signal SIGKILL); restarting it in 2s")
+    time.sleep(1.0)
+    assert len(children(d.proc.pid)) == 1, "restarted before its delay"
+    wait_for("the slot served again", lambda: len(children(d.proc.pid)) == 2)
     assert d.stop() == 0
 
 
