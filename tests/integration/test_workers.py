@@ -37,6 +37,7 @@ from tests.integration.test_ops import (
     request,
     write_config,
 )
+from tests.servers.requirements import require_binaries
 
 Address = tuple[str, int] | str
 
@@ -325,20 +326,34 @@ def test_sd_notify_ready_only_when_every_worker_serves(
     rx.close()
 
 
+@pytest.mark.parametrize("launcher", ["by hand", "systemd-socket-activate"])
 def test_socket_activation_passes_the_sockets_to_every_worker(
     tmp_path: Path,
     short_dir: Path,
     daemons: list[Daemon],
+    launcher: str,
 ) -> None:
-    """LISTEN_FDS/LISTEN_PID as systemd sets them (the launcher of test_ops): the supervisor
-    takes the two sockets, every worker serves both; server.listen is not bound."""
+    """LISTEN_FDS/LISTEN_PID as systemd sets them (test_ops's launcher, and systemd's own
+    systemd-socket-activate): the supervisor takes the two sockets, every worker serves both;
+    server.listen is not bound."""
     port, ignored = free_port(), free_port()
     unix_path = str(short_dir / "policy.sock")
     cfg = workers_config(tmp_path, [f"127.0.0.1:{ignored}"])
-    d = Daemon(
-        [str(port), unix_path, "serve", "--config", str(cfg)], tmp_path, argv0=[PY, "-c", _LAUNCHER]
-    )
-    daemons.append(d)
+    serve = ["serve", "--config", str(cfg)]
+    if launcher == "by hand":
+        d = Daemon([str(port), unix_path, *serve], tmp_path, argv0=[PY, "-c", _LAUNCHER])
+        daemons.append(d)
+    else:
+        require_binaries("systemd-socket-activate", why="socket activation")
+        args = ["-l", f"127.0.0.1:{port}", "-l", unix_path, "--fdname=tcp:unix"]
+        for var in ("PATH", "PYTHONPATH", "LANG"):
+            args += ["-E", var]
+        d = Daemon([*args, PY, "-m", "policyd", *serve], tmp_path, argv0=[launcher])
+        daemons.append(d)
+        d.wait_log("Listening on")
+        first = Client(("127.0.0.1", port), timeout=30)  # (it execs policyd at the first one)
+        assert first.ask() == OK
+        first.close()
     d.wait_log("with 2 worker processes", timeout=30)
     d.wait_log("socket activation: 2 passed socket(s) (tcp, unix) for every worker")
     for address in (("127.0.0.1", port), unix_path):
