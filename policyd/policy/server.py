@@ -303,30 +303,32 @@ def bind_listener(spec: str, mode: str, unix_paths: list[str]) -> list[socket.so
     start() binds them, for processes that inherit them (policy/workers.py). A unix path is
     added to `unix_paths` (to unlink at stop). Raises OSError naming the spec."""
     kind, host, port = parse_listen(spec)
-    backlog = 1024  # (as start(): see there)
+    backlog = 1024  # (each worker's start() listens again, with its own backlog)
+    out: list[socket.socket] = []
     try:
         if kind == "unix":
             assert host is not None
             remove_stale_socket(host)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(host)
+            out.append(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+            out[0].bind(host)
             os.chmod(host, int(mode, 8))
             unix_paths.append(host)
-            sock.listen(backlog)
-            return [sock]
-        out = []
+            out[0].listen(backlog)
+            return out
         for family, _, _, _, addr in socket.getaddrinfo(
             host, port or 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         ):
             sock = socket.socket(family, socket.SOCK_STREAM)
+            out.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(addr)
             sock.listen(backlog)
-            out.append(sock)
         return out
     except OSError as e:
+        for sock in out:
+            sock.close()
         raise OSError(e.errno, f"cannot listen on {spec}: {e.strerror}") from e
 
 

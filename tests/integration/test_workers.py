@@ -395,3 +395,21 @@ def test_config_errors_stop_the_start(
     assert message in r.stderr, r.stderr
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+
+
+def test_a_listener_in_use_stops_the_start_before_any_worker(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        cfg = workers_config(tmp_path, [f"127.0.0.1:{port}"])
+        r = subprocess.run(
+            [PY, "-m", "policyd", "serve", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
+        )
+    assert r.returncode == 1, r
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr, r.stderr
+    assert "policyd.app" not in r.stderr, "no worker was started"
