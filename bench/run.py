@@ -55,6 +55,11 @@ e2e
     at RCPT, with the policy service and the milter (unix socket); unauthenticated inbound on
     port 25 (smtp-source, and bench/smtpload.py for latency) and logged-in sessions (XCLIENT
     LOGIN=); msgs/s, × alone, p50/p99 (issue 29). Not in the default run.
+workers
+    ``server.workers`` 1 against 2 (issue 29), the throughput workload, the load generator on
+    CPU 1: all pinned to CPU 0, and allowed on both CPUs (then sharing CPU 1 with the load
+    generator); req/s, p99, server CPU per request and cores used (supervisor + workers).
+    Not in the default run.
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ from sections.quotas import section_quotas
 from sections.ranges import ranges_child, section_ranges
 from sections.throughput import section_throughput
 from sections.webload import section_webload
+from sections.workers import section_workers
 
 # --------------------------------------------------------------------------------------------
 
@@ -111,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         default="",
         help="comma list of sections: throughput,ranges,load,ldap,memory,profile,webload,quotas,"
-        "e2e",
+        "e2e,workers",
     )
     p.add_argument("--memory", action="store_true", help="also run the memory section (slow)")
     p.add_argument(
@@ -228,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out[s] = section_quotas(args, work)
             elif s == "e2e":
                 out[s] = section_e2e(args, work)
+            elif s == "workers":
+                out[s] = section_workers(args, work)
             elif s == "quotas":
                 out[s] = section_quotas(args, work)
             else:

@@ -22,15 +22,17 @@ import os
 #: folder: every module under these folders of the package (with their subfolders) ...
 COMPILED_FOLDERS: tuple[str, ...] = ("core", "networks", "directory", "policy")
 #: ... except these folders and modules, which a request does not pass through: the LDAP
-#: directory (ldap3's own code is the cost there), and the policy server's lifecycle, `--stdio`
-#: loop and metrics scrape; and core.profile, the profile's dataclasses, whose field types the
-#: config reads at run time (as config/'s own);
+#: directory (ldap3's own code is the cost there), and the policy server's lifecycle (and its
+#: workers' supervisor), `--stdio` loop and metrics scrape; and core.profile, the profile's
+#: dataclasses, whose field types the config reads at run time (as config/'s own);
 NOT_COMPILED: tuple[str, ...] = (
     "directory.ldap",
     "policy.app",
     "policy.stdio",
     "policy.metrics",
     "core.profile",
+    "policy.worker",
+    "policy.workers",
 )
 #: ... and these top-level modules, which the policy server shares with the milter. Not
 #: config/: it reads dataclass field types at run time.

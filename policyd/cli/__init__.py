@@ -193,7 +193,8 @@ def _guarded(args: argparse.Namespace, command: Callable[[argparse.Namespace], i
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from policyd.policy.app import LOAD_ERRORS, App
+    from policyd.policy.app import LOAD_ERRORS
+    from policyd.policy.workers import make_daemon
     from policyd.systemd import StartupError
 
     for spec in args.listen or ():
@@ -201,9 +202,10 @@ def _serve(args: argparse.Namespace) -> int:
             parse_listen(spec)
         except ValueError as e:
             return fail(f"--listen: {e}")
-    app = App(args.config, listen=args.listen)
+    # one process (server.workers = 1), or a supervisor and its workers, or one such worker
+    daemon = make_daemon(args.config, args.listen, os.environ)
     try:
-        _run(app.serve())
+        _run(daemon.serve())
     except LOAD_ERRORS as e:
         return load_failure(args.config, e)
     except (StartupError, OSError) as e:

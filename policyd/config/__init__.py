@@ -26,6 +26,7 @@ from policyd.config.tables import TableReader
 from policyd.config.verification import VerificationConfig, check_verification
 from policyd.config.web import WebConfig as WebConfig
 from policyd.config.web import check_web
+from policyd.config.workers import check_workers
 from policyd.core import limits
 from policyd.core.profile import ProfileConfig as ProfileConfig
 from policyd.core.profile import RepliesConfig as RepliesConfig
@@ -54,6 +55,7 @@ class ServerConfig:
     max_connections: int = limits.DEFAULT_MAX_CONNECTIONS
     idle_timeout: float = limits.DEFAULT_IDLE_TIMEOUT
     drain_timeout: float = limits.DEFAULT_DRAIN_TIMEOUT
+    workers: int | str = 1  # processes serving the listeners (config/workers.py)
 
 
 @dataclass(frozen=True)
@@ -305,6 +307,7 @@ def _check(cfg: Config, profiles: Mapping[str, ProfileConfig], ctx: TableReader)
                 s, f"addresses.mydestination[{i}]", f"{d!r} is not a domain ({e})"
             ) from None
     check_ldap(cfg.ldap, s)
+    check_workers(s, cfg.server.workers, cfg.metrics.enabled, cfg.quotas)
     check_web(cfg.web, s)
     check_verification(cfg.verification, cfg.directory.backend, s)
     if cfg.policy.default_profile not in profiles:

@@ -4,6 +4,7 @@ str, Path, nested dataclasses), and every error names the file, the key and why.
 
 from __future__ import annotations
 
+import contextlib
 import types
 import typing
 from collections.abc import Mapping
@@ -76,7 +77,13 @@ class TableReader:
             args = [a for a in get_args(tp) if a is not type(None)]
             if value == "" and type(None) in get_args(tp):
                 return None
-            return self.convert(args[0], value, where)
+            try:
+                return self.convert(args[0], value, where)
+            except ConfigError:  # (int | str: the first type that takes it, else that error)
+                for alternative in args[1:]:
+                    with contextlib.suppress(ConfigError):
+                        return self.convert(alternative, value, where)
+                raise
         if origin is tuple:
             if not isinstance(value, list):
                 raise ConfigError(self.source, where, f"must be a list, not {_tname(value)}")

@@ -115,15 +115,8 @@ class App:
         except ConfigError as e:
             self.notify(f"STATUS=config error: {e}")
             raise
-        lc = config.logging
         if self.configure_logging:
-            if lc.target == "syslog" and lc.syslog_address.startswith("/"):
-                if not os.path.exists(lc.syslog_address):
-                    raise StartupError(
-                        f'{self.config_path}: logging.target = "syslog", '
-                        f"but {lc.syslog_address} does not exist"
-                    )
-            setup_logging(lc.level, lc.target, lc.syslog_address, lc.syslog_facility)
+            start_logging(config, self.config_path)
         if config.metrics.enabled:
             self.metrics = _make_metrics(self.config_path)
         try:
@@ -144,16 +137,18 @@ class App:
 
     async def start(self) -> None:
         """Listeners (or the sockets systemd passed), then the metrics endpoint."""
+        how = "socket activation"
         if self.sockets is None:
             passed = listen_fds(env=self.environ)  # (also unsets LISTEN_*: no child takes them)
         else:
-            passed = [("", sock) for sock in self.sockets]
+            passed, how = [("", sock) for sock in self.sockets], "inherited"
         sockets = [sock for _, sock in passed]
         listen = self.listen_override or list(self.config.server.listen)
         if sockets:
             names = ", ".join(name or "?" for name, _ in passed)
             log.info(
-                "socket activation: serving %d passed socket(s) (%s); %s ignored",
+                "%s: serving %d passed socket(s) (%s); %s ignored",
+                how,
                 len(sockets),
                 names,
                 "--listen" if self.listen_override else "server.listen",
@@ -338,6 +333,17 @@ def load(config_path: Path, *, read_secrets: bool = True) -> tuple[Config, Runti
     return config, build_runtime(config, read_secrets=read_secrets)
 
 
+def start_logging(config: Config, config_path: Path) -> None:
+    """The configured log target and level. Raises StartupError for a missing syslog socket."""
+    lc = config.logging
+    if lc.target == "syslog" and lc.syslog_address.startswith("/"):
+        if not os.path.exists(lc.syslog_address):
+            raise StartupError(
+                f'{config_path}: logging.target = "syslog", but {lc.syslog_address} does not exist'
+            )
+    setup_logging(lc.level, lc.target, lc.syslog_address, lc.syslog_facility)
+
+
 def _warn_restart_only_changes(old: Config, new: Config, listen_from_config: bool) -> None:
     if listen_from_config and new.server.listen != old.server.listen:
         log.warning(
@@ -353,6 +359,8 @@ def _warn_restart_only_changes(old: Config, new: Config, listen_from_config: boo
         log.warning("reload: logging target changed; it takes effect on restart")
     if new.metrics != old.metrics:
         log.warning("reload: [metrics] changed; it takes effect on restart")
+    if new.server.workers != old.server.workers:
+        log.warning("reload: server.workers changed; it takes effect on restart")
 
 
 def _make_metrics(config_path: Path) -> Metrics:

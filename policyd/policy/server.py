@@ -105,7 +105,7 @@ class PolicyServer:
             try:
                 if kind == "unix":
                     assert host is not None
-                    _remove_stale_socket(host)
+                    remove_stale_socket(host)
                     srv = await loop.create_unix_server(self.new_connection, host, backlog=backlog)
                     os.chmod(host, int(self.config.unix_socket_mode, 8))
                     self._unix_paths.append(host)
@@ -304,7 +304,41 @@ async def _linger(sock: socket.socket, deadline: float) -> None:
         sock.close()
 
 
-def _remove_stale_socket(path: str) -> None:
+def bind_listener(spec: str, mode: str, unix_paths: list[str]) -> list[socket.socket]:
+    """Listening sockets for one listen spec (each address a name resolves to) bound as
+    start() binds them, for processes that inherit them (policy/workers.py). A unix path is
+    added to `unix_paths` (to unlink at stop). Raises OSError naming the spec."""
+    kind, host, port = parse_listen(spec)
+    backlog = 1024  # (each worker's start() listens again, with its own backlog)
+    out: list[socket.socket] = []
+    try:
+        if kind == "unix":
+            assert host is not None
+            remove_stale_socket(host)
+            out.append(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+            out[0].bind(host)
+            os.chmod(host, int(mode, 8))
+            unix_paths.append(host)
+            out[0].listen(backlog)
+            return out
+        for family, _, _, _, addr in socket.getaddrinfo(
+            host, port or 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            out.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(backlog)
+        return out
+    except OSError as e:
+        for sock in out:
+            sock.close()
+        raise OSError(e.errno, f"cannot listen on {spec}: {e.strerror}") from e
+
+
+def remove_stale_socket(path: str) -> None:
     try:
         st = os.stat(path)
     except FileNotFoundError:

@@ -155,7 +155,7 @@ def test_config_check_and_serve_fail_with_one_line_naming_file_and_key(config: P
         assert r.returncode == 1
         assert r.stderr.strip().splitlines() == [
             f"policyd: {config}: server.max_conections: unknown key (known keys here: "
-            "drain_timeout, idle_timeout, listen, max_connections, unix_socket_mode)"
+            "drain_timeout, idle_timeout, listen, max_connections, unix_socket_mode, workers)"
         ]
 
 
