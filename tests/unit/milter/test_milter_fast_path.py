@@ -17,7 +17,12 @@ Milter = pytest.importorskip(
 
 from policyd.config import Config  # noqa: E402
 from policyd.milter.decide import decide_headers, decide_headers_now  # noqa: E402
-from policyd.milter.headers import author_mailboxes  # noqa: E402
+from policyd.milter.headers import (  # noqa: E402
+    MEMO_MAX_CHARS,
+    _author_memo,
+    author_check,
+    author_mailboxes,
+)
 from policyd.milter.libmilter import install  # noqa: E402
 from policyd.milter.service import MilterService  # noqa: E402
 from policyd.runtime import Runtime, build_runtime  # noqa: E402
@@ -121,3 +126,45 @@ def test_cache_hit_decides_in_place_and_a_miss_takes_the_loop(
     rc, ctx = feed(message("From: carol@example.org"), login="carol")
     assert rc == Milter.TEMPFAIL
     assert len(calls) == 2
+
+
+# --- the author check, remembered (issue 29) --------------------------------------------------
+
+HEADER_SETS = [
+    [("from", "alice@example.org")],
+    [("from", '"ceo@example.org" <alice@example.org>')],
+    [("from", "alice@example.org"), ("sender", "bob@example.org")],
+    [("from", "alice@example.org"), ("from", "bob@example.org")],
+    [("from", "alice@example.org)<ceo@example.org>")],
+    [("from", "=?utf-8?q?ceo=40example=2Eorg?= <alice@example.org>")],
+    [("sender", "bob@example.org")],
+]
+
+
+@pytest.mark.parametrize("headers", HEADER_SETS)
+def test_author_check_is_author_mailboxes(headers: list[tuple[str, str]]) -> None:
+    first = author_check(headers)
+    assert first == author_mailboxes(headers)
+    assert author_check(list(headers)) == first  # the remembered one
+
+
+def test_author_check_remembers_small_headers_only() -> None:
+    _author_memo.cache_clear()
+    small = [("from", "alice@example.org")]
+    author_check(small)
+    author_check(small)
+    assert _author_memo.cache_info().hits == 1
+    big = [("from", "alice@example.org (" + "x" * MEMO_MAX_CHARS + ")")]
+    assert author_check(big) == author_mailboxes(big)
+    assert _author_memo.cache_info().currsize == 1  # not kept
+
+
+def test_the_milter_parses_a_repeated_from_once(tmp_path: Path, make_service: Any) -> None:
+    make_service(make_config(tmp_path))
+    _author_memo.cache_clear()
+    assert_accepted(*feed(message("From: alice@example.org")))
+    assert_accepted(*feed(message("From: alice@example.org")))
+    rc, ctx = feed(message("From: alice@example.org", "Sender: bob@example.org"))
+    assert rc == Milter.REJECT
+    info = _author_memo.cache_info()
+    assert (info.hits, info.misses) == (1, 2)
