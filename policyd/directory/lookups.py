@@ -144,3 +144,26 @@ async def header_facts(
     wide = for_wider_keys(owned)
     needed = [k for box in boxes for k in keys_to_resolve(wide, box, rules)]
     return owned, await key_owners(lookups, needed), None
+
+
+def peek_header_facts(
+    lookups: Lookups, login: str, boxes: Sequence[str], rules: AddressRules
+) -> HeaderFacts | None:
+    """`header_facts` when every answer is known without blocking (the in-memory file
+    directory, fresh cache entries), else None: the same lookups, through the peeks."""
+    if not login:
+        owners: dict[str, frozenset[str]] = {}
+        for box in boxes:
+            found = peek_sender_owners(lookups, box, rules)
+            if found is None:
+                return None
+            owners[box] = found
+        return None, None, owners
+    owned = lookups.peek_addresses(login)
+    if owned is None:
+        return None
+    wide = for_wider_keys(owned)
+    keys = peek_key_owners(lookups, [k for box in boxes for k in keys_to_resolve(wide, box, rules)])
+    if keys is None:
+        return None
+    return owned, keys, None

@@ -42,7 +42,7 @@ from policyd.core.decision import Decision, Verdict
 from policyd.core.engine import decide_header_from
 from policyd.decision_log import log_line, milter_line, setup_logging
 from policyd.milter import listen_warning
-from policyd.milter.headers import AUTHOR_HEADERS, AuthorCheck, author_mailboxes, unfold
+from policyd.milter.headers import AUTHOR_HEADERS, AuthorCheck, author_check, unfold
 from policyd.milter.service import MilterService
 
 log = logging.getLogger("policyd.milter")
@@ -189,7 +189,7 @@ class HeaderFromMilter(Milter.Base):  # type: ignore[misc]
             return self._tempfail()
         svc = self.service
         if self.login.strip() or svc.profile.protect_local_senders:
-            author = author_mailboxes(self.headers, svc.runtime.rules)
+            author = author_check(self.headers, svc.runtime.rules)
         else:
             # Nothing to check for this session: skip the parsing, log the raw From:.
             raw = next((v for k, v in self.headers if k == "from"), "")

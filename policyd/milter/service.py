@@ -18,7 +18,7 @@ from policyd.config import Config, ProfileConfig
 from policyd.core.decision import Decision
 from policyd.core.engine import decide_header_from
 from policyd.directory.base import DirectoryUnavailable
-from policyd.milter.decide import decide_headers
+from policyd.milter.decide import decide_headers, decide_headers_now
 from policyd.milter.headers import AuthorCheck
 from policyd.quotas.backend import create_store
 from policyd.quotas.current import milter_rejected
@@ -116,8 +116,12 @@ class MilterService:
     # -- the decision ------------------------------------------------------------------------
 
     def decide(self, login: str, author: AuthorCheck, client: str, sender: str) -> Decision:
-        """decide.decide_headers on the lookup loop. `login` as Postfix sent it."""
+        """decide.decide_headers: in the calling thread when every fact is known at once
+        (decide_headers_now), else on the lookup loop. `login` as Postfix sent it."""
         rt = self.runtime
+        now = decide_headers_now(rt, self.profile, login, author, client=client, sender=sender)
+        if now is not None:
+            return now
         try:
             return self._submit(
                 decide_headers(rt, self.profile, login, author, client=client, sender=sender)

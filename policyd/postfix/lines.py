@@ -125,6 +125,72 @@ def _service_setting(s: Service, param: str, value: str) -> list[str]:
     return [_command("-e", f"{own} = {value}"), _command("-P", f"{s.key}/{param}=${own}")]
 
 
+def _yes(value: str) -> bool:
+    return value.strip().lower() in ("yes", "true", "1")
+
+
+def login_services(pf: Postfix, p25: Service | None, subs: list[Service]) -> list[Service]:
+    """Where clients log in: the submission services (587/465), and the port-25 service when
+    it takes SASL logins (smtpd_sasl_auth_enable = yes). Other smtpd services (a content
+    filter's re-injection …) are not touched."""
+    on_25 = p25 is not None and _yes(pf.expanded(p25, "smtpd_sasl_auth_enable"))
+    return ([p25] if on_25 and p25 is not None and p25 not in subs else []) + subs
+
+
+def _milter_lines(
+    out: Lines,
+    config: Config,
+    pf: Postfix,
+    milter: str,
+    p25: Service | None,
+    subs: list[Service],
+) -> None:
+    """The milter goes where it has work: on the services where logins happen (`-o
+    smtpd_milters`), or, when it checks sessions without a login too (protect_local_senders
+    of its profile) or port 25 takes logins, appended to main.cf's smtpd_milters. Without
+    work on port 25 it stays out of that path entirely: a milter there costs every inbound
+    SMTP session a connection, a libmilter thread and a callback (issue 29)."""
+    global_milters = pf.main.get("smtpd_milters", "")
+    entry = milter_block(milter)
+    # already in main.cf's list: every service without its own -o has it
+    in_main = any(is_ours(a, milter) for a, _ in milter_entries(pf.expand(global_milters)))
+    logins = login_services(pf, p25, subs)
+    protect = config.milter_profile().protect_local_senders
+    everywhere = in_main or protect or (p25 is not None and p25 in logins)
+    if everywhere and not in_main:
+        new = f"{global_milters}, {entry}" if global_milters.strip() else entry
+        why = (
+            "its profile has protect_local_senders on: it checks mail without a login too"
+            if protect
+            else "clients log in on port 25 too"
+        )
+        out.add(
+            f"the header From: milter, APPENDED to your smtpd_milters ({why}): your milters "
+            "(DKIM signing …) keep their order and see the message as before; default_action="
+            "tempfail for ours alone (milter_default_action stays as it is)",
+            _command("-e", f"smtpd_milters = {new}"),
+        )
+    for s in logins:
+        own = s.overrides.get("smtpd_milters")
+        if own is None and everywhere:
+            continue  # main.cf's list, which now has ours
+        current = own if own is not None else global_milters
+        if any(is_ours(a, milter) for a, _ in milter_entries(pf.expand(current))):
+            continue
+        new = f"{current}, {entry}" if current.strip() else entry
+        if own is not None:
+            comment = f"{s.key} sets its own smtpd_milters: ours is appended there"
+        else:
+            comment = (
+                f"{s.key}: the header From: milter only where clients log in (not on port 25, "
+                "where it would have nothing to check); your main.cf smtpd_milters (DKIM "
+                "signing …) first, COPIED into the -o (a -o cannot name $smtpd_milters: if you "
+                "change main.cf's list later, change this one too), ours APPENDED with "
+                "default_action=tempfail for ours alone"
+            )
+        out.add(comment, *_service_setting(s, "smtpd_milters", new))
+
+
 def postfix_lines(config: Config, pf: Postfix, *, relay_on_25: bool = False) -> Lines:
     out = Lines()
     policy = policy_endpoint(config, pf)
@@ -219,27 +285,7 @@ def postfix_lines(config: Config, pf: Postfix, *, relay_on_25: bool = False) -> 
             *_service_setting(s, "smtpd_relay_restrictions", new),
         )
     # -- the milter ----------------------------------------------------------------------------
-    global_milters = pf.main.get("smtpd_milters", "")
-    entry = milter_block(milter)
-    if not any(is_ours(a, milter) for a, _ in milter_entries(pf.expand(global_milters))):
-        new = f"{global_milters}, {entry}" if global_milters.strip() else entry
-        out.add(
-            "the header From: milter, APPENDED to your smtpd_milters: your milters (DKIM "
-            "signing …) keep their order and see the message as before; default_action="
-            "tempfail for ours alone (milter_default_action stays as it is)",
-            _command("-e", f"smtpd_milters = {new}"),
-        )
-    for s in subs:
-        if "smtpd_milters" not in s.overrides:
-            continue
-        own = s.overrides["smtpd_milters"]
-        if any(is_ours(a, milter) for a, _ in milter_entries(pf.expand(own))):
-            continue
-        new = f"{own}, {entry}" if own.strip() else entry
-        out.add(
-            f"{s.key} sets its own smtpd_milters: ours is appended there too",
-            *_service_setting(s, "smtpd_milters", new),
-        )
+    _milter_lines(out, config, pf, milter, p25, subs)
     rel = (
         under_queue(config.milter.listen[5:], pf)
         if config.milter.listen.startswith("unix:")

@@ -169,10 +169,9 @@ def test_postfix_lines_insert_into_an_existing_server(tmp_path: Path) -> None:
     assert rcpt.endswith(
         "check_client_access cidr:/etc/postfix/access.cidr, reject_rbl_client rbl.example, permit"
     )
-    # milter appended, with its own default_action; opendkim stays first
-    assert after_n["smtpd_milters"] == (
-        "inet:127.0.0.1:8891, { unix:policyd/milter.sock, default_action=tempfail }"
-    )
+    # the milter only where logins happen (protect_local_senders off: nothing to check on 25):
+    # main.cf's smtpd_milters (opendkim, for port 25) untouched
+    assert after_n["smtpd_milters"] == "inet:127.0.0.1:8891"
     # master.cf: the same services, the postscreen line as it was
     after_m = postconf(etc, "-M")
     assert [ln.split()[:8] for ln in after_m.splitlines()][:4] == [
@@ -190,6 +189,13 @@ def test_postfix_lines_insert_into_an_existing_server(tmp_path: Path) -> None:
         assert expanded.endswith("permit_sasl_authenticated, reject")
         # the other -o options are kept
         assert overrides[f"{svc}/milter_macro_daemon_name"] == "ORIGINATING"
+        # its milters: opendkim first (copied from main.cf), ours appended with its own action
+        milters = overrides[f"{svc}/smtpd_milters"]
+        assert milters.startswith("$policyd_"), milters
+        assert postconf(etc, "-xh", milters[1:]).strip() == (
+            "inet:127.0.0.1:8891, { unix:policyd/milter.sock, default_action=tempfail }"
+        )
+    assert "smtpd/pass/smtpd_milters" not in overrides  # port 25 (behind postscreen): none
     assert overrides["submission/inet/smtpd_reject_unlisted_recipient"] == "no"
     assert overrides["127.0.0.1:10025/inet/smtpd_milters"] == ""
     # the result is what config-check --postfix accepts, and a second run adds nothing
@@ -201,6 +207,83 @@ def test_postfix_lines_insert_into_an_existing_server(tmp_path: Path) -> None:
     assert all(
         ln.startswith(("#", "postconf ", "install ", "postfix ")) for ln in r.stdout.splitlines()
     )
+
+
+def _milters_after_lines(tmp_path: Path, main: str, extra: str = "") -> tuple[str, dict[str, str]]:
+    """main.cf's smtpd_milters and the services' (expanded) after postfix-lines' commands."""
+    etc = write_postfix(tmp_path, main, EXISTING_MASTER)
+    cfg = write_policyd(tmp_path, extra)
+    r = lines(cfg, etc)
+    assert r.returncode == 0, r.stderr
+    apply(etc, r.stdout)
+    again = lines(cfg, etc)  # idempotent
+    assert [ln for ln in again.stdout.splitlines() if ln.startswith("postconf ")] == []
+    overrides = assignments(postconf(etc, "-P"))
+    per_service = {
+        k.removesuffix("/smtpd_milters"): postconf(etc, "-xh", v[1:]).strip()
+        if v.startswith("$")
+        else v
+        for k, v in overrides.items()
+        if k.endswith("/smtpd_milters")
+    }
+    return assignments(postconf(etc, "-n")).get("smtpd_milters", ""), per_service
+
+
+OURS = "{ unix:policyd/milter.sock, default_action=tempfail }"
+
+
+def test_postfix_lines_milter_everywhere_with_protect_local_senders(tmp_path: Path) -> None:
+    """The milter's profile checks mail without a login too: appended to main.cf's list, after
+    opendkim; services with their own list get it there (the re-injection's empty one not)."""
+    main, services = _milters_after_lines(
+        tmp_path, EXISTING_MAIN, "[profiles.submission]\nprotect_local_senders = true\n"
+    )
+    assert main == f"inet:127.0.0.1:8891, {OURS}"
+    assert services == {"127.0.0.1:10025/inet": ""}
+
+
+def test_postfix_lines_milter_everywhere_when_port_25_takes_logins(tmp_path: Path) -> None:
+    main, services = _milters_after_lines(
+        tmp_path,
+        EXISTING_MAIN.replace("smtpd_sasl_auth_enable = no", "smtpd_sasl_auth_enable = yes"),
+    )
+    assert main == f"inet:127.0.0.1:8891, {OURS}"
+    assert services == {"127.0.0.1:10025/inet": ""}
+
+
+def test_postfix_lines_milter_on_submission_beside_the_admins_milters(tmp_path: Path) -> None:
+    """protect_local_senders off, no AUTH on 25: only the submission services get the milter,
+    each after the admin's own milters (main.cf's copied, or the service's own -o list)."""
+    master = EXISTING_MASTER.replace(
+        "  -o smtpd_tls_wrappermode=yes\n",
+        "  -o smtpd_tls_wrappermode=yes\n  -o smtpd_milters=inet:127.0.0.1:8892\n",
+    )
+    etc = write_postfix(tmp_path, EXISTING_MAIN, master)
+    cfg = write_policyd(tmp_path)
+    r = lines(cfg, etc)
+    assert r.returncode == 0, r.stderr
+    apply(etc, r.stdout)
+    assert assignments(postconf(etc, "-n"))["smtpd_milters"] == "inet:127.0.0.1:8891"
+    overrides = assignments(postconf(etc, "-P"))
+    sub = overrides["submission/inet/smtpd_milters"]
+    assert postconf(etc, "-xh", sub[1:]).strip() == f"inet:127.0.0.1:8891, {OURS}"
+    subs = overrides["submissions/inet/smtpd_milters"]
+    assert postconf(etc, "-xh", subs[1:]).strip() == f"inet:127.0.0.1:8892, {OURS}"
+    assert overrides["127.0.0.1:10025/inet/smtpd_milters"] == ""
+    assert "smtpd/pass/smtpd_milters" not in overrides
+    assert problems(check(cfg, etc)) == []
+
+
+def test_postfix_lines_milter_without_any_milter_before(tmp_path: Path) -> None:
+    main, services = _milters_after_lines(
+        tmp_path, EXISTING_MAIN.replace("smtpd_milters = inet:127.0.0.1:8891\n", "")
+    )
+    assert main == ""
+    assert services == {
+        "submission/inet": OURS,
+        "submissions/inet": OURS,
+        "127.0.0.1:10025/inet": "",
+    }
 
 
 def test_postfix_lines_relay_on_25_inserts_before_reject_unauth_destination(

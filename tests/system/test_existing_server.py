@@ -297,6 +297,15 @@ def test_existing_server_keeps_every_behaviour_and_gets_the_policy(site: Site) -
     )  # fmt: skip
     assert (r.step, r.code) == ("data", 550), str(r)
     assert f"Header From <{ALICE_NET}> is not owned by user {ALICE_ORG}" in r.text
+    # the milter decided that (its line), and it is not in port 25's path at all (its profile's
+    # protect_local_senders is off: nothing to check there): inbound mail passes no line of it
+    assert site.milter is not None
+    assert "reason=header_from_not_owned" in site.milter.log_text()
+    seen = site.milter.log_text().count("milter queue_id=")
+    r = site.send("mx", source=INTERNET, sender="friend@external.test", recipient=ALICE_NET)
+    assert r.sent, str(r)
+    site.delivered(site.last_subject())
+    assert site.milter.log_text().count("milter queue_id=") == seen
     # a roaming user without AUTH is told to enable it
     r = site.send("submission", source=ROAMING, starttls=True, sender=ALICE_ORG, recipient=EXTERNAL)
     assert (r.step, r.code) == ("rcpt", 554), str(r)
