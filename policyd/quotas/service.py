@@ -63,15 +63,30 @@ class QuotaStats:
         self.counts[key] = self.counts.get(key, 0) + 1
 
 
+#: limits -> (name, limit, period, unit) of those set: read once per set of limits (bounded)
+_SET: dict[QuotaLimits, list[tuple[str, int, float, str]]] = {}
+
+
 def charges_for(limits: QuotaLimits, recipients: int, size: int) -> list[Charge]:
     """The charges of one message for a login's limits (those set, in LIMITS order)."""
-    cost = {"messages": 1, "recipients": recipients, "bytes": size}
-    out = []
-    for name, (period, unit) in LIMITS.items():
-        limit = getattr(limits, name)
-        if limit > 0:
-            out.append(Charge(name, limit, period, cost[unit]))
-    return out
+    spec = _SET.get(limits)
+    if spec is None:
+        if len(_SET) >= 4096:
+            _SET.clear()
+        spec = _SET[limits] = [
+            (name, getattr(limits, name), period, unit)
+            for name, (period, unit) in LIMITS.items()
+            if getattr(limits, name) > 0
+        ]
+    return [
+        Charge(
+            name,
+            limit,
+            period,
+            1 if unit == "messages" else recipients if unit == "recipients" else size,
+        )
+        for name, limit, period, unit in spec
+    ]
 
 
 def _int(value: str, default: int) -> int:
