@@ -29,7 +29,7 @@ from policyd.core.decision import Decision, Reason, Verdict
 from policyd.core.replies import render
 from policyd.core.request import Request
 from policyd.directory.base import DirectoryUnavailable
-from policyd.quotas.ldap_limits import LdapLimits
+from policyd.quotas.ldap_limits import LdapLimits, effective_limits
 from policyd.quotas.store import (
     Charge,
     MemoryStore,
@@ -157,7 +157,7 @@ class QuotaService:
             values = lookups.peek_values(self._ldap.attribute, login)
             if values is None:
                 return self._after(req, profile, login, result, step, lookups)
-            limits = self._ldap.limits(login, values, self.config.limits_for(login))
+            limits = effective_limits(self.config, login, values, self._ldap)
         if isinstance(result, Decision):
             return step(req, profile, login, result, limits)
         return self._after(req, profile, login, result, step, None, limits)
@@ -185,7 +185,7 @@ class QuotaService:
                 self.stats.add("store", "deferred")
                 reply = render(self.config.store_unavailable_reply, {"login": login})
                 return Decision(Verdict.DEFER, Reason.QUOTA_STORE_UNAVAILABLE, reply=reply)
-            limits = self._ldap.limits(login, values, self.config.limits_for(login))
+            limits = effective_limits(self.config, login, values, self._ldap)
         d = pending if isinstance(pending, Decision) else await pending
         out = step(req, profile, login, d, limits)
         return out if isinstance(out, Decision) else await out
@@ -208,7 +208,7 @@ class QuotaService:
         if exempt:
             return d
         if limits is None:
-            limits = self.config.limits_for(login)
+            limits = effective_limits(self.config, login)
         cap = limits.recipients_per_message
         n = self._rcpts.get(req.instance, 0) + 1
         if cap and n > cap:
@@ -250,7 +250,7 @@ class QuotaService:
                 )
             return self._ask(profile, login, [], False, d, "refused")
         if limits is None:
-            limits = self.config.limits_for(login)
+            limits = effective_limits(self.config, login)
         recipients = max(1, _int(req.recipient_count, 1))
         cap = limits.recipients_per_message
         if cap and recipients > cap:
