@@ -11,6 +11,7 @@ from typing import Any
 
 from sections.common import (
     CLIENT_CPU,
+    SERVER_CPU,
     Workload,
     free_port,
     measure,
@@ -41,8 +42,9 @@ def section_quotas(args: argparse.Namespace, work: Path) -> dict[str, object]:
     with quotas off, in the same run: throughput at 32 connections (closed loop, saturated),
     and the p99 added per message at 32 connections paced at `--paced-rate` requests/s in all
     (not saturated: the latency a message gains, not a queue). policyd pinned to the server
-    CPU; the load generator and the redis server to the client CPU (the store is another host's
-    in production). Cells rotate round by round; ratios and added p99 are the medians of the
+    CPU, the load generator to the client CPU, the redis server as `--quota-store-cpu` says
+    (server: it costs the quota path its CPU too; client: next to the load generator; none:
+    not pinned). Cells rotate round by round; ratios and added p99 are the medians of the
     per-round values."""
     from tests.servers.redis import RedisServer, server_binary
 
@@ -62,8 +64,9 @@ def section_quotas(args: argparse.Namespace, work: Path) -> dict[str, object]:
     }
     base = cfg_off.read_text()
     have_redis = shutil.which(server_binary()) is not None
+    cpu = {"server": SERVER_CPU, "client": CLIENT_CPU}.get(args.quota_store_cpu)
     redis = (
-        RedisServer(work / "redis", wrap=lambda c: pinned(CLIENT_CPU, c)).start()
+        RedisServer(work / "redis", wrap=(lambda c: pinned(cpu, c)) if cpu else None).start()
         if have_redis
         else None
     )
@@ -113,7 +116,8 @@ def section_quotas(args: argparse.Namespace, work: Path) -> dict[str, object]:
         "Quotas: END-OF-MESSAGE with quotas on (every limit set, nothing refused) against the "
         "RCPT request of the same logins with quotas off, 32 connections; saturated (closed "
         f"loop) and paced at {args.paced_rate:,.0f} req/s in all; median of {args.rounds} rounds "
-        f"x {args.duration:g} s; ratio and added p99 = medians of the per-round values",
+        f"x {args.duration:g} s; ratio and added p99 = medians of the per-round values; the "
+        f"store pinned: {args.quota_store_cpu}",
         "",
         "| load | server | request | req/s | server CPU µs/req | p50 ms | p99 ms "
         "| **req/s vs RCPT, quotas off** | **added p99 ms** |",

@@ -160,6 +160,11 @@ class _Protocol(asyncio.Protocol):
         except ValueError as e:
             self.fail(e)
             return
+        if not waiting and pos < len(buf):  # (an answer nobody asked for: out of step)
+            self.fail(
+                ValueError(f"unexpected data from the server: {bytes(buf[pos : pos + 20])!r}")
+            )
+            return
         self.buf = buf[pos:]
         while self.deadlines and self.deadlines[0][0] <= self.read:
             self.deadlines.popleft()[1].cancel()
