@@ -359,7 +359,9 @@ def test_redis_store_password_database_and_a_new_connection_after_a_kill(
                 await s.charge("alice", lim, True)
             assert time.monotonic() - t0 < 1.0
             redis_server.start()
-            admin.config_set("requirepass", "s3cr:t")
+            fresh = redis.Redis.from_url(redis_server.url)  # (no password yet)
+            fresh.config_set("requirepass", "s3cr:t")
+            fresh.close()
             assert (await s.charge("alice", lim, True)).allowed  # (a new, empty server)
             assert (await s.usage("alice", lim))[0].used == 1
         finally:
