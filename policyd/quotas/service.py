@@ -63,8 +63,9 @@ class QuotaStats:
         self.counts[key] = self.counts.get(key, 0) + 1
 
 
-#: limits -> (name, limit, period, unit) of those set: read once per set of limits (bounded)
-_SET: dict[QuotaLimits, list[tuple[str, int, float, str]]] = {}
+#: limits -> for each limit set: its Charge if it costs 1 per message, else (name, limit,
+#: period, unit): read once per set of limits (bounded)
+_SET: dict[QuotaLimits, list[Charge | tuple[str, int, float, str]]] = {}
 
 
 def charges_for(limits: QuotaLimits, recipients: int, size: int) -> list[Charge]:
@@ -74,18 +75,17 @@ def charges_for(limits: QuotaLimits, recipients: int, size: int) -> list[Charge]
         if len(_SET) >= 4096:
             _SET.clear()
         spec = _SET[limits] = [
-            (name, getattr(limits, name), period, unit)
+            Charge(name, getattr(limits, name), period, 1)
+            if unit == "messages"
+            else (name, getattr(limits, name), period, unit)
             for name, (period, unit) in LIMITS.items()
             if getattr(limits, name) > 0
         ]
     return [
-        Charge(
-            name,
-            limit,
-            period,
-            1 if unit == "messages" else recipients if unit == "recipients" else size,
-        )
-        for name, limit, period, unit in spec
+        c
+        if type(c) is Charge
+        else Charge(c[0], c[1], c[2], recipients if c[3] == "recipients" else size)
+        for c in spec
     ]
 
 
@@ -264,7 +264,9 @@ class QuotaService:
         # QuotaStore.rejected)
         message, commit = req.queue_id, not self.read_only
         if self._sync is not None:
-            out = self._sync.charge_now(login, charges, commit, message)
+            # (no queue ID, no mark: the milter, another process, cannot reach these counters
+            # to take a message back; it has no store at all with store = "none")
+            out = self._sync.charge_now(login, charges, commit)
             return self._answer(profile, login, out, d, "refused")
         return self._ask(profile, login, charges, commit, d, "refused", message)
 
