@@ -138,6 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="one more row: 32 connections sending this many requests/s in all (latency when "
         "the server is not saturated); 0 = no such row",
     )
+    p.add_argument(
+        "--quota-store-cpu",
+        choices=("server", "client", "none"),
+        default="server",
+        help="quotas: the redis-server pinned to policyd's CPU, the load generator's, or not",
+    )
     p.add_argument("--logins", type=int, default=20_000)
     p.add_argument("--pool", type=int, default=20_000, help="distinct requests in the pool")
     p.add_argument("--mix", default="allocated=30,owned=40,foreign=10,unauth=20")

@@ -7,12 +7,16 @@ import argparse
 import shutil
 import statistics
 from pathlib import Path
+from typing import Any
 
 from sections.common import (
+    CLIENT_CPU,
+    SERVER_CPU,
     Workload,
     free_port,
     measure,
     parse_mix,
+    pinned,
     start_policyd,
     write_file_config,
     write_pool,
@@ -33,9 +37,15 @@ bytes_per_day = 100000000000000
 
 
 def section_quotas(args: argparse.Namespace, work: Path) -> dict[str, object]:
-    """The END-OF-MESSAGE request with quotas on (issue 28): against the RCPT request of the
-    same logins with quotas off, at 32 connections; in-memory store and a redis-server (or
-    valkey-server) on loopback."""
+    """The END-OF-MESSAGE request with quotas on (issue 28), per store (in memory; a
+    redis-server or valkey-server on loopback), against the RCPT request of the same logins
+    with quotas off, in the same run: throughput at 32 connections (closed loop, saturated),
+    and the p99 added per message at 32 connections paced at `--paced-rate` requests/s in all
+    (not saturated: the latency a message gains, not a queue). policyd pinned to the server
+    CPU, the load generator to the client CPU, the redis server as `--quota-store-cpu` says
+    (server: it costs the quota path its CPU too; client: next to the load generator; none:
+    not pinned). Cells rotate round by round; ratios and added p99 are the medians of the
+    per-round values."""
     from tests.servers.redis import RedisServer, server_binary
 
     wl = Workload(logins=args.logins, ranges=1000, seed=3, mix=parse_mix("owned=100"))
@@ -54,7 +64,12 @@ def section_quotas(args: argparse.Namespace, work: Path) -> dict[str, object]:
     }
     base = cfg_off.read_text()
     have_redis = shutil.which(server_binary()) is not None
-    redis = RedisServer(work / "redis").start() if have_redis else None
+    cpu = {"server": SERVER_CPU, "client": CLIENT_CPU}.get(args.quota_store_cpu)
+    redis = (
+        RedisServer(work / "redis", wrap=(lambda c: pinned(cpu, c)) if cpu else None).start()
+        if have_redis
+        else None
+    )
     configs = {"off": cfg_off}
     for name, store in (("memory", "none"), ("redis", redis.url if redis else "")):
         if store:
@@ -64,28 +79,21 @@ def section_quotas(args: argparse.Namespace, work: Path) -> dict[str, object]:
     servers = {
         n: start_policyd(c, free_port(), args.no_uvloop, log, name=n) for n, c in configs.items()
     }
-    cells = [("off", "rcpt"), ("memory", "rcpt"), ("memory", "eom")]
-    if redis is not None:
-        cells.append(("redis", "eom"))
-    common = [
-        "--mode",
-        "persistent",
-        "--conns",
-        "32",
-        "--duration",
-        str(args.duration),
-        "--warmup",
-        str(args.warmup),
-        "--count",
-        str(args.max_requests),
-    ]
-    results: dict[tuple[str, str], list[dict[str, object]]] = {c: [] for c in cells}
+    stores = ["memory", "redis"] if redis is not None else ["memory"]
+    saturated = [("off", "rcpt"), ("memory", "rcpt"), *((st, "eom") for st in stores)]
+    cells: list[tuple[str, str, str]] = [(srv, pool, "saturated") for srv, pool in saturated]
+    if args.paced_rate:
+        cells += [("off", "rcpt", "paced"), *((st, "eom", "paced") for st in stores)]
+    common = ["--mode", "persistent", "--conns", "32", "--duration", str(args.duration)]
+    common += ["--warmup", str(args.warmup), "--count", str(args.max_requests)]
+    load = {"saturated": common, "paced": [*common, "--rate", str(args.paced_rate)]}
+    results: dict[tuple[str, str, str], list[dict[str, object]]] = {c: [] for c in cells}
     try:
         for rnd in range(args.rounds):
             k = rnd % len(cells)
-            for srv, pool in cells[k:] + cells[:k]:
-                r = measure(servers[srv], ["--pool-file", str(pools[pool]), *common])
-                results[(srv, pool)].append(r)
+            for srv, pool, kind in cells[k:] + cells[:k]:
+                r = measure(servers[srv], ["--pool-file", str(pools[pool]), *load[kind]])
+                results[(srv, pool, kind)].append(r)
     finally:
         for s in servers.values():
             s.stop()
@@ -95,40 +103,55 @@ def section_quotas(args: argparse.Namespace, work: Path) -> dict[str, object]:
     def med(rs: list[dict[str, object]], key: str) -> float:
         return statistics.median(float(r[key]) for r in rs)  # type: ignore[arg-type]
 
-    base_rs = results[("off", "rcpt")]
+    def per_round(cell: tuple[str, str, str], base: tuple[str, str, str], f: Any) -> float:
+        return statistics.median(f(x, y) for x, y in zip(results[cell], results[base], strict=True))
+
+    def cpu_us(r: dict[str, object]) -> float:
+        # (sampled around the whole load run: the warm-up's share scaled out)
+        cpu = float(r["server_cpu_s"])  # type: ignore[arg-type]
+        n = int(r["requests"])  # type: ignore[call-overload]
+        return cpu * args.duration / (args.duration + args.warmup) / max(1, n) * 1e6
+
     lines = [
         "Quotas: END-OF-MESSAGE with quotas on (every limit set, nothing refused) against the "
-        f"RCPT request of the same logins with quotas off; 32 connections, median of "
-        f"{args.rounds} rounds x {args.duration:g} s; ratio = median of per-round ratios",
+        "RCPT request of the same logins with quotas off, 32 connections; saturated (closed "
+        f"loop) and paced at {args.paced_rate:,.0f} req/s in all; median of {args.rounds} rounds "
+        f"x {args.duration:g} s; ratio and added p99 = medians of the per-round values; the "
+        f"store pinned: {args.quota_store_cpu}",
         "",
-        "| server | request | req/s | p50 ms | p99 ms | **req/s vs RCPT, quotas off** "
-        "| added p99 ms |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| load | server | request | req/s | server CPU µs/req | p50 ms | p99 ms "
+        "| **req/s vs RCPT, quotas off** | **added p99 ms** |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     table = []
-    for srv, pool in cells:
-        rs = results[(srv, pool)]
-        ratio = statistics.median(
-            float(x["rps"]) / float(y["rps"])  # type: ignore[arg-type]
-            for x, y in zip(rs, base_rs, strict=True)
-        )
+    for cell in cells:
+        srv, pool, kind = cell
+        rs = results[cell]
+        base_cell = ("off", "rcpt", kind)
+        ratio = per_round(cell, base_cell, lambda x, y: float(x["rps"]) / float(y["rps"]))
+        added = per_round(cell, base_cell, lambda x, y: float(x["p99_ms"]) - float(y["p99_ms"]))
         row = {
+            "load": kind,
             "server": srv,
             "request": pool,
             "rps": med(rs, "rps"),
+            "cpu_us": statistics.median(cpu_us(r) for r in rs),
             "p50": med(rs, "p50_ms"),
             "p99": med(rs, "p99_ms"),
             "ratio": ratio,
-            "added_p99": med(rs, "p99_ms") - med(base_rs, "p99_ms"),
+            "added_p99": added,
             "errors": sum(int(r["errors"]) for r in rs),  # type: ignore[call-overload]
             "actions": rs[-1]["actions"],
         }
         table.append(row)
         lines.append(
-            f"| quotas {srv} | {pool.upper()} | {fmt_rps(row['rps'])} | {row['p50']:.2f} | "
-            f"{row['p99']:.2f} | **{ratio:.2f}** | {row['added_p99']:+.2f} |"
+            f"| {kind} | quotas {srv} | {pool.upper()} | {fmt_rps(row['rps'])} | "
+            f"{row['cpu_us']:.1f} | {row['p50']:.2f} | {row['p99']:.2f} | **{ratio:.2f}** | "
+            f"**{added:+.2f}** |"
         )
     if redis is None:
-        lines.append("\n(no redis-server/valkey-server installed: the shared store row is missing)")
+        lines.append(
+            "\n(no redis-server/valkey-server installed: the shared store rows are missing)"
+        )
     print("\n".join(lines), flush=True)
     return {"table": table}

@@ -79,19 +79,58 @@ def main(args: argparse.Namespace) -> int:
         print(f"policyd quota: cannot log the audit line: {e}", file=sys.stderr)
         return 1
     login = canonical_login(args.login, config.addresses.rules())
-    return asyncio.run(_run(args, qc, login))
+    return asyncio.run(_run(args, qc, login, config))
 
 
-async def _run(args: argparse.Namespace, qc: Any, login: str) -> int:
+#: seconds `quota show` waits for the login's LDAP entry ([quotas] ldap_attribute)
+DIRECTORY_DEADLINE = 10.0
+
+
+async def _ldap_values(config: Any, login: str) -> frozenset[str] | None:
+    """The login's [quotas] ldap_attribute values (None: no such attribute configured, or a
+    directory without attributes). Raises DirectoryError / DirectoryUnavailable / TimeoutError."""
+    attr = config.quotas.ldap_attribute
+    if not attr or config.directory.backend != "ldap":
+        return None
+    from policyd.runtime import make_directory
+
+    directory = make_directory(config, config.addresses.rules())
+    values_of = getattr(directory, "values_of", None)
+    try:
+        if values_of is None:
+            return None
+        values: frozenset[str] = await asyncio.wait_for(
+            asyncio.to_thread(values_of, attr, login), DIRECTORY_DEADLINE
+        )
+        return values
+    finally:
+        directory.close()
+
+
+async def _run(args: argparse.Namespace, qc: Any, login: str, config: Any = None) -> int:
+    from policyd.directory.base import DirectoryError, DirectoryUnavailable
+    from policyd.quotas.ldap_limits import effective_limits
     from policyd.quotas.redis_store import RedisStore
     from policyd.quotas.service import charges_for, format_duration
     from policyd.quotas.store import QuotaStoreError
 
     cmd = args.quota_command
+    values = None
+    if cmd == "show" and config is not None:
+        try:
+            values = await _ldap_values(config, login)
+        except (DirectoryError, DirectoryUnavailable, TimeoutError, OSError) as e:
+            why = str(e) or type(e).__name__
+            print(
+                f"policyd quota: the limits of {login} in the directory "
+                f"([quotas] ldap_attribute = {qc.ldap_attribute}) could not be read: {why}",
+                file=sys.stderr,
+            )
+            return 1
     store = RedisStore(qc.store, max(qc.store_timeout, 2.0))
     try:
         if cmd == "show":
-            limits = qc.limits_for(login)
+            limits = effective_limits(qc, login, values)
             charges = charges_for(limits, 0, 0)
             usage = await store.usage(login, charges)
             suspended = await store.suspension(login)
@@ -100,6 +139,7 @@ async def _run(args: argparse.Namespace, qc: Any, login: str) -> int:
                 "exempt": qc.is_exempt(login),
                 "suspended": suspended,
                 "recipients_per_message": limits.recipients_per_message,
+                "ldap_values": sorted(values) if values else [],
                 "limits": [
                     {
                         "limit": u.name,
@@ -116,6 +156,8 @@ async def _run(args: argparse.Namespace, qc: Any, login: str) -> int:
                 return 0
             print(f"login {login}" + (" (exempt: never limited)" if data["exempt"] else ""))
             print(f"suspended: {suspended}" if suspended else "suspended: no")
+            if values:
+                print(f"limits from LDAP: {qc.ldap_attribute}: {'; '.join(sorted(values))}")
             for u in usage:
                 when = format_duration(u.resets_in) if u.resets_in > 0 else "-"
                 print(

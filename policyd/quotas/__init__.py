@@ -5,6 +5,7 @@
                  store
     backend.py   `create_store`: the one place a backend is chosen
     redis_store.py  the same algorithm as one Lua script on a Valkey/Redis server
+    resp.py      the scripts' own lean connection: one loop iteration's checks in one write
     guard.py     the store behind a timeout and a circuit breaker, falling back to memory
     service.py   the front end's hooks: RCPT (recipient cap, early answer), END-OF-MESSAGE
                  (count once, or refuse), suspensions, the decision and its numbers

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from dataclasses import fields, replace
 from typing import Final
 
-from policyd.config.quotas import QuotaLimits
+from policyd.config.quotas import QuotaLimits, QuotasConfig
 
 log: Final = logging.getLogger("policyd.quotas")
 
@@ -68,3 +68,21 @@ class LdapLimits:
                     e,
                 )
             return base
+
+
+def effective_limits(
+    config: QuotasConfig,
+    login: str,
+    values: frozenset[str] | None = None,
+    ldap: LdapLimits | None = None,
+) -> QuotaLimits:
+    """The limits that apply to a canonical login, the one computation for the decision, for
+    `policyd quota show` and for the /usage page: [quotas.limits], then the login's domain's
+    override, then its own ([quotas.logins]), then the keys its LDAP entry's
+    [quotas] ldap_attribute sets (`values`, read by the caller; None: not configured)."""
+    base = config.limits_for(login)
+    if values is None or not config.ldap_attribute:
+        return base
+    if ldap is None:
+        ldap = LdapLimits(config.ldap_attribute)
+    return ldap.limits(login, values, base)

@@ -6,8 +6,10 @@ other instance sees half an update. Keys: `policyd:{LOGIN}:q:NAME` (the TAT, in 
 when it has drained) and `policyd:{LOGIN}:suspended` (the reason; no expiry); the hash tag
 keeps one login's keys in one Cluster slot. Only commands Redis 7.0 and Valkey 8 both have.
 
-Every call has a deadline (`timeout`, the client's socket timeouts); a failure raises
-QuotaStoreError (guard.py decides).
+Every call has a deadline (`timeout`: the client's socket timeouts, no retry); a failure raises
+QuotaStoreError (guard.py decides). The scripts (every message's check) go through resp.py's
+ScriptPipe: the calls of one event-loop iteration in one write, one round trip; each script still
+runs atomically on its own login's keys. The rest (admin commands) through redis-py.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from policyd.quotas.resp import ScriptPipe
 from policyd.quotas.store import (
+    ALLOWED,
     MARK_TTL_MS,
     MAX_SIGNAL_MEMBERS,
     SIGNALS,
@@ -134,6 +138,8 @@ class RedisStore:
     def __init__(self, url: str, timeout: float) -> None:
         try:
             import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
             from redis.exceptions import RedisError
         except ImportError as e:  # pragma: no cover - the package is a dependency
             raise QuotaStoreError(
@@ -148,13 +154,14 @@ class RedisStore:
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry_on_timeout=False,
+            # (one short timeout: not redis-py's default of retries after a backoff)
+            retry=Retry(NoBackoff(), 0),
             decode_responses=True,
         )
-        self._charge = self.client.register_script(CHARGE_LUA)
-        self._usage = self.client.register_script(USAGE_LUA)
-        self._observe = self.client.register_script(OBSERVE_LUA)
-        self._rejected = self.client.register_script(REJECTED_LUA)
+        try:
+            self._pipe = ScriptPipe(url, self.name, timeout)
+        except ValueError as e:
+            raise QuotaStoreError(f"{self.name}: {e}") from None
 
     async def _call(self, what: str, coro: Any) -> Any:
         # (the client's socket_timeout and socket_connect_timeout bound every read and
@@ -178,11 +185,11 @@ class RedisStore:
         keys = self._keys(login, charges)
         if message:
             keys += self._marks(login, message)
-        r = await self._call("charge", self._charge(keys=keys, args=args))
+        r = await self._pipe.call("charge", CHARGE_LUA, keys, args)
         if not isinstance(r, list) or not r:
             raise QuotaStoreError(f"{self.name}: charge: unexpected answer {r!r:.80}")
         if r[0] == 0:
-            return Outcome(True)
+            return ALLOWED
         if r[0] == 3:
             return Outcome(True, rejected_elsewhere=True)
         if r[0] == 2:
@@ -207,12 +214,12 @@ class RedisStore:
 
         every = [Charge(n, 1, 1.0, 0) for n in LIMITS]
         keys = [*self._marks(login, message), *self._keys(login, every)[1:]]
-        r = await self._call("rejected", self._rejected(keys=keys, args=[MARK_TTL_MS]))
+        r = await self._pipe.call("rejected", REJECTED_LUA, keys, [MARK_TTL_MS])
         return bool(r)
 
     async def usage(self, login: str, charges: Sequence[Charge]) -> list[Usage]:
         keys = self._keys(login, charges)[1:]
-        r = await self._call("usage", self._usage(keys=keys, args=[]))
+        r = await self._pipe.call("usage", USAGE_LUA, keys, [])
         now = float(r[0])
         return [
             usage_of(c, float(raw) if raw else now, now)
@@ -247,7 +254,7 @@ class RedisStore:
         args: list[Any] = [window * 1000, MAX_SIGNAL_MEMBERS]
         for kind, member in events:
             args += [SIGNALS.index(kind) + 1, member]
-        r = await self._call("observe", self._observe(keys=keys, args=args))
+        r = await self._pipe.call("observe", OBSERVE_LUA, keys, args)
         return {kind: int(n) for kind, n in zip(SIGNALS, r, strict=True)}
 
     async def once(self, login: str, tag: str, period: float) -> bool:
@@ -258,6 +265,7 @@ class RedisStore:
         return bool(r)
 
     async def close(self) -> None:
+        await self._pipe.close()
         close = getattr(self.client, "aclose", None) or self.client.close
         try:
             await asyncio.wait_for(close(), self.timeout)

@@ -29,7 +29,7 @@ from policyd.core.decision import Decision, Reason, Verdict
 from policyd.core.replies import render
 from policyd.core.request import Request
 from policyd.directory.base import DirectoryUnavailable
-from policyd.quotas.ldap_limits import LdapLimits
+from policyd.quotas.ldap_limits import LdapLimits, effective_limits
 from policyd.quotas.store import (
     Charge,
     MemoryStore,
@@ -63,15 +63,30 @@ class QuotaStats:
         self.counts[key] = self.counts.get(key, 0) + 1
 
 
+#: limits -> for each limit set: its Charge if it costs 1 per message, else (name, limit,
+#: period, unit): read once per set of limits (bounded)
+_SET: dict[QuotaLimits, list[Charge | tuple[str, int, float, str]]] = {}
+
+
 def charges_for(limits: QuotaLimits, recipients: int, size: int) -> list[Charge]:
     """The charges of one message for a login's limits (those set, in LIMITS order)."""
-    cost = {"messages": 1, "recipients": recipients, "bytes": size}
-    out = []
-    for name, (period, unit) in LIMITS.items():
-        limit = getattr(limits, name)
-        if limit > 0:
-            out.append(Charge(name, limit, period, cost[unit]))
-    return out
+    spec = _SET.get(limits)
+    if spec is None:
+        if len(_SET) >= 4096:
+            _SET.clear()
+        spec = _SET[limits] = [
+            Charge(name, getattr(limits, name), period, 1)
+            if unit == "messages"
+            else (name, getattr(limits, name), period, unit)
+            for name, (period, unit) in LIMITS.items()
+            if getattr(limits, name) > 0
+        ]
+    return [
+        c
+        if type(c) is Charge
+        else Charge(c[0], c[1], c[2], recipients if c[3] == "recipients" else size)
+        for c in spec
+    ]
 
 
 def _int(value: str, default: int) -> int:
@@ -142,7 +157,7 @@ class QuotaService:
             values = lookups.peek_values(self._ldap.attribute, login)
             if values is None:
                 return self._after(req, profile, login, result, step, lookups)
-            limits = self._ldap.limits(login, values, self.config.limits_for(login))
+            limits = effective_limits(self.config, login, values, self._ldap)
         if isinstance(result, Decision):
             return step(req, profile, login, result, limits)
         return self._after(req, profile, login, result, step, None, limits)
@@ -170,7 +185,7 @@ class QuotaService:
                 self.stats.add("store", "deferred")
                 reply = render(self.config.store_unavailable_reply, {"login": login})
                 return Decision(Verdict.DEFER, Reason.QUOTA_STORE_UNAVAILABLE, reply=reply)
-            limits = self._ldap.limits(login, values, self.config.limits_for(login))
+            limits = effective_limits(self.config, login, values, self._ldap)
         d = pending if isinstance(pending, Decision) else await pending
         out = step(req, profile, login, d, limits)
         return out if isinstance(out, Decision) else await out
@@ -193,7 +208,7 @@ class QuotaService:
         if exempt:
             return d
         if limits is None:
-            limits = self.config.limits_for(login)
+            limits = effective_limits(self.config, login)
         cap = limits.recipients_per_message
         n = self._rcpts.get(req.instance, 0) + 1
         if cap and n > cap:
@@ -235,7 +250,7 @@ class QuotaService:
                 )
             return self._ask(profile, login, [], False, d, "refused")
         if limits is None:
-            limits = self.config.limits_for(login)
+            limits = effective_limits(self.config, login)
         recipients = max(1, _int(req.recipient_count, 1))
         cap = limits.recipients_per_message
         if cap and recipients > cap:
@@ -249,7 +264,9 @@ class QuotaService:
         # QuotaStore.rejected)
         message, commit = req.queue_id, not self.read_only
         if self._sync is not None:
-            out = self._sync.charge_now(login, charges, commit, message)
+            # (no queue ID, no mark: the milter, another process, cannot reach these counters
+            # to take a message back; it has no store at all with store = "none")
+            out = self._sync.charge_now(login, charges, commit)
             return self._answer(profile, login, out, d, "refused")
         return self._ask(profile, login, charges, commit, d, "refused", message)
 

@@ -43,6 +43,9 @@ class WebState:
     #: login -> what identifies its directory entry now (Directory.identity_of; blocking):
     #: a session belongs to the entry that logged in
     directory_identity: Callable[[str], frozenset[str]] | None = None
+    #: (attribute, login) -> the values of that attribute in the login's entry (blocking;
+    #: LDAP only): the /usage page's [quotas] ldap_attribute limits
+    directory_values: Callable[[str, str], frozenset[str]] | None = None
     templates: jinja2.Environment = field(init=False)
     #: the session store's own threads: a hung directory cannot hold up every page
     session_calls: Blocking = field(init=False)

@@ -140,6 +140,7 @@ def build_state(config: Config) -> WebState:
         verification=make_verification(config, directory),
         directory_addresses=directory.addresses_of,
         directory_identity=directory.identity_of,
+        directory_values=getattr(directory, "values_of", None),
     )
 
 

@@ -3,9 +3,11 @@ usage per limit (used, the limit, when the counter is back to zero) and what hap
 limit, read from the shared quota store ([quotas] store = "redis://..."). With the in-memory
 store the counters live in the mail server's process: the page says it cannot show them.
 
-The user's own login only (the session's); the limits are the config's for that login
-(`QuotasConfig.limits_for`; a [quotas] ldap_attribute's limits are not read here). A store
-that does not answer gives a page that says so (logged), never numbers that are not true.
+The user's own login only (the session's); the limits are those the mail server applies to
+that login (`effective_limits`: the config's, its domain's and its own overrides, then its LDAP
+entry's [quotas] ldap_attribute, read through the directory with the page's deadline). A store
+or directory that does not answer gives a page that says so (logged), never numbers that are
+not true.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from typing import Any, Final
 from aiohttp import web
 
 from policyd.addresses import canonical_login
+from policyd.directory.base import DirectoryError, DirectoryUnavailable
+from policyd.quotas.ldap_limits import effective_limits
 from policyd.quotas.service import charges_for, format_duration
 from policyd.quotas.store import QuotaStore, QuotaStoreError
+from policyd.web.backend import Overloaded
 from policyd.web.context import WebState, redirect, render, state
 
 log: Final = logging.getLogger("policyd.web")
@@ -68,7 +73,15 @@ async def usage_page(request: web.Request) -> web.StreamResponse:
         "hold": qc.suspended_action == "hold",
     }
     if qc.enabled and view["shared"] and not view["exempt"]:
-        limits = qc.limits_for(login)
+        values = None
+        if qc.ldap_attribute and st.directory_values is not None:
+            try:
+                values = await st.blocking.run(st.directory_values, qc.ldap_attribute, login)
+            except (DirectoryError, DirectoryUnavailable, Overloaded) as e:
+                log.warning("web: quota usage not shown: limits not read: %s", str(e) or "timeout")
+                view["unavailable"] = True
+                return render(request, "usage.html", **view)
+        limits = effective_limits(qc, login, values)
         view["cap"] = limits.recipients_per_message
         store = _store(request, st)
         try:

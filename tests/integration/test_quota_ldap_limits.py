@@ -7,6 +7,7 @@ value): the message is deferred, never counted under other limits."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from pathlib import Path
@@ -19,8 +20,12 @@ from policyd.core.request import Request
 from policyd.policy.service import PolicyService
 from policyd.runtime import build_runtime
 from tests.integration.test_ldap_schemas import SCHEMA, acl_with
+from tests.integration.test_quota_redis import quota_cli
+from tests.integration.test_web_usage import cells
+from tests.servers.redis import RedisServer
 from tests.servers.slapd import Slapd
 from tests.servers.slapd_fixtures import SlapdFactory
+from tests.servers.web import Client, ldap_web_servers
 
 pytestmark = [pytest.mark.slapd, pytest.mark.timeout(90)]
 
@@ -159,3 +164,68 @@ def test_the_directory_away_defers_never_counts_under_other_limits(
         assert d.reply.startswith("451 4.3.0"), d.reply
     finally:
         svc.runtime.close()
+
+
+def test_quota_show_and_the_usage_page_show_the_entrys_limits(
+    server: Slapd, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """`policyd quota show` and the /usage page show the limits the decision applies: the
+    config's, with the keys the login's LDAP attribute sets (one function computes them).
+    Before: both showed the config's only."""
+    pytest.importorskip("aiohttp")
+    set_limits(server, "alice", "messages_per_hour=7, recipients_per_message=3")
+    quotas = (
+        f'[quotas]\nenabled = true\nstore = "{redis_server.url}"\nldap_attribute = "{ATTR}"\n'
+        "[quotas.limits]\nmessages_per_hour = 4\nrecipients_per_day = 100\n"
+    )
+    # the decision: alice's 7 per hour, counted in the shared store
+    pw = tmp_path / "pw"
+    pw.write_text(server.bind_password + "\n")
+    cfg = tmp_path / "policyd.toml"
+    cfg.write_text(
+        '[directory]\nbackend = "ldap"\n'
+        f'[ldap]\nservers = ["{server.url}"]\nbind_dn = "{server.bind_dn}"\n'
+        f'bind_password_file = "{pw}"\nuser_base = "{PEOPLE}"\n'
+        "connect_timeout = 1\nreceive_timeout = 1\n" + quotas
+    )
+    from policyd.config import load_config
+
+    svc = PolicyService(build_runtime(load_config(cfg)))
+    try:
+        assert sent(svc, "alice", 8) == ["DUNNO"] * 7 + ["DEFER"]
+    finally:
+        svc.runtime.close()
+
+    shown = quota_cli(cfg, "show", "alice")
+    assert shown.returncode == 0, shown.stderr
+    assert "messages_per_hour: 7 of 7 used, 0 left" in shown.stdout, shown.stdout
+    assert "recipients_per_day: 7 of 100 used" in shown.stdout  # (the config's key)
+    assert "recipients_per_message: at most 3" in shown.stdout
+    assert f"limits from LDAP: {ATTR}: messages_per_hour=7, recipients_per_message=3" in (
+        shown.stdout
+    )
+    as_json = json.loads(quota_cli(cfg, "--json", "show", "alice").stdout)
+    assert [(x["limit"], x["max"]) for x in as_json["limits"]] == [
+        ("messages_per_hour", 7),
+        ("recipients_per_day", 100),
+    ]
+    # bob has no attribute: the config's
+    assert "messages_per_hour: 0 of 4 used" in quota_cli(cfg, "show", "bob").stdout
+
+    with ldap_web_servers(server, tmp_path) as go:
+        w = go(extra=quotas)
+        c = Client(w.url)
+        token = c.get("/login").form_value("csrf")
+        assert c.post("/login", {"csrf": token, "user": "alice", "password": "alice-pw"}).status
+        html = c.get("/usage").text
+        assert cells(html, "Messages per hour")[:3] == ["7", "7", "0"], html
+        assert cells(html, "Recipients per day")[:3] == ["7", "100", "93"]
+        assert "at most 3 recipients" in html
+        # the directory away: the page says so, never other numbers
+        server.stop()
+        html = c.get("/usage").text
+        assert "cannot be reached right now" in html and "Messages per hour" not in html
+
+    failed = quota_cli(cfg, "show", "alice")
+    assert failed.returncode == 1, failed.stdout
+    assert "could not be read" in failed.stderr and "Traceback" not in failed.stderr

@@ -116,6 +116,12 @@ def test_two_instances_share_counters_and_survive_the_store(
     fams = _scrape(mport)
     assert _value(fams, "policyd_quota_total", limit="messages_per_hour", result="refused") >= 1
     assert _value(fams, "policyd_quota_store_unavailable") == 0
+    # counters by limit and result, never by login: no label names or holds one
+    quota_samples = [x for name, f in fams.items() if "quota" in name for x in f]
+    assert quota_samples
+    for sample in quota_samples:
+        assert set(sample.labels) <= {"limit", "result"}, sample
+        assert not {"alice", "dave"} & set(sample.labels.values()), sample
 
     redis_server.kill()
     started = time.monotonic()
@@ -390,3 +396,60 @@ def test_policyd_check_counts_nothing(tmp_path: Path, redis_server: RedisServer)
     client = redis.Redis.from_url(redis_server.url)
     assert client.keys("*") == []
     client.close()
+
+
+def test_the_store_killed_under_load_defers_nothing_under_quota_and_counting_resumes(
+    tmp_path: Path, redis_server: RedisServer, daemons: list[Daemon]
+) -> None:
+    """Two instances, 12 connections sending at once (many checks in flight in one pipelined
+    write) while the store is SIGKILLed and later started again (empty, as a replacement):
+    every message under quota is answered DUNNO, none deferred, none hangs past the client's
+    timeout; once the store is back, the counters are counted there again."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import redis
+
+    cfg = with_quotas(write_config(tmp_path), redis_server.url)
+    cfg.write_text(cfg.read_text().replace("messages_per_hour = 3", "messages_per_hour = 100000"))
+    ports = [free_port(), free_port()]
+    for p in ports:
+        start(daemons, tmp_path, cfg, p)
+    stop = threading.Event()
+
+    def connection(i: int) -> list[str | None]:
+        c = Client(("127.0.0.1", ports[i % 2]))
+        out = []
+        try:
+            while not stop.is_set():
+                out.append(c.ask(eom(f"user{i}")))
+        finally:
+            c.close()
+        return out
+
+    with ThreadPoolExecutor(12) as pool:
+        running = [pool.submit(connection, i) for i in range(12)]
+        time.sleep(1.0)
+        redis_server.kill()
+        time.sleep(1.0)
+        redis_server.start()
+        time.sleep(1.5)  # (the breaker's retry interval is 0.5 s)
+        stop.set()
+        answers = [a for f in running for a in f.result(timeout=30)]
+    assert len(answers) > 100, len(answers)
+    assert set(answers) == {"DUNNO"}, {a for a in answers if a != "DUNNO"}
+    # counting resumed on the (new, empty) store: the logins have counters there again
+    deadline = time.monotonic() + 5
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        while True:
+            keys = client.keys("policyd:{user*}:q:messages_per_hour")
+            if keys or time.monotonic() > deadline:
+                break
+            c = Client(("127.0.0.1", ports[0]))
+            assert c.ask(eom("user0")) == "DUNNO"
+            c.close()
+            time.sleep(0.2)
+    finally:
+        client.close()
+    assert keys

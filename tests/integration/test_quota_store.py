@@ -252,3 +252,123 @@ def test_a_message_the_milter_refused_first_is_never_counted(make_store: Factory
         assert not (await s.charge("bob", lim, True, "Q1")).rejected_elsewhere  # per login
 
     run(make_store, body)
+
+
+def test_redis_calls_of_one_loop_iteration_share_one_round_trip(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks of one event-loop iteration go as one pipeline (one round trip), each
+    script still atomic per login; one call's error fails that call only."""
+    import redis
+
+    from policyd.quotas.redis_store import RedisStore
+    from policyd.quotas.resp import _Protocol
+    from policyd.quotas.store import QuotaStoreError
+
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    r.hset("policyd:{broken}:q:h", "x", "1")  # (GET on a hash: WRONGTYPE inside the script)
+    r.close()
+
+    async def body() -> None:
+        s = RedisStore(redis_server.url, 2.0)
+        sent: list[int] = []
+        write = _Protocol.write
+
+        def counted(self: _Protocol, calls: Any, loop: Any) -> None:
+            sent.append(len(calls))
+            write(self, calls, loop)
+
+        monkeypatch.setattr(_Protocol, "write", counted)
+        try:
+            lim = [per(20, 3600, name="h")]
+            await s.charge("warm", lim, False)  # (the first call loads the script)
+            sent.clear()
+            calls = [s.charge(f"u{n % 3}", lim, True) for n in range(90)]
+            calls.append(s.charge("broken", lim, True))
+            out = await asyncio.gather(*calls, return_exceptions=True)
+            assert sent == [91]
+            assert isinstance(out[-1], QuotaStoreError)
+            assert "charge" in str(out[-1]) and "WRONGTYPE" in str(out[-1])
+            ok = [o for o in out[:-1] if not isinstance(o, BaseException)]
+            assert len(ok) == 90
+            assert sum(o.allowed for o in ok) == 60  # 20 per login, the rest refused
+            assert {o.hit for o in ok if not o.allowed} == {"h"}
+        finally:
+            await s.close()
+
+    asyncio.run(body())
+
+
+def test_redis_scripts_are_loaded_again_after_the_server_lost_them(
+    redis_server: RedisServer,
+) -> None:
+    """NOSCRIPT (a restarted server, SCRIPT FLUSH): the scripts are loaded again and the
+    refused calls sent once more; nothing is counted twice."""
+    import redis
+
+    from policyd.quotas.redis_store import RedisStore
+
+    async def body() -> None:
+        s = RedisStore(redis_server.url, 2.0)
+        try:
+            lim = [per(10, 3600, name="h")]
+            for _ in range(2):
+                r = redis.Redis.from_url(redis_server.url)
+                r.script_flush()
+                r.close()
+                out = await asyncio.gather(*(s.charge("flushed", lim, True) for _ in range(3)))
+                assert all(o.allowed for o in out)
+            usage = await s.usage("flushed", lim)
+            assert usage[0].used == 6
+        finally:
+            await s.close()
+
+    asyncio.run(body())
+
+
+def test_redis_store_password_database_and_a_new_connection_after_a_kill(
+    redis_server: RedisServer,
+) -> None:
+    """The checks' own connection: AUTH and SELECT from the URL (a wrong password fails the
+    call, never hangs); a killed server fails the waiting calls at once, and the next call
+    after its return connects again."""
+    import redis
+
+    from policyd.quotas.redis_store import RedisStore
+    from policyd.quotas.store import QuotaStoreError
+
+    first = redis.Redis.from_url(redis_server.url)
+    first.config_set("requirepass", "s3cr:t")
+    first.close()
+    url = redis_server.url.replace("redis://", "redis://:s3cr%3At@").rsplit("/", 1)[0] + "/2"
+    admin = redis.Redis.from_url(url, decode_responses=True)
+    bad = redis_server.url.replace("redis://", "redis://:wrong@")
+    lim = [per(5, 3600, name="h")]
+
+    async def body() -> None:
+        s, wrong = RedisStore(url, 2.0), RedisStore(bad, 2.0)
+        try:
+            assert (await s.charge("alice", lim, True)).allowed
+            assert admin.exists("policyd:{alice}:q:h") == 1  # (in database 2)
+            with pytest.raises(QuotaStoreError) as e:
+                await wrong.charge("alice", lim, True)
+            assert "AUTH" in str(e.value) and "wrong" not in str(e.value)
+            redis_server.kill()
+            t0 = time.monotonic()
+            with pytest.raises(QuotaStoreError):
+                await s.charge("alice", lim, True)
+            assert time.monotonic() - t0 < 1.0
+            redis_server.start()
+            fresh = redis.Redis.from_url(redis_server.url)  # (no password yet)
+            fresh.config_set("requirepass", "s3cr:t")
+            fresh.close()
+            assert (await s.charge("alice", lim, True)).allowed  # (a new, empty server)
+            assert (await s.usage("alice", lim))[0].used == 1
+        finally:
+            await s.close()
+            await wrong.close()
+
+    try:
+        asyncio.run(body())
+    finally:
+        admin.close()

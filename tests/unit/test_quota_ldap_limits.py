@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +65,31 @@ def test_the_attribute_needs_the_ldap_directory() -> None:
         config_from_dict(
             {"quotas": {"ldap_attribute": "bad attr"}}, source="t.toml", base_dir=Path(".")
         )
+
+
+def test_effective_limits_config_then_domain_then_login_then_ldap(tmp_path: Path) -> None:
+    """The one computation the decision, `quota show` and /usage share."""
+    from policyd.config import config_from_dict
+    from policyd.quotas.ldap_limits import effective_limits
+
+    qc = config_from_dict(
+        {
+            "quotas": {
+                "enabled": True,
+                "limits": {"messages_per_hour": 10, "messages_per_day": 50},
+                "domains": {"example.org": {"messages_per_hour": 20}},
+                "logins": {"alice@example.org": {"messages_per_day": 70}},
+            },
+        },
+        "t.toml",
+        tmp_path,
+    ).quotas
+    qc = dataclasses.replace(qc, ldap_attribute="policydQuotaLimits")
+    assert effective_limits(qc, "x@other.example") == QuotaLimits(10, 50)
+    assert effective_limits(qc, "bob@example.org") == QuotaLimits(20, 50)
+    assert effective_limits(qc, "alice@example.org") == QuotaLimits(20, 70)
+    ldap = frozenset({"messages_per_hour=3"})
+    assert effective_limits(qc, "alice@example.org", ldap) == QuotaLimits(3, 70)
+    assert effective_limits(qc, "alice@example.org", frozenset()) == QuotaLimits(20, 70)
+    # a value it cannot read: the config's (logged once, elsewhere)
+    assert effective_limits(qc, "alice@example.org", frozenset({"x=1"})) == QuotaLimits(20, 70)

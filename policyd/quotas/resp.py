@@ -1,0 +1,345 @@
+"""The quota checks' own connection to Valkey/Redis: script calls pipelined, lean (RESP2).
+
+redis-py (redis_store.py's client for everything else) spends some 40 µs of CPU per EVALSHA
+even in a pipeline, packing each argument through its encoder and awaiting each reply under its
+own timeout; that alone is more than the whole RCPT path. This connection writes the script
+calls of one event-loop iteration as one buffer and answers each caller's future straight from
+`data_received`, in order:
+
+- one connection per store, opened on first use (`AUTH`, `SELECT` from the URL), again after a
+  failure; redis://[user:password@]host[:port][/db], rediss:// (TLS, verified), unix:///path
+  [?db=N];
+- a deadline per write: when the replies of a write are not all in after `timeout`, the
+  connection is dropped and every call waiting on it fails (QuotaStoreError);
+- EVALSHA first; a NOSCRIPT answer (a restarted server, SCRIPT FLUSH) sends that call once
+  more as EVAL, which caches the script again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import ssl
+from collections.abc import Sequence
+from typing import Any, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from policyd.quotas.store import QuotaStoreError
+
+
+class RespError(str):
+    """An error reply (`-ERR ...`), as a value: only its own call fails."""
+
+
+class _Incomplete(Exception):
+    pass
+
+
+#: numbers' encodings (limits, periods, costs repeat from message to message); bounded
+_NUMBERS: dict[int | float, bytes] = {}
+
+
+def pack(args: Sequence[Any]) -> bytes:
+    """One command in RESP: an array of bulk strings (str, bytes, int or float)."""
+    out = [b"*%d\r\n" % len(args)]
+    numbers = _NUMBERS
+    for a in args:
+        kind = type(a)
+        if kind is int or kind is float:
+            c = numbers.get(a)
+            if c is None:
+                if len(numbers) >= 4096:
+                    numbers.clear()
+                b = str(a).encode()
+                c = numbers[a] = b"$%d\r\n%s\r\n" % (len(b), b)
+            out.append(c)
+            continue
+        b = a if kind is bytes else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def parse(buf: bytes, pos: int) -> tuple[Any, int]:
+    """One reply from `buf` at `pos`: (value, position after it). Raises _Incomplete when
+    `buf` ends first, ValueError on what is not RESP2."""
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        raise _Incomplete
+    kind = buf[pos]
+    if kind == 58:  # ":"
+        return int(buf[pos + 1 : end]), end + 2
+    if kind == 36:  # "$"
+        n = int(buf[pos + 1 : end])
+        if n < 0:
+            return None, end + 2
+        stop = end + 2 + n
+        if len(buf) < stop + 2:
+            raise _Incomplete
+        return buf[end + 2 : stop].decode("utf-8", "replace"), stop + 2
+    if kind == 42:  # "*"
+        n = int(buf[pos + 1 : end])
+        if n < 0:
+            return None, end + 2
+        items = []
+        p = end + 2
+        for _ in range(n):
+            v, p = parse(buf, p)
+            items.append(v)
+        return items, p
+    if kind == 43:  # "+"
+        return buf[pos + 1 : end].decode("utf-8", "replace"), end + 2
+    if kind == 45:  # "-"
+        return RespError(buf[pos + 1 : end].decode("utf-8", "replace")), end + 2
+    raise ValueError(f"not a RESP2 reply: {bytes(buf[pos : pos + 20])!r}")
+
+
+class _Call:
+    __slots__ = ("what", "script", "keys", "args", "fut", "again")
+
+    def __init__(
+        self,
+        what: str,
+        script: str,
+        keys: list[Any],
+        args: list[Any],
+        fut: asyncio.Future[Any],
+    ) -> None:
+        self.what = what
+        self.script = script
+        self.keys = keys
+        self.args = args
+        self.fut = fut
+        #: sent again as EVAL after a NOSCRIPT answer
+        self.again = False
+
+    def command(self) -> bytes:
+        head = ["EVAL", self.script] if self.again else ["EVALSHA", sha(self.script)]
+        return pack([*head, len(self.keys), *self.keys, *self.args])
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, owner: ScriptPipe) -> None:
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.waiting: collections.deque[_Call] = collections.deque()
+        self.buf = b""
+        self.lost = False
+        #: replies read, and the deadlines of the writes: (replies read when answered, timer)
+        self.read = 0
+        self.sent = 0
+        self.deadlines: collections.deque[tuple[int, asyncio.TimerHandle]] = collections.deque()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports are no subclass of asyncio.Transport)
+        self.transport = cast(asyncio.Transport, transport)
+
+    def write(self, calls: Sequence[_Call], loop: asyncio.AbstractEventLoop) -> None:
+        assert self.transport is not None
+        self.transport.write(b"".join([c.command() for c in calls]))
+        self.waiting.extend(calls)
+        self.sent += len(calls)
+        self.deadlines.append((self.sent, loop.call_later(self.owner.timeout, self.expired)))
+
+    def expired(self) -> None:
+        if self.deadlines and self.deadlines[0][0] > self.read:
+            self.fail(TimeoutError(f"no answer within {self.owner.timeout:g}s"))
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        pos = 0
+        waiting = self.waiting
+        try:
+            while waiting:
+                value, pos = parse(buf, pos)
+                call = waiting.popleft()
+                self.read += 1
+                self.owner.answered(call, value)
+        except _Incomplete:
+            pass
+        except ValueError as e:
+            self.fail(e)
+            return
+        if not waiting and pos < len(buf):  # (an answer nobody asked for: out of step)
+            self.fail(
+                ValueError(f"unexpected data from the server: {bytes(buf[pos : pos + 20])!r}")
+            )
+            return
+        self.buf = buf[pos:]
+        while self.deadlines and self.deadlines[0][0] <= self.read:
+            self.deadlines.popleft()[1].cancel()
+
+    def fail(self, e: BaseException) -> None:
+        """Drop the connection: every call waiting on it fails."""
+        self.lost = True
+        for _, timer in self.deadlines:
+            timer.cancel()
+        self.deadlines.clear()
+        waiting, self.waiting = self.waiting, collections.deque()
+        for call in waiting:
+            self.owner.failed(call, e)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(exc or ConnectionError("connection closed by the server"))
+
+
+class ScriptPipe:
+    """Lua script calls to one Valkey/Redis server, those of one loop iteration in one write."""
+
+    def __init__(self, url: str, name: str, timeout: float) -> None:
+        self.name = name
+        self.timeout = timeout
+        self._target = _target(url)
+        self._queue: list[_Call] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._proto: _Protocol | None = None
+        self._connecting: asyncio.Task[None] | None = None
+
+    def call(self, what: str, script: str, keys: list[Any], args: list[Any]) -> Any:
+        """The script's answer (an awaitable), or QuotaStoreError."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            # (once: asyncio.get_running_loop() makes a getpid system call)
+            loop = self._loop = asyncio.get_running_loop()
+            self._proto = None
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._queue.append(_Call(what, script, keys, args, fut))
+        if len(self._queue) == 1:
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        loop = self._loop
+        calls = [c for c in self._queue if not c.fut.done()]
+        self._queue = []
+        if not calls or loop is None:
+            return
+        proto = self._proto
+        if proto is not None and not proto.lost:
+            proto.write(calls, loop)
+            return
+        # (not connected: the calls wait for the connection, which one task makes)
+        self._queue = calls
+        if self._connecting is None:
+            self._connecting = loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        t = self._target
+        try:
+            proto = _Protocol(self)
+            async with asyncio.timeout(self.timeout):
+                if t.path:
+                    await loop.create_unix_connection(lambda: proto, t.path)
+                else:
+                    await loop.create_connection(
+                        lambda: proto, t.host, t.port, ssl=t.tls, server_hostname=t.sni
+                    )
+                setup: list[list[Any]] = []
+                if t.password:
+                    auth = [t.username, t.password] if t.username else [t.password]
+                    setup.append(["AUTH", *auth])
+                if t.db:
+                    setup.append(["SELECT", t.db])
+                for cmd in setup:
+                    fut: asyncio.Future[Any] = loop.create_future()
+                    proto.write([_Setup(cmd[0], fut, pack(cmd))], loop)
+                    answer = await fut
+                    if isinstance(answer, RespError):
+                        raise ConnectionError(f"{cmd[0]}: {answer}")
+        except Exception as e:  # noqa: BLE001 - every waiting call fails, none hangs
+            self._connecting = None
+            proto.fail(e)
+            queue, self._queue = self._queue, []
+            for call in queue:
+                self.failed(call, e)
+            return
+        self._proto = proto
+        self._connecting = None
+        self._flush()
+
+    def answered(self, call: _Call, value: Any) -> None:
+        fut = call.fut
+        if fut.done():  # (its caller gave up)
+            return
+        if isinstance(value, RespError):
+            if value.startswith("NOSCRIPT") and not call.again:
+                call.again = True
+                self._queue.append(call)
+                if len(self._queue) == 1:
+                    fut.get_loop().call_soon(self._flush)
+                return
+            fut.set_exception(QuotaStoreError(f"{self.name}: {call.what}: {value}"))
+            return
+        fut.set_result(value)
+
+    def failed(self, call: _Call, e: BaseException) -> None:
+        if not call.fut.done():
+            why = f"{self.name}: {call.what}: {type(e).__name__}: {e}"
+            call.fut.set_exception(QuotaStoreError(why))
+
+    async def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._proto is not None and self._proto.transport is not None:
+            self._proto.transport.close()
+        self._proto = None
+
+
+class _Setup(_Call):
+    """AUTH / SELECT: sent as they are."""
+
+    def __init__(self, what: str, fut: asyncio.Future[Any], packed: bytes) -> None:
+        super().__init__(what, "", [], [], fut)
+        self.packed = packed
+
+    __slots__ = ("packed",)
+
+    def command(self) -> bytes:
+        return self.packed
+
+
+class _Target:
+    def __init__(self) -> None:
+        self.host = ""
+        self.port = 6379
+        self.path = ""
+        self.db = 0
+        self.username = ""
+        self.password = ""
+        self.tls: ssl.SSLContext | None = None
+        self.sni: str | None = None
+
+
+def _target(url: str) -> _Target:
+    """Where and how to connect, from the store's URL (ValueError: not one)."""
+    u = urlsplit(url)
+    t = _Target()
+    t.username = unquote(u.username or "")
+    t.password = unquote(u.password or "")
+    query = parse_qs(u.query)
+    if u.scheme == "unix":
+        t.path = unquote(u.path)
+        t.db = int(query.get("db", ["0"])[0])
+        return t
+    t.host = u.hostname or "localhost"
+    t.port = u.port or 6379
+    db = u.path.strip("/") or query.get("db", ["0"])[0]
+    t.db = int(db)
+    if u.scheme == "rediss":
+        t.tls = ssl.create_default_context()
+        t.sni = t.host
+    return t
+
+
+_SHAS: dict[str, str] = {}
+
+
+def sha(script: str) -> str:
+    """The script's SHA1, as EVALSHA names it."""
+    out = _SHAS.get(script)
+    if out is None:
+        out = _SHAS[script] = hashlib.sha1(script.encode()).hexdigest()
+    return out

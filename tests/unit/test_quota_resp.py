@@ -1,0 +1,62 @@
+"""The quota checks' own RESP2 connection (policyd/quotas/resp.py): encoding, the reply
+parser, the store URL. Against a real server: tests/integration/test_quota_store.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from policyd.quotas.resp import RespError, _Incomplete, _target, pack, parse
+
+
+def test_pack_is_resp_arrays_of_bulk_strings() -> None:
+    assert pack(["EVALSHA", "ab", 2, "k:{é}", 1.5, b"x"]) == (
+        b"*6\r\n$7\r\nEVALSHA\r\n$2\r\nab\r\n$1\r\n2\r\n$6\r\nk:{\xc3\xa9}\r\n$3\r\n1.5\r\n"
+        b"$1\r\nx\r\n"
+    )
+    # (numbers are cached by value: the same bytes again, whatever came between)
+    assert (
+        pack([3600000.0, 3600000.0, 7])
+        == b"*3\r\n$9\r\n3600000.0\r\n$9\r\n3600000.0\r\n$1\r\n7\r\n"
+    )
+
+
+def test_parse_every_reply_kind() -> None:
+    buf = (
+        b":0\r\n$3\r\nabc\r\n$-1\r\n*3\r\n:1\r\n$2\r\nhi\r\n*1\r\n+OK\r\n-NOSCRIPT No matching\r\n"
+    )
+    out = []
+    pos = 0
+    while pos < len(buf):
+        v, pos = parse(buf, pos)
+        out.append(v)
+    assert out == [0, "abc", None, [1, "hi", ["OK"]], "NOSCRIPT No matching"]
+    assert isinstance(out[-1], RespError)
+    assert not isinstance(out[1], RespError)
+
+
+@pytest.mark.parametrize(
+    "cut", [b":1", b"$3\r\nab", b"$3\r\nabc", b"*2\r\n:1\r\n", b"*2\r\n:1\r\n$1\r\n"]
+)
+def test_parse_waits_for_the_rest(cut: bytes) -> None:
+    with pytest.raises(_Incomplete):
+        parse(cut, 0)
+
+
+def test_parse_refuses_what_is_not_resp() -> None:
+    with pytest.raises(ValueError, match="not a RESP2 reply"):
+        parse(b"HTTP/1.1 400\r\n", 0)
+
+
+def test_store_urls() -> None:
+    t = _target("redis://127.0.0.1:6380/3")
+    assert (t.host, t.port, t.db, t.path, t.tls, t.password) == ("127.0.0.1", 6380, 3, "", None, "")
+    t = _target("redis://policyd:p%40ss@store.example:6379")
+    assert (t.username, t.password, t.db) == ("policyd", "p@ss", 0)
+    t = _target("redis://:secret@store.example")
+    assert (t.username, t.password, t.port) == ("", "secret", 6379)
+    t = _target("rediss://store.example/1")
+    assert t.tls is not None and t.sni == "store.example" and t.db == 1
+    t = _target("unix:///run/valkey/valkey.sock?db=2")
+    assert (t.path, t.db, t.host) == ("/run/valkey/valkey.sock", 2, "")
+    with pytest.raises(ValueError):
+        _target("redis://127.0.0.1/notanumber")
