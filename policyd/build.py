@@ -9,7 +9,13 @@ What the compiler asks of those modules: module constants are ``Final`` (bound w
 not looked up in the module dict on every use); no reflection on their classes (a compiled
 class's methods cannot be replaced, and a subclass's class-level default for an instance
 attribute is not seen); values typed as what they are at run time (compiled code checks a
-declared ``tuple``, ``str`` or class at run time).
+declared ``tuple``, ``str`` or class at run time). And, for Debian 13's mypyc 1.15 (the
+.deb's compiler; see docs/compiled-debian-build.md), in a coroutine: an ``await`` alone in its
+statement (``x = await f()``, not ``return a, await f()``: a value computed before the await
+is lost at the suspension); no ``return`` inside a try that has a ``finally``; and
+``asyncio.wait`` with a timeout, not ``asyncio.wait_for`` or ``asyncio.timeout`` (a compiled
+coroutine re-raises the cancellation they turn into TimeoutError). tests/unit/test_build.py
+checks all three.
 """
 
 from __future__ import annotations

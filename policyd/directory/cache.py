@@ -45,17 +45,20 @@ class LookupRunner:
             return fn(arg)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        ok = False
         fut = loop.run_in_executor(self._pool, fn, arg)
+        # asyncio.wait, not wait_for or timeout(): no cancellation to turn into a timeout (see
+        # policyd/build.py: Debian's mypyc 1.15 would let the CancelledError out instead)
         try:
-            value = await asyncio.wait_for(fut, self.deadline)
-            ok = True
-            return value
-        except TimeoutError:
-            raise DirectoryUnavailable(f"no answer within {self.deadline:g}s") from None
+            await asyncio.wait((fut,), timeout=self.deadline)
         finally:
+            if not fut.done():
+                fut.cancel()  # (timed out, or the caller went away: skipped if not started)
+            ok = not fut.cancelled() and fut.exception() is None
             if self.observer is not None:
                 self.observer(time.perf_counter() - started, ok)
+        if fut.cancelled():
+            raise DirectoryUnavailable(f"no answer within {self.deadline:g}s")
+        return fut.result()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -192,24 +195,26 @@ class CachedLookups:
     async def _fetch(
         self, k: tuple[Kind, str], fn: Callable[[str], frozenset[str]]
     ) -> frozenset[str]:
-        try:
+        stale: _Entry | None = None
+        try:  # (no return inside a try with a finally: see policyd/build.py)
             value = await self.runner.call(fn, k[1])
         except DirectoryUnavailable as e:
             self.stats.errors += 1
             stale = self._entries.get(k)
             now = self.clock()
-            if stale is not None and now - stale.fetched <= self.cfg.stale_if_error:
-                self.stats.stale += 1
-                log.info(
-                    "directory unavailable (%s); %s answered from data %.0fs old",
-                    e,
-                    key_repr(k[0]),
-                    now - stale.fetched,
-                )
-                return stale.value
-            raise
+            if stale is None or now - stale.fetched > self.cfg.stale_if_error:
+                raise
+            self.stats.stale += 1
+            log.info(
+                "directory unavailable (%s); %s answered from data %.0fs old",
+                e,
+                key_repr(k[0]),
+                now - stale.fetched,
+            )
         finally:
             self._inflight.pop(k, None)
+        if stale is not None:
+            return stale.value
         now = self.clock()
         ttl = self.cfg.positive_ttl if value else self.cfg.negative_ttl
         self._entries[k] = _Entry(value, now, now + ttl)

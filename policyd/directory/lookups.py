@@ -101,7 +101,10 @@ def peek_key_owners(lookups: Lookups, keys: Iterable[str]) -> dict[str, frozense
 
 async def key_owners(lookups: Lookups, keys: Iterable[str]) -> dict[str, frozenset[str]]:
     """owners_of each key (a cached key costs no lookup)."""
-    return {key: await lookups.owners_of(key) for key in dict.fromkeys(keys)}
+    out: dict[str, frozenset[str]] = {}
+    for key in dict.fromkeys(keys):  # (a loop: an await alone in its statement, see build.py)
+        out[key] = await lookups.owners_of(key)
+    return out
 
 
 def peek_sender_owners(lookups: Lookups, sender: str, rules: AddressRules) -> frozenset[str] | None:
@@ -139,11 +142,15 @@ async def header_facts(
     """The lookups decide_header_from needs for these mailboxes (`login` canonical, or "" for
     an unauthenticated session). Raises DirectoryUnavailable."""
     if not login:
-        return None, None, {box: await sender_owners(lookups, box, rules) for box in boxes}
+        owners: dict[str, frozenset[str]] = {}
+        for box in boxes:  # (an await alone in its statement: see policyd/build.py)
+            owners[box] = await sender_owners(lookups, box, rules)
+        return None, None, owners
     owned = await lookups.addresses_of(login)
     wide = for_wider_keys(owned)
     needed = [k for box in boxes for k in keys_to_resolve(wide, box, rules)]
-    return owned, await key_owners(lookups, needed), None
+    found = await key_owners(lookups, needed)
+    return owned, found, None
 
 
 def peek_header_facts(

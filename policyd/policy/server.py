@@ -15,8 +15,8 @@ import os
 import socket
 import stat
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final, Protocol
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final, Protocol, TypeVar
 
 from policyd.config import ServerConfig
 from policyd.config.listen import parse_listen
@@ -26,6 +26,7 @@ from policyd.decision_log import flush_decision_log, hold_decision_lines, log_de
 from policyd.policy.connection import Connection, ConnectionHub
 from policyd.policy.service import PolicyService
 
+T = TypeVar("T")
 log: Final = logging.getLogger("policyd.server")  # (not __name__: the name admins grep)
 
 #: Called after every decision: (request, profile name, decision, seconds).
@@ -190,7 +191,7 @@ class PolicyServer:
             await asyncio.wait(lingering, timeout=max(0.1, deadline - loop.time()) + 1.0)
         for srv in self._servers:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(srv.wait_closed(), 1.0)
+                await _at_most(srv.wait_closed(), 1.0)
         for path in self._unix_paths:
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -295,10 +296,10 @@ async def _linger(sock: socket.socket, deadline: float) -> None:
         sock.setblocking(False)
         sock.shutdown(socket.SHUT_WR)
         while loop.time() < until:
-            data = await asyncio.wait_for(loop.sock_recv(sock, 65536), until - loop.time())
-            if not data:
+            data = await _at_most(loop.sock_recv(sock, 65536), until - loop.time())
+            if not data:  # (None: no more within the time)
                 break
-    except (OSError, TimeoutError):
+    except OSError:
         pass
     finally:
         sock.close()
@@ -347,3 +348,16 @@ def remove_stale_socket(path: str) -> None:
         os.unlink(path)
     else:
         raise OSError(17, f"{path} exists and is not a socket")
+
+
+async def _at_most(aw: Awaitable[T], seconds: float) -> T | None:
+    """`aw`'s result, or None when it takes longer than `seconds` (it is cancelled then).
+    asyncio.wait, not wait_for: see policyd/build.py (Debian's mypyc 1.15 would let the
+    timeout out as a CancelledError)."""
+    task = asyncio.ensure_future(aw)
+    try:
+        await asyncio.wait((task,), timeout=seconds)
+    finally:
+        if not task.done():
+            task.cancel()
+    return task.result() if task.done() else None

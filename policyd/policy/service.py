@@ -180,7 +180,8 @@ class PolicyService:
         profile, result = self.decide_now(req)
         if isinstance(result, Decision):
             return profile, result
-        return profile, await result
+        decision = await result  # (an await alone in its statement: see policyd/build.py)
+        return profile, decision
 
 
 def _peek_facts(rt: Runtime, req: Request, need: Need, network: Range | None) -> Facts | None:
@@ -214,5 +215,7 @@ async def gather_facts(rt: Runtime, req: Request, need: Need, network: Range | N
         keys = keys_needed(sender, owned, rules)
         if not keys:
             return Facts(network, owned)
-        return Facts(network, owned, key_owners=await key_owners(lookups, keys))
-    return Facts(network, None, await sender_owners(lookups, sender, rules))
+        found = await key_owners(lookups, keys)
+        return Facts(network, owned, key_owners=found)
+    owners = await sender_owners(lookups, sender, rules)
+    return Facts(network, None, owners)

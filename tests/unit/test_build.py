@@ -146,3 +146,100 @@ def test_policyd_pure_forces_the_pure_modules(tmp_path: object) -> None:
     out = _run_fallback(tmp_path, {"POLICYD_PURE": "1"}, None)
     assert out[0] == "pure Python (fallback: POLICYD_PURE=1)"
     assert all(f.endswith(".py") for f in out[1:]), out[1:]
+
+
+def _unsafe_for_mypyc_1_15(source: str) -> list[str]:
+    """What Debian 13's mypyc 1.15 (the .deb's compiler) compiles wrongly in a coroutine, as
+    "line: statement": an await that is not alone in its statement (``await f()``,
+    ``x = await f()``, ``return await f()``, ``if await f():``, ``async with f():`` are), a
+    return inside a try statement that has a finally, and ``asyncio.wait_for``/``timeout``."""
+    import ast
+
+    tree = ast.parse(source)
+    parents = {c: p for p in ast.walk(tree) for c in ast.iter_child_nodes(p)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Await):
+            p = parents[node]
+            alone = (
+                (
+                    isinstance(p, (ast.Expr, ast.Return, ast.Assign, ast.AnnAssign))
+                    and p.value is node
+                )
+                or (isinstance(p, (ast.If, ast.While)) and p.test is node)
+                or isinstance(p, ast.withitem)
+            )
+            if not alone:
+                found.append(f"{node.lineno}: {ast.unparse(p)}")
+        elif isinstance(node, ast.Attribute) and node.attr in ("wait_for", "timeout"):
+            if isinstance(node.value, ast.Name) and node.value.id == "asyncio":
+                found.append(f"{node.lineno}: {ast.unparse(node)} (use asyncio.wait)")
+        elif isinstance(node, ast.AsyncFunctionDef):
+            for t in _own_nodes(node):
+                if isinstance(t, ast.Try) and t.finalbody:
+                    if any(isinstance(r, ast.Return) for r in _own_nodes(t)):
+                        found.append(f"{t.lineno}: return inside try/finally in {node.name}")
+    return found
+
+
+def _own_nodes(node: object) -> list[object]:
+    """`node` and the nodes under it, not those inside a nested function or class."""
+    import ast
+
+    scopes = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+    out, todo = [], [node]
+    while todo:
+        n = todo.pop()
+        out.append(n)
+        if n is node or not isinstance(n, scopes):
+            todo.extend(ast.iter_child_nodes(n))  # type: ignore[arg-type]
+    return out
+
+
+def test_the_compiled_modules_avoid_what_mypyc_1_15_compiles_wrongly() -> None:
+    # Debian 13's mypyc 1.15 keeps a value computed before an await in the same statement
+    # (`return profile, await result`) in a C local, which the coroutine's suspension loses:
+    # the .deb's build-time unit run aborted (mypyc 1.16 spills it to the coroutine's frame);
+    # and a try/finally whose body returns makes the path that does not return read an unset
+    # slot (AttributeError: '__mypyc_temp__20' ... undefined); and a compiled coroutine that
+    # passes a cancellation on to what it awaits re-raises the CancelledError, not what that
+    # raised instead: asyncio.wait_for's or timeout()'s TimeoutError is lost (asyncio.wait
+    # with a timeout cancels nothing). The venv's mypyc is newer.
+    package = os.path.dirname(os.path.abspath(build.__file__))
+    found = {}
+    for name in build.COMPILED_MODULES:
+        path = os.path.join(package, *name.split(".")[1:])
+        path = os.path.join(path, "__init__.py") if os.path.isdir(path) else path + ".py"
+        with open(path, encoding="utf-8") as f:
+            if bad := _unsafe_for_mypyc_1_15(f.read()):
+                found[name] = bad
+    assert not found, found
+
+
+@pytest.mark.parametrize(
+    ("body", "safe"),
+    [
+        ("await f()", True),
+        ("x = await f(a, b)", True),
+        ("d[k] = await f()", True),
+        ("return await f()", True),
+        ("if await f(): pass", True),
+        ("async with f(): pass", True),
+        ("try:|    x = await f()|finally:|    g()|return x", True),
+        ("try:|    return g()|except E:|    pass", True),
+        ("try:|    def h():|        return 1|finally:|    g()", True),
+        ("await asyncio.wait((t,), timeout=1)", True),
+        ("async with asyncio.timeout(1):|    x = await f()", False),
+        ("x = await asyncio.wait_for(f(), 1)", False),
+        ("return a, await f()", False),
+        ("return g(a, key=await f())", False),
+        ("x = {k: await f(k) for k in ks}", False),
+        ("x += await f()", False),
+        ("x = a + await f()", False),
+        ("try:|    return await f()|finally:|    g()", False),
+        ("try:|    x = await f()|except E:|    return 1|finally:|    g()", False),
+    ],
+)
+def test_the_mypyc_1_15_check_finds_what_it_looks_for(body: str, safe: bool) -> None:
+    source = "async def g():\n" + "".join(f"    {line}\n" for line in body.split("|"))
+    assert (_unsafe_for_mypyc_1_15(source) == []) is safe, _unsafe_for_mypyc_1_15(source)
