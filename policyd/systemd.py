@@ -215,7 +215,15 @@ async def serve_daemon(daemon: Lifecycle, shutdown_trigger: ShutdownTrigger | No
     daemon.load()
     try:
         await daemon.start()
-        daemon.ready()
-        await (shutdown_trigger or daemon.until_signalled)()
+        # The trigger first (until_signalled installs the signal handlers), then READY=1: a
+        # SIGHUP sent the moment READY=1 arrives must find its handler, not SIG_DFL (which
+        # terminates).
+        waiting = asyncio.ensure_future((shutdown_trigger or daemon.until_signalled)())
+        try:
+            await asyncio.sleep(0)
+            daemon.ready()
+            await waiting
+        finally:
+            waiting.cancel()
     finally:
         await daemon.stop()

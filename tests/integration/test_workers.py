@@ -413,3 +413,28 @@ def test_a_listener_in_use_stops_the_start_before_any_worker(tmp_path: Path) -> 
     assert r.returncode == 1, r
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr, r.stderr
     assert "policyd.app" not in r.stderr, "no worker was started"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_sighup_the_moment_ready_arrives_reloads(
+    tmp_path: Path, daemons: list[Daemon], workers: str
+) -> None:
+    """`systemctl reload` right after the start: the signal handlers are in place before
+    READY=1 is sent (before, SIGHUP's default action killed policyd in most such runs)."""
+    for attempt in range(3):
+        name = f"policyd-test-{uuid.uuid4().hex}"
+        rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        rx.bind(b"\0" + name.encode())
+        port = free_port()
+        cfg = workers_config(tmp_path, [f"127.0.0.1:{port}"], workers=workers)
+        d = Daemon(["serve", "--config", str(cfg)], tmp_path, env={"NOTIFY_SOCKET": "@" + name})
+        daemons.append(d)
+        ready, _, _ = select.select([rx], [], [], 30)
+        assert ready and rx.recv(4096).startswith(b"READY=1")
+        d.signal(signal.SIGHUP)  # at once
+        ready, _, _ = select.select([rx], [], [], 30)
+        assert ready, f"attempt {attempt}: no RELOADING=1; exit {d.proc.poll()}\n{d.log()}"
+        assert rx.recv(4096).startswith(b"RELOADING=1")
+        d.wait_log("reloaded")
+        assert d.stop() == 0
+        rx.close()

@@ -282,10 +282,13 @@ def test_serve_daemon_runs_the_five_steps_in_order_and_stops_after_a_failed_star
 
     async def trigger() -> None:
         d.steps.append("wait")
+        await asyncio.sleep(0)
 
+    # the trigger starts before READY=1 (the default one installs the signal handlers: a
+    # SIGHUP the moment READY=1 arrives must find them), and is awaited after it
     d = _Steps()
     asyncio.run(serve_daemon(d, trigger))
-    assert d.steps == ["load", "start", "ready", "wait", "stop"]
+    assert d.steps == ["load", "start", "wait", "ready", "stop"]
     d = _Steps(fail_start=True)
     with pytest.raises(OSError):
         asyncio.run(serve_daemon(d, trigger))
