@@ -4,7 +4,9 @@ Three private Postfix instances (tests/servers/postfix.py, built from conf/postf
 running at once, everything pinned to the server CPU, the clients to the other:
 
     alone     no policy service, no milter (policyd's restriction lists emptied)
-    policy    `policyd serve` at RCPT (the documented main.cf), no milter
+    policy    `policyd serve` at RCPT (the documented main.cf), no milter: port 25 as
+              `policyd postfix-lines` sets it up (no milter there unless protect_local_senders)
+    policy unix   the same with the policy service on a unix socket
     +milter   the same, plus `policyd milter` at end-of-data (conf/postfix/milter.cf, unix socket)
     +milter before   with --e2e-baseline-src DIR: the same with the milter of DIR's policyd/
 
@@ -36,6 +38,7 @@ from pathlib import Path
 
 from sections.common import (
     CLIENT_CPU,
+    CLK_TCK,
     PY,
     REPO,
     SERVER_CPU,
@@ -98,6 +101,26 @@ def start_milter(
             raise RuntimeError(f"policyd milter did not start: {log_file.read_text()}")
         time.sleep(0.05)
     return proc
+
+
+def tree_cpu_seconds(master: int) -> float:
+    """CPU seconds of a Postfix instance: its master (its own time, and that of the daemons it
+    has reaped: cutime/cstime) plus its live daemons (smtpd, cleanup, qmgr ...). A delta over a
+    cell is the instance's CPU for that cell, whichever daemons exited in between."""
+    with open(f"/proc/{master}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    total = sum(int(x) for x in fields[11:15]) / CLK_TCK
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == master:
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == master:
+            total += sum(int(x) for x in fields[11:15]) / CLK_TCK
+    return total
 
 
 def smtp_source(port: int, messages: int, conns: int) -> dict[str, object]:
@@ -178,7 +201,41 @@ def section_e2e(args: argparse.Namespace, work: Path) -> dict[str, object]:
                 )
             )
         procs.append(start_milter(top, config, top / "milter.sock", args.no_uvloop))
-        variants = [("alone", no_policy), ("policy", {}), ("+milter", milter)]
+        # the same policy service on a unix socket (no TCP/IP stack per request)
+        policy_sock = top / "policy.sock"
+        unix_config = top / "policyd-unix.toml"
+        # smtpd runs as the postfix user
+        unix_config.write_text(config.read_text() + '[server]\nunix_socket_mode = "0666"\n')
+        with open(top / "policyd-unix.log", "ab") as log:
+            serve = [PY, "-m", "policyd", "serve", "--config", str(unix_config)]
+            procs.append(
+                subprocess.Popen(
+                    pinned(SERVER_CPU, [*serve, "--listen", f"unix:{policy_sock}"]),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    cwd=REPO,
+                    env=server_env(args.no_uvloop),
+                    umask=0o000,  # Postfix's smtpd (user postfix) connects to the socket
+                )
+            )
+        deadline = time.monotonic() + 30
+        while not policy_sock.exists():
+            if procs[-1].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("policyd serve on a unix socket did not start")
+            time.sleep(0.05)
+        policy_unix = {
+            "policyd_mx_recipient_restrictions": "reject_unauth_destination, "
+            f"check_policy_service {{ unix:{policy_sock}, policy_context=mx, "
+            "{ default_action = 451 4.3.5 Sender policy service unavailable; try again later }"
+            ", timeout=10s, max_idle=300s }",
+        }
+        variants = [
+            ("alone", no_policy),
+            ("policy", {}),
+            ("policy unix", policy_unix),
+            ("+milter", milter),
+        ]
         if args.e2e_baseline_src:
             # the milter of an older tree (e.g. before issue 29) as a fourth column
             old_socket = top / "milter-before.sock"
@@ -214,12 +271,17 @@ def section_e2e(args: argparse.Namespace, work: Path) -> dict[str, object]:
             "policy": {"policyd": procs[0]},
             "+milter": {"policyd": procs[0], "milter": procs[1]},
         }
-        if len(procs) > 2:
-            used["+milter before"] = {"policyd": procs[0], "milter": procs[2]}
+        used["policy unix"] = {"policyd": procs[2]}
+        if len(procs) > 3:
+            used["+milter before"] = {"policyd": procs[0], "milter": procs[3]}
 
         def cell(name: str, run: Callable[[], dict[str, object]]) -> dict[str, object]:
             before = {k: cpu_seconds(p.pid) for k, p in used[name].items()}
+            master = servers[name].master_pid
+            assert master is not None
+            postfix_before = tree_cpu_seconds(master)
             res = run()
+            res["postfix_cpu_ms"] = (tree_cpu_seconds(master) - postfix_before) / n * 1000
             for k, p in used[name].items():
                 res[f"{k}_cpu_ms"] = (cpu_seconds(p.pid) - before[k]) / n * 1000
             return res
@@ -265,30 +327,33 @@ def report(
     print(f"{n} messages per cell, {conns} sessions, one message per session, {rounds} rounds")
     print(
         "| workload | Postfix with | msgs/s | × alone | p50 ms | p99 ms | p99 − alone "
-        "| policyd CPU ms/msg | milter CPU ms/msg |"
+        "| Postfix CPU ms/msg | policyd CPU ms/msg | milter CPU ms/msg | CPU × alone |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     out: dict[str, object] = {}
     for wl in ("a smtp-source", "a smtpload", "b smtpload"):
         base = rows["alone"][wl]
         base_rate = med(base, "msgs_per_s")
+        base_cpu = med(base, "postfix_cpu_ms")
         for name, cells in ((k, v[wl]) for k, v in rows.items()):
             rate = med(cells, "msgs_per_s")
             lat = "p50_ms" in cells[0]
             p50 = f"{med(cells, 'p50_ms'):.2f}" if lat else "-"
             p99 = f"{med(cells, 'p99_ms'):.2f}" if lat else "-"
             dp99 = f"{med(cells, 'p99_ms') - med(base, 'p99_ms'):+.2f}" if lat else "-"
-            cpu = [
-                f"{med(cells, k):.2f}" if k in cells[0] else "-"
-                for k in ("policyd_cpu_ms", "milter_cpu_ms")
-            ]
+            keys = ("postfix_cpu_ms", "policyd_cpu_ms", "milter_cpu_ms")
+            cpu = [f"{med(cells, k):.2f}" if k in cells[0] else "-" for k in keys]
+            # the ratio one saturated CPU would give: Postfix alone's CPU per message over
+            # this variant's (Postfix's own, policyd's, the milter's; the clients excluded)
+            total = sum(med(cells, k) for k in keys if k in cells[0])
             print(
                 f"| {wl} | {name} | {rate:,.0f} | {rate / base_rate:.2f} | {p50} | {p99} "
-                f"| {dp99} | {cpu[0]} | {cpu[1]} |"
+                f"| {dp99} | {cpu[0]} | {cpu[1]} | {cpu[2]} | {base_cpu / total:.2f} |"
             )
             out[f"{wl} / {name}"] = {
                 "msgs_per_s": rate,
                 "ratio": rate / base_rate,
+                "cpu_ratio": base_cpu / total,
                 "rounds": cells,
             }
     return out
