@@ -29,8 +29,8 @@ def require_container_tools() -> None:
 
 @pytest.fixture(scope="session")
 def debs() -> list[Path]:
-    """dist/policyd_<v>_all.deb and dist/policyd-milter_<v>_all.deb, built now from this
-    checkout by ./scripts/build-deb (its own unit-test run skipped: the tier runs the unit
+    """dist/policyd_<v>_<arch>.deb (compiled) and dist/policyd-milter_<v>_all.deb, built now
+    from this checkout by ./scripts/build-deb (its own unit-test run skipped: the tier runs the unit
     tests inside the container against the installed package)."""
     require_container_tools()
     env = {**os.environ, "DEB_BUILD_OPTIONS": "nocheck"}
@@ -44,7 +44,13 @@ def debs() -> list[Path]:
         text=True,
         check=True,
     ).stdout.strip()
-    out = [REPO / f"dist/{p}_{version}_all.deb" for p in ("policyd", "policyd-milter")]
+    arch = subprocess.run(
+        ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    out = [
+        REPO / f"dist/policyd_{version}_{arch}.deb",
+        REPO / f"dist/policyd-milter_{version}_all.deb",
+    ]
     assert all(p.exists() for p in out), out
     return out
 
