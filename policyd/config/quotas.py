@@ -104,6 +104,8 @@ class QuotasConfig:
     store_unavailable_reply: str = "451 4.3.0 Temporary quota lookup failure, please try again"
     #: notifications (suspension, first quota hit in a period) go to this address ("" = none)
     notify: str = ""
+    #: also send each notification to the login itself when the login is a mail address
+    notify_user: bool = False
     #: at most one notification per login and cause (suspended, each limit) in this many s
     notify_period: float = 86400.0
     limits: QuotaLimits = field(default_factory=QuotaLimits)

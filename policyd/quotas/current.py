@@ -95,7 +95,7 @@ def _detector(config: QuotasConfig, notify: Notify | None) -> Detector | None:
 
 
 def _notifier(full: Config) -> Notify | None:
-    if not full.quotas.enabled or not full.quotas.notify:
+    if not full.quotas.enabled or not (full.quotas.notify or full.quotas.notify_user):
         return None
     from policyd.quotas.notify import Notifier
 

@@ -139,7 +139,15 @@ class GuardedStore:
     async def charge(
         self, login: str, charges: Sequence[Charge], commit: bool, message: str = ""
     ) -> Outcome:
-        out = await self._ask(lambda: self.primary.charge(login, charges, commit, message))
+        out: Outcome | Literal[_Away.AWAY]
+        if self.unavailable:
+            out = await self._ask(lambda: self.primary.charge(login, charges, commit, message))
+        else:  # (every message's path: _ask without its lambda and frames)
+            try:
+                out = await self.primary.charge(login, charges, commit, message)
+            except QuotaStoreError as e:
+                await self._failed(e)
+                out = AWAY
         if out is not AWAY:
             if out.suspended is not None:
                 self._seen_suspended[login] = (out.suspended, self.clock())

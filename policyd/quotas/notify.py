@@ -1,7 +1,8 @@
-"""Notifications to the admin ([quotas] notify): a login suspended, a login over a quota for
-the first time in a period. Through the same submission path as the verification mail
-([verification.mail]: SMTP to the local Postfix, or sendmail), off the event loop, never
-blocking or failing a decision: a mail that cannot be handed over is logged."""
+"""Notifications to the admin ([quotas] notify), and with `notify_user` to the login itself
+when it is a mail address: a login suspended, a login over a quota for the first time in a
+period. Through the same submission path as the verification mail ([verification.mail]: SMTP
+to the local Postfix, or sendmail), off the event loop, never blocking or failing a decision:
+a mail that cannot be handed over is logged."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class Notifier:
     def __init__(self, config: Config, mailer: Mailer | None = None) -> None:
         vc = config.verification
         self.to = config.quotas.notify
+        self.to_user = config.quotas.notify_user
         self.from_address = vc.mail.from_address
         self.envelope_from = envelope_from(vc)
         self.timeout = vc.mail.smtp_timeout + 5
@@ -33,11 +35,20 @@ class Notifier:
         #: mails handed over (a metric, and for tests)
         self.sent = 0
 
-    def message(self, subject: str, text: str) -> EmailMessage:
+    def recipients(self, login: str) -> list[str]:
+        """The admin's address, and the login's own when `notify_user` and it is an address."""
+        out = [self.to] if self.to else []
+        local, at, domain = login.rpartition("@")
+        if self.to_user and at and local and "." in domain and login.isprintable():
+            if " " not in login and "@" not in local and login not in out:
+                out.append(login)
+        return out
+
+    def message(self, subject: str, text: str, to: str = "") -> EmailMessage:
         msg = EmailMessage(policy=email.policy.SMTP)
         local, _, domain = self.from_address.rpartition("@")
         msg["From"] = Address(display_name="policyd", username=local, domain=domain)
-        to_local, _, to_domain = self.to.rpartition("@")
+        to_local, _, to_domain = (to or self.to).rpartition("@")
         msg["To"] = Address(username=to_local, domain=to_domain)
         msg["Subject"] = subject
         msg["Date"] = format_datetime(datetime.now(tz=UTC))
@@ -47,15 +58,16 @@ class Notifier:
         return msg
 
     async def __call__(self, login: str, subject: str, text: str) -> None:
-        msg = self.message(subject, text)
         loop = asyncio.get_running_loop()
-        try:
-            await asyncio.wait_for(
-                loop.run_in_executor(None, self.mailer.send, msg, self.envelope_from, self.to),
-                self.timeout,
-            )
-        except (MailError, TimeoutError) as e:
-            log.warning("notification about %s to %s not sent: %s", login, self.to, str(e))
-            return
-        self.sent += 1
-        log.info("notification sent to=%s login=%s subject=%s", self.to, login, subject)
+        for to in self.recipients(login):
+            try:
+                msg = self.message(subject, text, to)
+                await asyncio.wait_for(
+                    loop.run_in_executor(None, self.mailer.send, msg, self.envelope_from, to),
+                    self.timeout,
+                )
+            except (MailError, TimeoutError, ValueError) as e:
+                log.warning("notification about %s to %s not sent: %s", login, to, str(e))
+                continue
+            self.sent += 1
+            log.info("notification sent to=%s login=%s subject=%s", to, login, subject)

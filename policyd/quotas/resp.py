@@ -37,27 +37,29 @@ class _Incomplete(Exception):
 
 
 #: numbers' encodings (limits, periods, costs repeat from message to message); bounded
-_NUMBERS: dict[int | float, bytes] = {}
+_NUMBERS: dict[object, str] = {}
 
 
-def pack(args: Sequence[Any]) -> bytes:
-    """One command in RESP: an array of bulk strings (str, bytes, int or float)."""
-    out = [b"*%d\r\n" % len(args)]
+def pack(args: Sequence[str | int | float]) -> bytes:
+    """One command in RESP: an array of bulk strings (from str, int or float), built as one
+    str and encoded once (twice as fast as a bytes format per argument)."""
+    parts = []
     numbers = _NUMBERS
     for a in args:
-        kind = type(a)
-        if kind is int or kind is float:
-            c = numbers.get(a)
-            if c is None:
-                if len(numbers) >= 4096:
-                    numbers.clear()
-                b = str(a).encode()
-                c = numbers[a] = b"$%d\r\n%s\r\n" % (len(b), b)
-            out.append(c)
+        if type(a) is str:
+            n = len(a) if a.isascii() else len(a.encode())
+            parts.append(f"${n}\r\n{a}\r\n")
             continue
-        b = a if kind is bytes else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
+        c = numbers.get(a)
+        if c is None:
+            if type(a) is not int and type(a) is not float:
+                raise TypeError(f"not a str, int or float: {a!r}")
+            if len(numbers) >= 4096:
+                numbers.clear()
+            text = str(a)
+            c = numbers[a] = f"${len(text)}\r\n{text}\r\n"
+        parts.append(c)
+    return f"*{len(args)}\r\n{''.join(parts)}".encode()
 
 
 def parse(buf: bytes, pos: int) -> tuple[Any, int]:

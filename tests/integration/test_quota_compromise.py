@@ -210,3 +210,31 @@ def test_a_bad_geoip_database_is_a_config_error(tmp_path: Path, sink: SmtpSink) 
         service(tmp_path, sink, "none", compromise={"geoip_database": str(bad)})
     assert e.value.key == "quotas.compromise.geoip_database"
     assert str(bad) in e.value.why
+
+
+def test_notify_user_also_mails_the_login_itself_once(
+    tmp_path: Path, sink: SmtpSink, store_url: str
+) -> None:
+    """`notify_user`: the first quota hit in a period is mailed to the admin and to the login
+    itself when it is an address (once each); a login without "@" gets none."""
+    svc = service(tmp_path, sink, store_url, limits={"messages_per_hour": 1}, notify_user=True)
+
+    async def main() -> None:
+        for login in ("dave@example.org", "alice"):
+            for _ in range(4):
+                await decide(
+                    svc, eom(login, "192.0.2.1", sender=f"{login.split('@')[0]}@x.example")
+                )
+        await svc.quotas.close()
+
+    asyncio.run(main())
+    sink.wait_for(3)
+    got = sorted(
+        (m.rcpt_tos[0], email.message_from_bytes(m.content, policy=email.policy.default)["To"])
+        for m in list(sink.messages)
+    )
+    assert got == [
+        ("abuse@example.org", "abuse@example.org"),
+        ("abuse@example.org", "abuse@example.org"),
+        ("dave@example.org", "dave@example.org"),
+    ], got

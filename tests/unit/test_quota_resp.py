@@ -9,15 +9,15 @@ from policyd.quotas.resp import RespError, _Incomplete, _target, pack, parse
 
 
 def test_pack_is_resp_arrays_of_bulk_strings() -> None:
-    assert pack(["EVALSHA", "ab", 2, "k:{é}", 1.5, b"x"]) == (
-        b"*6\r\n$7\r\nEVALSHA\r\n$2\r\nab\r\n$1\r\n2\r\n$6\r\nk:{\xc3\xa9}\r\n$3\r\n1.5\r\n"
-        b"$1\r\nx\r\n"
+    assert pack(["EVALSHA", "ab", 2, "k:{é}", 1.5]) == (
+        b"*5\r\n$7\r\nEVALSHA\r\n$2\r\nab\r\n$1\r\n2\r\n$6\r\nk:{\xc3\xa9}\r\n$3\r\n1.5\r\n"
     )
     # (numbers are cached by value: the same bytes again, whatever came between)
-    assert (
-        pack([3600000.0, 3600000.0, 7])
-        == b"*3\r\n$9\r\n3600000.0\r\n$9\r\n3600000.0\r\n$1\r\n7\r\n"
+    assert pack([3600000.0, 3600000.0, 7]) == (
+        b"*3\r\n$9\r\n3600000.0\r\n$9\r\n3600000.0\r\n$1\r\n7\r\n"
     )
+    with pytest.raises(TypeError):
+        pack([b"bytes"])  # type: ignore[list-item]
 
 
 def test_parse_every_reply_kind() -> None:
