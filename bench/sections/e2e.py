@@ -1,6 +1,6 @@
 """Section e2e: messages through a real Postfix to discard, with and without policyd (issue 29).
 
-Three private Postfix instances (tests/servers/postfix.py, built from conf/postfix/), all
+Private Postfix instances (tests/servers/postfix.py, built from conf/postfix/), all
 running at once, everything pinned to the server CPU, the clients to the other:
 
     alone     no policy service, no milter (policyd's restriction lists emptied)
