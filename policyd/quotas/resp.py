@@ -36,7 +36,8 @@ class _Incomplete(Exception):
     pass
 
 
-#: numbers' encodings (limits, periods, costs repeat from message to message); bounded
+#: numbers' encodings (limits, periods, costs repeat from message to message); bounded. An int
+#: and the float equal to it share one: Lua 5.1 (Redis, Valkey) has one number type, a double.
 _NUMBERS: dict[object, str] = {}
 
 
@@ -205,7 +206,8 @@ class ScriptPipe:
         if loop is None or loop.is_closed():
             # (once: asyncio.get_running_loop() makes a getpid system call)
             loop = self._loop = asyncio.get_running_loop()
-            self._proto = None
+            self._proto = self._connecting = None  # (a closed loop's: gone with it)
+            self._queue = []
         fut: asyncio.Future[Any] = loop.create_future()
         self._queue.append(_Call(what, script, keys, args, fut))
         if len(self._queue) == 1:
