@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
+
+from policyd.commands import CommandError, run_command
 
 #: searched in this order when $CREDENTIALS_DIRECTORY has no such credential
 CREDSTORE_DIRS: tuple[Path, ...] = (
@@ -90,20 +91,11 @@ def _decrypt(name: str, path: Path) -> bytes:
     if tool is None:
         raise CredentialError(f"{path} is encrypted, but systemd-creds is not installed")
     try:
-        r = subprocess.run(
-            [tool, "decrypt", f"--name={name}", str(path), "-"],
-            capture_output=True,
-            timeout=_DECRYPT_TIMEOUT,
-            check=False,
+        return run_command(
+            [tool, "decrypt", f"--name={name}", str(path), "-"], timeout=_DECRYPT_TIMEOUT
         )
-    except (OSError, subprocess.TimeoutExpired) as e:
+    except CommandError as e:
         raise CredentialError(f"systemd-creds decrypt {path}: {e}") from None
-    if r.returncode != 0:
-        err = r.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise CredentialError(
-            f"systemd-creds decrypt {path} failed: {err[-1] if err else r.returncode}"
-        )
-    return r.stdout
 
 
 def read_password(file: Path | None, credential: str, keys: str) -> str:

@@ -102,6 +102,22 @@ def reloading_state() -> str:
     return f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
 
 
+async def announced_reload(
+    lock: asyncio.Lock,
+    notify: Callable[[str], object],
+    status: Callable[[], str],
+    reload: Callable[[], Awaitable[bool]],
+) -> bool:
+    """One reload at a time, told to systemd: RELOADING=1 before, READY=1 with the status
+    after, whether `reload` kept the old config or not (systemd waits for that READY=1)."""
+    async with lock:
+        notify(reloading_state())
+        try:
+            return await reload()
+        finally:
+            notify(f"READY=1\nSTATUS={status()}")
+
+
 def watchdog_interval(env: Mapping[str, str] | None = None, pid: int | None = None) -> float | None:
     """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when the watchdog is
     off, malformed, or meant for another process (WATCHDOG_PID)."""

@@ -55,20 +55,7 @@ def decide_headers_now(
             return None
     if facts is None:
         return None
-    owned, key_owned, owners = facts
-    return decide_header_from(
-        login,
-        boxes,
-        profile,
-        owned,
-        rt.rules,
-        client=client,
-        sender=sender,
-        owners=owners,
-        key_owners=key_owned,
-        sources=author.sources,
-        display=author.display_addresses,
-    )
+    return _decide(rt, profile, login, author, facts, client=client, sender=sender)
 
 
 async def decide_headers(
@@ -94,10 +81,27 @@ async def decide_headers(
         except DirectoryUnavailable as e:
             log.warning("directory unavailable: %s", str(e))  # (str: see policy/service.py)
             unavailable = True
+    return _decide(
+        rt, profile, login, author, facts, client=client, sender=sender, unavailable=unavailable
+    )
+
+
+def _decide(
+    rt: Runtime,
+    profile: ProfileConfig,
+    login: str,
+    author: AuthorCheck,
+    facts: HeaderFacts,
+    *,
+    client: str,
+    sender: str,
+    unavailable: bool = False,
+) -> Decision:
+    """The engine's decision over the facts looked up (`login` stripped)."""
     owned, key_owned, owners = facts
     return decide_header_from(
         login,
-        boxes,
+        author.mailboxes,
         profile,
         owned,
         rt.rules,

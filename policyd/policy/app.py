@@ -37,8 +37,8 @@ from policyd.systemd import (
     Notifier,
     ShutdownTrigger,
     StartupError,
+    announced_reload,
     listen_fds,
-    reloading_state,
     serve_daemon,
     until_signalled,
     watchdog,
@@ -266,12 +266,7 @@ class App:
         if self.stopping.is_set():
             log.info("reload requested while stopping: ignored")
             return False
-        async with self._reload_lock:
-            self.notify(reloading_state())
-            try:
-                return await self._reload()
-            finally:
-                self.notify(f"READY=1\nSTATUS={self.status()}")
+        return await announced_reload(self._reload_lock, self.notify, self.status, self._reload)
 
     async def _reload(self) -> bool:
         loop = asyncio.get_running_loop()

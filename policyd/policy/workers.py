@@ -46,8 +46,8 @@ from policyd.systemd import (
     STOP_SIGNALS,
     Notifier,
     StartupError,
+    announced_reload,
     listen_fds,
-    reloading_state,
     serve_daemon,
     watchdog,
     watchdog_interval,
@@ -342,12 +342,7 @@ class Supervisor:
         this returns when each has said READY=1 again. A bad config changes nothing."""
         if self.stopping.is_set():
             return False
-        async with self._reload_lock:
-            self.notify(reloading_state())
-            try:
-                return await self._reload()
-            finally:
-                self.notify(f"READY=1\nSTATUS={self.status()}")
+        return await announced_reload(self._reload_lock, self.notify, self.status, self._reload)
 
     async def _reload(self) -> bool:
         loop = asyncio.get_running_loop()

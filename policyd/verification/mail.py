@@ -12,7 +12,6 @@ from __future__ import annotations
 import email.policy
 import smtplib
 import ssl
-import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.headerregistry import Address
@@ -20,6 +19,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from typing import Protocol
 
+from policyd.commands import CommandError, run_command
 from policyd.config.verification import VerificationConfig
 
 
@@ -117,22 +117,11 @@ class SendmailMailer:
 
     def send(self, msg: EmailMessage, envelope_from: str, to: str) -> None:
         cmd = [*self.command, "-f", envelope_from]
+        local = msg.as_bytes(policy=msg.policy.clone(linesep="\n"))  # local: LF
         try:
-            p = subprocess.run(
-                cmd,
-                input=msg.as_bytes(policy=msg.policy.clone(linesep="\n")),  # local: LF
-                capture_output=True,
-                timeout=self.timeout,
-                check=False,
-            )
-        except (OSError, subprocess.SubprocessError) as e:
-            raise MailError(f"cannot run {self.command[0]}: {e}") from None
-        if p.returncode != 0:
-            err = p.stderr.decode("utf-8", "replace").strip().splitlines()
-            raise MailError(
-                f"{self.command[0]} exited with {p.returncode}"
-                + (f": {err[-1][:200]}" if err else "")
-            )
+            run_command(cmd, timeout=self.timeout, stdin=local)
+        except CommandError as e:
+            raise MailError(str(e)) from None
 
 
 def make_mailer(vc: VerificationConfig) -> Mailer:
