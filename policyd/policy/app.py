@@ -23,7 +23,7 @@ import socket
 import time
 from collections.abc import Callable, Coroutine, Iterable, MutableMapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from policyd.config import Config, ConfigError, load_config
 from policyd.decision_log import setup_logging
@@ -52,6 +52,21 @@ log = logging.getLogger("policyd.app")  # (not __name__: the name admins grep)
 
 #: What a bad config / range file / directory file raises at load time.
 LOAD_ERRORS = (ConfigError, NetworksError, DirectoryError)
+_Loaded = TypeVar("_Loaded")
+
+
+async def load_or_keep(
+    load_new: Callable[[], _Loaded], logger: logging.Logger, keeping: str
+) -> _Loaded | None:
+    """`load_new()` in a thread, or None when it fails: a reload never stops the service.
+    The error is logged once, as "reload failed, <keeping>: <why>"."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, load_new)
+    except LOAD_ERRORS as e:
+        logger.error("reload failed, %s: %s", keeping, e)
+    except Exception as e:  # a bug or an unexpected library error: still keep serving
+        logger.exception("reload failed, %s: %s", keeping, e)
+    return None
 
 
 class App:
@@ -269,18 +284,15 @@ class App:
         return await announced_reload(self._reload_lock, self.notify, self.status, self._reload)
 
     async def _reload(self) -> bool:
-        loop = asyncio.get_running_loop()
-        try:
-            config = await loop.run_in_executor(None, self.config_loader, self.config_path)
-            runtime = await loop.run_in_executor(None, self._build, config)
-        except LOAD_ERRORS as e:
+        def load_new() -> tuple[Config, Runtime]:
+            config = self.config_loader(self.config_path)
+            return config, self._build(config)
+
+        loaded = await load_or_keep(load_new, log, "keeping the running config")
+        if loaded is None:
             self.reload_failures += 1
-            log.error("reload failed, keeping the running config: %s", e)
             return False
-        except Exception as e:  # a bug or an unexpected library error: still keep serving
-            self.reload_failures += 1
-            log.exception("reload failed, keeping the running config: %s", e)
-            return False
+        config, runtime = loaded
         old = self.runtime
         _warn_restart_only_changes(old.config, config, self.listen_from_config)
         if config.logging.level != old.config.logging.level:
@@ -309,7 +321,7 @@ class App:
         # the old pool may still serve in-flight lookups: close it once they are done
         self._retired.append(old)
         grace = max(old.config.directory.lookup_deadline, config.directory.lookup_deadline) + 1
-        loop.call_later(grace, self._close_retired, old)
+        asyncio.get_running_loop().call_later(grace, self._close_retired, old)
         return True
 
     def _close_retired(self, runtime: Runtime) -> None:

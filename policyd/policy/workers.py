@@ -39,7 +39,7 @@ from pathlib import Path
 
 from policyd.config import Config, ConfigError, load_config
 from policyd.config.workers import resolve_workers
-from policyd.policy.app import LOAD_ERRORS, App, load, start_logging
+from policyd.policy.app import LOAD_ERRORS, App, load, load_or_keep, start_logging
 from policyd.policy.server import bind_listener
 from policyd.policy.worker import ENV_FDS, ENV_LIFELINE, ENV_SLOT, WorkerApp
 from policyd.systemd import (
@@ -345,17 +345,14 @@ class Supervisor:
         return await announced_reload(self._reload_lock, self.notify, self.status, self._reload)
 
     async def _reload(self) -> bool:
-        loop = asyncio.get_running_loop()
-        try:
-            config, runtime = await loop.run_in_executor(None, load, self.config_path)
+        def check_new() -> Config:
+            config, runtime = load(self.config_path)
             runtime.close()
-        except LOAD_ERRORS as e:
+            return config
+
+        config = await load_or_keep(check_new, log, "every worker keeps the running config")
+        if config is None:
             self.reload_failures += 1
-            log.error("reload failed, every worker keeps the running config: %s", e)
-            return False
-        except Exception as e:  # a bug or an unexpected library error: still keep serving
-            self.reload_failures += 1
-            log.exception("reload failed, every worker keeps the running config: %s", e)
             return False
         if config.logging.level != self.config.logging.level:
             logging.getLogger().setLevel(config.logging.level.upper())
