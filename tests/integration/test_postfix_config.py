@@ -5,13 +5,14 @@ submissions from the $mua_* lists), and deliberately broken ones, one per mistak
 
 from __future__ import annotations
 
-import os
+import contextlib
+import io
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from policyd import cli
 from tests.servers.requirements import require_binaries
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,14 +70,15 @@ def _need_postconf() -> None:
 
 
 def policyd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "policyd", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ},
-    )
+    """`policyd ARGS` (the CLI's main, in this process: postconf is what runs outside; the
+    entry point itself is tested by test_cli.py). Exit status, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = cli.main(list(args))
+        except SystemExit as e:  # (argparse)
+            rc = e.code if isinstance(e.code, int) else 2
+    return subprocess.CompletedProcess(["policyd", *args], rc, out.getvalue(), err.getvalue())
 
 
 def postconf(etc: Path, *args: str) -> str:
