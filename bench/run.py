@@ -49,7 +49,9 @@ webload
 quotas
     The END-OF-MESSAGE request with [quotas] on (in-memory store, and a redis-server on
     loopback from tests/servers/redis.py) against the RCPT request of the same logins with
-    quotas off, 32 connections: req/s ratio and added p99 (issue 28). Not in the default run.
+    quotas off, 32 connections: req/s ratio saturated, and the p99 added at 32 connections
+    paced at --paced-rate; per store; the store's CPU by --quota-store-cpu; --baseline-src
+    adds the stores with an older tree's policyd (issue 28). Not in the default run.
 e2e
     Messages through three real Postfix instances to discard: alone, with the policy service
     at RCPT, with the policy service and the milter (unix socket); unauthenticated inbound on

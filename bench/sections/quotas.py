@@ -80,6 +80,13 @@ def section_quotas(args: argparse.Namespace, work: Path) -> dict[str, object]:
         n: start_policyd(c, free_port(), args.no_uvloop, log, name=n) for n, c in configs.items()
     }
     stores = ["memory", "redis"] if redis is not None else ["memory"]
+    if args.baseline_src:  # (before/after: the same stores with policyd from an older tree)
+        base_src = Path(args.baseline_src).resolve()
+        for st in list(stores):
+            servers[f"{st} before"] = start_policyd(
+                configs[st], free_port(), args.no_uvloop, log, src=base_src, name=f"{st}-before"
+            )
+            stores.append(f"{st} before")
     saturated = [("off", "rcpt"), ("memory", "rcpt"), *((st, "eom") for st in stores)]
     cells: list[tuple[str, str, str]] = [(srv, pool, "saturated") for srv, pool in saturated]
     if args.paced_rate:

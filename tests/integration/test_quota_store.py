@@ -372,3 +372,39 @@ def test_redis_store_password_database_and_a_new_connection_after_a_kill(
         asyncio.run(body())
     finally:
         admin.close()
+
+
+def test_redis_store_on_a_unix_socket(tmp_path: Any, redis_server: RedisServer) -> None:
+    """`store = "unix:///path?db=N"`: the checks' own connection and redis-py's alike. (A
+    second server of its own, with a socket; `redis_server` checks the tier's requirements.)"""
+    import redis
+
+    from policyd.quotas.redis_store import RedisStore
+
+    sock = tmp_path / "redis.sock"
+    server = RedisServer(
+        tmp_path / "r", wrap=lambda c: [*c, "--unixsocket", str(sock), "--unixsocketperm", "700"]
+    ).start()
+    url = f"unix://{sock}?db=1"
+    lim = [per(2, 3600, name="h")]
+
+    async def body() -> None:
+        s = RedisStore(url, 2.0)
+        try:
+            assert [(await s.charge("alice", lim, True)).allowed for _ in range(3)] == [
+                True,
+                True,
+                False,
+            ]
+            await s.suspend("bob", "test")  # (redis-py, the same socket and database)
+            assert (await s.charge("bob", lim, True)).suspended == "test"
+        finally:
+            await s.close()
+
+    try:
+        asyncio.run(body())
+        r = redis.Redis(unix_socket_path=str(sock), db=1)
+        assert r.exists("policyd:{alice}:q:h") == 1
+        r.close()
+    finally:
+        server.stop()
