@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from policyd.config.replies import check_template
+from policyd.config.store_url import parse_store_url
 from policyd.config.tables import ConfigError, TableReader
 
 #: The limits, in the order they are checked (and reported when several hit at once).
@@ -215,6 +216,11 @@ def _check(cfg: QuotasConfig, s: str) -> None:
             "quotas.store",
             'must be "none", "redis://HOST:PORT/DB", "rediss://..." or "unix:///PATH"',
         )
+    if cfg.store != "none":
+        try:
+            parse_store_url(cfg.store).ssl_context()
+        except (ValueError, OSError) as e:  # (ssl.SSLError is an OSError: a file not PEM)
+            raise ConfigError(s, "quotas.store", f"{e}") from None
     for key in ("store_timeout", "store_retry_interval"):
         if getattr(cfg, key) <= 0:
             raise ConfigError(s, f"quotas.{key}", "must be greater than 0")

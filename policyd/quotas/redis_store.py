@@ -18,6 +18,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from policyd.config.store_url import parse_store_url
 from policyd.quotas.resp import ScriptPipe
 from policyd.quotas.store import (
     ALLOWED,
@@ -150,6 +151,11 @@ class RedisStore:
         self.name = _safe_url(url)
         self.timeout = timeout
         self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError, RedisError)
+        try:
+            tls = parse_store_url(url).tls
+            self._pipe = ScriptPipe(url, self.name, timeout)
+        except ValueError as e:
+            raise QuotaStoreError(f"{self.name}: {e}") from None
         self.client: Any = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -157,11 +163,9 @@ class RedisStore:
             # (one short timeout: not redis-py's default of retries after a backoff)
             retry=Retry(NoBackoff(), 0),
             decode_responses=True,
+            # (redis-py before 6 checks no name by default; the URL's ssl_* reach it as they are)
+            **({"ssl_check_hostname": True} if tls else {}),
         )
-        try:
-            self._pipe = ScriptPipe(url, self.name, timeout)
-        except ValueError as e:
-            raise QuotaStoreError(f"{self.name}: {e}") from None
 
     async def _call(self, what: str, coro: Any) -> Any:
         # (the client's socket_timeout and socket_connect_timeout bound every read and

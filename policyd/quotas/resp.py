@@ -7,8 +7,8 @@ calls of one event-loop iteration as one buffer and answers each caller's future
 `data_received`, in order:
 
 - one connection per store, opened on first use (`AUTH`, `SELECT` from the URL), again after a
-  failure; redis://[user:password@]host[:port][/db], rediss:// (TLS, verified), unix:///path
-  [?db=N];
+  failure; the URL as config/store_url.py reads it (rediss://: TLS, verified, with a private
+  CA and a client certificate if the URL names them);
 - a deadline per write: when the replies of a write are not all in after `timeout`, the
   connection is dropped and every call waiting on it fails (QuotaStoreError);
 - EVALSHA first; a NOSCRIPT answer (a restarted server, SCRIPT FLUSH) sends that call once
@@ -20,11 +20,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-import ssl
 from collections.abc import Sequence
 from typing import Any, cast
-from urllib.parse import parse_qs, unquote, urlsplit
 
+from policyd.config.store_url import parse_store_url
 from policyd.quotas.store import QuotaStoreError
 
 
@@ -194,7 +193,7 @@ class ScriptPipe:
     def __init__(self, url: str, name: str, timeout: float) -> None:
         self.name = name
         self.timeout = timeout
-        self._target = _target(url)
+        self._target = parse_store_url(url)
         self._queue: list[_Call] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._proto: _Protocol | None = None
@@ -234,12 +233,18 @@ class ScriptPipe:
         t = self._target
         try:
             proto = _Protocol(self)
+            # (made here: a CA file unreadable now fails the calls, the guard decides)
+            tls = t.ssl_context()
             async with asyncio.timeout(self.timeout):
                 if t.path:
                     await loop.create_unix_connection(lambda: proto, t.path)
                 else:
                     await loop.create_connection(
-                        lambda: proto, t.host, t.port, ssl=t.tls, server_hostname=t.sni
+                        lambda: proto,
+                        t.host,
+                        t.port,
+                        ssl=tls,
+                        server_hostname=t.host if tls else None,
                     )
                 setup: list[list[Any]] = []
                 if t.password:
@@ -303,39 +308,6 @@ class _Setup(_Call):
 
     def command(self) -> bytes:
         return self.packed
-
-
-class _Target:
-    def __init__(self) -> None:
-        self.host = ""
-        self.port = 6379
-        self.path = ""
-        self.db = 0
-        self.username = ""
-        self.password = ""
-        self.tls: ssl.SSLContext | None = None
-        self.sni: str | None = None
-
-
-def _target(url: str) -> _Target:
-    """Where and how to connect, from the store's URL (ValueError: not one)."""
-    u = urlsplit(url)
-    t = _Target()
-    t.username = unquote(u.username or "")
-    t.password = unquote(u.password or "")
-    query = parse_qs(u.query)
-    if u.scheme == "unix":
-        t.path = unquote(u.path)
-        t.db = int(query.get("db", ["0"])[0])
-        return t
-    t.host = u.hostname or "localhost"
-    t.port = u.port or 6379
-    db = u.path.strip("/") or query.get("db", ["0"])[0]
-    t.db = int(db)
-    if u.scheme == "rediss":
-        t.tls = ssl.create_default_context()
-        t.sni = t.host
-    return t
 
 
 _SHAS: dict[str, str] = {}

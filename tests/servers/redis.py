@@ -5,6 +5,8 @@
         r.kill(); r.start()                   # SIGKILL, then again on the same port (empty)
         r.freeze(); r.thaw()                  # SIGSTOP / SIGCONT: accepted, never answered
     RedisServer(d, bind=(ip1, ip2), wrap=lambda c: net.argv("store", c))  # in a namespace
+    RedisServer(d, tls=make_pki(d / "pki"))   # TLS only (tls-port); r.url: rediss://...CA
+    RedisServer(d, tls=pki, tls_auth_clients=True)   # clients must show a certificate
 
 The Popen PID is the daemon itself (`--daemonize no`; `ip netns exec` execs it); its log goes to
 `<workdir>/redis.log`. No persistence (`--save ''`, no AOF): a restart starts empty, as a
@@ -19,13 +21,14 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.servers.reaper import reaped_at_exit
-from tests.servers.slapd import free_port
+from tests.servers.slapd import Pki, free_port
 
 _LIVE = reaped_at_exit(cont=True)
 
@@ -51,20 +54,28 @@ class RedisServer:
         *,
         bind: tuple[str, ...] = ("127.0.0.1",),
         wrap: Callable[[list[str]], list[str]] | None = None,
+        tls: Pki | None = None,
+        tls_auth_clients: bool = False,
     ) -> None:
         """`bind`: its addresses; `wrap`: turns the command into another (Netns.argv, to run
-        it in a network namespace; readiness is then read from its log)."""
+        it in a network namespace; readiness is then read from its log); `tls`: only a TLS
+        port, with the PKI's server certificate (SAN 127.0.0.1), `tls_auth_clients`: a client
+        certificate signed by its CA required."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.binary = binary or server_binary()
         self.port = free_port()
         self.bind = bind
         self.wrap = wrap
+        self.tls = tls
+        self.tls_auth_clients = tls_auth_clients
         self.log = workdir / "redis.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://{self.bind[0]}:{self.port}/0?ssl_ca_certs={self.tls.ca_cert}"
         return f"redis://{self.bind[0]}:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
@@ -75,6 +86,12 @@ class RedisServer:
             # (off only where it must be: another address than loopback, in a namespace)
             *("--protected-mode", "yes" if self.bind == ("127.0.0.1",) else "no"),
         ]
+        if self.tls is not None:
+            cmd[2] = "0"  # (no plain port at all)
+            cmd += ["--tls-port", str(self.port), "--tls-cert-file", str(self.tls.server_cert)]
+            cmd += ["--tls-key-file", str(self.tls.server_key)]
+            cmd += ["--tls-ca-cert-file", str(self.tls.ca_cert)]
+            cmd += ["--tls-auth-clients", "yes" if self.tls_auth_clients else "no"]
         ready_at = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
@@ -98,6 +115,14 @@ class RedisServer:
                 return b"Ready to accept connections" in f.read()
         try:
             with socket.create_connection((self.bind[0], self.port), timeout=0.5) as s:
+                if self.tls is not None and self.tls_auth_clients:
+                    # (no certificate to show: the TLS port accepting connections will do)
+                    return True
+                if self.tls is not None:
+                    ctx = ssl.create_default_context(cafile=str(self.tls.ca_cert))
+                    with ctx.wrap_socket(s, server_hostname=self.bind[0]) as t:
+                        t.sendall(b"PING\r\n")
+                        return t.recv(64).startswith(b"+PONG")
                 s.sendall(b"PING\r\n")
                 return s.recv(64).startswith(b"+PONG")
         except OSError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from policyd.quotas.resp import RespError, _Incomplete, _target, pack, parse
+from policyd.quotas.resp import RespError, _Incomplete, pack, parse
 
 
 def test_pack_is_resp_arrays_of_bulk_strings() -> None:
@@ -46,18 +46,3 @@ def test_parse_waits_for_the_rest(cut: bytes) -> None:
 def test_parse_refuses_what_is_not_resp() -> None:
     with pytest.raises(ValueError, match="not a RESP2 reply"):
         parse(b"HTTP/1.1 400\r\n", 0)
-
-
-def test_store_urls() -> None:
-    t = _target("redis://127.0.0.1:6380/3")
-    assert (t.host, t.port, t.db, t.path, t.tls, t.password) == ("127.0.0.1", 6380, 3, "", None, "")
-    t = _target("redis://policyd:p%40ss@store.example:6379")
-    assert (t.username, t.password, t.db) == ("policyd", "p@ss", 0)
-    t = _target("redis://:secret@store.example")
-    assert (t.username, t.password, t.port) == ("", "secret", 6379)
-    t = _target("rediss://store.example/1")
-    assert t.tls is not None and t.sni == "store.example" and t.db == 1
-    t = _target("unix:///run/valkey/valkey.sock?db=2")
-    assert (t.path, t.db, t.host) == ("/run/valkey/valkey.sock", 2, "")
-    with pytest.raises(ValueError):
-        _target("redis://127.0.0.1/notanumber")
