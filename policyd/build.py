@@ -39,6 +39,7 @@ NOT_COMPILED: tuple[str, ...] = (
     "core.profile",
     "policy.worker",
     "policy.workers",
+    "policy.worker_watch",
 )
 #: ... and these top-level modules, which the policy server shares with the milter. Not
 #: config/: it reads dataclass field types at run time.

@@ -6,7 +6,8 @@ the same listening sockets, with one reload and one stop for all. Its life, top 
            passed) -> N workers inherit them -> wait until each one says READY=1
     ready  READY=1 to systemd, the watchdog pings
     wait   SIGTERM/SIGINT stop; SIGHUP checks the new config once and, only if it is valid,
-           makes every worker reload; a worker that dies is logged and restarted (backoff)
+           makes every worker reload; a worker that dies is logged and restarted (backoff),
+           a worker that hangs is killed, so restarted (policy/worker_watch.py)
     stop   close our copies of the listeners, SIGTERM every worker (each drains its in-flight
            requests as one process does), wait for them; unlink the unix sockets bound here
 
@@ -32,8 +33,8 @@ import os
 import secrets
 import signal
 import socket
-import struct
 import sys
+import time
 from collections.abc import Awaitable, MutableMapping, Sequence
 from pathlib import Path
 
@@ -42,6 +43,12 @@ from policyd.config.workers import resolve_workers
 from policyd.policy.app import LOAD_ERRORS, App, load, load_or_keep, start_logging
 from policyd.policy.server import bind_listener
 from policyd.policy.worker import ENV_FDS, ENV_LIFELINE, ENV_SLOT, WorkerApp
+from policyd.policy.worker_watch import (
+    notify_messages,
+    watch,
+    worker_timeout,
+    worker_watchdog_env,
+)
 from policyd.systemd import (
     STOP_SIGNALS,
     Notifier,
@@ -91,6 +98,8 @@ class Worker:
         self.exited = asyncio.Event()
         #: the config generation this process was started with, or last told to reload to
         self.generation = 0
+        #: when its last notify message came (time.monotonic), 0.0 before the first
+        self.pinged = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -127,6 +136,9 @@ class Supervisor:
         self._lifeline = (-1, -1)
         self._tasks: list[asyncio.Task[object]] = []
         self._watchdog: asyncio.Task[None] | None = None
+        #: the workers' own watchdog (a hung one is killed) and its timeout
+        self._watch: asyncio.Task[None] | None = None
+        self.worker_timeout = worker_timeout(self.environ)
         self._reload_lock = asyncio.Lock()
         #: set when a worker ends before all served for the first time: the start fails
         self._start_failed = asyncio.Event()
@@ -163,6 +175,7 @@ class Supervisor:
         loop.add_reader(self._inbox.fileno(), self._read_inbox)
         self._lifeline = os.pipe()
         self._tasks = [asyncio.ensure_future(self._keep(w)) for w in self.workers]
+        self._watch = asyncio.ensure_future(watch(self.workers, self.worker_timeout))
         await _first(
             asyncio.gather(*(w.ready.wait() for w in self.workers)),
             self._start_failed.wait(),
@@ -213,8 +226,9 @@ class Supervisor:
                         os.kill(w.pid, signal.SIGKILL)
             if late:
                 await asyncio.wait(late, timeout=5.0)
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        for task in (self._watchdog, self._watch):
+            if task is not None:
+                task.cancel()
         if self._inbox is not None:
             asyncio.get_running_loop().remove_reader(self._inbox.fileno())
             self._inbox.close()
@@ -265,6 +279,7 @@ class Supervisor:
             w.ready.clear()
             w.exited.clear()
             w.generation = self.generation
+            w.pinged = 0.0
             started, pid = loop.time(), "-"
             try:
                 w.proc = await asyncio.create_subprocess_exec(
@@ -303,27 +318,20 @@ class Supervisor:
         env[ENV_LIFELINE] = str(self._lifeline[0])
         env[ENV_SLOT] = str(w.slot)
         env["NOTIFY_SOCKET"] = self._inbox_name
+        env.update(worker_watchdog_env(self.worker_timeout))
         return env
 
     def _read_inbox(self) -> None:
-        """The workers' sd_notify datagrams: READY=1 marks the sender ready."""
+        """The workers' sd_notify datagrams: READY=1 marks the sender ready; any (WATCHDOG=1)
+        says its event loop runs."""
         assert self._inbox is not None
-        by_pid = {w.pid: w for w in self.workers if w.pid is not None}
-        while True:
-            try:
-                data, anc, _, _ = self._inbox.recvmsg(4096, socket.CMSG_SPACE(12))
-            except (BlockingIOError, InterruptedError):
-                return
-            pid = next(
-                (
-                    struct.unpack("i", d[:4])[0]
-                    for level, kind, d in anc
-                    if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
-                ),
-                None,
-            )
-            w = by_pid.get(pid) if isinstance(pid, int) else None
-            if w is None or b"READY=1" not in data.split(b"\n"):
+        by_pid: dict[int | None, Worker] = {w.pid: w for w in self.workers if w.pid}
+        for pid, data in notify_messages(self._inbox):
+            w = by_pid.get(pid)
+            if w is None:
+                continue
+            w.pinged = time.monotonic()
+            if b"READY=1" not in data.split(b"\n"):
                 continue
             w.ready.set()
             if w.generation < self.generation and w.pid is not None:

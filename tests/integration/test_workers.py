@@ -293,6 +293,36 @@ def test_sigterm_drains_every_worker(tmp_path: Path, daemons: list[Daemon]) -> N
     assert d.log().count("policyd.app: stopped") == 2
 
 
+def test_a_hung_worker_is_killed_and_restarted(tmp_path: Path, daemons: list[Daemon]) -> None:
+    """A worker whose event loop stops (SIGSTOP here; an endless loop alike) sends no more
+    WATCHDOG=1 to the supervisor: killed after the watchdog timeout (the supervisor's own
+    WATCHDOG_USEC, 2 s here), restarted; the other worker serves meanwhile. Healthy workers
+    are never killed for it."""
+    port = free_port()
+    cfg = workers_config(tmp_path, [f"127.0.0.1:{port}"])
+    d = start_workers(daemons, tmp_path, cfg, env={"WATCHDOG_USEC": "2000000"})
+    first = children(d.proc.pid)
+    time.sleep(3.5)  # (longer than the timeout: the pings keep both alive)
+    assert children(d.proc.pid) == first
+    assert "hung" not in d.log()
+    victim = min(first)
+    os.kill(victim, signal.SIGSTOP)
+    for _ in range(20):  # the other worker answers meanwhile
+        c = Client(("127.0.0.1", port))
+        assert c.ask() == OK
+        c.close()
+    d.wait_log(f"(pid {victim}) hung: no watchdog ping from its event loop for", timeout=10)
+    d.wait_log(f"(pid {victim}) ended unexpectedly (signal SIGKILL); restarting it in 1s")
+    wait_for("a new worker", lambda: len(children(d.proc.pid) - first) == 1)
+    d.wait_log("policyd.app: policyd listening on", count=3)
+    assert d.log().count("hung: no watchdog ping") == 1
+    clients, held = spread(d, ("127.0.0.1", port))
+    assert all(held.values()), f"the new worker takes connections too: {held}"
+    for c in clients:
+        c.close()
+    assert d.stop() == 0
+
+
 def test_sd_notify_ready_only_when_every_worker_serves(
     tmp_path: Path,
     daemons: list[Daemon],
