@@ -50,6 +50,15 @@ def all_imports(tree: ast.Module) -> Iterator[ast.Import | ast.ImportFrom]:
             yield node
 
 
+def import_target(node: ast.ImportFrom, package: str) -> str:
+    """The absolute module a `from ... import` names, relative ones resolved from `package`."""
+    if not node.level:
+        return node.module or ""
+    base = package.split(".")
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join([*base, node.module] if node.module else base)
+
+
 def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
     """The policyd modules that `name` imports (anywhere in its source)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
@@ -59,12 +68,7 @@ def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names if alias.name in known)
             continue
-        if node.level:
-            base = package.split(".")
-            base = base[: len(base) - (node.level - 1)]
-            target = ".".join([*base, node.module] if node.module else base)
-        else:
-            target = node.module or ""
+        target = import_target(node, package)
         for alias in node.names:
             sub = f"{target}.{alias.name}"
             if sub in known:
@@ -205,12 +209,7 @@ def private_imports(name: str, path: Path, known: set[str]) -> list[str]:
                 if a.name.startswith("policyd.") and any(map(is_private, a.name.split("."))):
                     out.append(f"{name}: {a.name}")
             continue
-        if node.level:
-            base = package.split(".")
-            base = base[: len(base) - (node.level - 1)]
-            target = ".".join([*base, node.module] if node.module else base)
-        else:
-            target = node.module or ""
+        target = import_target(node, package)
         if target not in known or target == name:
             continue
         out += [f"{name}: {target}.{a.name}" for a in node.names if is_private(a.name)]
