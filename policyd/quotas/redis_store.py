@@ -2,14 +2,17 @@
 
 One Lua script checks every limit of a login and updates them only if all pass (store.gcra,
 step for step), with the server's clock (TIME): the MX hosts' clocks do not matter, and no
-other instance sees half an update. Keys (docs/quotas.md "Keys"): `policyd:{LOGIN}:quota`, all
-the login's TATs in one string (the limit names, a newline, then one little-endian double per
-name: exact, nothing formatted), expiring with the longest of them; `policyd:{LOGIN}:suspended`
-(the reason; no expiry); `policyd:{LOGIN}:counted:QUEUEID` / `rejected:QUEUEID`, the marks of
-one message (10 minutes). The hash tag keeps one login's keys in one Cluster slot. Only
-commands Redis 7.0, Redis 8 and Valkey 8 all have (and Lua's `struct` library, which they all
-load). The layout before (`policyd:{LOGIN}:q:NAME`, one TAT each) is not read (passing its keys
-cost the server more than the rest of the script): docs/quotas.md says what an upgrade does.
+other instance sees half an update. Keys (docs/quotas.md "Keys"):
+- `policyd:{LOGIN}:quota`: all the login's TATs in one string (the limit names, a newline,
+  then one little-endian double per name: exact, nothing formatted), expiring with the
+  longest of them;
+- `policyd:{LOGIN}:suspended`: the reason; no expiry;
+- `policyd:{LOGIN}:msg:QUEUEID`: one message's mark for 10 minutes, "rejected" or what it was
+  counted (the limit names, then each limit's period and amount).
+The hash tag keeps one login's keys in one Cluster slot. Only commands Redis 7.0, Redis 8 and
+Valkey 8 all have (and Lua's `struct` library, which they all load). The layout before
+(`policyd:{LOGIN}:q:NAME`, one TAT each) is not read (passing its keys cost the server more
+than the rest of the script): docs/quotas.md says what an upgrade does.
 
 Every call has a deadline (`timeout`: the client's socket timeouts, no retry); a failure raises
 QuotaStoreError (guard.py decides). The scripts (every message's check) go through resp.py's
@@ -38,8 +41,8 @@ from policyd.quotas.store import (
     used_of,
 )
 
-#: KEYS: suspended, quota, and with a queue ID the rejected and the counted mark (each declared
-#: key costs the server some 1.4 µs per call: no more). ARGV: commit ("1"/"0"), the limit names
+#: KEYS: suspended, quota, and with a queue ID the message's mark (each declared key costs the
+#: server some 1.4 µs per call: no more). ARGV: commit ("1"/"0"), the limit names
 #: (space-separated), then per limit its period (ms) and what this message adds to its TAT
 #: (cost x (period / limit), ms, computed by the client exactly as MemoryStore does). Every key
 #: in one MGET; when the stored names are this call's (the usual case) the TATs are one
@@ -53,8 +56,8 @@ local now = t[1] * 1000 + t[2] / 1000
 local m = redis.call('MGET', unpack(KEYS))
 if m[1] then return {2, m[1]} end
 local n = (#ARGV - 2) / 2
-local marked = #KEYS == 4
-if marked and m[3] then
+local marked = #KEYS == 3
+if marked and m[3] == 'rejected' then
   redis.call('DEL', KEYS[3])
   return {3}
 end
@@ -110,30 +113,30 @@ if ttl > 0 then
   redis.call('SET', KEYS[2], line .. '\\n' .. packed, 'PX', ttl)
 end
 if marked then
-  redis.call('SET', KEYS[4], sig .. '\\n' .. table.concat(ARGV, ' ', 3), 'PX', MARK_TTL_MS)
+  redis.call('SET', KEYS[3], table.concat(ARGV, '\\n', 2), 'PX', MARK_TTL_MS)
 end
 return {0}
 """.replace("MARK_TTL_MS", str(MARK_TTL_MS))
 
-#: KEYS: the rejected mark, the counted mark, the login's counters; ARGV: the mark's lifetime
-#: (ms). Returns 1 when a counted message was taken back (its amounts subtracted from the TATs
-#: it names), 0 when the mark now says "rejected" for a charge still to come.
+#: KEYS: the message's mark, the login's counters; ARGV: the mark's lifetime (ms). Returns 1 when
+#: a counted message was taken back (the amounts its mark lists subtracted from the TATs it
+#: names), 0 when the mark now says "rejected" for a charge still to come.
 REJECTED_LUA = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + t[2] / 1000
-local counted = redis.call('GET', KEYS[2])
-if not counted then
-  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+local counted = redis.call('GET', KEYS[1])
+if not counted or counted == 'rejected' then
+  redis.call('SET', KEYS[1], 'rejected', 'PX', ARGV[1])
   return 0
 end
-redis.call('DEL', KEYS[2])
-local v = redis.call('GET', KEYS[3])
+redis.call('DEL', KEYS[1])
+local v = redis.call('GET', KEYS[2])
 if not v then return 1 end
-local amount, i = {}, 0
 local nl = string.find(counted, '\\n', 1, true)
-local names = {}
+if not nl then return 1 end
+local amount, names, i = {}, {}, 0
 for name in string.gmatch(string.sub(counted, 1, nl - 1), '%S+') do names[#names + 1] = name end
-for _, add in string.gmatch(string.sub(counted, nl + 1), '(%S+) (%S+)') do
+for _, add in string.gmatch(string.sub(counted, nl + 1), '([^\\n]+)\\n([^\\n]+)') do
   i = i + 1
   amount[names[i]] = tonumber(add)
 end
@@ -150,9 +153,9 @@ end
 local ttl = math.ceil(longest - now)
 if ttl > 0 then
   local packed = struct.pack('<' .. string.rep('d', #had), unpack(tats, 1, #had))
-  redis.call('SET', KEYS[3], line .. '\\n' .. packed, 'PX', ttl)
+  redis.call('SET', KEYS[2], line .. '\\n' .. packed, 'PX', ttl)
 else
-  redis.call('DEL', KEYS[3])
+  redis.call('DEL', KEYS[2])
 end
 return 1
 """
@@ -242,7 +245,7 @@ class RedisStore:
         p = key_prefix(login)
         keys = [p + "suspended", p + "quota"]
         if message:
-            keys += [p + "rejected:" + message, p + "counted:" + message]
+            keys.append(p + "msg:" + message)
         args: list[Any] = ["1" if commit else "0", " ".join([c.name for c in charges])]
         for c in charges:
             period = c.period * 1000
@@ -268,7 +271,7 @@ class RedisStore:
 
     async def rejected(self, login: str, message: str) -> bool:
         p = key_prefix(login)
-        keys = [p + "rejected:" + message, p + "counted:" + message, p + "quota"]
+        keys = [p + "msg:" + message, p + "quota"]
         r = await self._pipe.call("rejected", REJECTED_LUA, keys, [MARK_TTL_MS])
         return bool(r)
 

@@ -295,15 +295,16 @@ def test_redis_refund_restores_the_tats_exactly_in_either_order(
             assert await s.rejected("alice", "Q2")
             assert r.get("policyd:{alice}:quota") == before
             assert 1_100_000 < r.pttl("policyd:{alice}:quota") <= 1_200_000
-            assert r.exists("policyd:{alice}:counted:Q2") == 0
+            assert r.exists("policyd:{alice}:msg:Q2") == 0
             assert await s.rejected("alice", "Q1")
             assert r.exists("policyd:{alice}:quota") == 0  # (nothing left ahead)
             # the rejection first: the charge after it counts nothing
             assert not await s.rejected("bob", "Q3")
+            assert r.get("policyd:{bob}:msg:Q3") == b"rejected"
             out = await s.charge("bob", [hour, rcpts], True, "Q3")
             assert (out.allowed, out.rejected_elsewhere) == (True, True)
             assert r.exists("policyd:{bob}:quota") == 0
-            assert r.exists("policyd:{bob}:rejected:Q3") == 0  # (used up)
+            assert r.exists("policyd:{bob}:msg:Q3") == 0  # (used up)
         finally:
             await s.close()
 
