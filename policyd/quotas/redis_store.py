@@ -48,8 +48,8 @@ from policyd.quotas.store import (
 #: in one MGET; when the stored names are this call's (the usual case) the TATs are one
 #: struct.unpack; one SET with the longest TAT's expiry (stored limits this call does not name
 #: are kept while their TAT is ahead, and counted in that expiry).
-#: Returns {0} counted, {1, i, backlog, retry} refused at limit i, {2, reason} suspended,
-#: {3} refused by the milter before (not counted).
+#: Returns 0 counted (an integer: no table to build), {1, i, backlog, retry} refused at
+#: limit i, {2, reason} suspended, {3} refused by the milter before (not counted).
 CHARGE_LUA = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + t[2] / 1000
@@ -102,7 +102,7 @@ for i = 1, n do
   tats[i] = new
   if new > longest then longest = new end
 end
-if ARGV[1] ~= '1' then return {0} end
+if ARGV[1] ~= '1' then return 0 end
 local all = #line > #sig and #tats or n
 for i = n + 1, all do
   if tats[i] > longest then longest = tats[i] end
@@ -115,7 +115,7 @@ end
 if marked then
   redis.call('SET', KEYS[3], table.concat(ARGV, '\\n', 2), 'PX', MARK_TTL_MS)
 end
-return {0}
+return 0
 """.replace("MARK_TTL_MS", str(MARK_TTL_MS))
 
 #: KEYS: the message's mark, the login's counters; ARGV: the mark's lifetime (ms). Returns 1 when
@@ -251,10 +251,10 @@ class RedisStore:
             period = c.period * 1000
             args += [period, c.cost * (period / c.limit)]
         r = await self._pipe.call("charge", CHARGE_LUA, keys, args)
+        if r == 0:
+            return ALLOWED
         if not isinstance(r, list) or not r:
             raise QuotaStoreError(f"{self.name}: charge: unexpected answer {r!r:.80}")
-        if r[0] == 0:
-            return ALLOWED
         if r[0] == 3:
             return Outcome(True, rejected_elsewhere=True)
         if r[0] == 2:
