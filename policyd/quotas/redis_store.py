@@ -2,9 +2,17 @@
 
 One Lua script checks every limit of a login and updates them only if all pass (store.gcra,
 step for step), with the server's clock (TIME): the MX hosts' clocks do not matter, and no
-other instance sees half an update. Keys: `policyd:{LOGIN}:q:NAME` (the TAT, in ms, expiring
-when it has drained) and `policyd:{LOGIN}:suspended` (the reason; no expiry); the hash tag
-keeps one login's keys in one Cluster slot. Only commands Redis 7.0 and Valkey 8 both have.
+other instance sees half an update. Keys (docs/quotas.md "Keys"):
+- `policyd:{LOGIN}:quota`: all the login's TATs in one string (the limit names, a newline,
+  then one little-endian double per name: exact, nothing formatted), expiring with the
+  longest of them;
+- `policyd:{LOGIN}:suspended`: the reason; no expiry;
+- `policyd:{LOGIN}:msg:QUEUEID`: one message's mark for 10 minutes, "rejected" or what it was
+  counted (the limit names, then each limit's period and amount).
+The hash tag keeps one login's keys in one Cluster slot. Only commands Redis 7.0, Redis 8 and
+Valkey 8 all have (and Lua's `struct` library, which they all load). The layout before
+(`policyd:{LOGIN}:q:NAME`, one TAT each) is not read (passing its keys cost the server more
+than the rest of the script): docs/quotas.md says what an upgrade does.
 
 Every call has a deadline (`timeout`: the client's socket timeouts, no retry); a failure raises
 QuotaStoreError (guard.py decides). The scripts (every message's check) go through resp.py's
@@ -31,76 +39,124 @@ from policyd.quotas.store import (
     Usage,
     key_prefix,
     usage_of,
+    used_of,
 )
 
+#: KEYS: suspended, quota, and with a queue ID the message's mark (each declared key costs the
+#: server some 1.4 µs per call: no more). ARGV: commit ("1"/"0"), the limit names
+#: (space-separated), then per limit its period (ms) and what this message adds to its TAT
+#: (cost x (period / limit), ms, computed by the client exactly as MemoryStore does). Every key
+#: in one MGET; when the stored names are this call's (the usual case) the TATs are one
+#: struct.unpack; one SET with the longest TAT's expiry (stored limits this call does not name
+#: are kept while their TAT is ahead, and counted in that expiry).
+#: Returns 0 counted (an integer: no table to build), {1, i, backlog, retry} refused at
+#: limit i, {2, reason} suspended, {3} refused by the milter before (not counted).
 CHARGE_LUA = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local reason = redis.call('GET', KEYS[1])
-if reason then return {2, reason} end
-local n = (#ARGV - 3) / 3
-local marked = ARGV[2] == '1'
-if marked and redis.call('EXISTS', KEYS[n + 2]) == 1 then
-  redis.call('DEL', KEYS[n + 2])
+local now = t[1] * 1000 + t[2] / 1000
+local m = redis.call('MGET', unpack(KEYS))
+if m[1] then return {2, m[1]} end
+local n = (#ARGV - 2) / 2
+local marked = #KEYS == 3
+if marked and m[3] == 'rejected' then
+  redis.call('DEL', KEYS[3])
   return {3}
 end
-local eps = 0.001
-local news = {}
-for i = 1, n do
-  local period = tonumber(ARGV[i * 3 + 1])
-  local limit = tonumber(ARGV[i * 3 + 2])
-  local cost = tonumber(ARGV[i * 3 + 3])
-  local interval = period / limit
-  local tat = tonumber(redis.call('GET', KEYS[i + 1]))
-  if tat == nil or tat < now then tat = now end
-  local new = tat + cost * interval
-  if new - now > period + eps then
-    local used = 0
-    if tat > now then used = math.ceil((tat - now) / interval - 1e-9) end
-    return {1, i, used, string.format('%.3f', new - now - period)}
+local sig = ARGV[2]
+local v = m[2]
+local tats
+local line = sig
+if not v then
+  tats = {}
+  for i = 1, n do tats[i] = now end
+elseif string.byte(v, #sig + 1) == 10 and string.find(v, sig, 1, true) == 1 then
+  tats = {struct.unpack('<' .. string.rep('d', n), v, #sig + 2)}
+else
+  local nl = string.find(v, '\\n', 1, true)
+  local stored, had = {}, {}
+  for name in string.gmatch(string.sub(v, 1, nl - 1), '%S+') do had[#had + 1] = name end
+  local got = {struct.unpack('<' .. string.rep('d', #had), v, nl + 1)}
+  for k, name in ipairs(had) do stored[name] = got[k] end
+  tats = {}
+  local i = 0
+  for name in string.gmatch(sig, '%S+') do
+    i = i + 1
+    tats[i] = stored[name] or now
+    stored[name] = nil
   end
-  news[i] = new
-end
-if ARGV[1] == '1' then
-  local parts = {}
-  for i = 1, n do
-    local ttl = math.ceil(news[i] - now)
-    if ttl > 0 then
-      redis.call('SET', KEYS[i + 1], string.format('%.3f', news[i]), 'PX', ttl)
+  for _, name in ipairs(had) do
+    if stored[name] and stored[name] > now then
+      line = line .. ' ' .. name
+      tats[#tats + 1] = stored[name]
     end
-    parts[i] = ARGV[i * 3 + 1] .. ' ' .. ARGV[i * 3 + 2] .. ' ' .. ARGV[i * 3 + 3] .. ' '
-      .. KEYS[i + 1]
-  end
-  if marked then
-    redis.call('SET', KEYS[n + 3], table.concat(parts, '\\n'), 'PX', tonumber(ARGV[3]))
   end
 end
-return {0}
-"""
+local longest = now
+for i = 1, n do
+  local tat = tats[i]
+  if tat < now then tat = now end
+  local period = ARGV[i * 2 + 1] + 0
+  local new = tat + ARGV[i * 2 + 2]
+  if new - now > period + 0.001 then
+    return {1, i, string.format('%.17g', tat - now), string.format('%.3f', new - now - period)}
+  end
+  tats[i] = new
+  if new > longest then longest = new end
+end
+if ARGV[1] ~= '1' then return 0 end
+local all = #line > #sig and #tats or n
+for i = n + 1, all do
+  if tats[i] > longest then longest = tats[i] end
+end
+local ttl = math.ceil(longest - now)
+if ttl > 0 then
+  local packed = struct.pack('<' .. string.rep('d', all), unpack(tats, 1, all))
+  redis.call('SET', KEYS[2], line .. '\\n' .. packed, 'PX', ttl)
+end
+if marked then
+  redis.call('SET', KEYS[3], table.concat(ARGV, '\\n', 2), 'PX', MARK_TTL_MS)
+end
+return 0
+""".replace("MARK_TTL_MS", str(MARK_TTL_MS))
 
-#: KEYS: the rejected mark, the charged mark, then every limit key of the login (the charged
-#: mark names those it counted); ARGV: the mark's lifetime (ms). Returns 1 when a counted
-#: message was refunded, 0 when the mark now says "rejected" for a charge still to come.
+#: KEYS: the message's mark, the login's counters; ARGV: the mark's lifetime (ms). Returns 1 when
+#: a counted message was taken back (the amounts its mark lists subtracted from the TATs it
+#: names), 0 when the mark now says "rejected" for a charge still to come.
 REJECTED_LUA = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local charged = redis.call('GET', KEYS[2])
-if not charged then
-  redis.call('SET', KEYS[1], '1', 'PX', tonumber(ARGV[1]))
+local now = t[1] * 1000 + t[2] / 1000
+local counted = redis.call('GET', KEYS[1])
+if not counted or counted == 'rejected' then
+  redis.call('SET', KEYS[1], 'rejected', 'PX', ARGV[1])
   return 0
 end
-redis.call('DEL', KEYS[2])
-for part in string.gmatch(charged, '[^\\n]+') do
-  local period, limit, cost, key = string.match(part, '^(%S+) (%S+) (%S+) (.+)$')
-  local tat = tonumber(redis.call('GET', key))
-  if tat ~= nil then
-    local new = tat - tonumber(cost) * tonumber(period) / tonumber(limit)
-    if new <= now then
-      redis.call('DEL', key)
-    else
-      redis.call('SET', key, string.format('%.3f', new), 'PX', math.ceil(new - now))
-    end
-  end
+redis.call('DEL', KEYS[1])
+local v = redis.call('GET', KEYS[2])
+if not v then return 1 end
+local nl = string.find(counted, '\\n', 1, true)
+if not nl then return 1 end
+local amount, names, i = {}, {}, 0
+for name in string.gmatch(string.sub(counted, 1, nl - 1), '%S+') do names[#names + 1] = name end
+for _, add in string.gmatch(string.sub(counted, nl + 1), '([^\\n]+)\\n([^\\n]+)') do
+  i = i + 1
+  amount[names[i]] = tonumber(add)
+end
+nl = string.find(v, '\\n', 1, true)
+local line = string.sub(v, 1, nl - 1)
+local had = {}
+for name in string.gmatch(line, '%S+') do had[#had + 1] = name end
+local tats = {struct.unpack('<' .. string.rep('d', #had), v, nl + 1)}
+local longest = now
+for k, name in ipairs(had) do
+  if amount[name] then tats[k] = tats[k] - amount[name] end
+  if tats[k] > longest then longest = tats[k] end
+end
+local ttl = math.ceil(longest - now)
+if ttl > 0 then
+  local packed = struct.pack('<' .. string.rep('d', #had), unpack(tats, 1, #had))
+  redis.call('SET', KEYS[2], line .. '\\n' .. packed, 'PX', ttl)
+else
+  redis.call('DEL', KEYS[2])
 end
 return 1
 """
@@ -125,9 +181,21 @@ return out
 
 USAGE_LUA = """
 local t = redis.call('TIME')
-local out = {string.format('%.3f', tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000)}
-for i = 1, #KEYS do
-  out[i + 1] = redis.call('GET', KEYS[i]) or ''
+local now = t[1] * 1000 + t[2] / 1000
+local out = {string.format('%.17g', now)}
+local v = redis.call('GET', KEYS[1])
+if not v then
+  for i = 1, #ARGV do out[i + 1] = '' end
+  return out
+end
+local nl = string.find(v, '\\n', 1, true)
+local had = {}
+for name in string.gmatch(string.sub(v, 1, nl - 1), '%S+') do had[#had + 1] = name end
+local tats = {struct.unpack('<' .. string.rep('d', #had), v, nl + 1)}
+local stored = {}
+for k, name in ipairs(had) do stored[name] = tats[k] end
+for i = 1, #ARGV do
+  out[i + 1] = stored[ARGV[i]] and string.format('%.17g', stored[ARGV[i]]) or ''
 end
 return out
 """
@@ -175,25 +243,22 @@ class RedisStore:
         except self._errors as e:
             raise QuotaStoreError(f"{self.name}: {what}: {type(e).__name__}: {e}") from None
 
-    @staticmethod
-    def _keys(login: str, charges: Sequence[Charge]) -> list[str]:
-        p = key_prefix(login)
-        return [p + "suspended", *(p + "q:" + c.name for c in charges)]
-
     async def charge(
         self, login: str, charges: Sequence[Charge], commit: bool, message: str = ""
     ) -> Outcome:
-        args: list[Any] = ["1" if commit else "0", "1" if message else "0", MARK_TTL_MS]
-        for c in charges:
-            args += [c.period * 1000, c.limit, c.cost]
-        keys = self._keys(login, charges)
+        p = key_prefix(login)
+        keys = [p + "suspended", p + "quota"]
         if message:
-            keys += self._marks(login, message)
+            keys.append(p + "msg:" + message)
+        args: list[Any] = ["1" if commit else "0", " ".join([c.name for c in charges])]
+        for c in charges:
+            period = c.period * 1000
+            args += [period, c.cost * (period / c.limit)]
         r = await self._pipe.call("charge", CHARGE_LUA, keys, args)
+        if r == 0:
+            return ALLOWED
         if not isinstance(r, list) or not r:
             raise QuotaStoreError(f"{self.name}: charge: unexpected answer {r!r:.80}")
-        if r[0] == 0:
-            return ALLOWED
         if r[0] == 3:
             return Outcome(True, rejected_elsewhere=True)
         if r[0] == 2:
@@ -202,28 +267,21 @@ class RedisStore:
         return Outcome(
             False,
             hit=c.name,
-            used=int(r[2]),
+            used=used_of(float(r[2]), 0.0, c.period * 1000 / c.limit),
             limit=c.limit,
             cost=c.cost,
             retry_after=float(r[3]) / 1000.0,
         )
 
-    @staticmethod
-    def _marks(login: str, message: str) -> list[str]:
-        p = key_prefix(login)
-        return [p + "rejected:" + message, p + "charged:" + message]
-
     async def rejected(self, login: str, message: str) -> bool:
-        from policyd.config.quotas import LIMITS
-
-        every = [Charge(n, 1, 1.0, 0) for n in LIMITS]
-        keys = [*self._marks(login, message), *self._keys(login, every)[1:]]
+        p = key_prefix(login)
+        keys = [p + "msg:" + message, p + "quota"]
         r = await self._pipe.call("rejected", REJECTED_LUA, keys, [MARK_TTL_MS])
         return bool(r)
 
     async def usage(self, login: str, charges: Sequence[Charge]) -> list[Usage]:
-        keys = self._keys(login, charges)[1:]
-        r = await self._pipe.call("usage", USAGE_LUA, keys, [])
+        p = key_prefix(login)
+        r = await self._pipe.call("usage", USAGE_LUA, [p + "quota"], [c.name for c in charges])
         now = float(r[0])
         return [
             usage_of(c, float(raw) if raw else now, now)
@@ -234,7 +292,8 @@ class RedisStore:
         from policyd.config.quotas import LIMITS
 
         p = key_prefix(login)
-        await self._call("reset", self.client.delete(*(p + "q:" + n for n in LIMITS)))
+        keys = [p + "quota", *(p + "q:" + n for n in LIMITS)]
+        await self._call("reset", self.client.delete(*keys))
 
     async def suspend(self, login: str, reason: str) -> None:
         await self._call("suspend", self.client.set(key_prefix(login) + "suspended", reason))

@@ -140,7 +140,7 @@ def gcra(
     used = used_of(start, now, interval)
     if new - now > period_ms + EPSILON_MS:
         return False, start, used, new - now - period_ms
-    return True, round(new, 3), used, 0.0
+    return True, new, used, 0.0
 
 
 def used_of(tat: float, now: float, interval: float) -> int:
@@ -215,7 +215,7 @@ class MemoryStore:
                     cost=c.cost,
                     retry_after=retry / 1000.0,
                 )
-            new.append((key, round(after, 3)))
+            new.append((key, after))
         if commit:
             for key, tat in new:
                 tats[key] = tat
@@ -245,11 +245,11 @@ class MemoryStore:
             tat = self._tat.get(key)
             if tat is None:
                 continue
-            new = tat - c.cost * c.period * 1000 / c.limit
+            new = tat - c.cost * (c.period * 1000 / c.limit)  # (the Lua script's amount)
             if new <= now:
                 del self._tat[key]
             else:
-                self._tat[key] = round(new, 3)
+                self._tat[key] = new
         return True
 
     def _sweep(self, now: float) -> None:

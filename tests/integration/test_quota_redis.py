@@ -443,7 +443,7 @@ def test_the_store_killed_under_load_defers_nothing_under_quota_and_counting_res
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     try:
         while True:
-            keys = client.keys("policyd:{user*}:q:messages_per_hour")
+            keys = client.keys("policyd:{user*}:quota")
             if keys or time.monotonic() > deadline:
                 break
             c = Client(("127.0.0.1", ports[0]))

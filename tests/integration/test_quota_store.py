@@ -147,30 +147,201 @@ def test_concurrent_checks_never_exceed_the_limit(make_store: Factory) -> None:
 
 
 def test_redis_keys_carry_the_login_hash_tag_and_expire(redis_server: RedisServer) -> None:
+    """One key per login for all its limits, expiring with the longest TAT: a limit whose TAT
+    is far ahead keeps the key (and the short limit's TAT in it) alive."""
     import redis
 
     from policyd.quotas.redis_store import RedisStore
 
+    hour = per(10, 3600, name="messages_per_hour")  # one interval: 360 s
+    short = per(1000, 60, name="short")  # one interval: 60 ms
+
     async def body() -> None:
         s = RedisStore(redis_server.url, 2.0)
         try:
-            lim = [per(10, 3600, name="messages_per_hour"), per(5, 60, name="short")]
-            assert (await s.charge("alice@example.org", lim, True)).allowed
+            assert (await s.charge("alice@example.org", [hour, short], True)).allowed
+            assert (await s.charge("bob", [per(10, 60, name="short")], True)).allowed
         finally:
             await s.close()
 
     asyncio.run(body())
-    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    r = redis.Redis.from_url(redis_server.url)
     try:
-        keys = sorted(r.keys("*"))
-        assert keys == [
-            "policyd:{alice@example.org}:q:messages_per_hour",
-            "policyd:{alice@example.org}:q:short",
-        ]
-        ttl_hour = r.pttl(keys[0])
-        ttl_short = r.pttl(keys[1])
-        assert 300_000 < ttl_hour <= 360_000  # one interval of 3600/10 s
-        assert 10_000 < ttl_short <= 12_000
+        assert sorted(r.keys("*")) == [b"policyd:{alice@example.org}:quota", b"policyd:{bob}:quota"]
+        assert 300_000 < r.pttl("policyd:{alice@example.org}:quota") <= 360_000  # the longest
+        assert 0 < r.pttl("policyd:{bob}:quota") <= 6_000
+        value = r.get("policyd:{alice@example.org}:quota")
+        assert isinstance(value, bytes) and value.startswith(b"messages_per_hour short\n")
+        assert len(value) == len(b"messages_per_hour short\n") + 16  # two doubles, no more
+        assert b"alice" not in value  # (no personal data beyond the login in the key name)
+    finally:
+        r.close()
+
+
+def test_redis_counter_key_outlives_a_drained_limit_by_the_longest(
+    redis_server: RedisServer,
+) -> None:
+    """Expiry: the key's TTL always covers the TAT furthest ahead, even when the call that
+    writes it is one whose own TATs are short (a limit set changed: the stored limit this call
+    does not name is kept while it is ahead, and still counts when named again)."""
+    import redis
+
+    from policyd.quotas.redis_store import RedisStore
+
+    day = per(2, 86400, name="messages_per_day")  # one interval: 12 h
+    short = per(1000, 60, name="short")
+
+    async def body() -> None:
+        s = RedisStore(redis_server.url, 2.0)
+        try:
+            assert (await s.charge("alice", [day, short], True)).allowed
+            for _ in range(3):  # (only the short limit named: the day's TAT stays)
+                assert (await s.charge("alice", [short], True)).allowed
+            r = redis.Redis.from_url(redis_server.url)
+            try:
+                assert 43_000_000 < r.pttl("policyd:{alice}:quota") <= 43_200_000
+            finally:
+                r.close()
+            used = {u.name: u.used for u in await s.usage("alice", [day, short])}
+            assert used == {"messages_per_day": 1, "short": 4}
+            assert (await s.charge("alice", [short, day], True)).allowed  # (another order)
+            out = await s.charge("alice", [day, short], True)
+            assert (out.allowed, out.hit, out.used) == (False, "messages_per_day", 2)
+        finally:
+            await s.close()
+
+    asyncio.run(body())
+
+
+def test_redis_stores_the_tats_exactly_with_fractional_intervals(
+    redis_server: RedisServer,
+) -> None:
+    """100,000,000 a day is 0.864 ms a message, 100,000,000 an hour 0.036 ms, 7,000,000 an
+    hour 0.514285714... ms: the TATs are stored as doubles, nothing rounded to decimals on the
+    way, so N messages add to them exactly what MemoryStore adds, bit for bit."""
+    import struct
+
+    import redis
+
+    from policyd.quotas.redis_store import RedisStore
+
+    lim = [
+        per(100_000_000, 86400, name="messages_per_day"),
+        per(100_000_000, 3600, name="messages_per_hour"),
+        per(7_000_000, 3600, name="odd"),
+    ]
+    # (first a message costing a million: every TAT well ahead of the clock, so the N
+    # messages after it add to it instead of starting from "now")
+    ahead = [Charge(c.name, c.limit, c.period, 1_000_000) for c in lim]
+    n = 100
+    r = redis.Redis.from_url(redis_server.url)
+
+    def stored() -> tuple[float, ...]:
+        value = r.get("policyd:{alice}:quota")
+        assert isinstance(value, bytes)
+        line, packed = value.split(b"\n", 1)
+        assert line == b"messages_per_day messages_per_hour odd"
+        return struct.unpack("<3d", packed)
+
+    async def body() -> tuple[tuple[float, ...], tuple[float, ...]]:
+        s = RedisStore(redis_server.url, 2.0)
+        try:
+            assert (await s.charge("alice", ahead, True)).allowed
+            first = stored()
+            for _ in range(n):
+                assert (await s.charge("alice", lim, True)).allowed
+            return first, stored()
+        finally:
+            await s.close()
+
+    try:
+        first, last = asyncio.run(body())
+        now = float(r.eval("local t = redis.call('TIME') return t[1] * 1000 + t[2] / 1000", 0))
+    finally:
+        r.close()
+    mem = MemoryStore(clock=lambda: now / 1000)
+    for c, tat in zip(lim, first, strict=True):
+        mem._tat[("alice", c.name)] = tat
+    for _ in range(n):
+        assert mem.charge_now("alice", lim, True).allowed
+    assert last == tuple(mem._tat[("alice", c.name)] for c in lim)  # (exactly)
+    ulp = 2.0**-11  # (of a double near 1.8e12: each sum rounds by half of it at most)
+    assert abs(last[0] - first[0] - n * 0.864) < n * ulp
+    assert abs(last[2] - first[2] - n * 3600_000 / 7_000_000) < n * ulp
+
+
+def test_redis_refund_restores_the_tats_exactly_in_either_order(
+    redis_server: RedisServer,
+) -> None:
+    """The milter refused a counted message: its amounts come off the TATs it added to (bit
+    for bit what they were before), the key's expiry follows the longest TAT left, and a
+    refund that drains everything deletes the key. The other order: the rejection first, then
+    the charge, counts nothing and leaves no counter."""
+    import redis
+
+    from policyd.quotas.redis_store import RedisStore
+
+    hour = per(3, 3600, name="messages_per_hour")
+    rcpts = per(100_000_000, 86400, 7, name="recipients_per_day")
+    r = redis.Redis.from_url(redis_server.url)
+
+    async def body() -> None:
+        s = RedisStore(redis_server.url, 2.0)
+        try:
+            assert (await s.charge("alice", [hour, rcpts], True, "Q1")).allowed
+            before = r.get("policyd:{alice}:quota")
+            assert (await s.charge("alice", [hour, rcpts], True, "Q2")).allowed
+            assert r.pttl("policyd:{alice}:quota") > 2_000_000  # (two of 1,200 s)
+            assert await s.rejected("alice", "Q2")
+            assert r.get("policyd:{alice}:quota") == before
+            assert 1_100_000 < r.pttl("policyd:{alice}:quota") <= 1_200_000
+            assert r.exists("policyd:{alice}:msg:Q2") == 0
+            assert await s.rejected("alice", "Q1")
+            assert r.exists("policyd:{alice}:quota") == 0  # (nothing left ahead)
+            # the rejection first: the charge after it counts nothing
+            assert not await s.rejected("bob", "Q3")
+            assert r.get("policyd:{bob}:msg:Q3") == b"rejected"
+            out = await s.charge("bob", [hour, rcpts], True, "Q3")
+            assert (out.allowed, out.rejected_elsewhere) == (True, True)
+            assert r.exists("policyd:{bob}:quota") == 0
+            assert r.exists("policyd:{bob}:msg:Q3") == 0  # (used up)
+        finally:
+            await s.close()
+
+    try:
+        asyncio.run(body())
+    finally:
+        r.close()
+
+
+def test_redis_the_old_layouts_keys_are_not_read_and_reset_deletes_them(
+    redis_server: RedisServer,
+) -> None:
+    """The layout before one key per login (`policyd:{LOGIN}:q:NAME`, a `%.3f` TAT each):
+    its counters are not read (docs/quotas.md "Upgrading": a login's counters start from
+    zero once; they expire by themselves within the longest period), `quota reset` deletes
+    them too."""
+    import redis
+
+    from policyd.quotas.redis_store import RedisStore
+
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    far = f"{time.time() * 1000 + 3_000_000:.3f}"  # (what the old script wrote: full)
+    r.set("policyd:{alice}:q:messages_per_hour", far, px=3_000_000)
+    lim = [per(1, 3600, name="messages_per_hour")]
+
+    async def body() -> None:
+        s = RedisStore(redis_server.url, 2.0)
+        try:
+            assert (await s.charge("alice", lim, True)).allowed
+            assert [u.used for u in await s.usage("alice", lim)] == [1]
+            await s.reset("alice")
+        finally:
+            await s.close()
+
+    try:
+        asyncio.run(body())
+        assert r.keys("*") == []
     finally:
         r.close()
 
@@ -266,7 +437,7 @@ def test_redis_calls_of_one_loop_iteration_share_one_round_trip(
     from policyd.quotas.store import QuotaStoreError
 
     r = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    r.hset("policyd:{broken}:q:h", "x", "1")  # (GET on a hash: WRONGTYPE inside the script)
+    r.set("policyd:{broken}:quota", "h\nxx")  # (2 bytes where a double is: an error)
     r.close()
 
     async def body() -> None:
@@ -288,7 +459,7 @@ def test_redis_calls_of_one_loop_iteration_share_one_round_trip(
             out = await asyncio.gather(*calls, return_exceptions=True)
             assert sent == [91]
             assert isinstance(out[-1], QuotaStoreError)
-            assert "charge" in str(out[-1]) and "WRONGTYPE" in str(out[-1])
+            assert "charge" in str(out[-1]) and "too short" in str(out[-1]), str(out[-1])
             ok = [o for o in out[:-1] if not isinstance(o, BaseException)]
             assert len(ok) == 90
             assert sum(o.allowed for o in ok) == 60  # 20 per login, the rest refused
@@ -349,7 +520,7 @@ def test_redis_store_password_database_and_a_new_connection_after_a_kill(
         s, wrong = RedisStore(url, 2.0), RedisStore(bad, 2.0)
         try:
             assert (await s.charge("alice", lim, True)).allowed
-            assert admin.exists("policyd:{alice}:q:h") == 1  # (in database 2)
+            assert admin.exists("policyd:{alice}:quota") == 1  # (in database 2)
             with pytest.raises(QuotaStoreError) as e:
                 await wrong.charge("alice", lim, True)
             assert "AUTH" in str(e.value) and "wrong" not in str(e.value)
@@ -404,7 +575,7 @@ def test_redis_store_on_a_unix_socket(tmp_path: Any, redis_server: RedisServer) 
     try:
         asyncio.run(body())
         r = redis.Redis(unix_socket_path=str(sock), db=1)
-        assert r.exists("policyd:{alice}:q:h") == 1
+        assert r.exists("policyd:{alice}:quota") == 1
         r.close()
     finally:
         server.stop()
