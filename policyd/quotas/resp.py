@@ -10,7 +10,8 @@ calls of one event-loop iteration as one buffer and answers each caller's future
   failure; redis://[user:password@]host[:port][/db], rediss:// (TLS, verified), unix:///path
   [?db=N];
 - a deadline per write: when the replies of a write are not all in after `timeout`, the
-  connection is dropped and every call waiting on it fails (QuotaStoreError);
+  connection is dropped and every call waiting on it fails (QuotaStoreError); one timer per
+  connection watches the oldest write;
 - EVALSHA first; a NOSCRIPT answer (a restarted server, SCRIPT FLUSH) sends that call once
   more as EVAL, which caches the script again.
 """
@@ -128,10 +129,13 @@ class _Protocol(asyncio.Protocol):
         self.waiting: collections.deque[_Call] = collections.deque()
         self.buf = b""
         self.lost = False
-        #: replies read, and the deadlines of the writes: (replies read when answered, timer)
+        #: replies read, and the deadlines of the writes: (replies read when answered, loop
+        #: time it is due); one timer for the oldest (not a TimerHandle made and cancelled
+        #: per write)
         self.read = 0
         self.sent = 0
-        self.deadlines: collections.deque[tuple[int, asyncio.TimerHandle]] = collections.deque()
+        self.deadlines: collections.deque[tuple[int, float]] = collections.deque()
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports are no subclass of asyncio.Transport)
@@ -142,11 +146,25 @@ class _Protocol(asyncio.Protocol):
         self.transport.write(b"".join([c.command() for c in calls]))
         self.waiting.extend(calls)
         self.sent += len(calls)
-        self.deadlines.append((self.sent, loop.call_later(self.owner.timeout, self.expired)))
+        timeout = self.owner.timeout
+        self.deadlines.append((self.sent, loop.time() + timeout))
+        if self.timer is None:
+            self.timer = loop.call_later(timeout, self.expired, loop)
 
-    def expired(self) -> None:
-        if self.deadlines and self.deadlines[0][0] > self.read:
+    def expired(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The timer: the oldest write still unanswered past its deadline fails the
+        connection; else the timer waits for the oldest one left (if any)."""
+        self.timer = None
+        deadlines = self.deadlines
+        while deadlines and deadlines[0][0] <= self.read:
+            deadlines.popleft()
+        if not deadlines:
+            return
+        left = deadlines[0][1] - loop.time()
+        if left <= 0:
             self.fail(TimeoutError(f"no answer within {self.owner.timeout:g}s"))
+            return
+        self.timer = loop.call_later(left, self.expired, loop)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
@@ -169,14 +187,16 @@ class _Protocol(asyncio.Protocol):
             )
             return
         self.buf = buf[pos:]
-        while self.deadlines and self.deadlines[0][0] <= self.read:
-            self.deadlines.popleft()[1].cancel()
+        deadlines = self.deadlines
+        while deadlines and deadlines[0][0] <= self.read:
+            deadlines.popleft()  # (the timer, when it fires, looks at the oldest left)
 
     def fail(self, e: BaseException) -> None:
         """Drop the connection: every call waiting on it fails."""
         self.lost = True
-        for _, timer in self.deadlines:
-            timer.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.deadlines.clear()
         waiting, self.waiting = self.waiting, collections.deque()
         for call in waiting:
