@@ -179,13 +179,25 @@ class RedisStore:
     async def charge(
         self, login: str, charges: Sequence[Charge], commit: bool, message: str = ""
     ) -> Outcome:
+        r = await self.charge_call(login, charges, commit, message)
+        return self.outcome(charges, r)
+
+    def charge_call(
+        self, login: str, charges: Sequence[Charge], commit: bool, message: str = ""
+    ) -> asyncio.Future[Any]:
+        """charge() in two steps, for the every-message path (no coroutine of its own): the
+        script's call, sent now (its future: the answer, or QuotaStoreError), then outcome()."""
         args: list[Any] = ["1" if commit else "0", "1" if message else "0", MARK_TTL_MS]
         for c in charges:
             args += [c.period * 1000, c.limit, c.cost]
         keys = self._keys(login, charges)
         if message:
             keys += self._marks(login, message)
-        r = await self._pipe.call("charge", CHARGE_LUA, keys, args)
+        fut: asyncio.Future[Any] = self._pipe.call("charge", CHARGE_LUA, keys, args)
+        return fut
+
+    def outcome(self, charges: Sequence[Charge], r: Any) -> Outcome:
+        """The charge script's answer `r` as an Outcome (QuotaStoreError: not one)."""
         if not isinstance(r, list) or not r:
             raise QuotaStoreError(f"{self.name}: charge: unexpected answer {r!r:.80}")
         if r[0] == 0:

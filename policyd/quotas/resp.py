@@ -220,8 +220,8 @@ class ScriptPipe:
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Task[None] | None = None
 
-    def call(self, what: str, script: str, keys: list[Any], args: list[Any]) -> Any:
-        """The script's answer (an awaitable), or QuotaStoreError."""
+    def call(self, what: str, script: str, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
+        """The script's answer (a future), or QuotaStoreError."""
         loop = self._loop
         if loop is None or loop.is_closed():
             # (once: asyncio.get_running_loop() makes a getpid system call)
