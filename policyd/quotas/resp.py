@@ -45,7 +45,13 @@ _NUMBERS: dict[object, str] = {}
 def pack(args: Sequence[str | int | float]) -> bytes:
     """One command in RESP: an array of bulk strings (from str, int or float), built as one
     str and encoded once (twice as fast as a bytes format per argument)."""
-    parts = []
+    parts = [f"*{len(args)}\r\n"]
+    _bulks(args, parts)
+    return "".join(parts).encode()
+
+
+def _bulks(args: Sequence[str | int | float], parts: list[str]) -> None:
+    """Each argument as a RESP bulk string (str; lengths in UTF-8 bytes), onto `parts`."""
     numbers = _NUMBERS
     for a in args:
         if type(a) is str:
@@ -61,7 +67,20 @@ def pack(args: Sequence[str | int | float]) -> bytes:
             text = str(a)
             c = numbers[a] = f"${len(text)}\r\n{text}\r\n"
         parts.append(c)
-    return f"*{len(args)}\r\n{''.join(parts)}".encode()
+
+
+#: (script, as EVAL) -> the command's first two bulk strings: EVALSHA and the script's SHA1,
+#: or EVAL and the script
+_HEADS: dict[tuple[str, bool], str] = {}
+
+
+def _head(script: str, again: bool) -> str:
+    out = _HEADS.get((script, again))
+    if out is None:
+        parts: list[str] = []
+        _bulks(["EVAL", script] if again else ["EVALSHA", sha(script)], parts)
+        out = _HEADS[(script, again)] = "".join(parts)
+    return out
 
 
 def parse(buf: bytes, pos: int) -> tuple[Any, int]:
@@ -117,9 +136,14 @@ class _Call:
         #: sent again as EVAL after a NOSCRIPT answer
         self.again = False
 
-    def command(self) -> bytes:
-        head = ["EVAL", self.script] if self.again else ["EVALSHA", sha(self.script)]
-        return pack([*head, len(self.keys), *self.keys, *self.args])
+    def command(self) -> str:
+        """The call in RESP (a str: the calls of one write are encoded together)."""
+        keys, args = self.keys, self.args
+        parts = [f"*{3 + len(keys) + len(args)}\r\n", _head(self.script, self.again)]
+        _bulks((len(keys),), parts)
+        _bulks(keys, parts)
+        _bulks(args, parts)
+        return "".join(parts)
 
 
 class _Protocol(asyncio.Protocol):
@@ -143,7 +167,7 @@ class _Protocol(asyncio.Protocol):
 
     def write(self, calls: Sequence[_Call], loop: asyncio.AbstractEventLoop) -> None:
         assert self.transport is not None
-        self.transport.write(b"".join([c.command() for c in calls]))
+        self.transport.write("".join([c.command() for c in calls]).encode())
         self.waiting.extend(calls)
         self.sent += len(calls)
         timeout = self.owner.timeout
@@ -269,7 +293,7 @@ class ScriptPipe:
                     setup.append(["SELECT", t.db])
                 for cmd in setup:
                     fut: asyncio.Future[Any] = loop.create_future()
-                    proto.write([_Setup(cmd[0], fut, pack(cmd))], loop)
+                    proto.write([_Setup(cmd[0], fut, cmd)], loop)
                     answer = await fut
                     if isinstance(answer, RespError):
                         raise ConnectionError(f"{cmd[0]}: {answer}")
@@ -315,14 +339,16 @@ class ScriptPipe:
 class _Setup(_Call):
     """AUTH / SELECT: sent as they are."""
 
-    def __init__(self, what: str, fut: asyncio.Future[Any], packed: bytes) -> None:
+    def __init__(self, what: str, fut: asyncio.Future[Any], cmd: list[Any]) -> None:
         super().__init__(what, "", [], [], fut)
-        self.packed = packed
+        self.cmd = cmd
 
-    __slots__ = ("packed",)
+    __slots__ = ("cmd",)
 
-    def command(self) -> bytes:
-        return self.packed
+    def command(self) -> str:
+        parts = [f"*{len(self.cmd)}\r\n"]
+        _bulks(self.cmd, parts)
+        return "".join(parts)
 
 
 class _Target:
