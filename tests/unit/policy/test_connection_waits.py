@@ -1,6 +1,8 @@
 """policy/connection.py: requests that wait (a directory lookup, a quota check at the store)
 answered in request order, and the connection's tail forgotten exactly when the last waiting
-request is answered (then a request decided at once is answered at once again)."""
+request is answered (then a request decided at once is answered at once again). The service's
+decide_now is scripted: pure run only (the compiled run has the same source; its order of
+replies is tested through real lookups in tests/integration/test_server.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from policyd.policy.protocol import encode_request
 from policyd.policy.server import PolicyServer
 from policyd.policy.service import PolicyService
 from policyd.runtime import build_runtime
+from tests.compiled import replaces_methods
 from tests.integration.serverutil import authed, make_config
 from tests.unit.policy.test_server_batch import Transport, written
 
@@ -81,6 +84,7 @@ def answers(conn: Connection) -> list[str]:
     return [w.decode().split()[-1] for w in written(conn)]
 
 
+@replaces_methods
 def test_waiting_requests_answered_in_order_then_the_tail_is_forgotten(
     tmp_path: Path, loop: asyncio.AbstractEventLoop
 ) -> None:
@@ -99,6 +103,7 @@ def test_waiting_requests_answered_in_order_then_the_tail_is_forgotten(
     assert answers(conn)[-1] == "rn4"
 
 
+@replaces_methods
 def test_an_earlier_waiting_request_done_first_keeps_the_later_ones_tail(
     tmp_path: Path, loop: asyncio.AbstractEventLoop
 ) -> None:
