@@ -14,11 +14,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from policyd.quotas.store import (
     Charge,
@@ -60,6 +61,15 @@ class GuardedStore:
         self.stale = config.suspended_stale_if_error
         self.fail_open = config.on_store_error == "memory"
         self.clock = clock
+        #: the store's charge in two steps (charge_call, outcome), when it has them
+        self._call: Callable[..., asyncio.Future[Any]] | None = getattr(
+            primary, "charge_call", None
+        )
+        self._outcome: Callable[[Sequence[Charge], Any], Outcome] | None = getattr(
+            primary, "outcome", None
+        )
+        if self._outcome is None:
+            self._call = None
         #: True while the breaker is open (the store is being kept out)
         self.unavailable = False
         #: calls that failed (a metric)
@@ -76,7 +86,7 @@ class GuardedStore:
         """Whether to ask the store now (closed, or half-open: time to try again)."""
         return not self.unavailable or self.clock() >= self._retry_at
 
-    async def _failed(self, e: QuotaStoreError) -> None:
+    def _failed(self, e: QuotaStoreError) -> None:
         self.errors += 1
         self._retry_at = self.clock() + self.retry_interval
         if not self.unavailable:
@@ -98,7 +108,7 @@ class GuardedStore:
                 await self._write(login, reason)
             except QuotaStoreError as e:
                 self._pending.setdefault(login, reason)
-                await self._failed(e)
+                self._failed(e)
                 return
         log.info(
             "quota store available again: %s; %d suspension change(s) written back",
@@ -120,7 +130,7 @@ class GuardedStore:
         try:
             out = await call()
         except QuotaStoreError as e:
-            await self._failed(e)
+            self._failed(e)
             return AWAY
         await self._succeeded()
         return out
@@ -146,8 +156,48 @@ class GuardedStore:
             try:
                 out = await self.primary.charge(login, charges, commit, message)
             except QuotaStoreError as e:
-                await self._failed(e)
+                self._failed(e)
                 out = AWAY
+        return self._settle(login, charges, commit, message, out)
+
+    def charge_call(
+        self, login: str, charges: Sequence[Charge], commit: bool, message: str = ""
+    ) -> asyncio.Future[Any] | None:
+        """charge() in two steps, for the every-message path: while the breaker is closed and
+        the store can (RedisStore), its call sent now (the future to give charged()); None:
+        ask charge() instead."""
+        call = self._call
+        if call is None or self.unavailable:
+            return None
+        return call(login, charges, commit, message)
+
+    def charged(
+        self,
+        login: str,
+        charges: Sequence[Charge],
+        commit: bool,
+        message: str,
+        fut: asyncio.Future[Any],
+    ) -> Outcome:
+        """The outcome of charge_call()'s done future, as charge() gives it (the breaker and
+        the fallback on a store error; QuotaStoreError with on_store_error = "defer")."""
+        assert self._outcome is not None
+        out: Outcome | Literal[_Away.AWAY]
+        try:
+            out = self._outcome(charges, fut.result())
+        except QuotaStoreError as e:
+            self._failed(e)
+            out = AWAY
+        return self._settle(login, charges, commit, message, out)
+
+    def _settle(
+        self,
+        login: str,
+        charges: Sequence[Charge],
+        commit: bool,
+        message: str,
+        out: Outcome | Literal[_Away.AWAY],
+    ) -> Outcome:
         if out is not AWAY:
             if out.suspended is not None:
                 self._seen_suspended[login] = (out.suspended, self.clock())

@@ -246,6 +246,14 @@ class RedisStore:
     async def charge(
         self, login: str, charges: Sequence[Charge], commit: bool, message: str = ""
     ) -> Outcome:
+        r = await self.charge_call(login, charges, commit, message)
+        return self.outcome(charges, r)
+
+    def charge_call(
+        self, login: str, charges: Sequence[Charge], commit: bool, message: str = ""
+    ) -> asyncio.Future[Any]:
+        """charge() in two steps, for the every-message path (no coroutine of its own): the
+        script's call, sent now (its future: the answer, or QuotaStoreError), then outcome()."""
         p = key_prefix(login)
         keys = [p + "suspended", p + "quota"]
         if message:
@@ -254,7 +262,11 @@ class RedisStore:
         for c in charges:
             period = c.period * 1000
             args += [period, c.cost * (period / c.limit)]
-        r = await self._pipe.call("charge", CHARGE_LUA, keys, args)
+        fut: asyncio.Future[Any] = self._pipe.call("charge", CHARGE_LUA, keys, args)
+        return fut
+
+    def outcome(self, charges: Sequence[Charge], r: Any) -> Outcome:
+        """The charge script's answer `r` as an Outcome (QuotaStoreError: not one)."""
         if r == 0:
             return ALLOWED
         if not isinstance(r, list) or not r:

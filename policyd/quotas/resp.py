@@ -10,7 +10,8 @@ calls of one event-loop iteration as one buffer and answers each caller's future
   failure; the URL as config/store_url.py reads it (rediss://: TLS, verified, with a private
   CA and a client certificate if the URL names them);
 - a deadline per write: when the replies of a write are not all in after `timeout`, the
-  connection is dropped and every call waiting on it fails (QuotaStoreError);
+  connection is dropped and every call waiting on it fails (QuotaStoreError); one timer per
+  connection watches the oldest write;
 - EVALSHA first; a NOSCRIPT answer (a restarted server, SCRIPT FLUSH) sends that call once
   more as EVAL, which caches the script again.
 """
@@ -43,7 +44,13 @@ _NUMBERS: dict[object, str] = {}
 def pack(args: Sequence[str | int | float]) -> bytes:
     """One command in RESP: an array of bulk strings (from str, int or float), built as one
     str and encoded once (twice as fast as a bytes format per argument)."""
-    parts = []
+    parts = [f"*{len(args)}\r\n"]
+    _bulks(args, parts)
+    return "".join(parts).encode()
+
+
+def _bulks(args: Sequence[str | int | float], parts: list[str]) -> None:
+    """Each argument as a RESP bulk string (str; lengths in UTF-8 bytes), onto `parts`."""
     numbers = _NUMBERS
     for a in args:
         if type(a) is str:
@@ -59,7 +66,20 @@ def pack(args: Sequence[str | int | float]) -> bytes:
             text = str(a)
             c = numbers[a] = f"${len(text)}\r\n{text}\r\n"
         parts.append(c)
-    return f"*{len(args)}\r\n{''.join(parts)}".encode()
+
+
+#: (script, as EVAL) -> the command's first two bulk strings: EVALSHA and the script's SHA1,
+#: or EVAL and the script
+_HEADS: dict[tuple[str, bool], str] = {}
+
+
+def _head(script: str, again: bool) -> str:
+    out = _HEADS.get((script, again))
+    if out is None:
+        parts: list[str] = []
+        _bulks(["EVAL", script] if again else ["EVALSHA", sha(script)], parts)
+        out = _HEADS[(script, again)] = "".join(parts)
+    return out
 
 
 def parse(buf: bytes, pos: int) -> tuple[Any, int]:
@@ -115,9 +135,14 @@ class _Call:
         #: sent again as EVAL after a NOSCRIPT answer
         self.again = False
 
-    def command(self) -> bytes:
-        head = ["EVAL", self.script] if self.again else ["EVALSHA", sha(self.script)]
-        return pack([*head, len(self.keys), *self.keys, *self.args])
+    def command(self) -> str:
+        """The call in RESP (a str: the calls of one write are encoded together)."""
+        keys, args = self.keys, self.args
+        parts = [f"*{3 + len(keys) + len(args)}\r\n", _head(self.script, self.again)]
+        _bulks((len(keys),), parts)
+        _bulks(keys, parts)
+        _bulks(args, parts)
+        return "".join(parts)
 
 
 class _Protocol(asyncio.Protocol):
@@ -127,10 +152,13 @@ class _Protocol(asyncio.Protocol):
         self.waiting: collections.deque[_Call] = collections.deque()
         self.buf = b""
         self.lost = False
-        #: replies read, and the deadlines of the writes: (replies read when answered, timer)
+        #: replies read, and the deadlines of the writes: (replies read when answered, loop
+        #: time it is due); one timer for the oldest (not a TimerHandle made and cancelled
+        #: per write)
         self.read = 0
         self.sent = 0
-        self.deadlines: collections.deque[tuple[int, asyncio.TimerHandle]] = collections.deque()
+        self.deadlines: collections.deque[tuple[int, float]] = collections.deque()
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports are no subclass of asyncio.Transport)
@@ -138,14 +166,28 @@ class _Protocol(asyncio.Protocol):
 
     def write(self, calls: Sequence[_Call], loop: asyncio.AbstractEventLoop) -> None:
         assert self.transport is not None
-        self.transport.write(b"".join([c.command() for c in calls]))
+        self.transport.write("".join([c.command() for c in calls]).encode())
         self.waiting.extend(calls)
         self.sent += len(calls)
-        self.deadlines.append((self.sent, loop.call_later(self.owner.timeout, self.expired)))
+        timeout = self.owner.timeout
+        self.deadlines.append((self.sent, loop.time() + timeout))
+        if self.timer is None:
+            self.timer = loop.call_later(timeout, self.expired, loop)
 
-    def expired(self) -> None:
-        if self.deadlines and self.deadlines[0][0] > self.read:
+    def expired(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The timer: the oldest write still unanswered past its deadline fails the
+        connection; else the timer waits for the oldest one left (if any)."""
+        self.timer = None
+        deadlines = self.deadlines
+        while deadlines and deadlines[0][0] <= self.read:
+            deadlines.popleft()
+        if not deadlines:
+            return
+        left = deadlines[0][1] - loop.time()
+        if left <= 0:
             self.fail(TimeoutError(f"no answer within {self.owner.timeout:g}s"))
+            return
+        self.timer = loop.call_later(left, self.expired, loop)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
@@ -168,14 +210,16 @@ class _Protocol(asyncio.Protocol):
             )
             return
         self.buf = buf[pos:]
-        while self.deadlines and self.deadlines[0][0] <= self.read:
-            self.deadlines.popleft()[1].cancel()
+        deadlines = self.deadlines
+        while deadlines and deadlines[0][0] <= self.read:
+            deadlines.popleft()  # (the timer, when it fires, looks at the oldest left)
 
     def fail(self, e: BaseException) -> None:
         """Drop the connection: every call waiting on it fails."""
         self.lost = True
-        for _, timer in self.deadlines:
-            timer.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.deadlines.clear()
         waiting, self.waiting = self.waiting, collections.deque()
         for call in waiting:
@@ -199,8 +243,8 @@ class ScriptPipe:
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Task[None] | None = None
 
-    def call(self, what: str, script: str, keys: list[Any], args: list[Any]) -> Any:
-        """The script's answer (an awaitable), or QuotaStoreError."""
+    def call(self, what: str, script: str, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
+        """The script's answer (a future), or QuotaStoreError."""
         loop = self._loop
         if loop is None or loop.is_closed():
             # (once: asyncio.get_running_loop() makes a getpid system call)
@@ -254,7 +298,7 @@ class ScriptPipe:
                     setup.append(["SELECT", t.db])
                 for cmd in setup:
                     fut: asyncio.Future[Any] = loop.create_future()
-                    proto.write([_Setup(cmd[0], fut, pack(cmd))], loop)
+                    proto.write([_Setup(cmd[0], fut, cmd)], loop)
                     answer = await fut
                     if isinstance(answer, RespError):
                         raise ConnectionError(f"{cmd[0]}: {answer}")
@@ -300,14 +344,16 @@ class ScriptPipe:
 class _Setup(_Call):
     """AUTH / SELECT: sent as they are."""
 
-    def __init__(self, what: str, fut: asyncio.Future[Any], packed: bytes) -> None:
+    def __init__(self, what: str, fut: asyncio.Future[Any], cmd: list[Any]) -> None:
         super().__init__(what, "", [], [], fut)
-        self.packed = packed
+        self.cmd = cmd
 
-    __slots__ = ("packed",)
+    __slots__ = ("cmd",)
 
-    def command(self) -> bytes:
-        return self.packed
+    def command(self) -> str:
+        parts = [f"*{len(self.cmd)}\r\n"]
+        _bulks(self.cmd, parts)
+        return "".join(parts)
 
 
 _SHAS: dict[str, str] = {}

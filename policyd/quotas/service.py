@@ -24,11 +24,16 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
 from policyd.addresses import AddressRules, canonical_login
-from policyd.config.quotas import LIMITS, QuotaLimits, QuotasConfig
+from policyd.config.quotas import QuotaLimits, QuotasConfig
 from policyd.core.decision import Decision, Reason, Verdict
 from policyd.core.replies import render
 from policyd.core.request import Request
 from policyd.directory.base import DirectoryUnavailable
+from policyd.quotas.charges import QuotaStats as QuotaStats
+from policyd.quotas.charges import charges_for as charges_for
+from policyd.quotas.charges import format_duration as format_duration
+from policyd.quotas.charges import int_of
+from policyd.quotas.guard import GuardedStore
 from policyd.quotas.ldap_limits import LdapLimits, effective_limits
 from policyd.quotas.store import (
     Charge,
@@ -50,59 +55,6 @@ MAX_OPEN_MESSAGES: Final = 100_000
 Result = Decision | Coroutine[Any, Any, Decision]
 
 _REFUSED: Final = (Verdict.REJECT, Verdict.DEFER, Verdict.HOLD)
-
-
-class QuotaStats:
-    """Counters by (limit, result), read at scrape time (no per-login label, ever)."""
-
-    def __init__(self) -> None:
-        self.counts: dict[tuple[str, str], int] = {}
-
-    def add(self, limit: str, result: str) -> None:
-        key = (limit, result)
-        self.counts[key] = self.counts.get(key, 0) + 1
-
-
-#: limits -> for each limit set: its Charge if it costs 1 per message, else (name, limit,
-#: period, unit): read once per set of limits (bounded)
-_SET: dict[QuotaLimits, list[Charge | tuple[str, int, float, str]]] = {}
-
-
-def charges_for(limits: QuotaLimits, recipients: int, size: int) -> list[Charge]:
-    """The charges of one message for a login's limits (those set, in LIMITS order)."""
-    spec = _SET.get(limits)
-    if spec is None:
-        if len(_SET) >= 4096:
-            _SET.clear()
-        spec = _SET[limits] = [
-            Charge(name, getattr(limits, name), period, 1)
-            if unit == "messages"
-            else (name, getattr(limits, name), period, unit)
-            for name, (period, unit) in LIMITS.items()
-            if getattr(limits, name) > 0
-        ]
-    return [
-        c
-        if type(c) is Charge
-        else Charge(c[0], c[1], c[2], recipients if c[3] == "recipients" else size)
-        for c in spec
-    ]
-
-
-def _int(value: str, default: int) -> int:
-    v = value.strip()
-    return int(v) if v.isascii() and v.isdigit() and len(v) <= 15 else default
-
-
-def format_duration(seconds: float) -> str:
-    """ "45s", "12m", "2h10m": for a reply."""
-    s = max(1, int(seconds + 0.999))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{(s + 59) // 60}m"
-    h, m = divmod((s + 59) // 60, 60)
-    return f"{h}h{m:02d}m" if m else f"{h}h"
 
 
 class QuotaService:
@@ -131,6 +83,8 @@ class QuotaService:
         self._rcpts: OrderedDict[str, int] = OrderedDict()
         # the memory store answers without waiting: no coroutine, no task switch
         self._sync = store if isinstance(store, MemoryStore) else None
+        # a shared store behind its breaker: its call sent at once (see _ask)
+        self._guarded = store if isinstance(store, GuardedStore) else None
         #: limits from the login's LDAP entry ([quotas] ldap_attribute)
         self._ldap = LdapLimits(config.ldap_attribute) if config.ldap_attribute else None
 
@@ -251,13 +205,13 @@ class QuotaService:
             return self._ask(profile, login, [], False, d, "refused")
         if limits is None:
             limits = effective_limits(self.config, login)
-        recipients = max(1, _int(req.recipient_count, 1))
+        recipients = max(1, int_of(req.recipient_count, 1))
         cap = limits.recipients_per_message
         if cap and recipients > cap:
             self.stats.add("recipients_per_message", "refused")
             reply = render(self.config.too_many_recipients_reply, {"login": login, "max": str(cap)})
             return _refuse(profile, Reason.TOO_MANY_RECIPIENTS, reply)
-        charges = charges_for(limits, recipients, _int(req.size, 0))
+        charges = charges_for(limits, recipients, int_of(req.size, 0))
         if self.detector is not None:
             return self._detect_then_charge(req, profile, login, charges, d)
         # (the queue ID: a message the header From: milter refused is not counted, see
@@ -289,7 +243,7 @@ class QuotaService:
 
     # -- answers --------------------------------------------------------------------------------
 
-    async def _ask(
+    def _ask(
         self,
         profile: ProfileConfig,
         login: str,
@@ -298,9 +252,34 @@ class QuotaService:
         d: Decision,
         refused: str,
         message: str = "",
+    ) -> Coroutine[Any, Any, Decision]:
+        """The store's answer as a Decision. A shared store's call is sent now, and one
+        coroutine waits for its future (not three: this, the guard's and the store's)."""
+        guarded = self._guarded
+        fut = None if guarded is None else guarded.charge_call(login, charges, commit, message)
+        return self._charged(fut, profile, login, charges, commit, d, refused, message)
+
+    async def _charged(
+        self,
+        fut: asyncio.Future[Any] | None,
+        profile: ProfileConfig,
+        login: str,
+        charges: list[Charge],
+        commit: bool,
+        d: Decision,
+        refused: str,
+        message: str,
     ) -> Decision:
         try:
-            out = await self.store.charge(login, charges, commit, message)
+            if fut is None:
+                out = await self.store.charge(login, charges, commit, message)
+            else:
+                assert self._guarded is not None
+                try:
+                    await fut
+                except QuotaStoreError:
+                    pass  # (the guard reads it from the future: breaker, fallback)
+                out = self._guarded.charged(login, charges, commit, message, fut)
         except QuotaStoreError as e:
             # (only with on_store_error = "defer": the guard counts in memory otherwise)
             log.warning("quota store unavailable: %s", str(e))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from policyd.quotas.resp import RespError, _Incomplete, pack, parse
+from policyd.quotas.resp import RespError, _Call, _Incomplete, pack, parse, sha
 
 
 def test_pack_is_resp_arrays_of_bulk_strings() -> None:
@@ -19,6 +19,23 @@ def test_pack_is_resp_arrays_of_bulk_strings() -> None:
     )
     with pytest.raises(TypeError):
         pack([b"bytes"])  # type: ignore[list-item]
+
+
+def test_a_script_call_is_the_command_pack_makes() -> None:
+    """The calls' commands are built from a cached head (EVALSHA and the SHA1, or EVAL and the
+    script after NOSCRIPT) and the keys and arguments: byte for byte what pack() makes."""
+    script = "return {KEYS[1], ARGV[1]} -- é"
+    keys = ["policyd:{alice}:suspended", "policyd:{ä}:q:messages_per_hour"]
+    args: list[str | int | float] = ["1", "0", 600000, 3600000.0, 100, 1]
+    call = _Call("charge", script, keys, args, None)  # type: ignore[arg-type]
+    for _ in range(2):  # (the second time from the cache)
+        want = pack(["EVALSHA", sha(script), len(keys), *keys, *args])
+        assert call.command().encode() == want
+    call.again = True
+    for _ in range(2):
+        assert call.command().encode() == pack(["EVAL", script, len(keys), *keys, *args])
+    empty = _Call("usage", script, [], [], None)  # type: ignore[arg-type]
+    assert empty.command().encode() == pack(["EVALSHA", sha(script), 0])
 
 
 def test_parse_every_reply_kind() -> None:
