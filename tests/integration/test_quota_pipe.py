@@ -158,13 +158,13 @@ def test_the_store_call_is_sent_when_the_request_is_decided(
 def test_an_error_answer_opens_the_breaker_then_fallback_or_defer(
     tmp_path: Path, redis_server: RedisServer, on_error: str
 ) -> None:
-    """A script that fails at the store (WRONGTYPE on the login's key): the breaker opens
+    """A script that fails at the store (a corrupt counter key): the breaker opens
     (the next check asks no store), then the in-memory fallback counts, or with
     on_store_error = "defer" the message is deferred; never a permit because of the error."""
     import redis
 
     r = redis.Redis.from_url(redis_server.url)
-    r.hset("policyd:{broken}:q:messages_per_hour", "x", "1")
+    r.set("policyd:{broken}:quota", "messages_per_hour\nxx")  # (2 bytes where a double is)
     r.close()
     svc = quota_service(tmp_path, redis_server.url, on_store_error=on_error)
 
