@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 from policyd.core.decision import Decision
@@ -86,7 +87,8 @@ class Connection(asyncio.Protocol):
         self.hub = hub
         self.transport: asyncio.Transport | None = None
         self.parser = RequestParser()
-        self.tail: asyncio.Task[None] | None = None
+        #: the last waiting request's Task, or its decision's future (the callback path)
+        self.tail: asyncio.Future[Any] | None = None
         self.pending = 0
         #: requests that waited so far (the tail's number: see _ordered)
         self.waits = 0
@@ -196,19 +198,43 @@ class Connection(asyncio.Protocol):
         # (the hub's loop: asyncio.ensure_future and asyncio.current_task each make a getpid
         # system call, twice per waiting request; the tail is told apart by a number instead)
         self.waits += 1
-        coro = self._ordered(self.tail, self.waits, req, profile_name, result, started)
-        self.tail = (self.hub.loop or asyncio.get_running_loop()).create_task(coro)
+        if self.tail is None and isinstance(result, asyncio.Future):
+            # a future (the quota store's answer): replied from its done-callback, no Task
+            # and no coroutine; a later request of this connection waits for it (the tail)
+            self.tail = result
+            result.add_done_callback(partial(self._settled, self.waits, req, profile_name, started))
+        else:
+            coro = self._ordered(self.tail, self.waits, req, profile_name, result, started)
+            self.tail = (self.hub.loop or asyncio.get_running_loop()).create_task(coro)
         if self.pending >= MAX_PENDING_PER_CONNECTION and not self._paused and self.transport:
             self._paused = True
             self.transport.pause_reading()
 
+    def _settled(
+        self, wait: int, req: Request, profile: str, started: float, fut: asyncio.Future[Any]
+    ) -> None:
+        """A waiting request's decision, from its future's done-callback."""
+        try:
+            if fut.cancelled():
+                decision = INTERNAL_ERROR
+            elif fut.exception() is not None:
+                log.error(
+                    "internal error deciding a request from %s", self.peer, exc_info=fut.exception()
+                )
+                decision = INTERNAL_ERROR
+            else:
+                decision = fut.result()
+            self._reply(req, profile, decision, started)
+        finally:
+            self._waited(wait)
+
     async def _ordered(
         self,
-        previous: asyncio.Task[None] | None,
+        previous: asyncio.Future[Any] | None,
         wait: int,
         req: Request,
         profile: str,
-        result: Decision | Coroutine[Any, Any, Decision],
+        result: Decision | Awaitable[Decision],
         started: float,
     ) -> None:
         try:
@@ -226,15 +252,19 @@ class Connection(asyncio.Protocol):
                 await asyncio.shield(previous)
             self._reply(req, profile, decision, started)
         finally:
-            self.pending -= 1
-            if self.waits == wait:  # (the last one: no later request waits on this one)
-                self.tail = None
-            if self._paused and self.pending < MAX_PENDING_PER_CONNECTION // 2 and self.transport:
-                self._paused = False
-                if not self._wpaused:
-                    self.transport.resume_reading()
-            if self.hub.draining:
-                self.close_if_idle()
+            self._waited(wait)
+
+    def _waited(self, wait: int) -> None:
+        """Request number `wait` is answered (or given up)."""
+        self.pending -= 1
+        if self.waits == wait:  # (the last one: no later request waits on this one)
+            self.tail = None
+        if self._paused and self.pending < MAX_PENDING_PER_CONNECTION // 2 and self.transport:
+            self._paused = False
+            if not self._wpaused:
+                self.transport.resume_reading()
+        if self.hub.draining:
+            self.close_if_idle()
 
     def _reply(self, req: Request, profile: str, decision: Decision, started: float) -> None:
         payload = encode_decision(decision)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Final
 
 from policyd.addresses import canonical_login
 from policyd.config import ProfileConfig
@@ -119,11 +119,9 @@ class PolicyService:
                     return p
         return profiles[rt.config.policy.default_profile]
 
-    def decide_now(
-        self, req: Request
-    ) -> tuple[ProfileConfig, Decision | Coroutine[Any, Any, Decision]]:
-        """Either the decision, or a coroutine that finishes it after a directory lookup
-        (or a quota check)."""
+    def decide_now(self, req: Request) -> tuple[ProfileConfig, Decision | Awaitable[Decision]]:
+        """Either the decision, or an awaitable of it: a coroutine that finishes it after a
+        directory lookup, or a future the quota store's answer resolves."""
         rt = self.runtime
         config = rt.config
         if config.quotas.enabled:  # (off: one attribute read per request)
@@ -140,7 +138,7 @@ class PolicyService:
 
     def _decide_now(
         self, rt: Runtime, req: Request
-    ) -> tuple[ProfileConfig, Decision | Coroutine[Any, Any, Decision]]:
+    ) -> tuple[ProfileConfig, Decision | Awaitable[Decision]]:
         profile = self.select_profile(req, rt)
         if profile is None:
             return NO_PROFILE, UNKNOWN_CONTEXT

@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 from policyd.addresses import AddressRules, canonical_login
@@ -52,7 +53,7 @@ log: Final = logging.getLogger("policyd.quotas")
 #: Messages whose RCPT count is remembered (by `instance`); the oldest is forgotten first.
 MAX_OPEN_MESSAGES: Final = 100_000
 
-Result = Decision | Coroutine[Any, Any, Decision]
+Result = Decision | Awaitable[Decision]
 
 _REFUSED: Final = (Verdict.REJECT, Verdict.DEFER, Verdict.HOLD)
 
@@ -252,16 +253,47 @@ class QuotaService:
         d: Decision,
         refused: str,
         message: str = "",
-    ) -> Coroutine[Any, Any, Decision]:
-        """The store's answer as a Decision. A shared store's call is sent now, and one
-        coroutine waits for its future (not three: this, the guard's and the store's)."""
+    ) -> Awaitable[Decision]:
+        """The store's answer as a Decision. A shared store's call is sent now; its answer
+        becomes the Decision in a done-callback (a future of it, no coroutine and no Task: the
+        connection replies from the future's own callback)."""
         guarded = self._guarded
         fut = None if guarded is None else guarded.charge_call(login, charges, commit, message)
-        return self._charged(fut, profile, login, charges, commit, d, refused, message)
+        if fut is None:  # (the breaker open: the guard's charge(), which retries the store)
+            return self._charged(profile, login, charges, commit, d, refused, message)
+        out: asyncio.Future[Decision] = fut.get_loop().create_future()
+        fut.add_done_callback(
+            partial(self._settle, out, profile, login, charges, commit, d, refused, message)
+        )
+        return out
+
+    def _settle(
+        self,
+        out: asyncio.Future[Decision],
+        profile: ProfileConfig,
+        login: str,
+        charges: list[Charge],
+        commit: bool,
+        d: Decision,
+        refused: str,
+        message: str,
+        fut: asyncio.Future[Any],
+    ) -> None:
+        """`out`, from the store call's done future (the guard reads an error from it)."""
+        if out.done():  # (its waiter gave up)
+            return
+        assert self._guarded is not None
+        try:
+            outcome = self._guarded.charged(login, charges, commit, message, fut)
+        except QuotaStoreError as e:
+            out.set_result(self._unavailable(login, e))
+        except BaseException as e:  # noqa: BLE001 - a bug (or a cancelled call): the waiter's
+            out.set_exception(e)
+        else:
+            out.set_result(self._answer(profile, login, outcome, d, refused))
 
     async def _charged(
         self,
-        fut: asyncio.Future[Any] | None,
         profile: ProfileConfig,
         login: str,
         charges: list[Charge],
@@ -271,22 +303,18 @@ class QuotaService:
         message: str,
     ) -> Decision:
         try:
-            if fut is None:
-                out = await self.store.charge(login, charges, commit, message)
-            else:
-                assert self._guarded is not None
-                try:
-                    await fut
-                except QuotaStoreError:
-                    pass  # (the guard reads it from the future: breaker, fallback)
-                out = self._guarded.charged(login, charges, commit, message, fut)
+            out = await self.store.charge(login, charges, commit, message)
         except QuotaStoreError as e:
-            # (only with on_store_error = "defer": the guard counts in memory otherwise)
-            log.warning("quota store unavailable: %s", str(e))
-            self.stats.add("store", "deferred")
-            reply = render(self.config.store_unavailable_reply, {"login": login})
-            return Decision(Verdict.DEFER, Reason.QUOTA_STORE_UNAVAILABLE, reply=reply)
+            return self._unavailable(login, e)
         return self._answer(profile, login, out, d, refused)
+
+    def _unavailable(self, login: str, e: QuotaStoreError) -> Decision:
+        """The store could not answer (only with on_store_error = "defer": the guard counts
+        in memory otherwise)."""
+        log.warning("quota store unavailable: %s", str(e))
+        self.stats.add("store", "deferred")
+        reply = render(self.config.store_unavailable_reply, {"login": login})
+        return Decision(Verdict.DEFER, Reason.QUOTA_STORE_UNAVAILABLE, reply=reply)
 
     def _answer(
         self, profile: ProfileConfig, login: str, out: Outcome, d: Decision, refused: str

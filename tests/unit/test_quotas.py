@@ -65,7 +65,12 @@ def decide(svc: PolicyService, req: Request) -> Decision:
     _, result = svc.decide_now(req)
     if isinstance(result, Decision):
         return result
-    return asyncio.run(result)
+    pending = result
+
+    async def wait() -> Decision:
+        return await pending
+
+    return asyncio.run(wait())
 
 
 def test_n_messages_then_the_next_is_refused_naming_the_limit(tmp_path: Path) -> None:

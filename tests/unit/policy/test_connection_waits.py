@@ -7,15 +7,15 @@ replies is tested through real lookups in tests/integration/test_server.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from policyd.config import ProfileConfig
 from policyd.core.decision import Decision, Reason, Verdict
 from policyd.core.request import Request
+from policyd.policy.actions import INTERNAL_ERROR, encode_decision
 from policyd.policy.connection import Connection
 from policyd.policy.protocol import encode_request
 from policyd.policy.server import PolicyServer
@@ -38,18 +38,21 @@ def reply(n: str) -> Decision:
 
 
 class Scripted:
-    """decide_now: the request's sender names it; "wN" waits for `waits[N]`, the rest is
+    """decide_now: the request's sender names it; "wN" waits for `waits[N]` (a coroutine), "fN"
+    is a future of the decision (as a quota check at the shared store gives it), the rest is
     decided at once."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.waits: dict[str, asyncio.Future[None]] = {}
+        self.futures: dict[str, asyncio.Future[Decision]] = {}
 
-    def __call__(
-        self, req: Request
-    ) -> tuple[ProfileConfig, Decision | Coroutine[Any, Any, Decision]]:
+    def __call__(self, req: Request) -> tuple[ProfileConfig, Decision | Awaitable[Decision]]:
         name = req.sender.split("@")[0]
         profile = ProfileConfig(name="p")
+        if name.startswith("f"):
+            self.futures[name] = self.loop.create_future()
+            return profile, self.futures[name]
         if not name.startswith("w"):
             return profile, reply(name)
         fut = self.waits[name] = self.loop.create_future()
@@ -122,4 +125,50 @@ def test_an_earlier_waiting_request_done_first_keeps_the_later_ones_tail(
     s.waits["w2"].set_result(None)
     run(loop)
     assert answers(conn) == ["rw1", "rw2", "rn3"]
+    assert conn.tail is None and conn.pending == 0
+
+
+@replaces_methods
+def test_a_future_is_answered_from_its_callback_and_later_requests_wait_for_it(
+    tmp_path: Path, loop: asyncio.AbstractEventLoop
+) -> None:
+    """The quota store's path: the decision is a future; the reply comes from its done-callback
+    (no Task made), and the connection's later requests, decided at once or not, are answered
+    after it, in order."""
+    conn, s = setup(tmp_path, loop)
+    send(conn, "f1")
+    assert conn.tail is s.futures["f1"] and conn.pending == 1
+    assert not asyncio.all_tasks(loop)  # (no Task for it)
+    send(conn, "n2", "f3")
+    s.futures["f3"].set_result(reply("f3"))  # the later one first: it waits for f1
+    run(loop)
+    assert answers(conn) == []
+    s.futures["f1"].set_result(reply("f1"))
+    run(loop)
+    assert answers(conn) == ["rf1", "rn2", "rf3"]
+    assert conn.tail is None and conn.pending == 0
+    send(conn, "f4")  # alone again: the callback path
+    assert conn.tail is s.futures["f4"]
+    s.futures["f4"].set_result(reply("f4"))
+    run(loop)
+    assert answers(conn)[-1] == "rf4" and conn.tail is None and conn.pending == 0
+
+
+@replaces_methods
+def test_a_failed_or_cancelled_future_answers_the_internal_error(
+    tmp_path: Path, loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug on the callback path defers (never permits), is logged, and frees the tail."""
+    conn, s = setup(tmp_path, loop)
+    send(conn, "f1")
+    with caplog.at_level("ERROR", logger="policyd.server"):
+        s.futures["f1"].set_exception(RuntimeError("bug"))
+        run(loop)
+    assert written(conn)[-1] == encode_decision(INTERNAL_ERROR)  # (451 4.3.0)
+    assert "internal error deciding a request" in caplog.text and "bug" in caplog.text
+    assert conn.tail is None and conn.pending == 0
+    send(conn, "f2")
+    s.futures["f2"].cancel()
+    run(loop)
+    assert len(written(conn)) == 2 and written(conn)[-1] == written(conn)[0]
     assert conn.tail is None and conn.pending == 0
