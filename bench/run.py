@@ -141,6 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the server is not saturated); 0 = no such row",
     )
     p.add_argument(
+        "--quota-conns",
+        default="32,128",
+        help="quotas: the saturated rows' connection counts (comma list; 32 always reads "
+        '"saturated")',
+    )
+    p.add_argument(
         "--quota-store-cpu",
         choices=("server", "client", "none"),
         default="server",

@@ -37,6 +37,7 @@ NOT_COMPILED: tuple[str, ...] = (
     "policy.stdio",
     "policy.metrics",
     "core.profile",
+    "core.later",
     "policy.worker",
     "policy.workers",
     "policy.worker_watch",

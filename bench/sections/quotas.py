@@ -40,7 +40,9 @@ bytes_per_day = 100000000000000
 def section_quotas(args: argparse.Namespace, work: Path) -> dict[str, object]:
     """The END-OF-MESSAGE request with quotas on (issue 28), per store (in memory; a
     redis-server or valkey-server on loopback), against the RCPT request of the same logins
-    with quotas off, in the same run: throughput at 32 connections (closed loop, saturated),
+    with quotas off, in the same run: throughput at 32 connections (closed loop, saturated)
+    and at each further count of `--quota-conns` (128: enough requests in flight that
+    policyd's CPU, not the round trips of three processes on two CPUs, bounds the rate),
     and the p99 added per message at 32 connections paced at `--paced-rate` requests/s in all
     (not saturated: the latency a message gains, not a queue). policyd pinned to the server
     CPU, the load generator to the client CPU, the redis server as `--quota-store-cpu` says
@@ -89,12 +91,18 @@ def section_quotas(args: argparse.Namespace, work: Path) -> dict[str, object]:
             )
             stores.append(f"{st} before")
     saturated = [("off", "rcpt"), ("memory", "rcpt"), *((st, "eom") for st in stores)]
-    cells: list[tuple[str, str, str]] = [(srv, pool, "saturated") for srv, pool in saturated]
+    # (closed loops: "saturated" at 32 connections, "saturated N" at each further count)
+    conns = [int(n) for n in str(args.quota_conns).split(",") if n.strip()]
+    kinds = {"saturated" if n == 32 else f"saturated {n}": n for n in conns}
+    cells: list[tuple[str, str, str]] = [
+        (srv, pool, kind) for kind in kinds for srv, pool in saturated
+    ]
     if args.paced_rate:
         cells += [("off", "rcpt", "paced"), *((st, "eom", "paced") for st in stores)]
-    common = ["--mode", "persistent", "--conns", "32", "--duration", str(args.duration)]
+    common = ["--mode", "persistent", "--duration", str(args.duration)]
     common += ["--warmup", str(args.warmup), "--count", str(args.max_requests)]
-    load = {"saturated": common, "paced": [*common, "--rate", str(args.paced_rate)]}
+    load = {kind: [*common, "--conns", str(n)] for kind, n in kinds.items()}
+    load["paced"] = [*common, "--conns", "32", "--rate", str(args.paced_rate)]
     results: dict[tuple[str, str, str], list[dict[str, object]]] = {c: [] for c in cells}
     try:
         for rnd in range(args.rounds):
@@ -126,8 +134,9 @@ def section_quotas(args: argparse.Namespace, work: Path) -> dict[str, object]:
 
     lines = [
         "Quotas: END-OF-MESSAGE with quotas on (every limit set, nothing refused) against the "
-        "RCPT request of the same logins with quotas off, 32 connections; saturated (closed "
-        f"loop) and paced at {args.paced_rate:,.0f} req/s in all; median of {args.rounds} rounds "
+        f"RCPT request of the same logins with quotas off; saturated (closed loop) at 32 "
+        f'connections (and "saturated N" at N), paced at {args.paced_rate:,.0f} req/s in all '
+        f"over 32; median of {args.rounds} rounds "
         f"x {args.duration:g} s; ratio and added p99 = medians of the per-round values; the "
         f"store pinned: {args.quota_store_cpu}",
         "",

@@ -12,6 +12,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 from policyd.core.decision import Decision
+from policyd.core.later import Later
 from policyd.core.request import Request
 from policyd.policy.actions import INTERNAL_ERROR, encode_decision
 from policyd.policy.protocol import ProtocolError, RequestParser
@@ -198,11 +199,13 @@ class Connection(asyncio.Protocol):
         # (the hub's loop: asyncio.ensure_future and asyncio.current_task each make a getpid
         # system call, twice per waiting request; the tail is told apart by a number instead)
         self.waits += 1
-        if self.tail is None and isinstance(result, asyncio.Future):
-            # a future (the quota store's answer): replied from its done-callback, no Task
-            # and no coroutine; a later request of this connection waits for it (the tail)
-            self.tail = result
-            result.add_done_callback(partial(self._settled, self.waits, req, profile_name, started))
+        if self.tail is None and isinstance(result, Later):
+            # the quota store's answer: replied from its future's done-callback, no Task and
+            # no coroutine; a later request of this connection waits for it (the tail)
+            self.tail = result.fut
+            result.fut.add_done_callback(
+                partial(self._settled, self.waits, req, profile_name, started, result.then)
+            )
         else:
             coro = self._ordered(self.tail, self.waits, req, profile_name, result, started)
             self.tail = (self.hub.loop or asyncio.get_running_loop()).create_task(coro)
@@ -211,19 +214,22 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _settled(
-        self, wait: int, req: Request, profile: str, started: float, fut: asyncio.Future[Any]
+        self,
+        wait: int,
+        req: Request,
+        profile: str,
+        started: float,
+        then: Callable[[asyncio.Future[Any]], Decision],
+        fut: asyncio.Future[Any],
     ) -> None:
         """A waiting request's decision, from its future's done-callback."""
         try:
-            if fut.cancelled():
+            try:
+                decision = then(fut)
+            except (Exception, asyncio.CancelledError):  # a bug (or a call given up) must
+                # defer, never permit, never kill the server
+                log.exception("internal error deciding a request from %s", self.peer)
                 decision = INTERNAL_ERROR
-            elif fut.exception() is not None:
-                log.error(
-                    "internal error deciding a request from %s", self.peer, exc_info=fut.exception()
-                )
-                decision = INTERNAL_ERROR
-            else:
-                decision = fut.result()
             self._reply(req, profile, decision, started)
         finally:
             self._waited(wait)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 from policyd.addresses import AddressRules, canonical_login
 from policyd.config.quotas import QuotaLimits, QuotasConfig
 from policyd.core.decision import Decision, Reason, Verdict
+from policyd.core.later import Later
 from policyd.core.replies import render
 from policyd.core.request import Request
 from policyd.directory.base import DirectoryUnavailable
@@ -254,22 +255,19 @@ class QuotaService:
         refused: str,
         message: str = "",
     ) -> Awaitable[Decision]:
-        """The store's answer as a Decision. A shared store's call is sent now; its answer
-        becomes the Decision in a done-callback (a future of it, no coroutine and no Task: the
-        connection replies from the future's own callback)."""
+        """The store's answer as a Decision. A shared store's call is sent now; a Later turns
+        its answer into the Decision (no coroutine and no Task: the connection replies from
+        the store call's own done-callback)."""
         guarded = self._guarded
         fut = None if guarded is None else guarded.charge_call(login, charges, commit, message)
         if fut is None:  # (the breaker open: the guard's charge(), which retries the store)
             return self._charged(profile, login, charges, commit, d, refused, message)
-        out: asyncio.Future[Decision] = fut.get_loop().create_future()
-        fut.add_done_callback(
-            partial(self._settle, out, profile, login, charges, commit, d, refused, message)
+        return Later(
+            fut, partial(self._settle, profile, login, charges, commit, d, refused, message)
         )
-        return out
 
     def _settle(
         self,
-        out: asyncio.Future[Decision],
         profile: ProfileConfig,
         login: str,
         charges: list[Charge],
@@ -278,19 +276,15 @@ class QuotaService:
         refused: str,
         message: str,
         fut: asyncio.Future[Any],
-    ) -> None:
-        """`out`, from the store call's done future (the guard reads an error from it)."""
-        if out.done():  # (its waiter gave up)
-            return
+    ) -> Decision:
+        """The Decision from the store call's done future (the guard reads an error from it:
+        breaker, fallback, or with on_store_error = "defer" the store_unavailable reply)."""
         assert self._guarded is not None
         try:
             outcome = self._guarded.charged(login, charges, commit, message, fut)
         except QuotaStoreError as e:
-            out.set_result(self._unavailable(login, e))
-        except BaseException as e:  # noqa: BLE001 - a bug (or a cancelled call): the waiter's
-            out.set_exception(e)
-        else:
-            out.set_result(self._answer(profile, login, outcome, d, refused))
+            return self._unavailable(login, e)
+        return self._answer(profile, login, outcome, d, refused)
 
     async def _charged(
         self,

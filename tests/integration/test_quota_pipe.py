@@ -13,6 +13,7 @@ import pytest
 
 from policyd.config import config_from_dict
 from policyd.core.decision import Decision, Reason, Verdict
+from policyd.core.later import Later
 from policyd.core.request import Request
 from policyd.policy.service import PolicyService
 from policyd.quotas.guard import GuardedStore
@@ -133,14 +134,14 @@ def test_the_store_call_is_sent_when_the_request_is_decided(
 ) -> None:
     """decide_now sends the check to the pipe itself (the write goes out at the end of this
     loop iteration), not a coroutine's first step one iteration later; the decision is a
-    future the answer resolves in a done-callback (no coroutine, no Task)."""
+    Later on that call's future (no coroutine, no Task), awaitable as any other."""
     svc = quota_service(tmp_path, redis_server.url)
 
     async def body() -> None:
         try:
             for _ in range(3):
                 _, result = svc.decide_now(eom("alice"))
-                assert isinstance(result, asyncio.Future)
+                assert isinstance(result, Later)  # (on the store call's future)
                 assert queued(svc) == 1  # (before any other code ran)
                 d = await result
                 assert d.verdict is Verdict.DUNNO, d

@@ -14,6 +14,7 @@ import pytest
 
 from policyd.config import ProfileConfig
 from policyd.core.decision import Decision, Reason, Verdict
+from policyd.core.later import Later
 from policyd.core.request import Request
 from policyd.policy.actions import INTERNAL_ERROR, encode_decision
 from policyd.policy.connection import Connection
@@ -39,7 +40,7 @@ def reply(n: str) -> Decision:
 
 class Scripted:
     """decide_now: the request's sender names it; "wN" waits for `waits[N]` (a coroutine), "fN"
-    is a future of the decision (as a quota check at the shared store gives it), the rest is
+    is a Later on `futures[N]` (as a quota check at the shared store gives it), the rest is
     decided at once."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -52,7 +53,7 @@ class Scripted:
         profile = ProfileConfig(name="p")
         if name.startswith("f"):
             self.futures[name] = self.loop.create_future()
-            return profile, self.futures[name]
+            return profile, Later(self.futures[name], lambda f: f.result())
         if not name.startswith("w"):
             return profile, reply(name)
         fut = self.waits[name] = self.loop.create_future()
