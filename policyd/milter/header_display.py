@@ -35,7 +35,10 @@ _ATOM_END = frozenset(' \t()<>,;:"\\')
 _ANGLE_END = frozenset(' \t()<>"\\')
 # RFC 2047 encoded word (lenient: no length limit, charset may carry a *language).
 _ENCODED = re.compile(r"=\?([^?\s]+)\?([qQbB])\?([^?\s]*)\?=")
-_ENCODED_GAP = re.compile(r"(=\?[^?\s]+\?[qQbB]\?[^?\s]*\?=)[ \t]+(?==\?)")
+#: white space between two encoded words (RFC 2047 6.2): not before a mere "=?"
+_ENCODED_GAP = re.compile(
+    r"(=\?[^?\s]+\?[qQbB]\?[^?\s]*\?=)[ \t]+(?==\?[^?\s]+\?[qQbB]\?[^?\s]*\?=)"
+)
 _ROUTE = re.compile(r"@[^@,:]+(?:,@[^@,:]+)*:")
 #: What ends the local part or domain of an address-like text.
 _DELIMITERS = frozenset(" \t\r\n<>()[],;:@\\")

@@ -399,3 +399,17 @@ def test_display_addresses_are_found_inside_encoded_words() -> None:
     value = _encoded("CEO\uff20EXAMPLE\u3002org", "b") + " <alice@example.org>"
     c = author_mailboxes([("From", value)])
     assert c.display_addresses == (("From", "ceo@example.org"),)
+
+
+def test_space_before_a_mere_encoded_word_start_is_kept() -> None:
+    """RFC 2047 drops white space only between two encoded words: "=?" alone after one is
+    text, and joining it made a display address "a@a=?" whose domain is nowhere in the header
+    (found by the property above)."""
+    from policyd.milter.header_display import decode_words
+
+    assert decode_words("=?utf-8?q?=41=40=41?= =? <alice@example.org>") == (
+        "A@A =? <alice@example.org>"
+    )
+    assert decode_words("=?utf-8?q?a?= \t=?utf-8?b?Yg==?=") == "ab"
+    c = author_mailboxes([("From", "=?utf-8?q?=41=40=41?= =? <alice@example.org>")])
+    assert [addr for _, addr in c.display_addresses] == ["a@a"]
