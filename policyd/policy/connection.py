@@ -255,7 +255,13 @@ class Connection(asyncio.Protocol):
                     log.exception("internal error deciding a request from %s", self.peer)
                     decision = INTERNAL_ERROR
             if previous is not None and not previous.done():
-                await asyncio.shield(previous)
+                try:
+                    await asyncio.shield(previous)
+                except asyncio.CancelledError:
+                    if not previous.cancelled():  # (this one is cancelled, not the earlier)
+                        raise
+                except Exception:  # noqa: BLE001, S110 - the earlier request's call failed:
+                    pass  # (its own reply says so and is logged; this one's follows it)
             self._reply(req, profile, decision, started)
         finally:
             self._waited(wait)

@@ -173,3 +173,15 @@ def test_a_failed_or_cancelled_future_answers_the_internal_error(
     run(loop)
     assert len(written(conn)) == 2 and written(conn)[-1] == written(conn)[0]
     assert conn.tail is None and conn.pending == 0
+    # a later request waiting on a store call that fails, or is cancelled, is still answered,
+    # after it
+    for how in ("fail", "cancel"):
+        send(conn, "f5", "n6")
+        run(loop)
+        if how == "fail":
+            s.futures["f5"].set_exception(RuntimeError("store gone"))
+        else:
+            s.futures["f5"].cancel()
+        run(loop)
+        assert written(conn)[-2:] == [encode_decision(INTERNAL_ERROR), encode_decision(reply("n6"))]
+        assert conn.tail is None and conn.pending == 0
