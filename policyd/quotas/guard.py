@@ -27,6 +27,7 @@ from policyd.quotas.store import (
     Outcome,
     QuotaStore,
     QuotaStoreError,
+    TwoStepCharge,
     Usage,
 )
 
@@ -61,15 +62,8 @@ class GuardedStore:
         self.stale = config.suspended_stale_if_error
         self.fail_open = config.on_store_error == "memory"
         self.clock = clock
-        #: the store's charge in two steps (charge_call, outcome), when it has them
-        self._call: Callable[..., asyncio.Future[Any]] | None = getattr(
-            primary, "charge_call", None
-        )
-        self._outcome: Callable[[Sequence[Charge], Any], Outcome] | None = getattr(
-            primary, "outcome", None
-        )
-        if self._outcome is None:
-            self._call = None
+        #: the store's charge in two steps, when it has them (RedisStore)
+        self._two_step = primary if isinstance(primary, TwoStepCharge) else None
         #: True while the breaker is open (the store is being kept out)
         self.unavailable = False
         #: calls that failed (a metric)
@@ -166,10 +160,9 @@ class GuardedStore:
         """charge() in two steps, for the every-message path: while the breaker is closed and
         the store can (RedisStore), its call sent now (the future to give charged()); None:
         ask charge() instead."""
-        call = self._call
-        if call is None or self.unavailable:
+        if self._two_step is None or self.unavailable:
             return None
-        return call(login, charges, commit, message)
+        return self._two_step.charge_call(login, charges, commit, message)
 
     def charged(
         self,
@@ -181,10 +174,10 @@ class GuardedStore:
     ) -> Outcome:
         """The outcome of charge_call()'s done future, as charge() gives it (the breaker and
         the fallback on a store error; QuotaStoreError with on_store_error = "defer")."""
-        assert self._outcome is not None
+        assert self._two_step is not None
         out: Outcome | Literal[_Away.AWAY]
         try:
-            out = self._outcome(charges, fut.result())
+            out = self._two_step.outcome(charges, fut.result())
         except QuotaStoreError as e:
             self._failed(e)
             out = AWAY

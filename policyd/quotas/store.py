@@ -17,11 +17,12 @@ the one place a backend is chosen.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     pass
@@ -160,6 +161,18 @@ def usage_of(c: Charge, tat: float, now: float) -> Usage:
 def key_prefix(login: str) -> str:
     """Every key of one login: its hash tag keeps them in one Cluster slot."""
     return f"policyd:{{{login}}}:"
+
+
+@runtime_checkable
+class TwoStepCharge(Protocol):
+    """A store whose charge() also comes in two steps, for the every-message path
+    (RedisStore): the call sent now (a future of the raw answer), then that answer read."""
+
+    def charge_call(
+        self, login: str, charges: Sequence[Charge], commit: bool, message: str = ""
+    ) -> asyncio.Future[Any]: ...
+
+    def outcome(self, charges: Sequence[Charge], r: Any) -> Outcome: ...
 
 
 class MemoryStore:
